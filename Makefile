@@ -1,0 +1,29 @@
+# Two entry points: `make demo` opens the studio on its built-in offline models, `make test` runs
+# the tests. Each creates .venv on first use.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# The CPU wheel first, so that nothing below pulls the multi-GB CUDA build.
+	$(BIN)/pip install --quiet "torch==2.13.0"
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/dit-studio --offline
+
+test: $(STAMP)
+	bash scripts/ensure-chromium.sh
+	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(BIN)/python -m pytest
+
+bench: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m studio.bench
+
+clean:
+	rm -rf $(VENV) .cache test-artifacts

@@ -1,0 +1,97 @@
+"""FLUX.1 (black-forest-labs): joint attention over [text, image] in double-stream blocks, then
+single-stream blocks; CLIP-L pooled + T5 sequence conditioning; embedded guidance (dev)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+from studio import offline
+from studio.families import Family
+
+
+def small_vae(
+    latent_channels: int,
+    block_out_channels: tuple[int, ...] = (16, 32, 64),
+    scaling_factor: float = 1.0,
+    shift_factor: float = 0.0,
+) -> AutoencoderKL:
+    # Few GroupNorm groups: with one group per channel flat colours wash out.
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * len(block_out_channels),
+        up_block_types=("UpDecoderBlock2D",) * len(block_out_channels),
+        block_out_channels=block_out_channels,
+        layers_per_block=1,
+        latent_channels=latent_channels,
+        norm_num_groups=4,
+        mid_block_add_attention=False,
+        scaling_factor=scaling_factor,
+        shift_factor=shift_factor,
+    )
+
+
+def flow_scheduler() -> FlowMatchEulerDiscreteScheduler:
+    # FLUX's own scheduler settings: resolution-dependent shift.
+    return FlowMatchEulerDiscreteScheduler(
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )
+
+
+def build_pipeline(
+    transformer: FluxTransformer2DModel,
+    vae: AutoencoderKL,
+    clip_hidden: int,
+    t5_d_model: int,
+    t5_layers: int = 2,
+) -> FluxPipeline:
+    clip_tokenizer = offline.clip_tokenizer()
+    t5_tokenizer = offline.t5_tokenizer()
+    return FluxPipeline(
+        scheduler=flow_scheduler(),
+        vae=vae,
+        text_encoder=offline.clip_text_encoder(clip_tokenizer, hidden_size=clip_hidden),
+        tokenizer=clip_tokenizer,
+        text_encoder_2=offline.t5_text_encoder(t5_tokenizer, d_model=t5_d_model, layers=t5_layers),
+        tokenizer_2=t5_tokenizer,
+        transformer=transformer,
+    )
+
+
+def build_random(target: Path, guidance_embeds: bool) -> None:
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=64,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        guidance_embeds=guidance_embeds,
+        axes_dims_rope=(4, 6, 6),
+    )
+    build_pipeline(transformer, small_vae(16, (8, 16, 16)), clip_hidden=32, t5_d_model=32).save_pretrained(target)
+
+
+FAMILY = Family(
+    name="flux",
+    label="FLUX",
+    task_variants={"FluxPipeline": {"img2img": "FluxImg2ImgPipeline", "inpaint": "FluxInpaintPipeline"}},
+    token_order="text-image",
+    builtin_builders={
+        "flux-random": lambda target: build_random(target, guidance_embeds=True),
+        "flux-schnell-random": lambda target: build_random(target, guidance_embeds=False),
+        # Stands in for the trained shapes-world weights when they are absent.
+        "flux-shapes-random": lambda target: build_random(target, guidance_embeds=False),
+    },
+)

@@ -1,0 +1,268 @@
+"""The model registry: catalogue + loaded pipelines + memory budget + hot swap.
+
+`registry.use(model_id, task)` hands out a ready pipeline. Task variants of one model are made with
+`from_pipe`, so they share every component (no weight is loaded twice). Loaded models live under a
+memory budget; the least recently used model that is not in use is evicted first: moved to host
+memory when the device is an accelerator and the host has room (swapping back is then a copy,
+not a load), freed otherwise. Weights are read (the step that fails: missing files, gated repos,
+no network) before anything is evicted, so a failed load leaves the registry exactly as it was.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from diffusers import DiffusionPipeline
+
+from studio import offline
+from studio.catalogue import Catalogue, ModelSpec
+from studio.device import device_memory_bytes, release_memory
+from studio.errors import LoadFailed, ModelUnavailable, StudioError
+
+log = logging.getLogger(__name__)
+GIB = 1024**3
+
+
+class ModelState(enum.Enum):
+    LOADED = "loaded"
+    BUILTIN = "built-in"
+    CACHED = "in local cache"
+    DOWNLOADABLE = "downloads on first use"
+    UNAVAILABLE = "unavailable offline"
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def in_local_cache(repo: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo, "model_index.json"), str)
+
+
+def pipeline_bytes(pipe: DiffusionPipeline) -> int:
+    total = 0
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            total += sum(t.numel() * t.element_size() for t in (*component.parameters(), *component.buffers()))
+    return total
+
+
+def load_pipeline(spec: ModelSpec, dtype: torch.dtype, offline_only: bool) -> DiffusionPipeline:
+    """Read a model's weights into host memory (safetensors only, no remote code)."""
+    pipeline_class = spec.family.pipeline_class(spec.pipeline, "t2i")
+    if spec.builtin:
+        source = offline.ensure_builtin(spec.builtin, spec.family.builtin_builders[spec.builtin], spec.path)
+        return pipeline_class.from_pretrained(source, dtype=dtype, use_safetensors=True, local_files_only=True)
+    kwargs = {"dtype": dtype, "use_safetensors": True, "local_files_only": offline_only}
+    if spec.variant:
+        kwargs["variant"] = spec.variant
+    return pipeline_class.from_pretrained(spec.repo, **kwargs)
+
+
+def explain_load_failure(spec: ModelSpec, error: BaseException) -> str:
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    if isinstance(error, GatedRepoError):
+        return (f"{spec.name} is gated: accept its licence on https://huggingface.co/{spec.repo} "
+                "and log in with `hf auth login`, then try again.")
+    if isinstance(error, RepositoryNotFoundError):
+        return f"The hub has no repository {spec.repo} (or it is private), so {spec.name} cannot load."
+    if isinstance(error, LocalEntryNotFoundError) or "offline" in str(error).lower():
+        return (f"{spec.name} is not fully in the local cache and the hub cannot be reached; "
+                f"download it once with `hf download {spec.repo}`.")
+    if isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower():
+        return f"Not enough memory to load {spec.name} (it needs about {spec.memory_gb:g} GB)."
+    return f"{spec.name} could not be loaded: {type(error).__name__}: {error}"
+
+
+@dataclass
+class LoadedModel:
+    spec: ModelSpec
+    pipelines: dict[str, DiffusionPipeline]
+    size_bytes: int
+    on_device: bool = True
+    users: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+Loader = Callable[[ModelSpec, torch.dtype, bool], DiffusionPipeline]
+
+
+class Registry:
+    def __init__(
+        self,
+        catalogue: Catalogue,
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        memory_budget_gb: float | None = None,
+        offline_only: bool | None = None,
+        loader: Loader = load_pipeline,
+    ):
+        self.catalogue = catalogue
+        self.device = device
+        self.dtype = dtype
+        self.offline_only = hub_offline() if offline_only is None else offline_only
+        total = device_memory_bytes(device)
+        if memory_budget_gb is not None:
+            self.budget_bytes = int(memory_budget_gb * GIB)
+        else:
+            self.budget_bytes = int(total * 0.9) if total else None
+        self._loader = loader
+        # LRU order: the first entry is the least recently used.
+        self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._state_lock = threading.RLock()
+        # One model loads at a time: two requests for one model load it once, and two different
+        # loads never race for the same device memory.
+        self._load_lock = threading.Lock()
+
+    # --- What the UI shows ---------------------------------------------------------------------
+    def state(self, model_id: str) -> ModelState:
+        spec = self.catalogue.get(model_id)
+        if model_id in self._loaded:
+            return ModelState.LOADED
+        if spec.builtin:
+            return ModelState.BUILTIN
+        if in_local_cache(spec.repo):
+            return ModelState.CACHED
+        return ModelState.UNAVAILABLE if self.offline_only else ModelState.DOWNLOADABLE
+
+    def loaded_ids(self) -> list[str]:
+        """Loaded models, least recently used first."""
+        with self._state_lock:
+            return list(self._loaded)
+
+    def used_bytes(self) -> int:
+        with self._state_lock:
+            return sum(m.size_bytes for m in self._loaded.values() if m.on_device)
+
+    # --- Getting pipelines -----------------------------------------------------------------------
+    @contextmanager
+    def use(self, model_id: str, task: str = "t2i") -> Iterator[DiffusionPipeline]:
+        """A ready pipeline; the model cannot be evicted while the block runs."""
+        model = self._acquire(model_id)
+        try:
+            yield self._variant(model, task)
+        finally:
+            with self._state_lock:
+                model.users -= 1
+
+    def pipeline(self, model_id: str, task: str = "t2i") -> DiffusionPipeline:
+        with self.use(model_id, task) as pipe:
+            return pipe
+
+    def unload(self, model_id: str) -> None:
+        with self._load_lock, self._state_lock:
+            model = self._loaded.pop(model_id, None)
+        if model is not None:
+            model.pipelines.clear()
+            release_memory()
+
+    def _acquire(self, model_id: str) -> LoadedModel:
+        spec = self.catalogue.get(model_id)
+        with self._state_lock:
+            model = self._loaded.get(model_id)
+            if model is not None and model.on_device:
+                self._loaded.move_to_end(model_id)
+                model.users += 1
+                return model
+        with self._load_lock:
+            with self._state_lock:
+                model = self._loaded.get(model_id)
+            if model is None:
+                model = self._load(spec)
+            elif not model.on_device:
+                self._make_room(model.size_bytes, keep=model_id)
+                self._to_device(model, self.device)
+            with self._state_lock:
+                self._loaded[model_id] = model
+                self._loaded.move_to_end(model_id)
+                model.users += 1
+            return model
+
+    def _load(self, spec: ModelSpec) -> LoadedModel:
+        if self.state(spec.id) is ModelState.UNAVAILABLE:
+            raise ModelUnavailable(
+                f"{spec.name} is not in the local cache and the studio is offline; download it once "
+                f"with `hf download {spec.repo}` on a machine with network, or start without --offline."
+            )
+        log.info("loading %s from %s", spec.id, spec.source)
+        try:
+            pipe = self._loader(spec, self.dtype, self.offline_only)
+        except StudioError:
+            raise
+        except Exception as error:  # every load failure becomes one sentence, the registry untouched
+            raise LoadFailed(explain_load_failure(spec, error)) from error
+        pipe.set_progress_bar_config(disable=True)
+        model = LoadedModel(spec, {"t2i": pipe}, pipeline_bytes(pipe))
+        self._make_room(model.size_bytes, keep=spec.id)
+        try:
+            self._to_device(model, self.device)
+        except Exception as error:
+            model.pipelines.clear()
+            release_memory()
+            raise LoadFailed(explain_load_failure(spec, error)) from error
+        return model
+
+    def _to_device(self, model: LoadedModel, device: str) -> None:
+        base = model.pipelines["t2i"]
+        if device != "cpu" and self.budget_bytes is not None and model.size_bytes > self.budget_bytes:
+            # Larger than the whole budget: keep it on the host and stream components in turn.
+            base.enable_model_cpu_offload(device=device)
+        else:
+            base.to(device)
+        model.on_device = True
+
+    def _make_room(self, needed: int, keep: str) -> None:
+        if self.budget_bytes is None:
+            return
+        with self._state_lock:
+            for model_id in list(self._loaded):
+                if self.used_bytes() + needed <= self.budget_bytes:
+                    break
+                model = self._loaded[model_id]
+                if model_id == keep or model.users > 0 or not model.on_device:
+                    continue
+                self._evict(model_id, model)
+
+    def _evict(self, model_id: str, model: LoadedModel) -> None:
+        if self.device != "cpu" and self._host_has_room(model.size_bytes):
+            model.pipelines["t2i"].to("cpu")
+            model.on_device = False
+            log.info("moved %s to host memory", model_id)
+        else:
+            del self._loaded[model_id]
+            model.pipelines.clear()
+            log.info("freed %s", model_id)
+        release_memory()
+
+    def _host_has_room(self, size: int) -> bool:
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError):
+            return False
+        return size < available * 0.8
+
+    def _variant(self, model: LoadedModel, task: str) -> DiffusionPipeline:
+        with model.lock:
+            pipe = model.pipelines.get(task)
+            if pipe is None:
+                try:
+                    variant_class = model.spec.family.pipeline_class(model.spec.pipeline, task)
+                except KeyError:
+                    raise StudioError(
+                        f"{model.spec.name} has no '{task}' mode; it offers {', '.join(model.spec.tasks)}."
+                    ) from None
+                pipe = variant_class.from_pipe(model.pipelines["t2i"])
+                pipe.set_progress_bar_config(disable=True)
+                model.pipelines[task] = pipe
+            return pipe

@@ -1,0 +1,187 @@
+"""Train the shapes-world model: the VAE first, then the FLUX-architecture transformer with its
+text encoders, by rectified flow in exactly the convention `FluxPipeline` samples with.
+
+    python -m studio.toyworld.train            # about an hour on a 2-core CPU
+    python -m studio.toyworld.train --device cuda
+
+Writes a complete diffusers pipeline (fp16 safetensors) that the registry loads like a hub model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, FluxPipeline, FluxTransformer2DModel
+from tqdm import tqdm
+
+from studio.families import flux
+from studio.toyworld.data import ScenePool, build_pool
+
+DEFAULT_OUTPUT = Path(__file__).resolve().parents[2] / "assets" / "models" / "shapes-flux"
+MAX_SEQUENCE_LENGTH = 32
+
+
+def shapes_transformer() -> FluxTransformer2DModel:
+    return FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=64,
+        num_layers=2,
+        num_single_layers=2,
+        attention_head_dim=48,
+        num_attention_heads=4,
+        joint_attention_dim=128,
+        pooled_projection_dim=64,
+        guidance_embeds=False,
+        axes_dims_rope=(16, 16, 16),
+    )
+
+
+def warmup_cosine(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def train_vae(pool: ScenePool, steps: int, batch_size: int, device: str, seed: int) -> AutoencoderKL:
+    torch.manual_seed(seed)
+    vae = flux.small_vae(16, (16, 32, 64)).to(device).train()
+    optimiser = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: warmup_cosine(s, steps, 50))
+    generator = torch.Generator().manual_seed(seed)
+    for _ in (bar := tqdm(range(steps), desc="VAE")):
+        images, _ = pool.batch(torch.randint(len(pool), (batch_size,), generator=generator))
+        images = images.to(device)
+        posterior = vae.encode(images).latent_dist
+        reconstruction = vae.decode(posterior.sample()).sample
+        kl = posterior.kl().mean() / images[0].numel()
+        loss = F.mse_loss(reconstruction, images) + 0.1 * F.l1_loss(reconstruction, images) + 1e-4 * kl
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimiser.step()
+        schedule.step()
+        psnr = 10 * math.log10(4 / max(F.mse_loss(reconstruction.detach(), images).item(), 1e-10))
+        bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{psnr:.1f}")
+    return vae.eval()
+
+
+@torch.no_grad()
+def encode_pool(vae: AutoencoderKL, pool: ScenePool, device: str) -> torch.Tensor:
+    latents = []
+    for start in range(0, len(pool), 256):
+        images, _ = pool.batch(torch.arange(start, min(start + 256, len(pool))))
+        latents.append(vae.encode(images.to(device)).latent_dist.mode().cpu())
+    latents = torch.cat(latents)
+    # FLUX normalises latents as (z - shift) * scale; take both from the data.
+    vae.register_to_config(shift_factor=float(latents.mean()), scaling_factor=float(1 / latents.std()))
+    return latents
+
+
+def sigma_shift(image_tokens: int, scheduler_config) -> float:
+    """exp(mu) of the dynamic shift FluxPipeline applies for this many image tokens."""
+    c = scheduler_config
+    slope = (c.max_shift - c.base_shift) / (c.max_image_seq_len - c.base_image_seq_len)
+    return math.exp(c.base_shift + slope * (image_tokens - c.base_image_seq_len))
+
+
+def train_transformer(
+    pipe: FluxPipeline, latents: torch.Tensor, pool: ScenePool, steps: int, batch_size: int, device: str, seed: int
+) -> FluxPipeline:
+    torch.manual_seed(seed)
+    transformer, clip, t5 = pipe.transformer.to(device), pipe.text_encoder.to(device), pipe.text_encoder_2.to(device)
+    trained = torch.nn.ModuleList([transformer, clip, t5]).train()
+    ema = copy.deepcopy(trained).eval().requires_grad_(False)
+    optimiser = torch.optim.AdamW(trained.parameters(), lr=8e-4, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: warmup_cosine(s, steps, 200))
+    vae_config = pipe.vae.config
+    latents = (latents - vae_config.shift_factor) * vae_config.scaling_factor
+    _, channels, height, width = latents.shape
+    image_ids = FluxPipeline._prepare_latent_image_ids(1, height // 2, width // 2, device, torch.float32)
+    text_ids = torch.zeros(MAX_SEQUENCE_LENGTH, 3, device=device)
+    shift = sigma_shift((height // 2) * (width // 2), pipe.scheduler.config)
+    generator = torch.Generator().manual_seed(seed)
+    captions = [scene.caption for scene in pool.scenes]
+
+    def tokens(texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        clip_ids = pipe.tokenizer(texts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                                  truncation=True, return_tensors="pt").input_ids
+        t5_ids = pipe.tokenizer_2(texts, padding="max_length", max_length=MAX_SEQUENCE_LENGTH,
+                                  truncation=True, return_tensors="pt").input_ids
+        return clip_ids.to(device), t5_ids.to(device)
+
+    for step in (bar := tqdm(range(steps), desc="transformer")):
+        indices = torch.randint(len(pool), (batch_size,), generator=generator)
+        # One caption in ten is dropped so classifier-free guidance has an unconditional model.
+        texts = ["" if torch.rand((), generator=generator) < 0.1 else captions[i] for i in indices.tolist()]
+        clip_ids, t5_ids = tokens(texts)
+        x0 = latents[indices].to(device)
+        noise = torch.randn(x0.shape, generator=generator).to(device)
+        # Logit-normal sigmas, moved by the same resolution shift the sampler uses.
+        u = torch.sigmoid(torch.randn(batch_size, generator=generator)).to(device)
+        sigma = shift * u / (1 + (shift - 1) * u)
+        noisy = (1 - sigma.view(-1, 1, 1, 1)) * x0 + sigma.view(-1, 1, 1, 1) * noise
+        packed = FluxPipeline._pack_latents(noisy, batch_size, channels, height, width)
+        prediction = transformer(
+            hidden_states=packed,
+            timestep=sigma,
+            guidance=None,
+            pooled_projections=clip(clip_ids).pooler_output,
+            encoder_hidden_states=t5(t5_ids)[0],
+            txt_ids=text_ids,
+            img_ids=image_ids,
+            return_dict=False,
+        )[0]
+        target = FluxPipeline._pack_latents(noise - x0, batch_size, channels, height, width)
+        loss = F.mse_loss(prediction, target)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trained.parameters(), 1.0)
+        optimiser.step()
+        schedule.step()
+        decay = min(0.999, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for averaged, live in zip(ema.parameters(), trained.parameters()):
+                averaged.lerp_(live, 1 - decay)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    for module in ema:
+        module.requires_grad_(True)
+    pipe.transformer, pipe.text_encoder, pipe.text_encoder_2 = ema[0], ema[1], ema[2]
+    return pipe
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--scenes", type=int, default=24576)
+    parser.add_argument("--vae-steps", type=int, default=1300)
+    parser.add_argument("--transformer-steps", type=int, default=4000)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    started = time.perf_counter()
+    torch.manual_seed(args.seed)
+    pool = build_pool(args.scenes, seed=args.seed)
+    print(f"{len(pool)} scenes drawn in {time.perf_counter() - started:.0f} s")
+    vae = train_vae(pool, args.vae_steps, 16, args.device, args.seed)
+    latents = encode_pool(vae, pool, args.device)
+    torch.manual_seed(args.seed)
+    pipe = flux.build_pipeline(shapes_transformer(), vae, clip_hidden=64, t5_d_model=128)
+    pipe = train_transformer(pipe, latents, pool, args.transformer_steps, args.batch_size, args.device, args.seed)
+    pipe.to("cpu", torch.float16).save_pretrained(args.output, safe_serialization=True)
+    parameters = sum(p.numel() for m in (pipe.transformer, pipe.vae, pipe.text_encoder, pipe.text_encoder_2)
+                     for p in m.parameters())
+    print(f"saved {parameters / 1e6:.2f} M parameters to {args.output} "
+          f"after {(time.perf_counter() - started) / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
