@@ -1,0 +1,86 @@
+"""`dit-studio` / `python -m studio`: parse flags, build the registry, launch the browser UI.
+
+This is the composition root, the one place that joins the engine to the Gradio tabs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+
+SHARE_SERVER = ("api.gradio.app", 443)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="dit-studio", description="DiT Studio: a browser studio for Diffusion Transformers.")
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), help="address to serve on")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    parser.add_argument("--share", action="store_true", help="also serve on a public gradio.live link")
+    parser.add_argument("--offline", action="store_true", help="never reach the hub: cached and built-in models only")
+    parser.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: the best there is)")
+    parser.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None,
+                        help="default: bf16 on cuda, fp16 on mps, fp32 on cpu")
+    parser.add_argument("--memory-budget", type=float, default=None, metavar="GB",
+                        help="memory the loaded models may use on the device (default: 90%% of the GPU)")
+    parser.add_argument("--default-model", default="shapes-flux", help="catalogue id selected at start")
+    parser.add_argument("--output-dir", type=Path, default=Path("outputs"), help="where result PNGs are saved")
+    parser.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
+    return parser.parse_args(argv)
+
+
+def internet_reachable(address: tuple[str, int] = SHARE_SERVER, timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection(address, timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def create_studio(args: argparse.Namespace):
+    if args.offline:
+        # Read by huggingface_hub at import time, so set before anything imports it.
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    from studio.catalogue import Catalogue
+    from studio.context import StudioContext
+    from studio.device import choose_device
+    from studio.registry import Registry
+
+    device, dtype = choose_device(args.device, args.dtype)
+    catalogue = Catalogue.load()
+    catalogue.get(args.default_model)
+    registry = Registry(catalogue, device=device, dtype=dtype, memory_budget_gb=args.memory_budget)
+    return StudioContext(registry=registry, output_dir=args.output_dir.resolve(), default_model=args.default_model)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from studio.errors import StudioError
+
+    try:
+        studio = create_studio(args)
+    except (StudioError, ValueError) as error:
+        sys.exit(f"dit-studio: {error}")
+    from tabs.app import build_app
+
+    share = args.share
+    if share and (args.offline or not internet_reachable()):
+        print(f"--share: no public link, the internet is not reachable from here; "
+              f"the studio is still served at http://{args.host}:{args.port}")
+        share = False
+    demo = build_app(studio)
+    demo.launch(
+        server_name=args.host,
+        server_port=args.port,
+        share=share,
+        inbrowser=not args.no_browser,
+        allowed_paths=[str(studio.output_dir)],
+    )
+
+
+if __name__ == "__main__":
+    main()

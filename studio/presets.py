@@ -1,0 +1,14 @@
+"""Examples and other presets kept as data under presets/."""
+
+from __future__ import annotations
+
+import tomllib
+
+from studio.catalogue import PROJECT_ROOT
+
+PRESETS_DIR = PROJECT_ROOT / "presets"
+
+
+def example_prompts(tab: str) -> list[str]:
+    with open(PRESETS_DIR / "examples.toml", "rb") as handle:
+        return list(tomllib.load(handle).get(tab, {}).get("prompts", []))

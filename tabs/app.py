@@ -1,0 +1,23 @@
+"""The studio's Blocks: one tab per module, all drawing from one registry."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from studio.context import StudioContext
+from tabs import text_to_image
+
+TITLE = "DiT Studio"
+
+
+def build_app(studio: StudioContext) -> gr.Blocks:
+    registry = studio.registry
+    with gr.Blocks(title=TITLE) as demo:
+        gr.Markdown(
+            f"# {TITLE}\nDiffusion Transformers (FLUX, SD3, PixArt, SANA) on one registry · device "
+            f"`{registry.device}` · {'offline' if registry.offline_only else 'online'}"
+        )
+        with gr.Tab("Text to image"):
+            text_to_image.build(studio)
+    demo.queue(max_size=32, default_concurrency_limit=1)
+    return demo

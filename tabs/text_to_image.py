@@ -1,0 +1,153 @@
+"""Text-to-image tab: UI and wiring only; generation lives in studio.generation."""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any
+
+import gradio as gr
+
+from studio.catalogue import ModelSpec
+from studio.context import StudioContext
+from studio.errors import Cancelled, StudioError
+from studio.generation import ASPECT_RATIOS, MAX_IMAGES, MAX_SEED, GenerationSettings, generate, size_for_aspect
+from studio.gpu import gpu_task
+from studio.metadata import read_settings, save_png
+from studio.presets import example_prompts
+from studio.registry import ModelState
+
+log = logging.getLogger(__name__)
+HISTORY_LIMIT = 48
+
+
+def model_choices(studio: StudioContext) -> list[tuple[str, str]]:
+    registry = studio.registry
+    return [
+        (f"{spec.name} · {spec.family.label} · {spec.mode} · {registry.state(spec.id).value}", spec.id)
+        for spec in registry.catalogue
+    ]
+
+
+def describe(settings: GenerationSettings, seconds: float) -> str:
+    return (f"{settings.model} · seed {settings.seed} · {settings.steps} steps · guidance {settings.guidance:g} · "
+            f"{settings.width}×{settings.height} · {seconds:.2f} s")
+
+
+def control_updates(spec: ModelSpec) -> tuple[Any, ...]:
+    """Steps, guidance, width, height, negative prompt and aspect controls for a model's defaults."""
+    step_max = 8 if spec.mode == "one-step" else 100
+    size_max = max(2048, spec.width * 2)
+    return (
+        gr.update(value=spec.steps, maximum=step_max),
+        gr.update(value=spec.guidance_scale, interactive=spec.guidance != "none",
+                  label="Guidance" + (" (embedded)" if spec.guidance == "embedded" else "")),
+        gr.update(value=spec.width, step=spec.size_multiple, minimum=spec.size_multiple, maximum=size_max),
+        gr.update(value=spec.height, step=spec.size_multiple, minimum=spec.size_multiple, maximum=size_max),
+        gr.update(visible=spec.accepts_negative_prompt),
+        gr.update(value="1:1"),
+    )
+
+
+def build(studio: StudioContext) -> None:
+    registry = studio.registry
+    default = registry.catalogue.get(studio.default_model)
+    with gr.Row():
+        with gr.Column(scale=2):
+            model = gr.Dropdown(model_choices(studio), value=default.id, label="Model")
+            prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a large red circle on the left, gray background")
+            negative = gr.Textbox(label="Negative prompt", visible=default.accepts_negative_prompt)
+            with gr.Row():
+                steps = gr.Slider(1, 8 if default.mode == "one-step" else 100, value=default.steps, step=1, label="Steps")
+                guidance = gr.Slider(0, 20, value=default.guidance_scale, step=0.1, label="Guidance",
+                                     interactive=default.guidance != "none")
+            with gr.Row():
+                aspect = gr.Dropdown(list(ASPECT_RATIOS), value="1:1", label="Aspect ratio")
+                width = gr.Slider(default.size_multiple, max(2048, default.width * 2), value=default.width,
+                                  step=default.size_multiple, label="Width")
+                height = gr.Slider(default.size_multiple, max(2048, default.height * 2), value=default.height,
+                                   step=default.size_multiple, label="Height")
+            with gr.Row():
+                seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
+                dice = gr.Button("🎲 Random seed", size="sm")
+                count = gr.Slider(1, MAX_IMAGES, value=1, step=1, label="Images")
+            with gr.Row():
+                run = gr.Button("Generate", variant="primary")
+                cancel = gr.Button("Cancel", variant="stop")
+            reuse = gr.File(label="Reuse settings: drop a PNG made by the studio", file_types=[".png"])
+            gr.Examples([[p] for p in example_prompts("text_to_image")], inputs=[prompt], label="Examples")
+        with gr.Column(scale=3):
+            gallery = gr.Gallery(label="Results", columns=3, height="auto", format="png", show_label=True)
+            info = gr.Markdown(label="Settings of these results")
+    history = gr.State([])
+
+    @gpu_task()
+    def on_generate(model_id, prompt_text, negative_text, step_count, guidance_scale, w, h, seed_value,
+                    image_count, past, request: gr.Request, progress=gr.Progress()):
+        settings = GenerationSettings(
+            model=model_id, prompt=prompt_text or "", negative_prompt=negative_text or "",
+            steps=step_count, guidance=guidance_scale, width=w, height=h,
+            seed=int(seed_value if seed_value is not None else 0), count=image_count,
+        )
+        cancel_switch = studio.cancellations.start(request.session_hash if request else "api")
+        made: list[tuple[str, str]] = []
+        progress((0, settings.steps * int(image_count)), desc="Loading model")
+        def shown():
+            return (made[::-1] + past)[:HISTORY_LIMIT]
+
+        try:
+            for result in generate(registry, settings, lambda done, total: progress((done, total), desc="Denoising"),
+                                   cancel_switch):
+                path = save_png(result, studio.output_dir)
+                made.append((str(path), describe(result.settings, result.seconds)))
+                yield shown(), "\n\n".join(caption for _, caption in made), shown()
+        except Cancelled:
+            gr.Warning(f"Cancelled; kept the {len(made)} finished image(s).")
+            yield shown(), "\n\n".join(caption for _, caption in made), shown()
+        except StudioError as error:
+            raise gr.Error(str(error)) from None
+        except Exception as error:  # the server stays up; the log keeps the traceback
+            log.exception("text-to-image failed")
+            raise gr.Error(f"Generation failed: {type(error).__name__}: {error}") from None
+
+    def on_cancel(request: gr.Request) -> None:
+        if not studio.cancellations.cancel(request.session_hash if request else "api"):
+            gr.Info("Nothing is running.")
+
+    def on_model_picked(model_id: str):
+        spec = registry.catalogue.get(model_id)
+        if registry.state(model_id) is ModelState.UNAVAILABLE:
+            gr.Warning(f"{spec.name} is not in the local cache and the studio is offline; it cannot run here.")
+        return control_updates(spec)
+
+    def on_aspect(model_id: str, ratio: str):
+        return size_for_aspect(registry.catalogue.get(model_id), ratio)
+
+    def on_reuse(path: str | None):
+        if not path:
+            return (gr.update(),) * 9
+        try:
+            settings = read_settings(path)
+        except StudioError as error:
+            raise gr.Error(str(error)) from None
+        if settings.model not in registry.catalogue:
+            raise gr.Error(f"That image was made with '{settings.model}', which this studio's catalogue lacks.")
+        spec = registry.catalogue.get(settings.model)
+        return (
+            gr.update(value=settings.model), settings.prompt,
+            gr.update(value=settings.negative_prompt, visible=spec.accepts_negative_prompt),
+            gr.update(value=settings.steps), gr.update(value=settings.guidance, interactive=spec.guidance != "none"),
+            gr.update(value=settings.width, step=spec.size_multiple),
+            gr.update(value=settings.height, step=spec.size_multiple), settings.seed, 1,
+        )
+
+    inputs = [model, prompt, negative, steps, guidance, width, height, seed, count, history]
+    gr.on([run.click, prompt.submit], on_generate, inputs, [gallery, info, history], api_name="generate",
+          concurrency_limit=1, concurrency_id="gpu").then(
+        lambda current: gr.update(choices=model_choices(studio), value=current), model, model, api_visibility="private")
+    cancel.click(on_cancel, None, None, api_name="cancel")
+    model.input(on_model_picked, model, [steps, guidance, width, height, negative, aspect], api_name="model_defaults")
+    aspect.input(on_aspect, [model, aspect], [width, height], api_name="aspect_size")
+    dice.click(lambda: random.randint(0, MAX_SEED), None, seed, api_name="random_seed")
+    reuse.upload(on_reuse, reuse, [model, prompt, negative, steps, guidance, width, height, seed, count],
+                 api_name="reuse_settings")

@@ -1,0 +1,135 @@
+import threading
+import time
+
+import pytest
+import torch
+
+from studio.catalogue import Catalogue
+from studio.errors import LoadFailed, ModelUnavailable, StudioError, UnknownModel
+from studio.registry import ModelState, Registry, load_pipeline, pipeline_bytes
+
+ISSUE_ENTRIES = {
+    "flux-dev": "black-forest-labs/FLUX.1-dev",
+    "flux-schnell": "black-forest-labs/FLUX.1-schnell",
+    "sd3-medium": "stabilityai/stable-diffusion-3-medium-diffusers",
+    "sd3.5-medium": "stabilityai/stable-diffusion-3.5-medium",
+    "sd3.5-large": "stabilityai/stable-diffusion-3.5-large",
+    "sd3.5-large-turbo": "stabilityai/stable-diffusion-3.5-large-turbo",
+    "pixart-alpha": "PixArt-alpha/PixArt-XL-2-1024-MS",
+    "pixart-sigma": "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS",
+    "pixart-lcm": "PixArt-alpha/PixArt-LCM-XL-2-1024-MS",
+    "sana-600m": "Efficient-Large-Model/Sana_600M_1024px_diffusers",
+    "sana-1.6b": "Efficient-Large-Model/Sana_1600M_1024px_BF16_diffusers",
+    "sana-1.5-1.6b": "Efficient-Large-Model/SANA1.5_1.6B_1024px_diffusers",
+    "sana-sprint-0.6b": "Efficient-Large-Model/Sana_Sprint_0.6B_1024px_diffusers",
+    "sana-sprint-1.6b": "Efficient-Large-Model/Sana_Sprint_1.6B_1024px_diffusers",
+}
+
+
+def counting_loader(counter: list, delay: float = 0.0, fail_for: str | None = None):
+    def loader(spec, dtype, offline_only):
+        counter.append(spec.id)
+        time.sleep(delay)
+        if spec.id == fail_for:
+            raise OSError("disk read error")
+        return load_pipeline(spec, dtype, offline_only)
+
+    return loader
+
+
+def test_catalogue_lists_real_hub_models_with_defaults(catalogue):
+    for model_id, repo in ISSUE_ENTRIES.items():
+        spec = catalogue.get(model_id)
+        assert spec.repo == repo
+        assert spec.steps > 0 and spec.width >= 512 and spec.memory_gb > 1
+    assert catalogue.get("flux-dev").gated and not catalogue.get("flux-schnell").gated
+    assert {s.id for s in catalogue if s.mode == "one-step"} >= {"flux-schnell", "sd3.5-large-turbo", "pixart-lcm",
+                                                                  "sana-sprint-0.6b", "sana-sprint-1.6b"}
+    assert catalogue.get("sana-sprint-0.6b").call["intermediate_timesteps"] == 1.3
+
+
+def test_task_variants_share_the_same_tensors(registry):
+    base = registry.pipeline("tiny-flux-dev", "t2i")
+    img2img = registry.pipeline("tiny-flux-dev", "img2img")
+    inpaint = registry.pipeline("tiny-flux-dev", "inpaint")
+    assert type(img2img).__name__ == "FluxImg2ImgPipeline" and type(inpaint).__name__ == "FluxInpaintPipeline"
+    for variant in (img2img, inpaint):
+        assert variant.transformer is base.transformer and variant.vae is base.vae
+        base_weights = dict(base.transformer.named_parameters())
+        for name, parameter in variant.transformer.named_parameters():
+            assert parameter.data_ptr() == base_weights[name].data_ptr()
+    assert registry.pipeline("tiny-flux-dev", "img2img") is img2img
+
+
+def test_a_task_the_model_lacks_is_a_clear_error(registry):
+    with pytest.raises(StudioError, match="has no 'img2img' mode"):
+        registry.pipeline("tiny-pixart-sigma", "img2img")
+
+
+def test_least_recently_used_model_is_evicted_under_the_budget(catalogue):
+    sizes = {}
+    for model_id in ("tiny-flux-dev", "tiny-sd3", "tiny-sana"):
+        sizes[model_id] = pipeline_bytes(load_pipeline(catalogue.get(model_id), torch.float32, True))
+    budget = (sizes["tiny-flux-dev"] + sizes["tiny-sd3"] + sizes["tiny-sana"] - 1) / 1024**3
+    registry = Registry(catalogue, device="cpu", memory_budget_gb=budget)
+    registry.pipeline("tiny-flux-dev")
+    registry.pipeline("tiny-sd3")
+    registry.pipeline("tiny-flux-dev")  # now tiny-sd3 is the least recently used
+    registry.pipeline("tiny-sana")
+    assert registry.loaded_ids() == ["tiny-flux-dev", "tiny-sana"]
+    assert registry.state("tiny-sd3") is ModelState.BUILTIN
+    assert registry.used_bytes() <= registry.budget_bytes
+
+
+def test_a_model_in_use_is_not_evicted(catalogue):
+    registry = Registry(catalogue, device="cpu", memory_budget_gb=1e-9)
+    with registry.use("tiny-flux-dev") as in_use:
+        registry.pipeline("tiny-sd3")
+        assert "tiny-flux-dev" in registry.loaded_ids()
+        assert in_use.transformer is not None
+
+
+def test_concurrent_requests_load_a_model_once(catalogue):
+    loads: list[str] = []
+    registry = Registry(catalogue, device="cpu", loader=counting_loader(loads, delay=0.3))
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(registry.pipeline("tiny-sd3"))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert loads == ["tiny-sd3"]
+    assert len(results) == 4 and all(r is results[0] for r in results)
+
+
+def test_a_failing_load_leaves_the_registry_unchanged(catalogue):
+    loads: list[str] = []
+    registry = Registry(catalogue, device="cpu", loader=counting_loader(loads, fail_for="tiny-sana"))
+    kept = registry.pipeline("tiny-flux-dev")
+    before = (registry.loaded_ids(), registry.used_bytes())
+    with pytest.raises(LoadFailed, match="Tiny SANA .* could not be loaded: OSError: disk read error"):
+        registry.pipeline("tiny-sana")
+    assert (registry.loaded_ids(), registry.used_bytes()) == before
+    assert registry.pipeline("tiny-flux-dev") is kept
+    assert registry.state("tiny-sana") is ModelState.BUILTIN
+
+
+def test_unknown_and_unavailable_models_raise_clear_errors(registry):
+    with pytest.raises(UnknownModel, match="no model 'flux-ultra'"):
+        registry.pipeline("flux-ultra")
+    assert registry.state("flux-dev") is ModelState.UNAVAILABLE
+    with pytest.raises(ModelUnavailable, match="offline") as raised:
+        registry.pipeline("flux-dev")
+    assert "hf download black-forest-labs/FLUX.1-dev" in str(raised.value)
+    assert "flux-dev" not in registry.loaded_ids()
+
+
+def test_catalogue_rejects_an_entry_with_both_repo_and_builtin(tmp_path):
+    bad = tmp_path / "models.toml"
+    bad.write_text(
+        '[[model]]\nid="x"\nname="x"\nfamily="flux"\npipeline="FluxPipeline"\nrepo="a/b"\nbuiltin="flux-random"\n'
+        'mode="standard"\nguidance="cfg"\nsteps=1\nguidance_scale=1.0\nwidth=64\nheight=64\nsize_multiple=8\n'
+        'max_sequence_length=8\ngated=false\nmemory_gb=1.0\nlicence="x"\n'
+    )
+    with pytest.raises(ValueError, match="exactly one of repo and builtin"):
+        Catalogue.load(bad)
