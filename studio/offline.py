@@ -32,7 +32,7 @@ from transformers import (
 
 from studio.toyworld.scene import VOCABULARY
 
-BUILTIN_FORMAT_VERSION = "1"
+BUILTIN_FORMAT_VERSION = "2"
 _build_lock = threading.Lock()
 
 
@@ -71,14 +71,21 @@ def ensure_builtin(name: str, build: Callable[[Path], None], trained_dir: Path |
 # ids are stable across processes.
 
 
-def _chained_merges(pieces: list[str], vocab: dict[str, int], merges: list[tuple[str, str]]) -> None:
+def _chained_merges(pieces: list[str], vocab: dict[str, int], merges: list[tuple[str, str]], from_end: bool) -> None:
+    """Merges that join `pieces` into one token, one piece at a time from the start or the end.
+
+    A chain from the end (whose right side always carries CLIP's end-of-word mark) or from a
+    word-start mark can only ever apply at one place in a word, so chains of different words
+    never cut into each other."""
     for piece in pieces:
         vocab.setdefault(piece, len(vocab))
-    merged = pieces[0]
-    for piece in pieces[1:]:
-        if (merged, piece) not in merges:
-            merges.append((merged, piece))
-        merged += piece
+    order = pieces[::-1] if from_end else pieces
+    merged = order[0]
+    for piece in order[1:]:
+        pair = (piece, merged) if from_end else (merged, piece)
+        if pair not in merges:
+            merges.append(pair)
+        merged = pair[0] + pair[1]
         vocab.setdefault(merged, len(vocab))
 
 
@@ -88,7 +95,7 @@ def clip_tokenizer(words: Sequence[str] = VOCABULARY, max_length: int = 77) -> C
     vocab: dict[str, int] = {"<|startoftext|>": 0, "<|endoftext|>": 1}
     merges: list[tuple[str, str]] = []
     for word in words:
-        _chained_merges(list(word[:-1]) + [word[-1] + "</w>"], vocab, merges)
+        _chained_merges(list(word[:-1]) + [word[-1] + "</w>"], vocab, merges, from_end=True)
     return CLIPTokenizer(
         vocab=vocab,
         merges=merges,
@@ -108,10 +115,15 @@ def t5_tokenizer(words: Sequence[str] = VOCABULARY) -> T5Tokenizer:
 
 def gemma_tokenizer(words: Sequence[str] = VOCABULARY) -> GemmaTokenizer:
     vocab: dict[str, int] = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3}
-    merges: list[tuple[str, str]] = []
+    word_start_merges: list[tuple[str, str]] = []
     for word in words:
-        _chained_merges(list(word) if not word.isalnum() else ["\u2581", *word], vocab, merges)
-        _chained_merges(list(word), vocab, merges)
+        _chained_merges(["\u2581", *word] if word.isalnum() else list(word), vocab, word_start_merges, from_end=False)
+    # Gemma gives the first word of a text no start mark, so each word also gets a plain chain,
+    # ranked after every start-marked chain so that it never cuts into a later word.
+    plain_merges: list[tuple[str, str]] = []
+    for word in words:
+        _chained_merges(list(word), vocab, plain_merges, from_end=True)
+    merges = word_start_merges + [pair for pair in plain_merges if pair not in word_start_merges]
     return GemmaTokenizer(vocab=vocab, merges=merges)
 
 

@@ -69,7 +69,7 @@ def build(studio: StudioContext) -> None:
                                    step=default.size_multiple, label="Height")
             with gr.Row():
                 seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
-                dice = gr.Button("🎲 Random seed", size="sm")
+                dice = gr.Button("Random seed", size="sm")
                 count = gr.Slider(1, MAX_IMAGES, value=1, step=1, label="Images")
             with gr.Row():
                 run = gr.Button("Generate", variant="primary")

@@ -44,7 +44,7 @@ POSITION_PHRASES = {
     "centre": "in the centre",
 }
 # Side of the shape's bounding square as a fraction of the canvas.
-SIZE_FRACTION = {"small": 0.22, "large": 0.38}
+SIZE_FRACTION = {"small": 0.28, "large": 0.44}
 
 VOCABULARY: tuple[str, ...] = tuple(
     dict.fromkeys(

@@ -1,7 +1,7 @@
 """Train the shapes-world model: the VAE first, then the FLUX-architecture transformer with its
 text encoders, by rectified flow in exactly the convention `FluxPipeline` samples with.
 
-    python -m studio.toyworld.train            # about an hour on a 2-core CPU
+    python -m studio.toyworld.train            # about 75 minutes on a 2-core CPU
     python -m studio.toyworld.train --device cuda
 
 Writes a complete diffusers pipeline (fp16 safetensors) that the registry loads like a hub model.
@@ -91,8 +91,23 @@ def sigma_shift(image_tokens: int, scheduler_config) -> float:
     return math.exp(c.base_shift + slope * (image_tokens - c.base_image_seq_len))
 
 
+def save(pipe: FluxPipeline, modules: torch.nn.ModuleList, output: Path) -> None:
+    """Save the pipeline with the given (transformer, CLIP, T5) weights, as fp16 safetensors."""
+    snapshot = copy.deepcopy(pipe)
+    snapshot.transformer, snapshot.text_encoder, snapshot.text_encoder_2 = (copy.deepcopy(m) for m in modules)
+    snapshot.to("cpu", torch.float16).save_pretrained(output, safe_serialization=True)
+
+
 def train_transformer(
-    pipe: FluxPipeline, latents: torch.Tensor, pool: ScenePool, steps: int, batch_size: int, device: str, seed: int
+    pipe: FluxPipeline,
+    latents: torch.Tensor,
+    pool: ScenePool,
+    steps: int,
+    batch_size: int,
+    device: str,
+    seed: int,
+    output: Path,
+    checkpoint_every: int,
 ) -> FluxPipeline:
     torch.manual_seed(seed)
     transformer, clip, t5 = pipe.transformer.to(device), pipe.text_encoder.to(device), pipe.text_encoder_2.to(device)
@@ -150,6 +165,9 @@ def train_transformer(
             for averaged, live in zip(ema.parameters(), trained.parameters()):
                 averaged.lerp_(live, 1 - decay)
         bar.set_postfix(loss=f"{loss.item():.4f}")
+        if checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+            # A usable model on disk all along: a stopped run still leaves its latest state.
+            save(pipe, ema, output)
     for module in ema:
         module.requires_grad_(True)
     pipe.transformer, pipe.text_encoder, pipe.text_encoder_2 = ema[0], ema[1], ema[2]
@@ -161,7 +179,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--scenes", type=int, default=24576)
     parser.add_argument("--vae-steps", type=int, default=1300)
-    parser.add_argument("--transformer-steps", type=int, default=4000)
+    parser.add_argument("--transformer-steps", type=int, default=5000)
+    parser.add_argument("--checkpoint-every", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
@@ -175,7 +194,8 @@ def main(argv: list[str] | None = None) -> None:
     latents = encode_pool(vae, pool, args.device)
     torch.manual_seed(args.seed)
     pipe = flux.build_pipeline(shapes_transformer(), vae, clip_hidden=64, t5_d_model=128)
-    pipe = train_transformer(pipe, latents, pool, args.transformer_steps, args.batch_size, args.device, args.seed)
+    pipe = train_transformer(pipe, latents, pool, args.transformer_steps, args.batch_size, args.device, args.seed,
+                             args.output, args.checkpoint_every)
     pipe.to("cpu", torch.float16).save_pretrained(args.output, safe_serialization=True)
     parameters = sum(p.numel() for m in (pipe.transformer, pipe.vae, pipe.text_encoder, pipe.text_encoder_2)
                      for p in m.parameters())

@@ -1,0 +1,103 @@
+"""Speed of the studio's own path against bare diffusers, and hot-swap against cold load.
+
+    python -m studio.bench [--runs 5] [--size 64] [--models shapes-flux tiny-sd3 ...]
+
+Prints a Markdown table. Both paths run the same pipeline class on the same weights with the same
+arguments; the studio path adds the registry lookup, validation, the progress callback and the
+PNG save that the text-to-image tab does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from studio import offline
+from studio.catalogue import Catalogue
+from studio.device import choose_device
+from studio.generation import GenerationSettings, call_arguments, generate, validate
+from studio.metadata import save_png
+from studio.registry import Registry
+
+BUILTIN_MODELS = ["shapes-flux", "tiny-flux-dev", "tiny-sd3", "tiny-pixart-sigma", "tiny-sana", "tiny-sana-sprint"]
+
+
+def median_seconds(run, runs: int) -> float:
+    run()  # warm-up: first-call allocations and lazy initialisation
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        run()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def bare_pipeline(spec, device: str, dtype: torch.dtype):
+    source = offline.ensure_builtin(spec.builtin, spec.family.builtin_builders[spec.builtin], spec.path)
+    pipe = spec.family.pipeline_class(spec.pipeline, "t2i").from_pretrained(source, dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=BUILTIN_MODELS)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--device", default=None)
+    args = parser.parse_args(argv)
+    device, dtype = choose_device(args.device)
+    catalogue = Catalogue.load()
+    registry = Registry(catalogue, device=device, dtype=dtype)
+    output = Path(tempfile.mkdtemp(prefix="dit-studio-bench-"))
+
+    print(f"device {device}, dtype {str(dtype).removeprefix('torch.')}, {args.size}x{args.size}, median of {args.runs}\n")
+    print("| model | steps | bare diffusers (s) | studio path (s) | ratio |")
+    print("|---|---|---|---|---|")
+    for model_id in args.models:
+        spec = catalogue.get(model_id)
+        settings = validate(GenerationSettings(model=model_id, prompt="a large red circle on the left, gray background",
+                                               steps=spec.steps, guidance=spec.guidance_scale,
+                                               width=args.size, height=args.size, seed=0), spec)
+        bare = bare_pipeline(spec, device, dtype)
+        bare_arguments = call_arguments(bare, spec, settings, None)
+
+        def bare_call():
+            bare(**{**bare_arguments, "generator": torch.Generator("cpu").manual_seed(0)})
+
+        def studio_call():
+            for result in generate(registry, settings, on_step=lambda done, total: None):
+                save_png(result, output)
+
+        bare_time, studio_time = median_seconds(bare_call, args.runs), median_seconds(studio_call, args.runs)
+        print(f"| {model_id} | {settings.steps} | {bare_time:.4f} | {studio_time:.4f} | {studio_time / bare_time:.3f} |")
+        del bare
+
+    first, second = args.models[0], args.models[1 % len(args.models)]
+    print("\n| hot swap | seconds |\n|---|---|")
+    cold = Registry(catalogue, device=device, dtype=dtype)
+    started = time.perf_counter()
+    cold.pipeline(first)
+    print(f"| cold load of {first} (from disk) | {time.perf_counter() - started:.3f} |")
+    cold.pipeline(second)
+    started = time.perf_counter()
+    cold.pipeline(first)
+    print(f"| swap {second} -> {first}, both resident | {time.perf_counter() - started:.6f} |")
+    one_slot = Registry(catalogue, device=device, dtype=dtype, memory_budget_gb=1e-6)
+    one_slot.pipeline(first)
+    one_slot.pipeline(second)
+    started = time.perf_counter()
+    one_slot.pipeline(first)
+    where = "freed, reloaded from disk" if device == "cpu" else "from host memory"
+    print(f"| swap {second} -> {first}, budget holds one ({where}) | {time.perf_counter() - started:.3f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+import argparse
+
+import pytest
+from gradio_client import Client, handle_file
+from PIL import Image
+
+from studio.cli import create_studio, main, parse_args
+from tabs.app import build_app
+
+
+def value(output):
+    """An output's value, whether the handler returned it plain or as a gr.update."""
+    return output["value"] if isinstance(output, dict) else output
+
+
+@pytest.fixture
+def running_app(tmp_path, free_port):
+    args = parse_args(["--offline", "--default-model", "tiny-flux-dev", "--output-dir", str(tmp_path),
+                       "--port", str(free_port)])
+    demo = build_app(create_studio(args))
+    demo.launch(server_name="127.0.0.1", server_port=free_port, prevent_thread_lock=True,
+                allowed_paths=[str(tmp_path)], inbrowser=False)
+    try:
+        yield Client(f"http://127.0.0.1:{free_port}/", verbose=False), tmp_path
+    finally:
+        demo.close()
+
+
+def test_generate_endpoint_returns_images_with_their_settings(running_app):
+    client, output_dir = running_app
+    gallery, info = client.predict("tiny-flux-dev", "a large red circle on the left, gray background", "", 3, 3.5,
+                                   64, 96, 42, 2, api_name="/generate")
+    assert len(gallery) == 2
+    newest, oldest = (Image.open(item["image"]) for item in gallery)
+    assert newest.size == (64, 96) and oldest.size == (64, 96)
+    assert "seed 42" in gallery[1]["caption"] and "seed 43" in gallery[0]["caption"]
+    assert "tiny-flux-dev" in info and "3 steps" in info and "64×96" in info
+    assert '"seed": 42' in oldest.text["dit-studio"]
+    assert len(list(output_dir.glob("*.png"))) == 2
+
+    reused = [value(v) for v in client.predict(handle_file(gallery[1]["image"]), api_name="/reuse_settings")]
+    assert reused == ["tiny-flux-dev", "a large red circle on the left, gray background", "", 3, 3.5, 64, 96, 42, 1]
+
+
+def test_model_defaults_follow_the_picked_model(running_app):
+    client, _ = running_app
+    outputs = client.predict("tiny-flux-schnell", api_name="/model_defaults")
+    steps, guidance, width, height, negative, aspect = outputs
+    assert [value(v) for v in (steps, guidance, width, height, aspect)] == [2, 0.0, 64, 64, "1:1"]
+    assert guidance["interactive"] is False and negative["visible"] is False and steps["maximum"] == 8
+    width, height = client.predict("flux-dev", "16:9", api_name="/aspect_size")
+    assert (width, height) == (1360, 768)
+
+
+def test_bad_input_gives_a_message_and_the_server_stays_up(running_app):
+    client, _ = running_app
+    with pytest.raises(Exception, match="Write a prompt first"):
+        client.predict("tiny-flux-dev", "  ", "", 2, 3.5, 64, 64, 0, 1, api_name="/generate")
+    with pytest.raises(Exception, match="not in the local cache and the studio is offline"):
+        client.predict("flux-dev", "a cat", "", 2, 3.5, 1024, 1024, 0, 1, api_name="/generate")
+    gallery, _ = client.predict("tiny-flux-dev", "a red circle", "", 2, 3.5, 64, 64, 0, 1, api_name="/generate")
+    assert len(gallery) == 1
+
+
+def test_share_without_internet_says_so_in_one_line_and_serves_locally(monkeypatch, capsys):
+    launched = {}
+
+    class FakeDemo:
+        def launch(self, **kwargs):
+            launched.update(kwargs)
+
+    monkeypatch.setattr("studio.cli.internet_reachable", lambda *a, **k: False)
+    monkeypatch.setattr("tabs.app.build_app", lambda studio: FakeDemo())
+    main(["--share", "--no-browser", "--port", "7999", "--default-model", "tiny-sd3"])
+    lines = [line for line in capsys.readouterr().out.splitlines() if "--share" in line]
+    assert lines == ["--share: no public link, the internet is not reachable from here; "
+                     "the studio is still served at http://127.0.0.1:7999"]
+    assert launched["share"] is False and launched["server_port"] == 7999
+
+
+def test_cli_flags_and_a_bad_default_model(capsys):
+    args = parse_args(["--host", "0.0.0.0", "--port", "8000", "--device", "cpu", "--dtype", "fp32",
+                       "--memory-budget", "12", "--default-model", "tiny-sana"])
+    assert isinstance(args, argparse.Namespace) and args.memory_budget == 12.0
+    studio = create_studio(args)
+    assert studio.registry.budget_bytes == 12 * 1024**3 and studio.default_model == "tiny-sana"
+    with pytest.raises(SystemExit, match="no model 'nope'"):
+        main(["--default-model", "nope", "--no-browser"])

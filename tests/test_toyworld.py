@@ -1,0 +1,99 @@
+import random
+
+import numpy as np
+import pytest
+from transformers import CLIPTokenizer, GemmaTokenizer, T5Tokenizer
+
+from studio import offline
+from studio.generation import GenerationSettings, generate
+from studio.toyworld.data import HELD_OUT, build_pool
+from studio.toyworld.measure import (
+    centroid, check_object, classify_shape, colour_mask, hue_distance, iou, mean_hue, nearest_position,
+)
+from studio.toyworld.scene import COLOURS, VOCABULARY, make_object, make_scene, random_scene, render
+
+
+def test_captions_describe_the_scene_in_the_world_vocabulary():
+    scene = make_scene([make_object("red", "circle", "large", "left"), make_object("blue", "square", "small", "bottom")],
+                       "gray")
+    assert scene.caption == "a large red circle on the left and a small blue square at the bottom, gray background"
+    words = scene.caption.replace(",", " ,").split()
+    assert set(words) <= set(VOCABULARY)
+
+
+def test_rendered_masks_are_the_objects_visible_pixels():
+    scene = make_scene([make_object("green", "square", "large", "centre"), make_object("red", "circle", "small", "centre")],
+                       "white")
+    image, masks = render(scene)
+    assert image.size == (64, 64) and len(masks) == 2
+    assert not np.logical_and(*masks).any()  # the circle covers part of the square
+    assert iou(masks[1], colour_mask(image, "red")) > 0.85
+    assert iou(masks[0], colour_mask(image, "green")) > 0.85
+    x, y = centroid(masks[1])
+    assert abs(x - 0.5) < 0.03 and abs(y - 0.5) < 0.03
+
+
+def test_training_scenes_never_contain_held_out_combinations():
+    pool = build_pool(300, seed=5)
+    triples = {(o.colour, o.shape, o.position) for s in pool.scenes for o in s.objects}
+    assert not triples & HELD_OUT
+    assert pool.images.shape == (300, 3, 64, 64)
+    assert {len(s.objects) for s in pool.scenes} == {1, 2, 3}
+
+
+@pytest.mark.parametrize("build", [offline.clip_tokenizer, offline.t5_tokenizer, offline.gemma_tokenizer])
+def test_tokenizers_give_one_token_per_word_and_survive_save_and_load(build, tmp_path):
+    tokenizer = build()
+    caption = "a large red circle on the left and a small blue square at the bottom, gray background"
+    words = caption.replace(",", " ,").split()
+    special = set(tokenizer.all_special_ids)
+    ids = [i for i in tokenizer(caption).input_ids if i not in special]
+    assert len(ids) == len(words) and tokenizer.unk_token_id not in ids
+    tokenizer.save_pretrained(tmp_path)
+    reloaded = type(tokenizer).from_pretrained(tmp_path)
+    assert reloaded(caption).input_ids == tokenizer(caption).input_ids
+    assert isinstance(tokenizer, (CLIPTokenizer, T5Tokenizer, GemmaTokenizer))
+    for word in filter(str.isalpha, VOCABULARY):
+        assert len([i for i in tokenizer(f"a {word}").input_ids if i not in special]) == 2, word
+
+
+def test_clip_end_of_text_is_not_id_two():
+    assert offline.clip_tokenizer().eos_token_id not in (2, None)
+
+
+def test_measures_read_ground_truth_scenes_exactly_and_catch_wrong_answers():
+    rng = random.Random(3)
+    for _ in range(60):
+        scene = random_scene(rng, max_objects=1)
+        image, _ = render(scene)
+        obj = scene.objects[0]
+        assert all(check_object(image, obj).values())
+        wrong_colour = next(c for c in COLOURS if c != obj.colour)
+        assert not check_object(image, make_object(wrong_colour, obj.shape, obj.size, obj.position))["colour"]
+    image, masks = render(make_scene([make_object("blue", "triangle", "large", "right")], "black"))
+    assert classify_shape(masks[0]) == "triangle" and nearest_position(centroid(masks[0])) == "right"
+    assert hue_distance(mean_hue(image, masks[0]), 228) < 10
+
+
+TRAINED_PROMPTS = [
+    make_object("red", "circle", "large", "left"),
+    make_object("blue", "square", "large", "right"),
+    make_object("yellow", "triangle", "large", "top"),
+    make_object("green", "square", "large", "bottom"),
+]
+
+
+def test_the_trained_model_draws_the_asked_colour_at_the_asked_place(registry):
+    assert registry.catalogue.get("shapes-flux").path.joinpath("model_index.json").is_file()
+    colour_hits = position_hits = total = 0
+    for obj in TRAINED_PROMPTS:
+        scene = make_scene([obj], "gray")
+        settings = GenerationSettings(model="shapes-flux", prompt=scene.caption, steps=12, guidance=3.0,
+                                      width=64, height=64, seed=0, count=4)
+        for result in generate(registry, settings):
+            checks = check_object(result.image, obj)
+            colour_hits += checks["colour"]
+            position_hits += checks["position"]
+            total += 1
+    assert colour_hits / total >= 0.8
+    assert position_hits / total >= 0.8
