@@ -84,18 +84,20 @@ def build(studio: StudioContext) -> None:
     @gpu_task()
     def on_generate(model_id, prompt_text, negative_text, step_count, guidance_scale, w, h, seed_value,
                     image_count, past, request: gr.Request, progress=gr.Progress()):
-        settings = GenerationSettings(
-            model=model_id, prompt=prompt_text or "", negative_prompt=negative_text or "",
-            steps=step_count, guidance=guidance_scale, width=w, height=h,
-            seed=int(seed_value if seed_value is not None else 0), count=image_count,
-        )
         cancel_switch = studio.cancellations.start(request.session_hash if request else "api")
         made: list[tuple[str, str]] = []
-        progress((0, settings.steps * int(image_count)), desc="Loading model")
+
         def shown():
             return (made[::-1] + past)[:HISTORY_LIMIT]
 
+        # Gradio has checked the sliders' types; an emptied seed box means seed 0.
+        settings = GenerationSettings(
+            model=model_id, prompt=prompt_text or "", negative_prompt=negative_text or "",
+            steps=int(step_count), guidance=float(guidance_scale), width=int(w), height=int(h),
+            seed=int(seed_value or 0), count=int(image_count),
+        )
         try:
+            progress((0, settings.steps * settings.count), desc="Loading model")
             for result in generate(registry, settings, lambda done, total: progress((done, total), desc="Denoising"),
                                    cancel_switch):
                 path = save_png(result, studio.output_dir)

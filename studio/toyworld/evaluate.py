@@ -15,6 +15,10 @@ import itertools
 import random
 import time
 
+from pathlib import Path
+
+from PIL import Image
+
 from studio.catalogue import Catalogue
 from studio.generation import GenerationSettings, generate
 from studio.registry import Registry
@@ -42,13 +46,19 @@ def two_object_scenes(count: int, seed: int = 1) -> list[Scene]:
     return scenes
 
 
-def evaluate(registry: Registry, model: str, scenes: list[Scene], seeds: int, guidance: float, steps: int) -> dict:
+def evaluate(
+    registry: Registry, model: str, scenes: list[Scene], seeds: int, guidance: float, steps: int,
+    samples: list[Image.Image] | None = None,
+) -> dict:
+    """Fractions of images that hold what was asked; `samples` collects the images made."""
     hits = {name: 0 for name in (*ATTRIBUTES, "all", "binding")}
     total = 0
     for scene in scenes:
         settings = GenerationSettings(model=model, prompt=scene.caption, steps=steps, guidance=guidance,
                                       width=64, height=64, seed=0, count=seeds)
         for result in generate(registry, settings):
+            if samples is not None:
+                samples.append(result.image)
             checks = [check_object(result.image, obj) for obj in scene.objects]
             total += 1
             if len(scene.objects) == 1:
@@ -62,6 +72,16 @@ def evaluate(registry: Registry, model: str, scenes: list[Scene], seeds: int, gu
     return {name: value / total for name, value in hits.items()} | {"images": total}
 
 
+def save_grid(images: list[Image.Image], path: Path, columns: int = 12) -> None:
+    width, height = images[0].size
+    rows = -(-len(images) // columns)
+    grid = Image.new("RGB", (columns * width, rows * height))
+    for index, image in enumerate(images):
+        grid.paste(image, ((index % columns) * width, (index // columns) * height))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="shapes-flux")
@@ -69,12 +89,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--guidance", type=float, nargs="+", default=[1.0, 3.0])
     parser.add_argument("--two-object-prompts", type=int, default=48)
+    parser.add_argument("--grid", type=Path, default=None, help="save the single-object images as one PNG grid")
     args = parser.parse_args(argv)
     registry = Registry(Catalogue.load(), device="cpu")
     rows = []
     for guidance in args.guidance:
         started = time.perf_counter()
-        single = evaluate(registry, args.model, single_object_scenes(), args.seeds, guidance, args.steps)
+        samples: list[Image.Image] = []
+        single = evaluate(registry, args.model, single_object_scenes(), args.seeds, guidance, args.steps, samples)
+        if args.grid:
+            save_grid(samples, args.grid.with_name(f"{args.grid.stem}-cfg{guidance:g}{args.grid.suffix}"))
         double = evaluate(registry, args.model, two_object_scenes(args.two_object_prompts), args.seeds, guidance, args.steps)
         rows.append((guidance, single, double, time.perf_counter() - started))
     print(f"\nShapes world evaluation: {args.model}, {args.steps} steps, held-out single-object prompts\n")

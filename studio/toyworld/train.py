@@ -79,8 +79,9 @@ def encode_pool(vae: AutoencoderKL, pool: ScenePool, device: str) -> torch.Tenso
         images, _ = pool.batch(torch.arange(start, min(start + 256, len(pool))))
         latents.append(vae.encode(images.to(device)).latent_dist.mode().cpu())
     latents = torch.cat(latents)
-    # FLUX normalises latents as (z - shift) * scale; take both from the data.
-    vae.register_to_config(shift_factor=float(latents.mean()), scaling_factor=float(1 / latents.std()))
+    if vae.config.shift_factor == 0.0 and vae.config.scaling_factor == 1.0:
+        # FLUX normalises latents as (z - shift) * scale; a fresh VAE takes both from the data.
+        vae.register_to_config(shift_factor=float(latents.mean()), scaling_factor=float(1 / latents.std()))
     return latents
 
 
@@ -108,12 +109,13 @@ def train_transformer(
     seed: int,
     output: Path,
     checkpoint_every: int,
+    learning_rate: float,
 ) -> FluxPipeline:
     torch.manual_seed(seed)
     transformer, clip, t5 = pipe.transformer.to(device), pipe.text_encoder.to(device), pipe.text_encoder_2.to(device)
     trained = torch.nn.ModuleList([transformer, clip, t5]).train()
     ema = copy.deepcopy(trained).eval().requires_grad_(False)
-    optimiser = torch.optim.AdamW(trained.parameters(), lr=8e-4, weight_decay=0.01)
+    optimiser = torch.optim.AdamW(trained.parameters(), lr=learning_rate, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: warmup_cosine(s, steps, 200))
     vae_config = pipe.vae.config
     latents = (latents - vae_config.shift_factor) * vae_config.scaling_factor
@@ -181,6 +183,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vae-steps", type=int, default=1300)
     parser.add_argument("--transformer-steps", type=int, default=5000)
     parser.add_argument("--checkpoint-every", type=int, default=1000)
+    parser.add_argument("--learning-rate", type=float, default=8e-4)
+    parser.add_argument("--resume", type=Path, default=None, help="a saved shapes-world pipeline to train further")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
@@ -190,12 +194,17 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     pool = build_pool(args.scenes, seed=args.seed)
     print(f"{len(pool)} scenes drawn in {time.perf_counter() - started:.0f} s")
-    vae = train_vae(pool, args.vae_steps, 16, args.device, args.seed)
-    latents = encode_pool(vae, pool, args.device)
-    torch.manual_seed(args.seed)
-    pipe = flux.build_pipeline(shapes_transformer(), vae, clip_hidden=64, t5_d_model=128)
+    if args.resume:
+        # Go on training a saved model (its VAE and latent normalisation stay as they are).
+        pipe = FluxPipeline.from_pretrained(args.resume, dtype=torch.float32)
+        latents = encode_pool(pipe.vae.to(args.device), pool, args.device)
+    else:
+        vae = train_vae(pool, args.vae_steps, 16, args.device, args.seed)
+        latents = encode_pool(vae, pool, args.device)
+        torch.manual_seed(args.seed)
+        pipe = flux.build_pipeline(shapes_transformer(), vae, clip_hidden=64, t5_d_model=128)
     pipe = train_transformer(pipe, latents, pool, args.transformer_steps, args.batch_size, args.device, args.seed,
-                             args.output, args.checkpoint_every)
+                             args.output, args.checkpoint_every, args.learning_rate)
     pipe.to("cpu", torch.float16).save_pretrained(args.output, safe_serialization=True)
     parameters = sum(p.numel() for m in (pipe.transformer, pipe.vae, pipe.text_encoder, pipe.text_encoder_2)
                      for p in m.parameters())
