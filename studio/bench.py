@@ -15,7 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import diffusers
 import torch
+import transformers
 
 from studio import offline
 from studio.catalogue import Catalogue
@@ -53,6 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--device", default=None)
     args = parser.parse_args(argv)
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
     device, dtype = choose_device(args.device)
     catalogue = Catalogue.load()
     registry = Registry(catalogue, device=device, dtype=dtype)
