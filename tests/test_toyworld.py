@@ -2,6 +2,7 @@ import random
 
 import numpy as np
 import pytest
+import torch
 from transformers import CLIPTokenizer, GemmaTokenizer, T5Tokenizer
 
 from studio import offline
@@ -97,3 +98,22 @@ def test_the_trained_model_draws_the_asked_colour_at_the_asked_place(registry):
             total += 1
     assert colour_hits / total >= 0.8
     assert position_hits / total >= 0.8
+
+
+def test_the_trainer_writes_a_pipeline_the_registry_path_can_load(tmp_path):
+    from diffusers import FluxPipeline
+
+    from studio.toyworld import train
+
+    train.main(["--scenes", "32", "--vae-steps", "2", "--transformer-steps", "2", "--batch-size", "4",
+                "--checkpoint-every", "0", "--output", str(tmp_path / "model")])
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "model" / "transformer" / "diffusion_pytorch_model.safetensors", "pt") as weights:
+        assert {weights.get_slice(name).get_dtype() for name in weights.keys()} == {"F16"}
+    pipe = FluxPipeline.from_pretrained(tmp_path / "model", dtype=torch.float32, use_safetensors=True,
+                                        local_files_only=True)
+    assert pipe.vae.config.scaling_factor != 1.0  # latent normalisation taken from the data
+    image = pipe("a large red circle on the left, gray background", height=64, width=64, num_inference_steps=2,
+                 max_sequence_length=train.MAX_SEQUENCE_LENGTH).images[0]
+    assert image.size == (64, 64)
