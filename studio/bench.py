@@ -26,7 +26,7 @@ from studio.generation import GenerationSettings, call_arguments, generate, vali
 from studio.metadata import save_png
 from studio.registry import Registry
 
-BUILTIN_MODELS = ["shapes-flux", "tiny-flux-dev", "tiny-sd3", "tiny-pixart-sigma", "tiny-sana", "tiny-sana-sprint"]
+BUILTIN_MODELS = ["shapes-flux", "shapes-sd3", "tiny-flux-dev", "tiny-sd3", "tiny-pixart-sigma", "tiny-sana", "tiny-sana-sprint"]
 
 
 def median_seconds(run, runs: int) -> float:

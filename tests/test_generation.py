@@ -22,7 +22,7 @@ def pixels(result) -> np.ndarray:
     return np.asarray(result.image, dtype=np.int16)
 
 
-@pytest.mark.parametrize("model", TINY_MODELS + ["shapes-flux"])
+@pytest.mark.parametrize("model", TINY_MODELS + ["shapes-flux", "shapes-sd3"])
 def test_each_family_makes_the_requested_size_and_the_seed_decides(registry, model):
     wide, tall = run(registry, model=model, width=96, height=64, seed=3)[0], run(registry, model=model, width=64, height=96, seed=3)[0]
     assert wide.image.size == (96, 64) and tall.image.size == (64, 96)

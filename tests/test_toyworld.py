@@ -84,12 +84,13 @@ TRAINED_PROMPTS = [
 ]
 
 
-def test_the_trained_model_draws_the_asked_colour_at_the_asked_place(registry):
-    assert registry.catalogue.get("shapes-flux").path.joinpath("model_index.json").is_file()
+@pytest.mark.parametrize("model", ["shapes-flux", "shapes-sd3"])
+def test_the_trained_model_draws_the_asked_colour_at_the_asked_place(registry, model):
+    assert registry.catalogue.get(model).path.joinpath("model_index.json").is_file()
     colour_hits = position_hits = total = 0
     for obj in TRAINED_PROMPTS:
         scene = make_scene([obj], "gray")
-        settings = GenerationSettings(model="shapes-flux", prompt=scene.caption, steps=12, guidance=3.0,
+        settings = GenerationSettings(model=model, prompt=scene.caption, steps=12, guidance=3.0,
                                       width=64, height=64, seed=0, count=4)
         for result in generate(registry, settings):
             checks = check_object(result.image, obj)
@@ -100,19 +101,21 @@ def test_the_trained_model_draws_the_asked_colour_at_the_asked_place(registry):
     assert position_hits / total >= 0.8
 
 
-def test_the_trainer_writes_a_pipeline_the_registry_path_can_load(tmp_path):
-    from diffusers import FluxPipeline
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_the_trainer_writes_a_pipeline_the_registry_path_can_load(tmp_path, family):
+    from diffusers import FluxPipeline, StableDiffusion3Pipeline
 
     from studio.toyworld import train
 
-    train.main(["--scenes", "32", "--vae-steps", "2", "--transformer-steps", "2", "--batch-size", "4",
-                "--checkpoint-every", "0", "--output", str(tmp_path / "model")])
+    train.main(["--family", family, "--scenes", "32", "--vae-steps", "2", "--transformer-steps", "2",
+                "--batch-size", "4", "--checkpoint-every", "0", "--output", str(tmp_path / "model")])
     from safetensors import safe_open
 
     with safe_open(tmp_path / "model" / "transformer" / "diffusion_pytorch_model.safetensors", "pt") as weights:
         assert {weights.get_slice(name).get_dtype() for name in weights.keys()} == {"F16"}
-    pipe = FluxPipeline.from_pretrained(tmp_path / "model", dtype=torch.float32, use_safetensors=True,
-                                        local_files_only=True)
+    pipeline_class = FluxPipeline if family == "flux" else StableDiffusion3Pipeline
+    pipe = pipeline_class.from_pretrained(tmp_path / "model", dtype=torch.float32, use_safetensors=True,
+                                          local_files_only=True)
     assert pipe.vae.config.scaling_factor != 1.0  # latent normalisation taken from the data
     image = pipe("a large red circle on the left, gray background", height=64, width=64, num_inference_steps=2,
                  max_sequence_length=train.MAX_SEQUENCE_LENGTH).images[0]

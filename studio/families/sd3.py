@@ -6,17 +6,36 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 
 from studio import offline
 from studio.families import Family
 from studio.families.flux import small_vae
 
 
-def build_random(target: Path) -> None:
-    torch.manual_seed(0)
+def build_pipeline(
+    transformer: SD3Transformer2DModel, vae: AutoencoderKL, clip_hidden: int, clip_projection: int, t5_d_model: int
+) -> StableDiffusion3Pipeline:
+    """An SD3 pipeline around `transformer` with small word-level text encoders. The two CLIPs'
+    sequence outputs are concatenated (2 x clip_hidden, at most the T5 width) and their pooled
+    projections make the transformer's pooled input (2 x clip_projection)."""
     clip_tokenizer = offline.clip_tokenizer()
     t5_tokenizer = offline.t5_tokenizer()
+    return StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=vae,
+        text_encoder=offline.clip_text_encoder(clip_tokenizer, hidden_size=clip_hidden, projection_dim=clip_projection),
+        tokenizer=clip_tokenizer,
+        text_encoder_2=offline.clip_text_encoder(clip_tokenizer, hidden_size=clip_hidden, projection_dim=clip_projection),
+        tokenizer_2=clip_tokenizer,
+        text_encoder_3=offline.t5_text_encoder(t5_tokenizer, d_model=t5_d_model),
+        tokenizer_3=t5_tokenizer,
+    )
+
+
+def build_random(target: Path) -> None:
+    torch.manual_seed(0)
     transformer = SD3Transformer2DModel(
         sample_size=32,
         patch_size=2,
@@ -30,18 +49,7 @@ def build_random(target: Path) -> None:
         out_channels=16,
         pos_embed_max_size=32,
     )
-    pipe = StableDiffusion3Pipeline(
-        transformer=transformer,
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-        vae=small_vae(16, (8, 16, 16)),
-        text_encoder=offline.clip_text_encoder(clip_tokenizer, hidden_size=16, projection_dim=32),
-        tokenizer=clip_tokenizer,
-        text_encoder_2=offline.clip_text_encoder(clip_tokenizer, hidden_size=16, projection_dim=32),
-        tokenizer_2=clip_tokenizer,
-        text_encoder_3=offline.t5_text_encoder(t5_tokenizer, d_model=32),
-        tokenizer_3=t5_tokenizer,
-    )
-    pipe.save_pretrained(target)
+    build_pipeline(transformer, small_vae(16, (8, 16, 16)), clip_hidden=16, clip_projection=32, t5_d_model=32).save_pretrained(target)
 
 
 FAMILY = Family(
@@ -54,5 +62,9 @@ FAMILY = Family(
         }
     },
     token_order="image-text",
-    builtin_builders={"sd3-random": build_random},
+    builtin_builders={
+        "sd3-random": build_random,
+        # Stands in for the trained shapes-world weights when they are absent.
+        "sd3-shapes-random": build_random,
+    },
 )

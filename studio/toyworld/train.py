@@ -1,7 +1,8 @@
-"""Train the shapes-world model: the VAE first, then the FLUX-architecture transformer with its
-text encoders, by rectified flow in exactly the convention `FluxPipeline` samples with.
+"""Train a shapes-world model: the VAE first, then the transformer with its text encoders, by
+rectified flow in exactly the convention its pipeline samples with (FLUX, or its SD3 twin).
 
-    python -m studio.toyworld.train            # about 75 minutes on a 2-core CPU
+    python -m studio.toyworld.train                    # FLUX; about 75 minutes on a 2-core CPU
+    python -m studio.toyworld.train --family sd3       # the SD3 twin, on the FLUX model's VAE
     python -m studio.toyworld.train --device cuda
 
 Writes a complete diffusers pipeline (fp16 safetensors) that the registry loads like a hub model.
@@ -18,17 +19,25 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, FluxPipeline, FluxTransformer2DModel
+from diffusers import (
+    AutoencoderKL,
+    DiffusionPipeline,
+    FluxPipeline,
+    FluxTransformer2DModel,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+)
 from tqdm import tqdm
 
-from studio.families import flux
+from studio.families import flux, sd3
 from studio.toyworld.data import ScenePool, build_pool
 
-DEFAULT_OUTPUT = Path(__file__).resolve().parents[2] / "assets" / "models" / "shapes-flux"
+MODELS_DIR = Path(__file__).resolve().parents[2] / "assets" / "models"
 MAX_SEQUENCE_LENGTH = 32
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 
 
-def shapes_transformer() -> FluxTransformer2DModel:
+def flux_transformer() -> FluxTransformer2DModel:
     return FluxTransformer2DModel(
         patch_size=1,
         in_channels=64,
@@ -41,6 +50,54 @@ def shapes_transformer() -> FluxTransformer2DModel:
         guidance_embeds=False,
         axes_dims_rope=(16, 16, 16),
     )
+
+
+def sd3_transformer() -> SD3Transformer2DModel:
+    # The same width and token grid as the FLUX model: 2x2 latent patches, 4 heads of 48.
+    return SD3Transformer2DModel(
+        sample_size=16,
+        patch_size=2,
+        in_channels=16,
+        num_layers=4,
+        attention_head_dim=48,
+        num_attention_heads=4,
+        joint_attention_dim=128,
+        caption_projection_dim=192,
+        pooled_projection_dim=128,
+        out_channels=16,
+        pos_embed_max_size=32,
+    )
+
+
+def new_pipeline(family: str, vae: AutoencoderKL) -> DiffusionPipeline:
+    if family == "flux":
+        return flux.build_pipeline(flux_transformer(), vae, clip_hidden=64, t5_d_model=128)
+    return sd3.build_pipeline(sd3_transformer(), vae, clip_hidden=64, clip_projection=64, t5_d_model=128)
+
+
+def predict_velocity(pipe: DiffusionPipeline, noisy: torch.Tensor, sigma: torch.Tensor, texts: list[str]) -> torch.Tensor:
+    """The transformer's velocity for `noisy` latents, called as the family's pipeline calls it."""
+    batch, channels, height, width = noisy.shape
+    device = noisy.device
+    if isinstance(pipe, FluxPipeline):
+        embeds, pooled, text_ids = pipe.encode_prompt(texts, device=device, max_sequence_length=MAX_SEQUENCE_LENGTH)
+        image_ids = FluxPipeline._prepare_latent_image_ids(batch, height // 2, width // 2, device, noisy.dtype)
+        packed = pipe.transformer(
+            hidden_states=FluxPipeline._pack_latents(noisy, batch, channels, height, width),
+            timestep=sigma,  # the pipeline passes t / 1000
+            guidance=None,
+            pooled_projections=pooled,
+            encoder_hidden_states=embeds,
+            txt_ids=text_ids,
+            img_ids=image_ids,
+            return_dict=False,
+        )[0]
+        scale = pipe.vae_scale_factor
+        return FluxPipeline._unpack_latents(packed, height * scale, width * scale, scale)
+    embeds, _, pooled, _ = pipe.encode_prompt(texts, None, None, device=device, do_classifier_free_guidance=False,
+                                              max_sequence_length=MAX_SEQUENCE_LENGTH)
+    return pipe.transformer(hidden_states=noisy, timestep=sigma * 1000, encoder_hidden_states=embeds,
+                            pooled_projections=pooled, return_dict=False)[0]
 
 
 def warmup_cosine(step: int, total: int, warmup: int) -> float:
@@ -86,21 +143,29 @@ def encode_pool(vae: AutoencoderKL, pool: ScenePool, device: str) -> torch.Tenso
 
 
 def sigma_shift(image_tokens: int, scheduler_config) -> float:
-    """exp(mu) of the dynamic shift FluxPipeline applies for this many image tokens."""
+    """The shift the pipeline's scheduler applies: FLUX's resolution-dependent exp(mu), else SD3's
+    fixed shift."""
     c = scheduler_config
+    if not c.use_dynamic_shifting:
+        return c.shift
     slope = (c.max_shift - c.base_shift) / (c.max_image_seq_len - c.base_image_seq_len)
     return math.exp(c.base_shift + slope * (image_tokens - c.base_image_seq_len))
 
 
-def save(pipe: FluxPipeline, modules: torch.nn.ModuleList, output: Path) -> None:
-    """Save the pipeline with the given (transformer, CLIP, T5) weights, as fp16 safetensors."""
+def trained_components(pipe: DiffusionPipeline) -> list[str]:
+    return ["transformer", *(name for name in TEXT_ENCODERS if getattr(pipe, name, None) is not None)]
+
+
+def save(pipe: DiffusionPipeline, modules: torch.nn.ModuleList, output: Path) -> None:
+    """Save the pipeline with the given weights for its trained components, as fp16 safetensors."""
     snapshot = copy.deepcopy(pipe)
-    snapshot.transformer, snapshot.text_encoder, snapshot.text_encoder_2 = (copy.deepcopy(m) for m in modules)
+    for name, module in zip(trained_components(pipe), modules):
+        setattr(snapshot, name, copy.deepcopy(module))
     snapshot.to("cpu", torch.float16).save_pretrained(output, safe_serialization=True)
 
 
 def train_transformer(
-    pipe: FluxPipeline,
+    pipe: DiffusionPipeline,
     latents: torch.Tensor,
     pool: ScenePool,
     steps: int,
@@ -110,53 +175,31 @@ def train_transformer(
     output: Path,
     checkpoint_every: int,
     learning_rate: float,
-) -> FluxPipeline:
+) -> DiffusionPipeline:
     torch.manual_seed(seed)
-    transformer, clip, t5 = pipe.transformer.to(device), pipe.text_encoder.to(device), pipe.text_encoder_2.to(device)
-    trained = torch.nn.ModuleList([transformer, clip, t5]).train()
+    names = trained_components(pipe)
+    trained = torch.nn.ModuleList([getattr(pipe, name).to(device) for name in names]).train()
     ema = copy.deepcopy(trained).eval().requires_grad_(False)
     optimiser = torch.optim.AdamW(trained.parameters(), lr=learning_rate, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: warmup_cosine(s, steps, 200))
     vae_config = pipe.vae.config
     latents = (latents - vae_config.shift_factor) * vae_config.scaling_factor
-    _, channels, height, width = latents.shape
-    image_ids = FluxPipeline._prepare_latent_image_ids(1, height // 2, width // 2, device, torch.float32)
-    text_ids = torch.zeros(MAX_SEQUENCE_LENGTH, 3, device=device)
+    _, _, height, width = latents.shape
     shift = sigma_shift((height // 2) * (width // 2), pipe.scheduler.config)
     generator = torch.Generator().manual_seed(seed)
     captions = [scene.caption for scene in pool.scenes]
-
-    def tokens(texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        clip_ids = pipe.tokenizer(texts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                                  truncation=True, return_tensors="pt").input_ids
-        t5_ids = pipe.tokenizer_2(texts, padding="max_length", max_length=MAX_SEQUENCE_LENGTH,
-                                  truncation=True, return_tensors="pt").input_ids
-        return clip_ids.to(device), t5_ids.to(device)
 
     for step in (bar := tqdm(range(steps), desc="transformer")):
         indices = torch.randint(len(pool), (batch_size,), generator=generator)
         # One caption in ten is dropped so classifier-free guidance has an unconditional model.
         texts = ["" if torch.rand((), generator=generator) < 0.1 else captions[i] for i in indices.tolist()]
-        clip_ids, t5_ids = tokens(texts)
         x0 = latents[indices].to(device)
         noise = torch.randn(x0.shape, generator=generator).to(device)
-        # Logit-normal sigmas, moved by the same resolution shift the sampler uses.
+        # Logit-normal sigmas, moved by the same shift the sampler uses.
         u = torch.sigmoid(torch.randn(batch_size, generator=generator)).to(device)
         sigma = shift * u / (1 + (shift - 1) * u)
         noisy = (1 - sigma.view(-1, 1, 1, 1)) * x0 + sigma.view(-1, 1, 1, 1) * noise
-        packed = FluxPipeline._pack_latents(noisy, batch_size, channels, height, width)
-        prediction = transformer(
-            hidden_states=packed,
-            timestep=sigma,
-            guidance=None,
-            pooled_projections=clip(clip_ids).pooler_output,
-            encoder_hidden_states=t5(t5_ids)[0],
-            txt_ids=text_ids,
-            img_ids=image_ids,
-            return_dict=False,
-        )[0]
-        target = FluxPipeline._pack_latents(noise - x0, batch_size, channels, height, width)
-        loss = F.mse_loss(prediction, target)
+        loss = F.mse_loss(predict_velocity(pipe, noisy, sigma, texts), noise - x0)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained.parameters(), 1.0)
@@ -170,15 +213,17 @@ def train_transformer(
         if checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
             # A usable model on disk all along: a stopped run still leaves its latest state.
             save(pipe, ema, output)
-    for module in ema:
-        module.requires_grad_(True)
-    pipe.transformer, pipe.text_encoder, pipe.text_encoder_2 = ema[0], ema[1], ema[2]
+    for name, module in zip(names, ema):
+        setattr(pipe, name, module.requires_grad_(True))
     return pipe
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--family", choices=["flux", "sd3"], default="flux")
+    parser.add_argument("--output", type=Path, default=None, help="default: assets/models/shapes-FAMILY")
+    parser.add_argument("--vae-from", type=Path, default=MODELS_DIR / "shapes-flux",
+                        help="for the SD3 twin: the saved model whose VAE it shares")
     parser.add_argument("--scenes", type=int, default=24576)
     parser.add_argument("--vae-steps", type=int, default=1300)
     parser.add_argument("--transformer-steps", type=int, default=5000)
@@ -194,21 +239,26 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     pool = build_pool(args.scenes, seed=args.seed)
     print(f"{len(pool)} scenes drawn in {time.perf_counter() - started:.0f} s")
+    output = args.output or MODELS_DIR / f"shapes-{args.family}"
+    pipeline_class = FluxPipeline if args.family == "flux" else StableDiffusion3Pipeline
     if args.resume:
         # Go on training a saved model (its VAE and latent normalisation stay as they are).
-        pipe = FluxPipeline.from_pretrained(args.resume, dtype=torch.float32)
+        pipe = pipeline_class.from_pretrained(args.resume, dtype=torch.float32)
         latents = encode_pool(pipe.vae.to(args.device), pool, args.device)
     else:
-        vae = train_vae(pool, args.vae_steps, 16, args.device, args.seed)
+        if args.family == "flux":
+            vae = train_vae(pool, args.vae_steps, 16, args.device, args.seed)
+        else:  # the twins share one latent space
+            vae = AutoencoderKL.from_pretrained(args.vae_from, subfolder="vae", dtype=torch.float32).to(args.device)
         latents = encode_pool(vae, pool, args.device)
         torch.manual_seed(args.seed)
-        pipe = flux.build_pipeline(shapes_transformer(), vae, clip_hidden=64, t5_d_model=128)
+        pipe = new_pipeline(args.family, vae)
     pipe = train_transformer(pipe, latents, pool, args.transformer_steps, args.batch_size, args.device, args.seed,
-                             args.output, args.checkpoint_every, args.learning_rate)
-    pipe.to("cpu", torch.float16).save_pretrained(args.output, safe_serialization=True)
-    parameters = sum(p.numel() for m in (pipe.transformer, pipe.vae, pipe.text_encoder, pipe.text_encoder_2)
+                             output, args.checkpoint_every, args.learning_rate)
+    pipe.to("cpu", torch.float16).save_pretrained(output, safe_serialization=True)
+    parameters = sum(p.numel() for m in pipe.components.values() if isinstance(m, torch.nn.Module)
                      for p in m.parameters())
-    print(f"saved {parameters / 1e6:.2f} M parameters to {args.output} "
+    print(f"saved {parameters / 1e6:.2f} M parameters to {output} "
           f"after {(time.perf_counter() - started) / 60:.1f} min")
 
 
