@@ -82,7 +82,6 @@ def main(argv: list[str] | None = None) -> None:
 
         bare_time, studio_time = median_seconds(bare_call, args.runs), median_seconds(studio_call, args.runs)
         print(f"| {model_id} | {settings.steps} | {bare_time:.4f} | {studio_time:.4f} | {studio_time / bare_time:.3f} |")
-        del bare
 
     first, second = args.models[0], args.models[1 % len(args.models)]
     print("\n| hot swap | seconds |\n|---|---|")

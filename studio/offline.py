@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+from diffusers import AutoencoderKL
 from transformers import (
     CLIPTextConfig,
     CLIPTextModel,
@@ -62,6 +63,25 @@ def ensure_builtin(name: str, build: Callable[[Path], None], trained_dir: Path |
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def small_vae(latent_channels: int, block_out_channels: tuple[int, ...] = (16, 32, 64)) -> AutoencoderKL:
+    """A small KL autoencoder for FLUX, SD3 and PixArt built-ins. Its latent shift and scale start
+    at 0 and 1; training takes both from the data."""
+    # Few GroupNorm groups: with one group per channel flat colours wash out.
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * len(block_out_channels),
+        up_block_types=("UpDecoderBlock2D",) * len(block_out_channels),
+        block_out_channels=block_out_channels,
+        layers_per_block=1,
+        latent_channels=latent_channels,
+        norm_num_groups=4,
+        mid_block_add_attention=False,
+        scaling_factor=1.0,
+        shift_factor=0.0,
+    )
 
 
 # --- Tokenizers -------------------------------------------------------------------------------

@@ -12,28 +12,6 @@ from studio import offline
 from studio.families import Family
 
 
-def small_vae(
-    latent_channels: int,
-    block_out_channels: tuple[int, ...] = (16, 32, 64),
-    scaling_factor: float = 1.0,
-    shift_factor: float = 0.0,
-) -> AutoencoderKL:
-    # Few GroupNorm groups: with one group per channel flat colours wash out.
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * len(block_out_channels),
-        up_block_types=("UpDecoderBlock2D",) * len(block_out_channels),
-        block_out_channels=block_out_channels,
-        layers_per_block=1,
-        latent_channels=latent_channels,
-        norm_num_groups=4,
-        mid_block_add_attention=False,
-        scaling_factor=scaling_factor,
-        shift_factor=shift_factor,
-    )
-
-
 def flow_scheduler() -> FlowMatchEulerDiscreteScheduler:
     # FLUX's own scheduler settings: resolution-dependent shift.
     return FlowMatchEulerDiscreteScheduler(
@@ -80,7 +58,7 @@ def build_random(target: Path, guidance_embeds: bool) -> None:
         guidance_embeds=guidance_embeds,
         axes_dims_rope=(4, 6, 6),
     )
-    build_pipeline(transformer, small_vae(16, (8, 16, 16)), clip_hidden=32, t5_d_model=32).save_pretrained(target)
+    build_pipeline(transformer, offline.small_vae(16, (8, 16, 16)), clip_hidden=32, t5_d_model=32).save_pretrained(target)
 
 
 FAMILY = Family(

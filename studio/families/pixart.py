@@ -10,7 +10,6 @@ from diffusers import DPMSolverMultistepScheduler, PixArtSigmaPipeline, PixArtTr
 
 from studio import offline
 from studio.families import Family
-from studio.families.flux import small_vae
 
 
 def build_random(target: Path) -> None:
@@ -37,7 +36,7 @@ def build_random(target: Path) -> None:
     pipe = PixArtSigmaPipeline(
         tokenizer=t5_tokenizer,
         text_encoder=offline.t5_text_encoder(t5_tokenizer, d_model=32),
-        vae=small_vae(4, (8, 16, 16)),
+        vae=offline.small_vae(4, (8, 16, 16)),
         transformer=transformer,
         scheduler=DPMSolverMultistepScheduler(),
     )

@@ -10,7 +10,6 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transfo
 
 from studio import offline
 from studio.families import Family
-from studio.families.flux import small_vae
 
 
 def build_pipeline(
@@ -49,7 +48,7 @@ def build_random(target: Path) -> None:
         out_channels=16,
         pos_embed_max_size=32,
     )
-    build_pipeline(transformer, small_vae(16, (8, 16, 16)), clip_hidden=16, clip_projection=32, t5_d_model=32).save_pretrained(target)
+    build_pipeline(transformer, offline.small_vae(16, (8, 16, 16)), clip_hidden=16, clip_projection=32, t5_d_model=32).save_pretrained(target)
 
 
 FAMILY = Family(

@@ -16,7 +16,6 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import (
@@ -29,6 +28,7 @@ from diffusers import (
 )
 from tqdm import tqdm
 
+from studio import offline
 from studio.families import flux, sd3
 from studio.toyworld.data import ScenePool, build_pool
 
@@ -108,7 +108,7 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
 
 def train_vae(pool: ScenePool, steps: int, batch_size: int, device: str, seed: int) -> AutoencoderKL:
     torch.manual_seed(seed)
-    vae = flux.small_vae(16, (16, 32, 64)).to(device).train()
+    vae = offline.small_vae(16, (16, 32, 64)).to(device).train()
     optimiser = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: warmup_cosine(s, steps, 50))
     generator = torch.Generator().manual_seed(seed)
