@@ -8,6 +8,38 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import diffusers
+import torch
+
+
+@dataclass
+class TextConditioning:
+    """A prompt batch as the family's transformer takes it."""
+
+    embeds: torch.Tensor
+    pooled: torch.Tensor
+    # FLUX's text position ids (shared by every row); None for families without them.
+    text_ids: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.embeds.shape[0]
+
+    def cat(self, other: TextConditioning) -> TextConditioning:
+        return TextConditioning(torch.cat([self.embeds, other.embeds]), torch.cat([self.pooled, other.pooled]),
+                                self.text_ids)
+
+
+@dataclass(frozen=True)
+class FlowConvention:
+    """How a rectified-flow family's transformer is called, in unpacked latent space [B, C, H, W]
+    with sigma in [0, 1] (1 = noise): what inversion, the methods' sampler and training share."""
+
+    # (pipe, prompts, max_sequence_length) -> TextConditioning
+    encode_text: Callable[[diffusers.DiffusionPipeline, list[str], int], TextConditioning]
+    # (pipe, latents, sigma [B], text, embedded guidance or None) -> velocity (noise - data)
+    velocity: Callable[[diffusers.DiffusionPipeline, torch.Tensor, torch.Tensor, TextConditioning, float | None],
+                       torch.Tensor]
+    # The pipeline samples on linspace(1, 1/n, n) sigmas (FLUX) rather than the scheduler's own grid (SD3).
+    linear_sigmas: bool
 
 
 @dataclass(frozen=True)
@@ -20,6 +52,8 @@ class Family:
     token_order: str
     # Built-in random-weight models of this family: name -> builder writing a saved pipeline.
     builtin_builders: Mapping[str, Callable[[Path], None]] = field(default_factory=dict)
+    # Rectified-flow families (FLUX, SD3) say how their transformer is called; None otherwise.
+    flow: FlowConvention | None = None
 
     def pipeline_class(self, t2i_class: str, task: str) -> type[diffusers.DiffusionPipeline]:
         if task == "t2i":

@@ -9,7 +9,7 @@ import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
 from studio import offline
-from studio.families import Family
+from studio.families import Family, FlowConvention, TextConditioning
 
 
 def flow_scheduler() -> FlowMatchEulerDiscreteScheduler:
@@ -61,11 +61,40 @@ def build_random(target: Path, guidance_embeds: bool) -> None:
     build_pipeline(transformer, offline.small_vae(16, (8, 16, 16)), clip_hidden=32, t5_d_model=32).save_pretrained(target)
 
 
+def encode_text(pipe: FluxPipeline, prompts: list[str], max_sequence_length: int) -> TextConditioning:
+    embeds, pooled, text_ids = pipe.encode_prompt(prompts, prompt_2=None, device=pipe.transformer.device,
+                                                  max_sequence_length=max_sequence_length)
+    return TextConditioning(embeds, pooled, text_ids)
+
+
+def velocity(
+    pipe: FluxPipeline, latents: torch.Tensor, sigma: torch.Tensor, text: TextConditioning, guidance: float | None
+) -> torch.Tensor:
+    batch, channels, height, width = latents.shape
+    image_ids = FluxPipeline._prepare_latent_image_ids(batch, height // 2, width // 2, latents.device, latents.dtype)
+    embedded_guidance = None
+    if pipe.transformer.config.guidance_embeds:
+        embedded_guidance = torch.full((batch,), 3.5 if guidance is None else guidance, device=latents.device)
+    packed = pipe.transformer(
+        hidden_states=FluxPipeline._pack_latents(latents, batch, channels, height, width),
+        timestep=sigma,  # FluxPipeline passes t / 1000, which is sigma
+        guidance=embedded_guidance,
+        pooled_projections=text.pooled,
+        encoder_hidden_states=text.embeds,
+        txt_ids=text.text_ids,
+        img_ids=image_ids,
+        return_dict=False,
+    )[0]
+    scale = pipe.vae_scale_factor
+    return FluxPipeline._unpack_latents(packed, height * scale, width * scale, scale)
+
+
 FAMILY = Family(
     name="flux",
     label="FLUX",
     task_variants={"FluxPipeline": {"img2img": "FluxImg2ImgPipeline", "inpaint": "FluxInpaintPipeline"}},
     token_order="text-image",
+    flow=FlowConvention(encode_text=encode_text, velocity=velocity, linear_sigmas=True),
     builtin_builders={
         "flux-random": lambda target: build_random(target, guidance_embeds=True),
         "flux-schnell-random": lambda target: build_random(target, guidance_embeds=False),

@@ -9,7 +9,7 @@ import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 
 from studio import offline
-from studio.families import Family
+from studio.families import Family, FlowConvention, TextConditioning
 
 
 def build_pipeline(
@@ -51,6 +51,22 @@ def build_random(target: Path) -> None:
     build_pipeline(transformer, offline.small_vae(16, (8, 16, 16)), clip_hidden=16, clip_projection=32, t5_d_model=32).save_pretrained(target)
 
 
+def encode_text(pipe: StableDiffusion3Pipeline, prompts: list[str], max_sequence_length: int) -> TextConditioning:
+    embeds, _, pooled, _ = pipe.encode_prompt(prompts, None, None, device=pipe.transformer.device,
+                                              do_classifier_free_guidance=False,
+                                              max_sequence_length=max_sequence_length)
+    return TextConditioning(embeds, pooled)
+
+
+def velocity(
+    pipe: StableDiffusion3Pipeline, latents: torch.Tensor, sigma: torch.Tensor, text: TextConditioning,
+    guidance: float | None,
+) -> torch.Tensor:
+    # SD3 has no embedded guidance (`guidance` is unused): classifier-free guidance doubles the batch.
+    return pipe.transformer(hidden_states=latents, timestep=sigma * 1000, encoder_hidden_states=text.embeds,
+                            pooled_projections=text.pooled, return_dict=False)[0]
+
+
 FAMILY = Family(
     name="sd3",
     label="SD3",
@@ -61,6 +77,7 @@ FAMILY = Family(
         }
     },
     token_order="image-text",
+    flow=FlowConvention(encode_text=encode_text, velocity=velocity, linear_sigmas=False),
     builtin_builders={
         "sd3-random": build_random,
         # Stands in for the trained shapes-world weights when they are absent.

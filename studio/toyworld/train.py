@@ -77,27 +77,8 @@ def new_pipeline(family: str, vae: AutoencoderKL) -> DiffusionPipeline:
 
 def predict_velocity(pipe: DiffusionPipeline, noisy: torch.Tensor, sigma: torch.Tensor, texts: list[str]) -> torch.Tensor:
     """The transformer's velocity for `noisy` latents, called as the family's pipeline calls it."""
-    batch, channels, height, width = noisy.shape
-    device = noisy.device
-    if isinstance(pipe, FluxPipeline):
-        embeds, pooled, text_ids = pipe.encode_prompt(texts, device=device, max_sequence_length=MAX_SEQUENCE_LENGTH)
-        image_ids = FluxPipeline._prepare_latent_image_ids(batch, height // 2, width // 2, device, noisy.dtype)
-        packed = pipe.transformer(
-            hidden_states=FluxPipeline._pack_latents(noisy, batch, channels, height, width),
-            timestep=sigma,  # the pipeline passes t / 1000
-            guidance=None,
-            pooled_projections=pooled,
-            encoder_hidden_states=embeds,
-            txt_ids=text_ids,
-            img_ids=image_ids,
-            return_dict=False,
-        )[0]
-        scale = pipe.vae_scale_factor
-        return FluxPipeline._unpack_latents(packed, height * scale, width * scale, scale)
-    embeds, _, pooled, _ = pipe.encode_prompt(texts, None, None, device=device, do_classifier_free_guidance=False,
-                                              max_sequence_length=MAX_SEQUENCE_LENGTH)
-    return pipe.transformer(hidden_states=noisy, timestep=sigma * 1000, encoder_hidden_states=embeds,
-                            pooled_projections=pooled, return_dict=False)[0]
+    flow = (flux if isinstance(pipe, FluxPipeline) else sd3).FAMILY.flow
+    return flow.velocity(pipe, noisy, sigma, flow.encode_text(pipe, texts, MAX_SEQUENCE_LENGTH), None)
 
 
 def warmup_cosine(step: int, total: int, warmup: int) -> float:
