@@ -29,6 +29,16 @@ class TextConditioning:
 
 
 @dataclass(frozen=True)
+class TextSegment:
+    """One tokenizer's share of the text tokens the transformer sees: positions
+    offset .. offset + length of the text sequence."""
+
+    tokenizer: object
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True)
 class FlowConvention:
     """How a rectified-flow family's transformer is called, in unpacked latent space [B, C, H, W]
     with sigma in [0, 1] (1 = noise): what inversion, the methods' sampler and training share."""
@@ -52,6 +62,10 @@ class Family:
     token_order: str
     # Built-in random-weight models of this family: name -> builder writing a saved pipeline.
     builtin_builders: Mapping[str, Callable[[Path], None]] = field(default_factory=dict)
+    # (pipe, max_sequence_length) -> where each tokenizer's tokens sit in the text sequence.
+    text_segments: Callable[[diffusers.DiffusionPipeline, int], list[TextSegment]] = lambda pipe, length: [
+        TextSegment(pipe.tokenizer, 0, length)
+    ]
     # Rectified-flow families (FLUX, SD3) say how their transformer is called; None otherwise.
     flow: FlowConvention | None = None
 

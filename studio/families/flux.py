@@ -9,7 +9,7 @@ import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
 from studio import offline
-from studio.families import Family, FlowConvention, TextConditioning
+from studio.families import Family, FlowConvention, TextConditioning, TextSegment
 
 
 def flow_scheduler() -> FlowMatchEulerDiscreteScheduler:
@@ -94,6 +94,8 @@ FAMILY = Family(
     label="FLUX",
     task_variants={"FluxPipeline": {"img2img": "FluxImg2ImgPipeline", "inpaint": "FluxInpaintPipeline"}},
     token_order="text-image",
+    # Only T5 tokens enter the joint sequence; CLIP's pooled vector goes to the modulation.
+    text_segments=lambda pipe, length: [TextSegment(pipe.tokenizer_2, 0, length)],
     flow=FlowConvention(encode_text=encode_text, velocity=velocity, linear_sigmas=True),
     builtin_builders={
         "flux-random": lambda target: build_random(target, guidance_embeds=True),

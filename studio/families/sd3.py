@@ -9,7 +9,9 @@ import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 
 from studio import offline
-from studio.families import Family, FlowConvention, TextConditioning
+from studio.families import Family, FlowConvention, TextConditioning, TextSegment
+
+CLIP_LENGTH = 77
 
 
 def build_pipeline(
@@ -77,6 +79,9 @@ FAMILY = Family(
         }
     },
     token_order="image-text",
+    # 77 CLIP positions (CLIP-L and CLIP-G side by side in the features), then T5's.
+    text_segments=lambda pipe, length: [TextSegment(pipe.tokenizer, 0, CLIP_LENGTH),
+                                        TextSegment(pipe.tokenizer_3, CLIP_LENGTH, length)],
     flow=FlowConvention(encode_text=encode_text, velocity=velocity, linear_sigmas=False),
     builtin_builders={
         "sd3-random": build_random,

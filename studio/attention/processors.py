@@ -1,0 +1,112 @@
+"""The studio's attention processors for joint-attention transformers, and their installation.
+
+A processor projects q, k, v exactly as the family's own processor does (diffusers'
+FluxAttnProcessor / JointAttnProcessor2_0), hands the joint sequence to the controller, and
+projects the result back. Only the projections differ between token orders."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from diffusers.models.embeddings import apply_rotary_emb
+
+from studio.attention.control import AttentionCall, AttentionController
+
+SINGLE_STREAM_PREFIX = "single_transformer_blocks."
+
+
+def _heads(tensor: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """[batch, tokens, heads * dim] -> [batch, tokens, heads, dim]."""
+    return tensor.unflatten(-1, (-1, head_dim))
+
+
+class ControlledProcessor:
+    def __init__(self, layer: str, controller: AttentionController, token_order: str) -> None:
+        self.layer = layer
+        self.controller = controller
+        self.text_first = token_order == "text-image"
+
+    def __call__(
+        self,
+        attn: torch.nn.Module,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_rotary_emb: torch.Tensor | None = None,
+        **_: object,
+    ):
+        head_dim = attn.head_dim if hasattr(attn, "head_dim") else attn.to_q.out_features // attn.heads
+        q, k, v = (_heads(projection(hidden_states), head_dim) for projection in (attn.to_q, attn.to_k, attn.to_v))
+        q, k = attn.norm_q(q) if attn.norm_q is not None else q, attn.norm_k(k) if attn.norm_k is not None else k
+        if encoder_hidden_states is not None:
+            text_length = encoder_hidden_states.shape[1]
+            text_q, text_k, text_v = (_heads(projection(encoder_hidden_states), head_dim)
+                                      for projection in (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj))
+            if attn.norm_added_q is not None:
+                text_q, text_k = attn.norm_added_q(text_q), attn.norm_added_k(text_k)
+            pair = (lambda text, image: torch.cat([text, image], dim=1)) if self.text_first else (
+                lambda text, image: torch.cat([image, text], dim=1))
+            q, k, v = pair(text_q, q), pair(text_k, k), pair(text_v, v)
+        else:
+            # A single-stream block: text and image arrive already joined, text first.
+            text_length = self.controller.text_length
+        if image_rotary_emb is not None:
+            q = apply_rotary_emb(q, image_rotary_emb, sequence_dim=1)
+            k = apply_rotary_emb(k, image_rotary_emb, sequence_dim=1)
+
+        tokens = q.shape[1]
+        if self.text_first:
+            text, image = slice(0, text_length), slice(text_length, tokens)
+        else:
+            text, image = slice(tokens - text_length, tokens), slice(0, tokens - text_length)
+        call = AttentionCall(self.layer, self.controller.step, text, image, q.shape[2])
+        output = self.controller.attend(call, q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attention_mask)
+        output = output.transpose(1, 2).flatten(2, 3).to(q.dtype)
+
+        if encoder_hidden_states is None:
+            return output
+        text_output, image_output = output[:, text], output[:, image]
+        image_output = attn.to_out[1](attn.to_out[0](image_output.contiguous()))
+        if not getattr(attn, "context_pre_only", False):
+            text_output = attn.to_add_out(text_output.contiguous())
+        return image_output, text_output
+
+
+def joint_layers(transformer: torch.nn.Module, kind: str = "all") -> list[str]:
+    """Names of the transformer's joint-attention layers ("transformer_blocks.3.attn"); kind
+    "single" keeps FLUX's single-stream blocks, "double" the two-stream ones."""
+    names = [name.removesuffix(".processor") for name in transformer.attn_processors
+             if name.endswith(".attn.processor")]
+    if kind == "single":
+        return [name for name in names if name.startswith(SINGLE_STREAM_PREFIX)]
+    if kind == "double":
+        return [name for name in names if not name.startswith(SINGLE_STREAM_PREFIX)]
+    return names
+
+
+@contextmanager
+def controlled(transformer: torch.nn.Module, controller: AttentionController, token_order: str) -> Iterator[None]:
+    """Run the transformer's joint-attention layers through `controller`; the original processors
+    come back afterwards whatever happens."""
+    if token_order not in ("text-image", "image-text"):
+        raise ValueError(f"attention control needs a joint-attention transformer, not {token_order!r}")
+    originals = transformer.attn_processors
+    layers = set(joint_layers(transformer))
+    replacement = {
+        name: ControlledProcessor(name.removesuffix(".processor"), controller, token_order)
+        if name.removesuffix(".processor") in layers else processor
+        for name, processor in originals.items()
+    }
+
+    def observe_text_length(_module, _args, kwargs):
+        controller.text_length = kwargs["encoder_hidden_states"].shape[1]
+
+    hook = transformer.register_forward_pre_hook(observe_text_length, with_kwargs=True)
+    transformer.set_attn_processor(replacement)
+    try:
+        yield
+    finally:
+        hook.remove()
+        transformer.set_attn_processor(dict(originals))
