@@ -4,6 +4,7 @@ RF-Solver, FireFlow and UniEdit-Flow do; editing then samples from the returned 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -28,10 +29,16 @@ class Inversion:
         return self.latents[0]
 
 
-def invert_latents(model: flow.FlowModel, latents: torch.Tensor, sigmas: list[float], solver: str) -> Inversion:
+def invert_latents(
+    model: flow.FlowModel,
+    latents: torch.Tensor,
+    sigmas: list[float],
+    solver: str,
+    before_step: Callable[[int], None] | None = None,
+) -> Inversion:
     """Invert normalised latents along `sigmas` (as sampled: descending, ending at 0)."""
     ascending = list(reversed(sigmas))
-    return Inversion(ascending, flow.integrate(model.velocity, latents, ascending, solver))
+    return Inversion(ascending, flow.integrate(model.velocity, latents, ascending, solver, before_step))
 
 
 def invert_image(

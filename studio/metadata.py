@@ -15,17 +15,22 @@ PNG_KEY = "dit-studio"
 
 
 def save_png(result: GeneratedImage, directory: Path) -> Path:
+    payload = {**result.settings.to_dict(), "seconds": round(result.seconds, 3)}
+    return save_image(result.image, payload, directory, f"{result.settings.model}-{result.settings.seed}")
+
+
+def save_image(image: Image.Image, payload: dict, directory: Path, name: str) -> Path:
+    """Save `image` as a new PNG in `directory` with `payload` in its text chunk."""
     directory.mkdir(parents=True, exist_ok=True)
     info = PngImagePlugin.PngInfo()
-    payload = {**result.settings.to_dict(), "seconds": round(result.seconds, 3)}
     info.add_text(PNG_KEY, json.dumps(payload))
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = directory / f"{stamp}-{result.settings.model}-{result.settings.seed}.png"
+    path = directory / f"{stamp}-{name}.png"
     counter = 1
     while path.exists():
-        path = directory / f"{stamp}-{result.settings.model}-{result.settings.seed}-{counter}.png"
+        path = directory / f"{stamp}-{name}-{counter}.png"
         counter += 1
-    result.image.save(path, pnginfo=info)
+    image.save(path, pnginfo=info)
     return path
 
 

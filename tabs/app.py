@@ -5,7 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from studio.context import StudioContext
-from tabs import text_to_image
+from tabs import colour_edit, text_to_image
 
 TITLE = "DiT Studio"
 
@@ -18,6 +18,8 @@ def build_app(studio: StudioContext) -> gr.Blocks:
             f"`{registry.device}` · {'offline' if registry.offline_only else 'online'}"
         )
         with gr.Tab("Text to image"):
-            text_to_image.build(studio)
+            history = text_to_image.build(studio)
+        with gr.Tab("Colour editing"):
+            colour_edit.build(studio, history)
     demo.queue(max_size=32, default_concurrency_limit=1)
     return demo

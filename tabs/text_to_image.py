@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import random
 from typing import Any
 
@@ -10,23 +9,15 @@ import gradio as gr
 
 from studio.catalogue import ModelSpec
 from studio.context import StudioContext
-from studio.errors import Cancelled, StudioError
+from studio.errors import Cancelled
 from studio.generation import ASPECT_RATIOS, MAX_IMAGES, MAX_SEED, GenerationSettings, generate, size_for_aspect
 from studio.gpu import gpu_task
 from studio.metadata import read_settings, save_png
 from studio.presets import example_prompts
 from studio.registry import ModelState
+from tabs.common import model_choices, session_of, user_errors
 
-log = logging.getLogger(__name__)
 HISTORY_LIMIT = 48
-
-
-def model_choices(studio: StudioContext) -> list[tuple[str, str]]:
-    registry = studio.registry
-    return [
-        (f"{spec.name} · {spec.family.label} · {spec.mode} · {registry.state(spec.id).value}", spec.id)
-        for spec in registry.catalogue
-    ]
 
 
 def describe(settings: GenerationSettings, seconds: float) -> str:
@@ -49,7 +40,8 @@ def control_updates(spec: ModelSpec) -> tuple[Any, ...]:
     )
 
 
-def build(studio: StudioContext) -> None:
+def build(studio: StudioContext) -> gr.State:
+    """The tab; returns its session history ([(png path, caption)], newest first) for other tabs."""
     registry = studio.registry
     default = registry.catalogue.get(studio.default_model)
     with gr.Row():
@@ -84,7 +76,7 @@ def build(studio: StudioContext) -> None:
     @gpu_task()
     def on_generate(model_id, prompt_text, negative_text, step_count, guidance_scale, w, h, seed_value,
                     image_count, past, request: gr.Request, progress=gr.Progress()):
-        cancel_switch = studio.cancellations.start(request.session_hash if request else "api")
+        cancel_switch = studio.cancellations.start(session_of(request))
         made: list[tuple[str, str]] = []
 
         def shown():
@@ -96,24 +88,20 @@ def build(studio: StudioContext) -> None:
             steps=int(step_count), guidance=float(guidance_scale), width=int(w), height=int(h),
             seed=int(seed_value or 0), count=int(image_count),
         )
-        try:
-            progress((0, settings.steps * settings.count), desc="Loading model")
-            for result in generate(registry, settings, lambda done, total: progress((done, total), desc="Denoising"),
-                                   cancel_switch):
-                path = save_png(result, studio.output_dir)
-                made.append((str(path), describe(result.settings, result.seconds)))
+        with user_errors("Generation"):
+            try:
+                progress((0, settings.steps * settings.count), desc="Loading model")
+                for result in generate(registry, settings,
+                                       lambda done, total: progress((done, total), desc="Denoising"), cancel_switch):
+                    path = save_png(result, studio.output_dir)
+                    made.append((str(path), describe(result.settings, result.seconds)))
+                    yield shown(), "\n\n".join(caption for _, caption in made), shown()
+            except Cancelled:
+                gr.Warning(f"Cancelled; kept the {len(made)} finished image(s).")
                 yield shown(), "\n\n".join(caption for _, caption in made), shown()
-        except Cancelled:
-            gr.Warning(f"Cancelled; kept the {len(made)} finished image(s).")
-            yield shown(), "\n\n".join(caption for _, caption in made), shown()
-        except StudioError as error:
-            raise gr.Error(str(error)) from None
-        except Exception as error:  # the server stays up; the log keeps the traceback
-            log.exception("text-to-image failed")
-            raise gr.Error(f"Generation failed: {type(error).__name__}: {error}") from None
 
     def on_cancel(request: gr.Request) -> None:
-        if not studio.cancellations.cancel(request.session_hash if request else "api"):
+        if not studio.cancellations.cancel(session_of(request)):
             gr.Info("Nothing is running.")
 
     def on_model_picked(model_id: str):
@@ -128,10 +116,8 @@ def build(studio: StudioContext) -> None:
     def on_reuse(path: str | None):
         if not path:
             return (gr.update(),) * 9
-        try:
+        with user_errors("Reading settings"):
             settings = read_settings(path)
-        except StudioError as error:
-            raise gr.Error(str(error)) from None
         if settings.model not in registry.catalogue:
             raise gr.Error(f"That image was made with '{settings.model}', which this studio's catalogue lacks.")
         spec = registry.catalogue.get(settings.model)
@@ -153,3 +139,4 @@ def build(studio: StudioContext) -> None:
     dice.click(lambda: random.randint(0, MAX_SEED), None, seed, api_name="random_seed")
     reuse.upload(on_reuse, reuse, [model, prompt, negative, steps, guidance, width, height, seed, count],
                  api_name="reuse_settings")
+    return history

@@ -86,3 +86,42 @@ def test_cli_flags_and_a_bad_default_model(capsys):
     assert studio.registry.budget_bytes == 12 * 1024**3 and studio.default_model == "tiny-sana"
     with pytest.raises(SystemExit, match="no model 'nope'"):
         main(["--default-model", "nope", "--no-browser"])
+
+
+def test_colour_edit_endpoint_recolours_and_saves(running_app):
+    client, output_dir = running_app
+    source = "a large red circle on the left, gray background"
+    target = client.predict(source, "circle", "blue", api_name="/colour_target_prompt")
+    assert value(target) == "a large blue circle on the left, gray background"
+    compare, mask_view, result, settings = client.predict(
+        "shapes-flux", "Generate it from the source prompt", None, source, value(target), "circle", 1.0, 8, 3.0,
+        64, 64, 3, 0.1, api_name="/colour_edit")
+    before, after = (Image.open(item) if isinstance(item, str) else Image.open(item["path"]) for item in compare)
+    assert before.size == after.size == (64, 64) and Image.open(mask_view).size == (64, 64)
+    saved = Image.open(result)
+    assert '"method": "ColorCtrl"' in saved.text["dit-studio"] and settings["seed"] == 3
+    assert any(output_dir.glob("*colour-shapes-flux-3.png"))
+
+    with pytest.raises(Exception, match="Upload the image"):
+        client.predict("shapes-flux", "Edit an image (inverted)", None, source, value(target), "circle", 1.0, 8, 3.0,
+                       64, 64, 3, 0.1, api_name="/colour_edit")
+    with pytest.raises(Exception, match="'hexagon' is not in the source prompt"):
+        client.predict("shapes-flux", "Generate it from the source prompt", None, source, value(target),
+                       "hexagon", 1.0, 8, 3.0, 64, 64, 3, 0.1, api_name="/colour_edit")
+    compare, *_ = client.predict("shapes-flux", "Generate it from the source prompt", None, source, value(target),
+                                 "circle", 1.0, 2, 3.0, 64, 64, 3, 0.1, api_name="/colour_edit")
+    assert len(compare) == 2  # the server is still up
+
+
+def test_colour_edit_of_an_uploaded_image(running_app, tmp_path):
+    client, _ = running_app
+    picture = tmp_path / "upload.png"
+    from studio.toyworld.scene import make_object, make_scene, render
+
+    render(make_scene([make_object("red", "square", "large", "centre")], "gray"), 64)[0].save(picture)
+    compare, _, result, settings = client.predict(
+        "shapes-sd3", "Edit an image (inverted)", handle_file(str(picture)),
+        "a large red square in the centre, gray background", "a large green square in the centre, gray background",
+        "square", 1.0, 8, 1.0, 64, 64, 0, 0.1, api_name="/colour_edit")
+    assert settings["inversion_steps"] == 8
+    assert Image.open(result).size == (64, 64)

@@ -1,4 +1,5 @@
-"""A person's path through the page: type a prompt, click Generate, see the image."""
+"""A person's path through the page: type a prompt, click Generate, see the image; then recolour
+that image in the colour-editing tab."""
 
 from pathlib import Path
 
@@ -8,11 +9,14 @@ from studio.cli import create_studio, parse_args
 from tabs.app import build_app
 
 CHROMIUM = Path("/usr/bin/chromium")
-pytestmark = pytest.mark.browser
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed (scripts/ensure-chromium.sh)"),
+]
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed (scripts/ensure-chromium.sh)")
-def test_type_a_prompt_click_generate_and_see_the_image(tmp_path, free_port, artifacts):
+@pytest.fixture
+def page(tmp_path, free_port):
     from playwright.sync_api import sync_playwright
 
     demo = build_app(create_studio(parse_args(["--offline", "--default-model", "shapes-flux",
@@ -28,14 +32,44 @@ def test_type_a_prompt_click_generate_and_see_the_image(tmp_path, free_port, art
             )
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(f"http://127.0.0.1:{free_port}/")
-            page.get_by_label("Prompt", exact=True).fill("a large red circle on the left, gray background")
-            page.get_by_role("button", name="Generate").click()
-            result = page.locator("img[src*='shapes-flux']").first
-            result.wait_for(timeout=120_000)
-            page.wait_for_function("() => document.querySelector('img[src*=\"shapes-flux\"]').naturalWidth > 0")
-            assert page.get_by_text("seed 0").first.is_visible()
-            page.screenshot(path=str(artifacts / "text-to-image.png"), full_page=True)
+            yield page
             browser.close()
     finally:
         demo.close()
+
+
+def wait_for_image(page, fragment: str) -> None:
+    page.locator(f"img[src*='{fragment}']").first.wait_for(timeout=120_000)
+    page.wait_for_function(f"() => document.querySelector('img[src*=\"{fragment}\"]').naturalWidth > 0")
+
+
+def has_text_box(text: str) -> str:
+    """A page function: true once some text box holds exactly `text`."""
+    return f"() => [...document.querySelectorAll('textarea, input')].filter(e => e.offsetParent).some(e => e.value === {text!r})"
+
+
+def generate(page) -> None:
+    page.get_by_label("Prompt", exact=True).fill("a large red circle on the left, gray background")
+    page.get_by_role("button", name="Generate").click()
+    wait_for_image(page, "shapes-flux")
+
+
+def test_type_a_prompt_click_generate_and_see_the_image(page, tmp_path, artifacts):
+    generate(page)
+    assert page.get_by_text("seed 0").first.is_visible()
+    page.screenshot(path=str(artifacts / "text-to-image.png"), full_page=True)
     assert len(list(tmp_path.glob("*shapes-flux*.png"))) == 1
+
+
+def test_recolour_the_last_result(page, tmp_path, artifacts):
+    generate(page)
+    page.get_by_role("tab", name="Colour editing").click()
+    page.get_by_role("button", name="Use the last text-to-image result").click()
+    # The source prompt comes from the last result, the target prompt from the object and colour.
+    page.wait_for_function(has_text_box("a large red circle on the left, gray background"), timeout=30_000)
+    page.get_by_label("Object to recolour (a word of the source prompt)", exact=True).fill("circle")
+    page.wait_for_function(has_text_box("a large blue circle on the left, gray background"), timeout=30_000)
+    page.get_by_role("button", name="Recolour").click()
+    wait_for_image(page, "colour-shapes-flux")
+    page.screenshot(path=str(artifacts / "colour-editing.png"), full_page=True)
+    assert len(list(tmp_path.glob("*colour-shapes-flux-0.png"))) == 1

@@ -156,13 +156,15 @@ class ScaleTokenScores(AttentionEdit):
 
     tokens: Sequence[int]
     factor: float
+    rows: slice | None = None  # batch rows (None: all), e.g. only the conditional half of CFG
 
     def __post_init__(self) -> None:
         self.explicit = True
 
     def on_scores(self, call, scores, heads):
-        rows = torch.tensor([call.text.start + index for index in self.tokens], device=scores.device)
-        scores[:, :, rows, call.image] = scores[:, :, rows, call.image] * self.factor
+        tokens = torch.tensor([call.text.start + index for index in self.tokens], device=scores.device)
+        batch = self.rows or slice(None)
+        scores[batch, :, tokens, call.image] = scores[batch, :, tokens, call.image] * self.factor
         return scores
 
 

@@ -1,0 +1,292 @@
+"""ColorCtrl (Yin et al., arXiv 2508.09131): training-free colour editing on MM-DiTs.
+
+Two branches start from the same latents (a seed's noise, or an inverted image): the source
+prompt, then the target prompt. The source pass runs once and leaves, per step and layer, its
+queries, keys and values, and the attention of image queries to the edited word. On the target
+pass, in every joint block (SD3) or single-stream block (FLUX) and at every step:
+
+1. structure: the source's image→image attention map replaces the target's (text rows and
+   columns stay the target's);
+2. mask: the source's attention from image tokens to the edited word, averaged over heads,
+   layers and steps, min-max normalised and thresholded at ε (0.1);
+3. colour preservation: outside the mask the target's image value tokens are the source's;
+4. word-level intensity: the pre-softmax scores from the new colour word's tokens to the image
+   tokens are multiplied by the intensity.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+import torch
+from PIL import Image
+
+from studio import flow
+from studio.attention import (
+    AttentionController,
+    AttentionEdit,
+    BranchCache,
+    CaptureBranch,
+    CopyImageMap,
+    RecordAttention,
+    ReplaceImageValues,
+    ScaleTokenScores,
+    controlled,
+    joint_layers,
+)
+from studio.attention.tokens import word_spans, word_token_indices
+from studio.catalogue import ModelSpec
+from studio.errors import Cancelled, InvalidRequest
+from studio.generation import MAX_SEED, MAX_SIDE, MAX_STEPS, snap
+from studio.inversion import invert_latents
+from studio.registry import Registry
+
+MASK_THRESHOLD = 0.1
+# Named colours a recolour can ask for, with an sRGB value for the colour picker's nearest match.
+COLOUR_NAMES: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40), "orange": (245, 140, 30), "yellow": (235, 210, 40), "green": (40, 170, 60),
+    "cyan": (40, 200, 210), "blue": (40, 80, 220), "purple": (140, 50, 180), "pink": (240, 130, 180),
+    "brown": (130, 80, 40), "black": (20, 20, 20), "white": (245, 245, 245), "gray": (128, 128, 128),
+    "grey": (128, 128, 128), "gold": (212, 175, 55), "silver": (192, 192, 192),
+}
+
+StepCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class ColourEditSettings:
+    model: str
+    source_prompt: str
+    target_prompt: str
+    word: str  # the edited object's word in the source prompt: its attention makes the mask
+    intensity: float = 1.0
+    steps: int = 28
+    guidance: float = 7.0
+    seed: int = 42
+    width: int = 1024
+    height: int = 1024
+    threshold: float = MASK_THRESHOLD
+    inversion_steps: int = 0  # >0 when the source is an uploaded image (FireFlow inversion)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ColourEdit:
+    source: Image.Image  # the source branch: the generated (or reconstructed) image
+    result: Image.Image
+    mask: np.ndarray  # bool [height, width]: where the target keeps its own colour
+    attention: np.ndarray  # float [height, width] in [0, 1]: the normalised word attention
+    settings: ColourEditSettings
+    seconds: float
+
+
+def colour_name(colour: str) -> str:
+    """A colour word from a name or a picker's value ("#3050dc", "rgb(48, 80, 220)")."""
+    colour = colour.strip().lower()
+    if colour in COLOUR_NAMES:
+        return colour
+    try:
+        if colour.startswith("#") and len(colour) == 7:
+            rgb = tuple(int(colour[i:i + 2], 16) for i in (1, 3, 5))
+        elif colour.startswith("rgb"):
+            rgb = tuple(round(float(part)) for part in colour[colour.index("(") + 1:colour.index(")")].split(",")[:3])
+        else:
+            raise ValueError(colour)
+    except ValueError:
+        raise InvalidRequest(f"{colour!r} is not a colour: give a name ({', '.join(COLOUR_NAMES)}) or #rrggbb.") from None
+    return min(COLOUR_NAMES, key=lambda name: sum((a - b) ** 2 for a, b in zip(COLOUR_NAMES[name], rgb)))
+
+
+def colour_before(prompt: str, word: str) -> tuple[list[str], int | None]:
+    """The words of `prompt` up to `word`'s first occurrence, and the index among them of a colour
+    within the two words before it (None if there is none)."""
+    spans = word_spans(prompt, word)
+    if not spans:
+        raise InvalidRequest(f"The word {word!r} is not in the source prompt.")
+    before = prompt[:spans[0][0]].rstrip().split(" ")
+    for back in (1, 2):
+        if len(before) >= back and before[-back].lower().strip(",") in COLOUR_NAMES:
+            return before, len(before) - back
+    return before, None
+
+
+def recolour_prompt(source_prompt: str, word: str, colour: str) -> str:
+    """The source prompt with `word`'s colour set to `colour`: a colour among the two words
+    before it is replaced, otherwise the colour goes in front of the word."""
+    colour = colour_name(colour)
+    before, index = colour_before(source_prompt, word)
+    start = word_spans(source_prompt, word)[0][0]
+    if index is None:
+        return source_prompt[:start] + colour + " " + source_prompt[start:]
+    old = before[index]
+    before[index] = colour + old[len(old.rstrip(",")):]  # keep the punctuation after it
+    return " ".join(before) + " " + source_prompt[start:]
+
+
+def mask_words(source_prompt: str, word: str) -> list[str]:
+    """The phrase being recoloured: the object word and the colour word qualifying it, if any
+    (in small models the colour word's attention is often the better localised of the two)."""
+    before, index = colour_before(source_prompt, word)
+    return [word] if index is None else [before[index].strip(","), word]
+
+
+def intensity_words(source_prompt: str, target_prompt: str, word: str) -> list[str]:
+    """The words the target adds (its new colour); the edited word itself when it adds none."""
+    source_words = {w.strip(",.").lower() for w in source_prompt.split()}
+    added = [w.strip(",.") for w in target_prompt.split() if w.strip(",.").lower() not in source_words]
+    return added or [word]
+
+
+def validate(settings: ColourEditSettings, spec: ModelSpec) -> ColourEditSettings:
+    if spec.family.flow is None or spec.family.token_order not in ("text-image", "image-text"):
+        raise InvalidRequest(f"Colour editing needs an SD3 or FLUX model; {spec.name} is {spec.family.label}.")
+    for name, text in (("source", settings.source_prompt), ("target", settings.target_prompt)):
+        if not text or not text.strip():
+            raise InvalidRequest(f"Write a {name} prompt first.")
+    if not settings.word or not settings.word.strip():
+        raise InvalidRequest("Name the object to recolour (a word of the source prompt).")
+    if not 1 <= int(settings.steps) <= MAX_STEPS:
+        raise InvalidRequest(f"Steps must be between 1 and {MAX_STEPS}.")
+    if not 0 <= int(settings.seed) <= MAX_SEED:
+        raise InvalidRequest(f"The seed must be between 0 and {MAX_SEED}.")
+    if not 0 < float(settings.intensity) <= 10:
+        raise InvalidRequest("Intensity must be above 0 and at most 10.")
+    if not 0 <= float(settings.threshold) < 1:
+        raise InvalidRequest("The mask threshold must be between 0 and 1.")
+    if not 0 <= float(settings.guidance) <= 50:
+        raise InvalidRequest("Guidance must be between 0 and 50.")
+    for side in (settings.width, settings.height):
+        if not spec.size_multiple <= int(side) <= MAX_SIDE:
+            raise InvalidRequest(f"Width and height must be between {spec.size_multiple} and {MAX_SIDE} pixels.")
+    return replace(
+        settings,
+        source_prompt=settings.source_prompt.strip(),
+        target_prompt=settings.target_prompt.strip(),
+        word=settings.word.strip(),
+        steps=int(settings.steps),
+        seed=int(settings.seed),
+        width=snap(int(settings.width), spec.size_multiple),
+        height=snap(int(settings.height), spec.size_multiple),
+        guidance=0.0 if spec.guidance == "none" else float(settings.guidance),
+    )
+
+
+def edited_layers(transformer: torch.nn.Module, spec: ModelSpec) -> set[str]:
+    """The paper's layers: FLUX's single-stream blocks, every joint block of SD3."""
+    return set(joint_layers(transformer, "single" if spec.family.token_order == "text-image" else "all"))
+
+
+def target_edits(
+    source: BranchCache,
+    keep: torch.Tensor,
+    layers: set[str],
+    intensity_tokens: list[int],
+    intensity: float,
+    conditional_rows: slice | None,
+) -> list[AttentionEdit]:
+    """ColorCtrl's target branch: structure from the source's image→image maps, the source's
+    image values outside `keep`, the new colour word's scores to the image scaled by `intensity`
+    (in the conditional rows only: the negative prompt has no such word)."""
+    return [
+        CopyImageMap(source=source, layers=layers),
+        ReplaceImageValues(source=source, keep=keep, layers=layers),
+        ScaleTokenScores(tokens=intensity_tokens, factor=intensity, rows=conditional_rows, layers=layers),
+    ]
+
+
+def colour_edit(
+    registry: Registry,
+    settings: ColourEditSettings,
+    image: Image.Image | None = None,
+    on_step: StepCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> ColourEdit:
+    """Recolour `settings.word`'s object: generated from the seed, or in `image` (inverted under
+    the source prompt with `settings.inversion_steps` FireFlow steps)."""
+    spec = registry.catalogue.get(settings.model)
+    settings = validate(settings, spec)
+    if image is not None and settings.inversion_steps < 1:
+        settings = replace(settings, inversion_steps=settings.steps)
+    started = time.perf_counter()
+    family = spec.family
+    total = 2 * settings.steps + (settings.inversion_steps if image is not None else 0)
+    done = 0
+
+    def step(_index: int) -> None:
+        nonlocal done
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("Colour edit cancelled.")
+        if on_step is not None:
+            on_step(done, total)
+        done += 1
+
+    with registry.use(spec.id, "t2i") as pipe:
+        guidance = flow.Guidance(spec.guidance, settings.guidance)
+        source = flow.FlowModel(pipe, family, [settings.source_prompt], guidance, spec.max_sequence_length)
+        target = flow.FlowModel(pipe, family, [settings.target_prompt], guidance, spec.max_sequence_length)
+        word_tokens = sorted({
+            index for word in mask_words(settings.source_prompt, settings.word)
+            for index in word_token_indices(pipe, family, settings.source_prompt, word, spec.max_sequence_length)
+        })
+        intensity_tokens = sorted({
+            index for word in intensity_words(settings.source_prompt, settings.target_prompt, settings.word)
+            for index in word_token_indices(pipe, family, settings.target_prompt, word, spec.max_sequence_length)
+        })
+        if image is None:
+            solver = "euler"  # the pipeline's own sampler: the source is the text-to-image result
+            start = flow.initial_noise(pipe, settings.seed, settings.width, settings.height).to(pipe.transformer.device)
+        else:
+            solver = "fireflow"
+            latents = flow.encode_image(pipe, image, settings.width, settings.height)
+            inversion_model = flow.FlowModel(pipe, family, [settings.source_prompt], flow.Guidance(
+                "embedded" if spec.guidance == "embedded" else "none", 1.0), spec.max_sequence_length)
+            inversion_sigmas = flow.schedule(pipe, family, settings.inversion_steps, *latents.shape[-2:])
+            inversion = invert_latents(inversion_model, latents, inversion_sigmas, solver, before_step=step)
+            start = inversion.noise
+        sigmas = flow.schedule(pipe, family, settings.steps, *start.shape[-2:])
+        layers = edited_layers(pipe.transformer, spec)
+
+        # The source pass: keep its q, k, v and its attention to the edited word.
+        cache = BranchCache()
+        record = RecordAttention(keys=word_tokens, layers=layers)
+        controller = AttentionController([CaptureBranch(cache=cache, layers=layers), record])
+        with controlled(pipe.transformer, controller, family.token_order):
+            source_latents = flow.integrate(source.velocity, start, sigmas, solver,
+                                            before_step=lambda i: (controller.set_step(i), step(i)))[-1]
+
+        attention = record.mean_map(row=-1)  # the conditional row
+        attention = (attention - attention.min()) / (attention.max() - attention.min()).clamp_min(1e-12)
+        keep = attention > settings.threshold
+
+        # The target pass, steered by the cached source.
+        conditional = slice(len(target.text) // 2, None) if guidance.doubles_batch else None
+        controller = AttentionController(
+            target_edits(cache, keep, layers, intensity_tokens, settings.intensity, conditional))
+        with controlled(pipe.transformer, controller, family.token_order):
+            target_latents = flow.integrate(target.velocity, start, sigmas, solver,
+                                            before_step=lambda i: (controller.set_step(i), step(i)))[-1]
+        source_image, result_image = flow.decode(pipe, torch.cat([source_latents, target_latents]))
+    if on_step is not None:
+        on_step(total, total)
+    grid = (start.shape[-2] // 2, start.shape[-1] // 2)  # one image token per 2x2 latent patch
+    return ColourEdit(
+        source=source_image,
+        result=result_image,
+        mask=upsample(keep.view(grid).cpu().numpy(), settings.width, settings.height),
+        attention=upsample(attention.view(grid).cpu().numpy(), settings.width, settings.height),
+        settings=settings,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def upsample(grid: np.ndarray, width: int, height: int) -> np.ndarray:
+    """A token-grid map at pixel size (nearest neighbour, so a mask stays a mask)."""
+    rows = np.arange(height) * grid.shape[0] // height
+    columns = np.arange(width) * grid.shape[1] // width
+    return grid[rows][:, columns]
