@@ -106,7 +106,8 @@ def build(studio: StudioContext, text_to_image_history: gr.State) -> None:
                 gr.Warning("Colour edit cancelled.")
                 return gr.update(), gr.update(), gr.update(), gr.update()
         before = source_image.convert("RGB").resize(edit.result.size) if mode == UPLOAD else edit.source
-        payload = {"method": "ColorCtrl", **edit.settings.to_dict(), "seconds": round(edit.seconds, 3)}
+        payload = {"method": "ColorCtrl", **edit.settings.to_dict(), "seconds": round(edit.seconds, 3),
+                   "source_cached": edit.source_cached}
         path = save_image(edit.result, payload, studio.output_dir, f"colour-{settings.model}-{settings.seed}")
         return (before, edit.result), mask_overlay(edit.source, edit.mask), str(path), payload
 

@@ -75,7 +75,7 @@ def test_target_branch_takes_maps_and_values_from_the_source(registry, model_id)
     def edited(intensity, scaled=True):
         # Probes on every layer: all layers run the same explicit attention in every variant.
         own_values, maps, values = ValueProbe(), RecordAttention(keys="image", layers=every_layer), ValueProbe()
-        edits = target_edits(cache, keep, layers, [2], intensity, conditional)
+        edits = target_edits(cache, keep, layers, [2], intensity, None, conditional)
         output = run(target, [own_values, *(edits if scaled else edits[:2]), maps, values])
         return output, own_values, maps, values
 
@@ -180,3 +180,18 @@ def test_recolouring_shapes_keeps_the_object_and_background(registry):
     print("ColorCtrl", ours, "prompt swap", theirs)
     assert ours["iou"] >= 0.86 and ours["hue_error"] <= 30 and ours["background_psnr"] >= 30
     assert ours["iou"] >= theirs["iou"] + 0.03 and ours["success"] > theirs["success"]
+
+
+@pytest.mark.parametrize("model_id", ["tiny-flux-dev", "tiny-sd3", "shapes-flux"])
+def test_source_beside_the_target_equals_the_cached_source(registry, model_id):
+    """Too big to cache (full-size models at 1024²): the source runs again in the target's batch,
+    with the same result."""
+    settings = settings_for(model_id, intensity=1.5, steps=5)
+    cached = colour_edit(registry, settings)
+    beside = colour_edit(registry, settings, cache_limit_bytes=0)
+    assert cached.source_cached and not beside.source_cached
+    assert np.array_equal(cached.mask, beside.mask)
+    difference = np.abs(np.asarray(cached.result, float) - np.asarray(beside.result, float))
+    assert difference.max() <= 2, difference.max()  # batching changes float rounding only
+    plain = colour_eval.plain_swap(registry, settings)
+    assert np.abs(np.asarray(plain, float) - np.asarray(beside.result, float)).mean() > 4 * difference.mean()

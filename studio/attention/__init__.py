@@ -16,6 +16,7 @@ from studio.attention.control import (
     MaskAttention,
     RecordAttention,
     ReplaceImageValues,
+    Rows,
     ScaleTokenScores,
     ShareKeysValues,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "MaskAttention",
     "RecordAttention",
     "ReplaceImageValues",
+    "Rows",
     "ScaleTokenScores",
     "ShareKeysValues",
     "controlled",

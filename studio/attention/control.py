@@ -27,15 +27,24 @@ class AttentionCall:
     heads: int  # the layer's head count (edits see them a chunk at a time)
 
 
+# Batch rows an edit acts on: None for all, a slice or a list of row indices.
+Rows = slice | list[int] | None
+
+
 @dataclass(kw_only=True)
 class AttentionEdit:
     """One change to attention, active on `layers` (None: every controlled layer) at `steps`
-    (None: every step)."""
+    (None: every step), in the batch rows `rows` (None: all)."""
 
     layers: Container[str] | None = None
     steps: Container[int] | None = None
+    rows: Rows = None
     # Reads or changes scores / probabilities, so the layer computes attention explicitly.
     explicit: bool = field(default=False, init=False)
+
+    @property
+    def batch(self) -> slice | list[int]:
+        return slice(None) if self.rows is None else self.rows
 
     def applies(self, call: AttentionCall) -> bool:
         return (self.layers is None or call.layer in self.layers) and (self.steps is None or call.step in self.steps)
@@ -51,19 +60,23 @@ class AttentionEdit:
 
 
 class BranchCache:
-    """One branch's queries, keys and values per (step, layer), kept for a later branch.
-    `device` may be the host when the accelerator cannot hold a whole run's worth."""
+    """A source branch's queries, keys and values per (step, layer). With `history` they are kept
+    for a later pass over the whole run; without, only the current call's are (the source runs in
+    the same batch as the target, and memory stays one layer's worth whatever the run's length)."""
 
-    def __init__(self, device: torch.device | str | None = None) -> None:
-        self.device = device
+    def __init__(self, history: bool = True) -> None:
+        self.history = history
         self._entries: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
+    def _key(self, call: AttentionCall) -> tuple[int, str]:
+        return (call.step if self.history else -1), call.layer
+
     def put(self, call: AttentionCall, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        self._entries[call.step, call.layer] = tuple(t.detach().to(self.device or t.device) for t in (q, k, v))
+        self._entries[self._key(call)] = tuple(t.detach() for t in (q, k, v))
 
     def get(self, call: AttentionCall, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         try:
-            entry = self._entries[call.step, call.layer]
+            entry = self._entries[self._key(call)]
         except KeyError:
             raise KeyError(f"the source branch did not pass layer {call.layer} at step {call.step}") from None
         return tuple(t.to(like.device, like.dtype) for t in entry)
@@ -74,12 +87,12 @@ class BranchCache:
 
 @dataclass(kw_only=True)
 class CaptureBranch(AttentionEdit):
-    """Keep this pass's q, k, v for a later pass (the source branch of an edit)."""
+    """Keep this pass's q, k, v (of `rows`) for the target branch."""
 
     cache: BranchCache
 
     def on_qkv(self, call, q, k, v):
-        self.cache.put(call, q, k, v)
+        self.cache.put(call, q[self.batch], k[self.batch], v[self.batch])
         return q, k, v
 
 
@@ -129,7 +142,7 @@ class CopyImageMap(AttentionEdit):
         scores = q[:, heads.start:heads.stop] @ k[:, heads.start:heads.stop].transpose(-1, -2) * q.shape[-1] ** -0.5
         source_probabilities = scores.float().softmax(dim=-1).to(probabilities.dtype)
         probabilities = probabilities.clone()
-        probabilities[:, :, call.image, call.image] = source_probabilities[:, :, call.image, call.image]
+        probabilities[self.batch, :, call.image, call.image] = source_probabilities[:, :, call.image, call.image]
         return probabilities
 
 
@@ -145,7 +158,8 @@ class ReplaceImageValues(AttentionEdit):
         _, _, source_v = self.source.get(call, v)
         v = v.clone()
         keep = self.keep.to(v.device).view(1, 1, -1, 1)
-        v[:, :, call.image] = torch.where(keep, v[:, :, call.image], source_v[:, :, call.image])
+        own = v[self.batch, :, call.image]
+        v[self.batch, :, call.image] = torch.where(keep, own, source_v[:, :, call.image])
         return q, k, v
 
 
@@ -156,15 +170,14 @@ class ScaleTokenScores(AttentionEdit):
 
     tokens: Sequence[int]
     factor: float
-    rows: slice | None = None  # batch rows (None: all), e.g. only the conditional half of CFG
 
     def __post_init__(self) -> None:
         self.explicit = True
 
     def on_scores(self, call, scores, heads):
         tokens = torch.tensor([call.text.start + index for index in self.tokens], device=scores.device)
-        batch = self.rows or slice(None)
-        scores[batch, :, tokens, call.image] = scores[batch, :, tokens, call.image] * self.factor
+        for row in range(scores.shape[0])[self.batch] if isinstance(self.batch, slice) else self.batch:
+            scores[row, :, tokens, call.image] *= self.factor
         return scores
 
 
@@ -174,15 +187,13 @@ class MaskAttention(AttentionEdit):
     batch rows `rows` (None: all)."""
 
     allowed: torch.Tensor
-    rows: slice | None = None
 
     def __post_init__(self) -> None:
         self.explicit = True
 
     def on_scores(self, call, scores, heads):
-        rows = self.rows or slice(None)
         blocked = ~self.allowed.to(scores.device)
-        scores[rows] = scores[rows].masked_fill(blocked, float("-inf"))
+        scores[self.batch] = scores[self.batch].masked_fill(blocked, float("-inf"))
         return scores
 
 
@@ -194,7 +205,9 @@ class ShareKeysValues(AttentionEdit):
 
     def on_qkv(self, call, q, k, v):
         _, source_k, source_v = self.source.get(call, k)
-        return q, source_k, source_v
+        k, v = k.clone(), v.clone()
+        k[self.batch], v[self.batch] = source_k, source_v
+        return q, k, v
 
 
 class AttentionController:

@@ -23,12 +23,14 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
+from diffusers import DiffusionPipeline
 from PIL import Image
 
 from studio import flow
 from studio.attention import (
     AttentionController,
     AttentionEdit,
+    Rows,
     BranchCache,
     CaptureBranch,
     CopyImageMap,
@@ -46,6 +48,7 @@ from studio.inversion import invert_latents
 from studio.registry import Registry
 
 MASK_THRESHOLD = 0.1
+SOURCE_CACHE_LIMIT_BYTES = 4 * 2**30
 # Named colours a recolour can ask for, with an sRGB value for the colour picker's nearest match.
 COLOUR_NAMES: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40), "orange": (245, 140, 30), "yellow": (235, 210, 40), "green": (40, 170, 60),
@@ -84,6 +87,7 @@ class ColourEdit:
     attention: np.ndarray  # float [height, width] in [0, 1]: the normalised word attention
     settings: ColourEditSettings
     seconds: float
+    source_cached: bool  # False: the source ran again beside the target (too big to cache)
 
 
 def colour_name(colour: str) -> str:
@@ -188,16 +192,24 @@ def target_edits(
     layers: set[str],
     intensity_tokens: list[int],
     intensity: float,
-    conditional_rows: slice | None,
+    target_rows: Rows,
+    conditional_rows: Rows,
 ) -> list[AttentionEdit]:
-    """ColorCtrl's target branch: structure from the source's image→image maps, the source's
-    image values outside `keep`, the new colour word's scores to the image scaled by `intensity`
-    (in the conditional rows only: the negative prompt has no such word)."""
+    """ColorCtrl's target branch (in `target_rows`): structure from the source's image→image maps,
+    the source's image values outside `keep`, the new colour word's scores to the image scaled by
+    `intensity` (in the conditional rows only: the negative prompt has no such word)."""
     return [
-        CopyImageMap(source=source, layers=layers),
-        ReplaceImageValues(source=source, keep=keep, layers=layers),
+        CopyImageMap(source=source, layers=layers, rows=target_rows),
+        ReplaceImageValues(source=source, keep=keep, layers=layers, rows=target_rows),
         ScaleTokenScores(tokens=intensity_tokens, factor=intensity, rows=conditional_rows, layers=layers),
     ]
+
+
+def source_cache_bytes(pipe: DiffusionPipeline, layers: int, steps: int, rows: int, tokens: int) -> int:
+    """Memory to keep the source's q, k, v of every edited layer and step."""
+    config = pipe.transformer.config
+    width = config.num_attention_heads * config.attention_head_dim
+    return 3 * layers * steps * rows * tokens * width * pipe.transformer.dtype.itemsize
 
 
 def colour_edit(
@@ -206,9 +218,14 @@ def colour_edit(
     image: Image.Image | None = None,
     on_step: StepCallback | None = None,
     cancel: threading.Event | None = None,
+    cache_limit_bytes: int = SOURCE_CACHE_LIMIT_BYTES,
 ) -> ColourEdit:
     """Recolour `settings.word`'s object: generated from the seed, or in `image` (inverted under
-    the source prompt with `settings.inversion_steps` FireFlow steps)."""
+    the source prompt with `settings.inversion_steps` FireFlow steps).
+
+    The source's q, k, v are cached for the target pass when a whole run's worth fits in
+    `cache_limit_bytes` (for full-size models at 1024² it is tens of GB); otherwise the source is
+    recomputed beside the target in one batch, which gives the same result for one more pass."""
     spec = registry.catalogue.get(settings.model)
     settings = validate(settings, spec)
     if image is not None and settings.inversion_steps < 1:
@@ -252,25 +269,38 @@ def colour_edit(
         sigmas = flow.schedule(pipe, family, settings.steps, *start.shape[-2:])
         layers = edited_layers(pipe.transformer, spec)
 
-        # The source pass: keep its q, k, v and its attention to the edited word.
-        cache = BranchCache()
+        def run(model: flow.FlowModel, latents: torch.Tensor, edits: list[AttentionEdit]) -> torch.Tensor:
+            controller = AttentionController(edits)
+            with controlled(pipe.transformer, controller, family.token_order):
+                return flow.integrate(model.velocity, latents, sigmas, solver,
+                                      before_step=lambda i: (controller.set_step(i), step(i)))[-1]
+
+        text_tokens = sum(segment.length for segment in family.text_segments(pipe, spec.max_sequence_length))
+        kept = source_cache_bytes(pipe, len(layers), settings.steps, len(source.text),
+                                  start.shape[-2] * start.shape[-1] // 4 + text_tokens) <= cache_limit_bytes
+        # The source pass records its attention to the edited words (and keeps its q, k, v when
+        # a whole run's worth fits in memory).
+        cache = BranchCache(history=kept)
         record = RecordAttention(keys=word_tokens, layers=layers)
-        controller = AttentionController([CaptureBranch(cache=cache, layers=layers), record])
-        with controlled(pipe.transformer, controller, family.token_order):
-            source_latents = flow.integrate(source.velocity, start, sigmas, solver,
-                                            before_step=lambda i: (controller.set_step(i), step(i)))[-1]
+        source_latents = run(source, start, [record, *([CaptureBranch(cache=cache, layers=layers)] if kept else [])])
 
         attention = record.mean_map(row=-1)  # the conditional row
         attention = (attention - attention.min()) / (attention.max() - attention.min()).clamp_min(1e-12)
         keep = attention > settings.threshold
 
-        # The target pass, steered by the cached source.
-        conditional = slice(len(target.text) // 2, None) if guidance.doubles_batch else None
-        controller = AttentionController(
-            target_edits(cache, keep, layers, intensity_tokens, settings.intensity, conditional))
-        with controlled(pipe.transformer, controller, family.token_order):
-            target_latents = flow.integrate(target.velocity, start, sigmas, solver,
-                                            before_step=lambda i: (controller.set_step(i), step(i)))[-1]
+        if kept:  # the target pass, steered by the cached source
+            conditional = slice(len(target.text) // 2, None) if guidance.doubles_batch else None
+            target_latents = run(target, start, target_edits(cache, keep, layers, intensity_tokens,
+                                                             settings.intensity, None, conditional))
+        else:  # the source again, in the same batch as the target: rows alternate source, target
+            pair = flow.FlowModel(pipe, family, [settings.source_prompt, settings.target_prompt], guidance,
+                                  spec.max_sequence_length)
+            rows = len(pair.text)
+            source_rows, target_rows = list(range(0, rows, 2)), list(range(1, rows, 2))
+            conditional = [row for row in target_rows if row >= rows // 2] if guidance.doubles_batch else None
+            edits = [CaptureBranch(cache=cache, layers=layers, rows=source_rows),
+                     *target_edits(cache, keep, layers, intensity_tokens, settings.intensity, target_rows, conditional)]
+            target_latents = run(pair, torch.cat([start, start]), edits)[1:]
         source_image, result_image = flow.decode(pipe, torch.cat([source_latents, target_latents]))
     if on_step is not None:
         on_step(total, total)
@@ -282,6 +312,7 @@ def colour_edit(
         attention=upsample(attention.view(grid).cpu().numpy(), settings.width, settings.height),
         settings=settings,
         seconds=time.perf_counter() - started,
+        source_cached=kept,
     )
 
 
