@@ -24,6 +24,7 @@ from studio.catalogue import Catalogue
 from studio.device import choose_device
 from studio.generation import GenerationSettings, call_arguments, generate, validate
 from studio.metadata import save_png
+from studio.methods.colour import ColourEditSettings, colour_edit, source_cache_bytes
 from studio.registry import Registry
 
 BUILTIN_MODELS = ["shapes-flux", "shapes-sd3", "tiny-flux-dev", "tiny-sd3", "tiny-pixart-sigma", "tiny-sana", "tiny-sana-sprint"]
@@ -100,6 +101,36 @@ def main(argv: list[str] | None = None) -> None:
     one_slot.pipeline(first)
     where = "freed, reloaded from disk" if device == "cpu" else "from host memory"
     print(f"| swap {second} -> {first}, budget holds one ({where}) | {time.perf_counter() - started:.3f} |")
+    colour_editing(registry, [m for m in args.models if catalogue.get(m).family.flow is not None], args)
+
+
+# Full-size joint-attention models, as ColorCtrl edits them at 1024², 28 steps, bf16:
+# (attention width, edited layers, batch rows, tokens).
+FULL_SIZE_SOURCE_CACHE = {
+    "FLUX.1-dev (38 single blocks, embedded guidance)": (3072, 38, 1, 4096 + 512),
+    "SD3-medium (24 joint blocks, CFG)": (1536, 24, 2, 4096 + 77 + 256),
+    "SD3.5-large (38 joint blocks, CFG)": (2432, 38, 2, 4096 + 77 + 256),
+}
+
+
+def colour_editing(registry: Registry, models: list[str], args: argparse.Namespace) -> None:
+    """A ColorCtrl edit against one plain generation, with the source cached or run beside the target."""
+    print("\n| colour edit | steps | one generation (s) | edit, source cached (s) | edit, source beside target (s) |")
+    print("|---|---|---|---|---|")
+    for model_id in models:
+        spec = registry.catalogue.get(model_id)
+        settings = ColourEditSettings(model=model_id, source_prompt="a large red circle on the left, gray background",
+                                      target_prompt="a large blue circle on the left, gray background", word="circle",
+                                      steps=spec.steps, guidance=spec.guidance_scale, width=args.size, height=args.size)
+        plain = GenerationSettings(model=model_id, prompt=settings.source_prompt, steps=spec.steps,
+                                   guidance=spec.guidance_scale, width=args.size, height=args.size)
+        one = median_seconds(lambda: list(generate(registry, plain)), args.runs)
+        cached = median_seconds(lambda: colour_edit(registry, settings), args.runs)
+        beside = median_seconds(lambda: colour_edit(registry, settings, cache_limit_bytes=0), args.runs)
+        print(f"| {model_id} | {spec.steps} | {one:.3f} | {cached:.3f} | {beside:.3f} |")
+    print("\n| source cache a whole edit would need | GiB |\n|---|---|")
+    for name, (width, layers, rows, tokens) in FULL_SIZE_SOURCE_CACHE.items():
+        print(f"| {name} | {source_cache_bytes(width, 2, layers, 28, rows, tokens) / 2**30:.1f} |")
 
 
 if __name__ == "__main__":

@@ -76,10 +76,21 @@ def validate(settings: GenerationSettings, spec: ModelSpec) -> GenerationSetting
     """The settings made safe to run, or InvalidRequest saying what is wrong."""
     if not settings.prompt or not settings.prompt.strip():
         raise InvalidRequest("Write a prompt first.")
-    if not 1 <= int(settings.steps) <= MAX_STEPS:
-        raise InvalidRequest(f"Steps must be between 1 and {MAX_STEPS}.")
     if not 1 <= int(settings.count) <= MAX_IMAGES:
         raise InvalidRequest(f"Ask for between 1 and {MAX_IMAGES} images.")
+    return replace(
+        validate_sampling(settings, spec),
+        prompt=settings.prompt.strip(),
+        negative_prompt=(settings.negative_prompt or "").strip() if spec.accepts_negative_prompt else "",
+        count=int(settings.count),
+    )
+
+
+def validate_sampling(settings: Any, spec: ModelSpec) -> Any:
+    """Any settings dataclass with steps, seed, guidance, width and height, checked and normalised
+    for the model (sizes snapped to its multiple, guidance 0 where it has none)."""
+    if not 1 <= int(settings.steps) <= MAX_STEPS:
+        raise InvalidRequest(f"Steps must be between 1 and {MAX_STEPS}.")
     if not 0 <= int(settings.seed) <= MAX_SEED:
         raise InvalidRequest(f"The seed must be between 0 and {MAX_SEED}.")
     for side in (settings.width, settings.height):
@@ -89,10 +100,7 @@ def validate(settings: GenerationSettings, spec: ModelSpec) -> GenerationSetting
         raise InvalidRequest("Guidance must be between 0 and 50.")
     return replace(
         settings,
-        prompt=settings.prompt.strip(),
-        negative_prompt=(settings.negative_prompt or "").strip() if spec.accepts_negative_prompt else "",
         steps=int(settings.steps),
-        count=int(settings.count),
         seed=int(settings.seed),
         guidance=0.0 if spec.guidance == "none" else float(settings.guidance),
         width=snap(int(settings.width), spec.size_multiple),

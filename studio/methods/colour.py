@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
-from diffusers import DiffusionPipeline
 from PIL import Image
 
 from studio import flow
@@ -43,7 +42,7 @@ from studio.attention import (
 from studio.attention.tokens import word_spans, word_token_indices
 from studio.catalogue import ModelSpec
 from studio.errors import Cancelled, InvalidRequest
-from studio.generation import MAX_SEED, MAX_SIDE, MAX_STEPS, snap
+from studio.generation import validate_sampling
 from studio.inversion import invert_latents
 from studio.registry import Registry
 
@@ -155,29 +154,17 @@ def validate(settings: ColourEditSettings, spec: ModelSpec) -> ColourEditSetting
             raise InvalidRequest(f"Write a {name} prompt first.")
     if not settings.word or not settings.word.strip():
         raise InvalidRequest("Name the object to recolour (a word of the source prompt).")
-    if not 1 <= int(settings.steps) <= MAX_STEPS:
-        raise InvalidRequest(f"Steps must be between 1 and {MAX_STEPS}.")
-    if not 0 <= int(settings.seed) <= MAX_SEED:
-        raise InvalidRequest(f"The seed must be between 0 and {MAX_SEED}.")
     if not 0 < float(settings.intensity) <= 10:
         raise InvalidRequest("Intensity must be above 0 and at most 10.")
     if not 0 <= float(settings.threshold) < 1:
         raise InvalidRequest("The mask threshold must be between 0 and 1.")
-    if not 0 <= float(settings.guidance) <= 50:
-        raise InvalidRequest("Guidance must be between 0 and 50.")
-    for side in (settings.width, settings.height):
-        if not spec.size_multiple <= int(side) <= MAX_SIDE:
-            raise InvalidRequest(f"Width and height must be between {spec.size_multiple} and {MAX_SIDE} pixels.")
     return replace(
-        settings,
+        validate_sampling(settings, spec),
         source_prompt=settings.source_prompt.strip(),
         target_prompt=settings.target_prompt.strip(),
         word=settings.word.strip(),
-        steps=int(settings.steps),
-        seed=int(settings.seed),
-        width=snap(int(settings.width), spec.size_multiple),
-        height=snap(int(settings.height), spec.size_multiple),
-        guidance=0.0 if spec.guidance == "none" else float(settings.guidance),
+        intensity=float(settings.intensity),
+        threshold=float(settings.threshold),
     )
 
 
@@ -205,11 +192,9 @@ def target_edits(
     ]
 
 
-def source_cache_bytes(pipe: DiffusionPipeline, layers: int, steps: int, rows: int, tokens: int) -> int:
-    """Memory to keep the source's q, k, v of every edited layer and step."""
-    config = pipe.transformer.config
-    width = config.num_attention_heads * config.attention_head_dim
-    return 3 * layers * steps * rows * tokens * width * pipe.transformer.dtype.itemsize
+def source_cache_bytes(width: int, itemsize: int, layers: int, steps: int, rows: int, tokens: int) -> int:
+    """Memory to keep the source's q, k, v (`width` features each) of every edited layer and step."""
+    return 3 * layers * steps * rows * tokens * width * itemsize
 
 
 def colour_edit(
@@ -276,7 +261,9 @@ def colour_edit(
                                       before_step=lambda i: (controller.set_step(i), step(i)))[-1]
 
         text_tokens = sum(segment.length for segment in family.text_segments(pipe, spec.max_sequence_length))
-        kept = source_cache_bytes(pipe, len(layers), settings.steps, len(source.text),
+        config = pipe.transformer.config
+        kept = source_cache_bytes(config.num_attention_heads * config.attention_head_dim, pipe.transformer.dtype.itemsize,
+                                  len(layers), settings.steps, len(source.text),
                                   start.shape[-2] * start.shape[-1] // 4 + text_tokens) <= cache_limit_bytes
         # The source pass records its attention to the edited words (and keeps its q, k, v when
         # a whole run's worth fits in memory).

@@ -36,6 +36,7 @@ class RecolourScore:
     iou: float
     hue_error: float
     background_psnr: float
+    canny_ssim: float  # the paper's structure measure, whole image
 
     @property
     def success(self) -> bool:
@@ -76,6 +77,7 @@ def score(source: Image.Image, result: Image.Image, old: str, new: str, backgrou
         iou=iou(before, after),
         hue_error=180.0 if hue is None else hue_distance(hue, target_hue),
         background_psnr=min(metrics.background_psnr(source, result, edited), 99.0),
+        canny_ssim=metrics.canny_ssim(source, result),
     )
 
 
@@ -118,6 +120,7 @@ def summary(scores: list[RecolourScore]) -> dict[str, float]:
         "iou": statistics.median(s.iou for s in scores),
         "hue_error": statistics.median(s.hue_error for s in scores),
         "background_psnr": statistics.median(s.background_psnr for s in scores),
+        "canny_ssim": statistics.median(s.canny_ssim for s in scores),
     }
 
 
@@ -128,14 +131,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=16)
     args = parser.parse_args(argv)
     registry = Registry(Catalogue.load())
-    print("| model | method | edits | success | median IoU | median hue error | median background PSNR |")
-    print("|---|---|---|---|---|---|---|")
+    print("| model | method | edits | success | median IoU | median hue error | median background PSNR "
+          "| median Canny-SSIM |")
+    print("|---|---|---|---|---|---|---|---|")
     for model in args.model or ["shapes-flux", "shapes-sd3"]:
         guidance = registry.catalogue.get(model).guidance_scale
         for method, scores in evaluate(registry, model, args.seeds, args.steps, guidance).items():
             s = summary(scores)
             print(f"| {model} | {method} | {len(scores)} | {s['success']:.2f} | {s['iou']:.3f} | "
-                  f"{s['hue_error']:.1f}° | {s['background_psnr']:.1f} dB |")
+                  f"{s['hue_error']:.1f}° | {s['background_psnr']:.1f} dB | {s['canny_ssim']:.3f} |")
 
 
 if __name__ == "__main__":
