@@ -14,7 +14,7 @@ from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from PIL import Image
 
 from studio.errors import InvalidRequest
-from studio.families import Family
+from studio.families import Family, TextConditioning
 
 SOLVERS = ("euler", "fireflow")
 
@@ -40,21 +40,29 @@ class FlowModel:
         self,
         pipe: DiffusionPipeline,
         family: Family,
-        prompts: list[str],
+        prompts: Sequence[str | Sequence[str]],
         guidance: Guidance,
         max_sequence_length: int,
         negative_prompt: str = "",
     ) -> None:
+        """A prompt given as several captions is encoded caption by caption and the token
+        sequences are joined (pooled conditioning from the first): regional prompting."""
         if family.flow is None:
             raise InvalidRequest(f"{family.label} is not a rectified-flow family; this needs FLUX or SD3.")
         self.pipe = pipe
         self.flow = family.flow
         self.guidance = guidance
+        rows = [[prompt] if isinstance(prompt, str) else list(prompt) for prompt in prompts]
+
+        def encode(rows: list[list[str]]) -> TextConditioning:
+            parts = [self.flow.encode_text(pipe, [row[part] for row in rows], max_sequence_length)
+                     for part in range(len(rows[0]))]
+            return TextConditioning.join(parts)
+
         with torch.no_grad():
-            self.text = self.flow.encode_text(pipe, prompts, max_sequence_length)
+            self.text = encode(rows)
             if guidance.doubles_batch:
-                negatives = self.flow.encode_text(pipe, [negative_prompt] * len(prompts), max_sequence_length)
-                self.text = negatives.cat(self.text)
+                self.text = encode([[negative_prompt] * len(row) for row in rows]).cat(self.text)
 
     @property
     def device(self) -> torch.device:

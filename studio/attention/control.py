@@ -183,18 +183,33 @@ class ScaleTokenScores(AttentionEdit):
 
 @dataclass(kw_only=True)
 class MaskAttention(AttentionEdit):
-    """Only pairs where `allowed` ([tokens, tokens] over the joint sequence) is true attend, in the
-    batch rows `rows` (None: all)."""
+    """Only pairs where `allowed` ([tokens, tokens] over the joint sequence) is true attend. With
+    `base_ratio` r the probabilities are (1 - r) · masked + r · unmasked (regional prompting's
+    blend with the base pass)."""
 
     allowed: torch.Tensor
+    base_ratio: float = 0.0
+    # The unmasked probabilities of the chunk in flight, between the two hooks.
+    _unmasked: torch.Tensor | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.explicit = True
 
     def on_scores(self, call, scores, heads):
+        if self.base_ratio:
+            self._unmasked = scores[self.batch].float().softmax(dim=-1)
         blocked = ~self.allowed.to(scores.device)
         scores[self.batch] = scores[self.batch].masked_fill(blocked, float("-inf"))
         return scores
+
+    def on_probabilities(self, call, probabilities, heads):
+        if not self.base_ratio:
+            return probabilities
+        probabilities = probabilities.clone()
+        blended = (1 - self.base_ratio) * probabilities[self.batch].float() + self.base_ratio * self._unmasked
+        probabilities[self.batch] = blended.to(probabilities.dtype)
+        self._unmasked = None
+        return probabilities
 
 
 @dataclass(kw_only=True)

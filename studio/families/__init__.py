@@ -27,6 +27,14 @@ class TextConditioning:
         return TextConditioning(torch.cat([self.embeds, other.embeds]), torch.cat([self.pooled, other.pooled]),
                                 self.text_ids)
 
+    @staticmethod
+    def join(parts: list[TextConditioning]) -> TextConditioning:
+        """Several captions' tokens as one sequence; the first caption gives the pooled vector."""
+        if len(parts) == 1:
+            return parts[0]
+        text_ids = None if parts[0].text_ids is None else torch.cat([part.text_ids for part in parts])
+        return TextConditioning(torch.cat([part.embeds for part in parts], dim=1), parts[0].pooled, text_ids)
+
 
 @dataclass(frozen=True)
 class TextSegment:

@@ -1,0 +1,125 @@
+"""Training-free regional attention: the mask, what it does to attention, and on the shapes world."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from studio import flow
+from studio.attention import AttentionController, RecordAttention, controlled
+from studio.errors import InvalidRequest
+from studio.methods.layout import (
+    LayoutSettings,
+    Region,
+    plan,
+    region_token_masks,
+    regional_attention_mask,
+    regional_generate,
+    validate_regions,
+)
+from studio.toyworld.measure import centroid, colour_mask, largest_blob
+
+
+def test_region_token_masks_take_tokens_whose_centre_is_inside():
+    masks = region_token_masks([Region("a", (0.0, 0.0, 0.5, 1.0)), Region("b", (0.25, 0.0, 1.0, 0.5))], 2, 2)
+    assert masks.tolist() == [[True, False, True, False], [True, True, False, False]]
+
+
+@pytest.mark.parametrize("token_order", ["text-image", "image-text"])
+def test_mask_is_exact_with_overlap_and_background(token_order):
+    # Two overlapping regions on a 2x2 token grid; one token per caption; p3 is background.
+    masks = region_token_masks([Region("a", (0.0, 0.0, 0.5, 1.0)), Region("b", (0.25, 0.0, 1.0, 0.5))], 2, 2)
+    allowed = regional_attention_mask(masks, 1, token_order).int()
+    #            g  a  b  p0 p1 p2 p3
+    expected = [[1, 0, 0, 1, 1, 1, 1],  # global caption: itself and the whole image
+                [0, 1, 0, 1, 0, 1, 0],  # region a's caption: itself and a's tokens (p0, p2)
+                [0, 0, 1, 1, 1, 0, 0],  # region b's caption: itself and b's tokens (p0, p1)
+                [0, 1, 1, 1, 1, 1, 0],  # p0 lies in a and b: both captions, both regions
+                [0, 0, 1, 1, 1, 0, 0],  # p1 in b only
+                [0, 1, 0, 1, 0, 1, 0],  # p2 in a only
+                [1, 1, 1, 1, 1, 1, 1]]  # p3, background: everything
+    expected = torch.tensor(expected)
+    if token_order == "image-text":
+        order = [3, 4, 5, 6, 0, 1, 2]
+        expected = expected[order][:, order]
+    assert torch.equal(allowed, expected)
+
+
+def test_longer_captions_share_their_region():
+    masks = region_token_masks([Region("a", (0.0, 0.0, 0.5, 1.0))], 1, 2)
+    allowed = regional_attention_mask(masks, 2, "text-image")
+    assert allowed.shape == (6, 6)
+    assert allowed[2:4, 2:4].all() and not allowed[2:4, 0:2].any()  # region text sees itself only...
+    assert allowed[2:4, 4].all() and not allowed[2:4, 5].any()  # ...and the image token in its box
+    assert allowed[4, 2:4].all() and not allowed[4, 0:2].any()  # the token in the box: not the global caption
+
+
+def test_box_validation_messages():
+    assert validate_regions([Region(" a ", (1.2, 0.8, -0.1, 0.2))]) == (Region("a", (0.0, 0.2, 1.0, 0.8)),)
+    with pytest.raises(InvalidRequest, match="Box 1 has no caption"):
+        validate_regions([Region(" ", (0, 0, 1, 1))])
+    with pytest.raises(InvalidRequest, match="no area"):
+        validate_regions([Region("a", (0.3, 0.1, 0.3, 0.9))])
+    with pytest.raises(InvalidRequest, match="no area"):
+        validate_regions([Region("a", (1.1, 0.1, 1.5, 0.9))])  # wholly off the canvas
+    with pytest.raises(InvalidRequest, match="At most 10 boxes"):
+        validate_regions([Region("a", (0, 0, 1, 1))] * 11)
+
+
+def layout(model, **changes):
+    settings = LayoutSettings(model=model, caption="a large red circle on the left and a large blue square on the "
+                              "right, gray background",
+                              regions=(Region("a large red circle", (0.0, 0.2, 0.5, 0.8)),
+                                       Region("a large blue square", (0.5, 0.2, 1.0, 0.8))),
+                              steps=6, guidance=3.0, width=64, height=64, inject_steps=3)
+    return replace(settings, **changes)
+
+
+@pytest.mark.parametrize("model_id", ["tiny-flux-dev", "tiny-sd3"])
+def test_outside_tokens_ignore_a_region_caption_while_masked(registry, model_id):
+    spec = registry.catalogue.get(model_id)
+    pipe = registry.pipeline(model_id)
+    settings = layout(model_id, base_ratio=0.0)
+    regional = plan(pipe, spec, settings)
+    length = regional.caption_length
+    region_a_text = list(range(length, 2 * length))
+    record = RecordAttention(keys=region_a_text)
+    controller = AttentionController([*regional.edits, record])
+    with controlled(pipe.transformer, controller, spec.family.token_order):
+        flow.integrate(regional.model.velocity, regional.start, regional.sigmas, before_step=controller.set_step)
+    rows, columns = regional.start.shape[-2] // 2, regional.start.shape[-1] // 2
+    masks = region_token_masks(settings.regions, rows, columns)
+    outside_a = ~masks[0] & masks[1]  # tokens inside b only
+    conditional = -1
+    for (step, layer), attention in record.maps.items():
+        to_a = attention[conditional][outside_a].sum()
+        if step < settings.inject_steps:
+            assert to_a == 0, (step, layer)
+        else:
+            assert to_a > 0, (step, layer)
+
+
+@pytest.mark.parametrize("model_id", ["tiny-flux-dev", "tiny-sd3"])
+def test_one_full_box_with_the_global_caption_is_the_plain_path(registry, model_id):
+    spec = registry.catalogue.get(model_id)
+    caption = "a large red circle on the left, gray background"
+    settings = layout(model_id, caption=caption, regions=(Region(caption, (0, 0, 1, 1)),), base_ratio=0.0)
+    regional = np.asarray(regional_generate(registry, settings).image, float)
+    pipe = registry.pipeline(model_id)
+    model = flow.FlowModel(pipe, spec.family, [caption], flow.Guidance(spec.guidance, 3.0), spec.max_sequence_length)
+    start = flow.initial_noise(pipe, 0, 64, 64)
+    plain = flow.integrate(model.velocity, start, flow.schedule(pipe, spec.family, 6, *start.shape[-2:]))[-1]
+    plain = np.asarray(flow.decode(pipe, plain)[0], float)
+    assert np.abs(regional - plain).max() <= 2
+    two_boxes = np.asarray(regional_generate(registry, layout(model_id)).image, float)
+    assert np.abs(two_boxes - plain).mean() > 0.3  # random tiny weights: small, but far above rounding
+
+
+def test_bad_layout_requests(registry):
+    with pytest.raises(InvalidRequest, match="SD3 or FLUX"):
+        regional_generate(registry, layout("tiny-pixart-sigma"))
+    with pytest.raises(InvalidRequest, match="Draw at least one box"):
+        regional_generate(registry, layout("tiny-sd3", regions=()))
+    with pytest.raises(InvalidRequest, match="global caption"):
+        regional_generate(registry, layout("tiny-sd3", caption=" "))
