@@ -18,3 +18,9 @@ def example_rows(tab: str, fields: list[str]) -> list[list]:
     """The tab's structured examples as rows of the given fields."""
     with open(PRESETS_DIR / "examples.toml", "rb") as handle:
         return [[row[name] for name in fields] for row in tomllib.load(handle).get(tab, {}).get("examples", [])]
+
+
+def layout_examples() -> list[dict]:
+    """Layout scenes: {"caption": str, "regions": [{"caption": str, "box": [x1, y1, x2, y2]}]}."""
+    with open(PRESETS_DIR / "examples.toml", "rb") as handle:
+        return list(tomllib.load(handle).get("layout", {}).get("examples", []))

@@ -125,3 +125,26 @@ def test_colour_edit_of_an_uploaded_image(running_app, tmp_path):
         "square", 1.0, 8, 1.0, 64, 64, 0, 0.1, api_name="/colour_edit")
     assert settings["inversion_steps"] == 8
     assert Image.open(result).size == (64, 64)
+
+
+def test_layout_endpoint_generates_and_checks_boxes(running_app):
+    client, output_dir = running_app
+    boxes = {"headers": ["caption", "x1", "y1", "x2", "y2"],
+             "data": [["a large red circle on the left, gray background", 0.0, 0.15, 0.5, 0.85],
+                      ["a large blue square on the right, gray background", 0.5, 0.15, 1.0, 0.85]]}
+    caption = "a large red circle on the left and a large blue square on the right, gray background"
+    result, settings = client.predict("shapes-flux", caption, boxes, 8, 3.0, 64, 64, 0, 4, 1, 0.2, True,
+                                      api_name="/layout_generate")
+    assert Image.open(result).size == (64, 64)
+    assert settings["method"] == "regional attention" and len(settings["regions"]) == 2
+    assert any(output_dir.glob("*layout-shapes-flux-0.png"))
+    empty_caption = {"headers": boxes["headers"], "data": [["", 0.1, 0.1, 0.5, 0.5]]}
+    with pytest.raises(Exception, match="Box 1 has no caption"):
+        client.predict("shapes-flux", caption, empty_caption, 8, 3.0, 64, 64, 0, 4, 1, 0.2, True,
+                       api_name="/layout_generate")
+    flat = {"headers": boxes["headers"], "data": [["a red circle", 0.1, 0.4, 0.5, 0.4]]}
+    with pytest.raises(Exception, match="no area"):
+        client.predict("shapes-flux", caption, flat, 8, 3.0, 64, 64, 0, 4, 1, 0.2, True, api_name="/layout_generate")
+    eleven = {"headers": boxes["headers"], "data": [["a red circle", 0.1, 0.1, 0.5, 0.5]] * 11}
+    with pytest.raises(Exception, match="At most 10 boxes"):
+        client.predict("shapes-flux", caption, eleven, 8, 3.0, 64, 64, 0, 4, 1, 0.2, True, api_name="/layout_generate")

@@ -73,3 +73,23 @@ def test_recolour_the_last_result(page, tmp_path, artifacts):
     wait_for_image(page, "colour-shapes-flux")
     page.screenshot(path=str(artifacts / "colour-editing.png"), full_page=True)
     assert len(list(tmp_path.glob("*colour-shapes-flux-0.png"))) == 1
+
+
+def test_draw_a_box_and_generate_a_layout(page, tmp_path, artifacts):
+    page.get_by_role("tab", name="Layout to image").click()
+    page.get_by_label("Global caption", exact=True).fill("a large red circle on the left, gray background")
+    page.get_by_label("Caption for the next box", exact=True).fill("a large red circle on the left, gray background")
+    canvas = page.locator("#layout-canvas img").first
+    canvas.wait_for(timeout=30_000)
+    size = canvas.bounding_box()
+    canvas.click(position={"x": size["width"] * 0.05, "y": size["height"] * 0.2})
+    page.wait_for_timeout(1500)
+    canvas.click(position={"x": size["width"] * 0.5, "y": size["height"] * 0.8})
+    # The box lands in the table with the caption typed for it.
+    page.wait_for_function("() => [...document.querySelectorAll('td')]"
+                           ".some(e => e.textContent.includes('red circle on the left'))", timeout=30_000)
+    page.get_by_role("button", name="Generate layout").click()
+    page.locator("#layout-result img").first.wait_for(timeout=120_000)
+    page.wait_for_function("() => document.querySelector('#layout-result img').naturalWidth > 0")
+    page.screenshot(path=str(artifacts / "layout-to-image.png"), full_page=True)
+    assert len(list(tmp_path.glob("*layout-shapes-flux-0.png"))) == 1
