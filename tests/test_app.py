@@ -135,9 +135,10 @@ def test_layout_endpoint_generates_and_checks_boxes(running_app):
     caption = "a large red circle on the left and a large blue square on the right, gray background"
     result, settings = client.predict("shapes-flux", caption, boxes, 8, 3.0, 64, 64, 0, 4, 1, 0.2, True,
                                       api_name="/layout_generate")
-    assert Image.open(result).size == (64, 64)
+    assert Image.open(result).size == (512, 512)  # shown enlarged with its boxes drawn
     assert settings["method"] == "regional attention" and len(settings["regions"]) == 2
-    assert any(output_dir.glob("*layout-shapes-flux-0.png"))
+    saved = next(output_dir.glob("*layout-shapes-flux-0.png"))
+    assert Image.open(saved).size == (64, 64) and '"regions"' in Image.open(saved).text["dit-studio"]
     empty_caption = {"headers": boxes["headers"], "data": [["", 0.1, 0.1, 0.5, 0.5]]}
     with pytest.raises(Exception, match="Box 1 has no caption"):
         client.predict("shapes-flux", caption, empty_caption, 8, 3.0, 64, 64, 0, 4, 1, 0.2, True,
