@@ -10,12 +10,11 @@ from PIL import Image
 from studio.catalogue import ModelSpec
 from studio.context import StudioContext
 from studio.errors import Cancelled, InvalidRequest
-from studio.generation import MAX_SEED
 from studio.gpu import gpu_task
 from studio.metadata import read_settings, save_image
 from studio.methods.colour import COLOUR_NAMES, ColourEditSettings, colour_edit, recolour_prompt
 from studio.presets import example_rows
-from tabs.common import model_choices, session_of, user_errors
+from tabs.common import cancel_handler, model_choices, run_and_cancel, sampling_controls, session_of, user_errors
 
 GENERATE, UPLOAD = "Generate it from the source prompt", "Edit an image (inverted)"
 MASK_TINT = np.array([255, 60, 200], dtype=np.float32)
@@ -53,20 +52,10 @@ def build(studio: StudioContext, text_to_image_history: gr.State) -> None:
             target_prompt = gr.Textbox(label="Target prompt (built from the above; edit freely)", lines=2)
             intensity = gr.Slider(0.2, 3.0, value=1.0, step=0.05, label="Intensity of the new colour word")
             with gr.Accordion("Sampling", open=False):
-                with gr.Row():
-                    steps = gr.Slider(1, 100, value=default.steps, step=1, label="Steps")
-                    guidance = gr.Slider(0, 20, value=default.guidance_scale, step=0.1, label="Guidance")
-                with gr.Row():
-                    width = gr.Slider(default.size_multiple, 2048, value=default.width, step=default.size_multiple,
-                                      label="Width")
-                    height = gr.Slider(default.size_multiple, 2048, value=default.height, step=default.size_multiple,
-                                       label="Height")
-                with gr.Row():
-                    seed = gr.Number(value=42, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
-                    threshold = gr.Slider(0.0, 0.9, value=0.1, step=0.01, label="Mask threshold ε")
-            with gr.Row():
-                run = gr.Button("Recolour", variant="primary")
-                cancel = gr.Button("Cancel", variant="stop")
+                sampling = sampling_controls(default, default.steps, seed=42)
+                threshold = gr.Slider(0.0, 0.9, value=0.1, step=0.01, label="Mask threshold ε")
+            steps, guidance, width, height, seed = sampling.components()
+            run, cancel = run_and_cancel("Recolour")
             gr.Examples(example_rows("colour_edit", ["source", "word", "colour"]), inputs=[source_prompt, word, colour],
                         label="Examples")
         with gr.Column(scale=3):
@@ -133,10 +122,6 @@ def build(studio: StudioContext, text_to_image_history: gr.State) -> None:
         return (spec.steps, gr.update(value=spec.guidance_scale, interactive=spec.guidance != "none"),
                 gr.update(value=spec.width, step=spec.size_multiple), gr.update(value=spec.height, step=spec.size_multiple))
 
-    def on_cancel(request: gr.Request) -> None:
-        if not studio.cancellations.cancel(session_of(request)):
-            gr.Info("Nothing is running.")
-
     gr.on([source_prompt.change, word.change, colour.change], on_target, [source_prompt, word, colour], target_prompt,
           api_name="colour_target_prompt")
     picker.input(lambda value: value, picker, colour, api_visibility="private")
@@ -148,4 +133,4 @@ def build(studio: StudioContext, text_to_image_history: gr.State) -> None:
     run.click(on_edit, [model, source_mode, image, source_prompt, target_prompt, word, intensity, steps, guidance,
                         width, height, seed, threshold], [compare, mask_view, result, info],
               api_name="colour_edit", concurrency_limit=1, concurrency_id="gpu")
-    cancel.click(on_cancel, None, None, api_name="colour_cancel")
+    cancel.click(cancel_handler(studio), None, None, api_name="colour_cancel")

@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import gradio as gr
 
 from studio.catalogue import ModelSpec
 from studio.context import StudioContext
 from studio.errors import StudioError
+from studio.generation import MAX_SEED
 
 log = logging.getLogger(__name__)
 
@@ -42,3 +44,43 @@ def user_errors(task: str) -> Iterator[None]:
     except Exception as error:
         log.exception("%s failed", task)
         raise gr.Error(f"{task} failed: {type(error).__name__}: {error}") from None
+
+
+@dataclass
+class SamplingControls:
+    steps: gr.Slider
+    guidance: gr.Slider
+    width: gr.Slider
+    height: gr.Slider
+    seed: gr.Number
+
+    def components(self) -> tuple[gr.Slider, gr.Slider, gr.Slider, gr.Slider, gr.Number]:
+        return self.steps, self.guidance, self.width, self.height, self.seed
+
+
+def run_and_cancel(label: str) -> tuple[gr.Button, gr.Button]:
+    with gr.Row():
+        return gr.Button(label, variant="primary"), gr.Button("Cancel", variant="stop")
+
+
+def sampling_controls(spec: ModelSpec, steps: int, seed: int) -> SamplingControls:
+    """Steps, guidance, size and seed sliders for a model's defaults, laid out in rows."""
+    with gr.Row():
+        step_slider = gr.Slider(1, 100, value=steps, step=1, label="Steps")
+        guidance = gr.Slider(0, 20, value=spec.guidance_scale, step=0.1, label="Guidance",
+                             interactive=spec.guidance != "none")
+    with gr.Row():
+        width = gr.Slider(spec.size_multiple, 2048, value=spec.width, step=spec.size_multiple, label="Width")
+        height = gr.Slider(spec.size_multiple, 2048, value=spec.height, step=spec.size_multiple, label="Height")
+        seed_box = gr.Number(value=seed, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
+    return SamplingControls(step_slider, guidance, width, height, seed_box)
+
+
+def cancel_handler(studio: StudioContext) -> Callable[[gr.Request], None]:
+    """A Cancel button's handler: stops the session's running job at its next step."""
+
+    def on_cancel(request: gr.Request) -> None:
+        if not studio.cancellations.cancel(session_of(request)):
+            gr.Info("Nothing is running.")
+
+    return on_cancel

@@ -9,12 +9,11 @@ from PIL import Image, ImageDraw
 from studio.catalogue import ModelSpec
 from studio.context import StudioContext
 from studio.errors import Cancelled, InvalidRequest
-from studio.generation import MAX_SEED
 from studio.gpu import gpu_task
 from studio.metadata import save_image
 from studio.methods.layout import MAX_REGIONS, LayoutSettings, Region, regional_generate, validate_regions
 from studio.presets import layout_examples
-from tabs.common import model_choices, session_of, user_errors
+from tabs.common import cancel_handler, model_choices, run_and_cancel, sampling_controls, session_of, user_errors
 
 HEADERS = ["caption", "x1", "y1", "x2", "y2"]
 BOX_COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#469990",
@@ -90,22 +89,13 @@ def build(studio: StudioContext) -> None:
                 delete = gr.Button("Delete box", size="sm")
                 clear = gr.Button("Clear boxes", size="sm")
             with gr.Accordion("Sampling and regional attention", open=False):
+                sampling = sampling_controls(default, 24 if default.steps >= 8 else default.steps, seed=0)
                 with gr.Row():
-                    steps = gr.Slider(1, 100, value=24 if default.steps >= 8 else default.steps, step=1, label="Steps")
-                    guidance = gr.Slider(0, 20, value=default.guidance_scale, step=0.1, label="Guidance")
-                with gr.Row():
-                    width = gr.Slider(default.size_multiple, 2048, value=default.width, step=default.size_multiple,
-                                      label="Width")
-                    height = gr.Slider(default.size_multiple, 2048, value=default.height, step=default.size_multiple,
-                                       label="Height")
-                with gr.Row():
-                    seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
                     inject_steps = gr.Slider(0, 50, value=8, step=1, label="Masked steps (first N)")
                     block_stride = gr.Slider(1, 4, value=1, step=1, label="Mask every k-th block")
                     base_ratio = gr.Slider(0, 1, value=0.2, step=0.05, label="Base ratio")
-            with gr.Row():
-                run = gr.Button("Generate layout", variant="primary")
-                cancel = gr.Button("Cancel", variant="stop")
+            steps, guidance, width, height, seed = sampling.components()
+            run, cancel = run_and_cancel("Generate layout")
             example = gr.Dropdown([(scene["caption"], index) for index, scene in enumerate(examples)],
                                   label="Load an example layout", value=None)
         with gr.Column(scale=3):
@@ -182,10 +172,6 @@ def build(studio: StudioContext) -> None:
         save_image(made.image, payload, studio.output_dir, f"layout-{settings.model}-{settings.seed}")
         return show(made.image, made.settings, with_boxes), payload, (made.image, made.settings)
 
-    def on_cancel(request: gr.Request) -> None:
-        if not studio.cancellations.cancel(session_of(request)):
-            gr.Info("Nothing is running.")
-
     canvas.select(on_canvas_click, [table, new_caption, pending, width, height], [table, pending, canvas],
                   api_visibility="private")
     gr.on([table.input, width.change, height.change], lambda rows, w, h: preview(rows, w, h), [table, width, height],
@@ -199,4 +185,4 @@ def build(studio: StudioContext) -> None:
     run.click(on_generate, [model, caption, table, steps, guidance, width, height, seed, inject_steps, block_stride,
                             base_ratio, overlay], [result, info, last_image],
               api_name="layout_generate", concurrency_limit=1, concurrency_id="gpu")
-    cancel.click(on_cancel, None, None, api_name="layout_cancel")
+    cancel.click(cancel_handler(studio), None, None, api_name="layout_cancel")

@@ -15,7 +15,7 @@ from studio.gpu import gpu_task
 from studio.metadata import read_settings, save_png
 from studio.presets import example_prompts
 from studio.registry import ModelState
-from tabs.common import model_choices, session_of, user_errors
+from tabs.common import cancel_handler, model_choices, run_and_cancel, session_of, user_errors
 
 HISTORY_LIMIT = 48
 
@@ -63,9 +63,7 @@ def build(studio: StudioContext) -> gr.State:
                 seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
                 dice = gr.Button("Random seed", size="sm")
                 count = gr.Slider(1, MAX_IMAGES, value=1, step=1, label="Images")
-            with gr.Row():
-                run = gr.Button("Generate", variant="primary")
-                cancel = gr.Button("Cancel", variant="stop")
+            run, cancel = run_and_cancel("Generate")
             reuse = gr.File(label="Reuse settings: drop a PNG made by the studio", file_types=[".png"])
             gr.Examples([[p] for p in example_prompts("text_to_image")], inputs=[prompt], label="Examples")
         with gr.Column(scale=3):
@@ -100,10 +98,6 @@ def build(studio: StudioContext) -> gr.State:
                 gr.Warning(f"Cancelled; kept the {len(made)} finished image(s).")
                 yield shown(), "\n\n".join(caption for _, caption in made), shown()
 
-    def on_cancel(request: gr.Request) -> None:
-        if not studio.cancellations.cancel(session_of(request)):
-            gr.Info("Nothing is running.")
-
     def on_model_picked(model_id: str):
         spec = registry.catalogue.get(model_id)
         if registry.state(model_id) is ModelState.UNAVAILABLE:
@@ -133,7 +127,7 @@ def build(studio: StudioContext) -> gr.State:
     gr.on([run.click, prompt.submit], on_generate, inputs, [gallery, info, history], api_name="generate",
           concurrency_limit=1, concurrency_id="gpu").then(
         lambda current: gr.update(choices=model_choices(studio), value=current), model, model, api_visibility="private")
-    cancel.click(on_cancel, None, None, api_name="cancel")
+    cancel.click(cancel_handler(studio), None, None, api_name="cancel")
     model.input(on_model_picked, model, [steps, guidance, width, height, negative, aspect], api_name="model_defaults")
     aspect.input(on_aspect, [model, aspect], [width, height], api_name="aspect_size")
     dice.click(lambda: random.randint(0, MAX_SEED), None, seed, api_name="random_seed")
