@@ -128,3 +128,30 @@ def test_a_word_split_into_several_tokens_gets_all_of_them(registry):
     assert len(clip_pieces) > 1
     assert indices[: len(clip_pieces)] == list(range(2, 2 + len(clip_pieces)))  # after <bos> and "a"
     assert all(i >= 77 for i in indices[len(clip_pieces):])  # then T5's piece(s)
+
+
+@pytest.mark.parametrize("model_id", ["tiny-pixart-sigma", "tiny-sana"])
+def test_cross_attention_processors_match_the_originals(registry, model_id):
+    from studio.attention import cross_layers
+
+    spec = registry.catalogue.get(model_id)
+    pipe = registry.pipeline(model_id)
+    originals = dict(pipe.transformer.attn_processors)
+
+    from studio.generation import GenerationSettings, call_arguments
+
+    settings = GenerationSettings(model=model_id, prompt="a red circle", steps=2, guidance=4.5, width=64, height=64)
+
+    def image(controller=None):
+        arguments = {**call_arguments(pipe, spec, settings, None), "output_type": "np"}
+        if controller is None:
+            return pipe(**arguments).images
+        with controlled(pipe.transformer, controller, "cross-attention"):
+            return pipe(**arguments).images
+
+    expected = image()
+    record = RecordAttention(keys=[0, 1])
+    torch.testing.assert_close(torch.tensor(image(AttentionController([record]))), torch.tensor(expected),
+                               rtol=1e-4, atol=1e-4)
+    assert {layer for _, layer in record.maps} == set(cross_layers(pipe.transformer))
+    assert all(pipe.transformer.attn_processors[n] is p for n, p in originals.items())

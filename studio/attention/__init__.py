@@ -20,7 +20,7 @@ from studio.attention.control import (
     ScaleTokenScores,
     ShareKeysValues,
 )
-from studio.attention.processors import controlled, joint_layers
+from studio.attention.processors import controllable_layers, controlled, cross_layers, joint_layers
 from studio.attention.tokens import word_token_indices
 
 __all__ = [
@@ -36,7 +36,9 @@ __all__ = [
     "Rows",
     "ScaleTokenScores",
     "ShareKeysValues",
+    "controllable_layers",
     "controlled",
+    "cross_layers",
     "joint_layers",
     "word_token_indices",
 ]

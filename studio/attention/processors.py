@@ -1,8 +1,9 @@
-"""The studio's attention processors for joint-attention transformers, and their installation.
+"""The studio's attention processors, and their installation.
 
 A processor projects q, k, v exactly as the family's own processor does (diffusers'
-FluxAttnProcessor / JointAttnProcessor2_0), hands the joint sequence to the controller, and
-projects the result back. Only the projections differ between token orders."""
+FluxAttnProcessor / JointAttnProcessor2_0 for joint attention, AttnProcessor2_0 /
+SanaAttnProcessor2_0 for PixArt's and SANA's text cross-attention), hands them to the
+controller, and projects the result back. Only the projections differ between token orders."""
 
 from __future__ import annotations
 
@@ -74,6 +75,57 @@ class ControlledProcessor:
         return image_output, text_output
 
 
+class ControlledCrossProcessor:
+    """Cross-attention from image tokens (queries) to text tokens (keys), as PixArt and SANA use
+    it. The call's `image` slice indexes the queries and its `text` slice the keys."""
+
+    def __init__(self, layer: str, controller: AttentionController) -> None:
+        self.layer = layer
+        self.controller = controller
+
+    def __call__(
+        self,
+        attn: torch.nn.Module,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **_: object,
+    ) -> torch.Tensor:
+        batch = hidden_states.shape[0]
+        q, k, v = attn.to_q(hidden_states), attn.to_k(encoder_hidden_states), attn.to_v(encoder_hidden_states)
+        head_dim = q.shape[-1] // attn.heads
+
+        def normalise(norm, tensor):
+            # A norm over the whole width (SANA's across heads) comes before the head split.
+            if norm is None:
+                return tensor.unflatten(-1, (attn.heads, head_dim))
+            if norm.weight is not None and norm.weight.numel() == tensor.shape[-1]:
+                return norm(tensor).unflatten(-1, (attn.heads, head_dim))
+            return norm(tensor.unflatten(-1, (attn.heads, head_dim)))
+
+        q, k, v = normalise(attn.norm_q, q), normalise(attn.norm_k, k), v.unflatten(-1, (attn.heads, head_dim))
+        if attention_mask is not None:  # the transformer's padding bias, [batch, 1, keys]
+            attention_mask = attention_mask.view(batch, 1, -1, attention_mask.shape[-1]).to(q.dtype)
+        call = AttentionCall(self.layer, self.controller.step, slice(0, k.shape[1]), slice(0, q.shape[1]), attn.heads)
+        output = self.controller.attend(call, q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attention_mask)
+        output = output.transpose(1, 2).flatten(2, 3).to(q.dtype)
+        output = attn.to_out[1](attn.to_out[0](output))
+        if attn.residual_connection:
+            output = output + hidden_states
+        return output / attn.rescale_output_factor
+
+
+def cross_layers(transformer: torch.nn.Module) -> list[str]:
+    """Names of the transformer's text cross-attention layers ("transformer_blocks.3.attn2")."""
+    return [name.removesuffix(".processor") for name in transformer.attn_processors
+            if name.endswith(".attn2.processor")]
+
+
+def controllable_layers(transformer: torch.nn.Module, token_order: str) -> list[str]:
+    """The layers the toolkit controls: joint attention, or text cross-attention."""
+    return cross_layers(transformer) if token_order == "cross-attention" else joint_layers(transformer)
+
+
 def joint_layers(transformer: torch.nn.Module, kind: str = "all") -> list[str]:
     """Names of the transformer's joint-attention layers ("transformer_blocks.3.attn"); kind
     "single" keeps FLUX's single-stream blocks, "double" the two-stream ones."""
@@ -90,13 +142,19 @@ def joint_layers(transformer: torch.nn.Module, kind: str = "all") -> list[str]:
 def controlled(transformer: torch.nn.Module, controller: AttentionController, token_order: str) -> Iterator[None]:
     """Run the transformer's joint-attention layers through `controller`; the original processors
     come back afterwards whatever happens."""
-    if token_order not in ("text-image", "image-text"):
-        raise ValueError(f"attention control needs a joint-attention transformer, not {token_order!r}")
+    if token_order not in ("text-image", "image-text", "cross-attention"):
+        raise ValueError(f"no attention control for token order {token_order!r}")
     originals = transformer.attn_processors
-    layers = set(joint_layers(transformer))
+    layers = set(controllable_layers(transformer, token_order))
+
+    def studio_processor(layer: str):
+        if token_order == "cross-attention":
+            return ControlledCrossProcessor(layer, controller)
+        return ControlledProcessor(layer, controller, token_order)
+
     replacement = {
-        name: ControlledProcessor(name.removesuffix(".processor"), controller, token_order)
-        if name.removesuffix(".processor") in layers else processor
+        name: studio_processor(name.removesuffix(".processor")) if name.removesuffix(".processor") in layers
+        else processor
         for name, processor in originals.items()
     }
 
