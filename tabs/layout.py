@@ -22,7 +22,7 @@ PREVIEW_SIDE = 512
 
 
 def serves(spec: ModelSpec) -> bool:
-    return spec.family.flow is not None
+    return spec.family.token_order in ("text-image", "image-text", "cross-attention")
 
 
 def regions_from_table(rows: list[list]) -> tuple[Region, ...]:
@@ -74,8 +74,9 @@ def build(studio: StudioContext) -> None:
     examples = layout_examples()
     with gr.Row():
         with gr.Column(scale=2):
-            model = gr.Dropdown(choices, value=default.id, label="Model (SD3 and FLUX)")
-            gr.Markdown("Method: **training-free regional attention**.")
+            model = gr.Dropdown(choices, value=default.id, label="Model")
+            gr.Markdown("Method: **training-free regional attention** (joint attention on FLUX and SD3, text "
+                        "cross-attention on PixArt and SANA).")
             caption = gr.Textbox(label="Global caption", lines=2)
             new_caption = gr.Textbox(label="Caption for the next box",
                                      placeholder="a large red circle on the left, gray background")

@@ -146,6 +146,9 @@ def test_layout_endpoint_generates_and_checks_boxes(running_app):
     flat = {"headers": boxes["headers"], "data": [["a red circle", 0.1, 0.4, 0.5, 0.4]]}
     with pytest.raises(Exception, match="no area"):
         client.predict("shapes-flux", caption, flat, 8, 3.0, 64, 64, 0, 4, 1, 0.2, True, api_name="/layout_generate")
+    result, settings = client.predict("tiny-pixart-sigma", caption, boxes, 2, 4.5, 64, 64, 0, 1, 1, 0.2, False,
+                                      api_name="/layout_generate")
+    assert Image.open(result).size == (64, 64) and settings["model"] == "tiny-pixart-sigma"
     eleven = {"headers": boxes["headers"], "data": [["a red circle", 0.1, 0.1, 0.5, 0.5]] * 11}
     with pytest.raises(Exception, match="At most 10 boxes"):
         client.predict("shapes-flux", caption, eleven, 8, 3.0, 64, 64, 0, 4, 1, 0.2, True, api_name="/layout_generate")

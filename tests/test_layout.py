@@ -117,8 +117,6 @@ def test_one_full_box_with_the_global_caption_is_the_plain_path(registry, model_
 
 
 def test_bad_layout_requests(registry):
-    with pytest.raises(InvalidRequest, match="SD3 or FLUX"):
-        regional_generate(registry, layout("tiny-pixart-sigma"))
     with pytest.raises(InvalidRequest, match="Draw at least one box"):
         regional_generate(registry, layout("tiny-sd3", regions=()))
     with pytest.raises(InvalidRequest, match="global caption"):
@@ -134,3 +132,45 @@ def test_objects_land_in_their_boxes_on_the_shapes_world(registry):
     print(rates)
     assert rates["regional"] >= 0.75
     assert rates["regional"] >= rates["global caption only"] + 0.25
+
+
+def test_cross_attention_mask_is_exact():
+    from studio.methods.layout import cross_attention_mask
+
+    masks = region_token_masks([Region("a", (0.0, 0.0, 0.5, 1.0)), Region("b", (0.25, 0.0, 1.0, 0.5))], 2, 2)
+    allowed = cross_attention_mask(masks, 2).int()
+    #                 g  g  a  a  b  b   (two tokens per caption)
+    assert allowed.tolist() == [[1, 1, 1, 1, 1, 1],  # p0: in a and b
+                                [1, 1, 0, 0, 1, 1],  # p1: in b
+                                [1, 1, 1, 1, 0, 0],  # p2: in a
+                                [1, 1, 0, 0, 0, 0]]  # p3: background, the global caption only
+
+
+@pytest.mark.parametrize("model_id", ["tiny-pixart-sigma", "tiny-sana"])
+def test_cross_attention_families_get_regional_masks(registry, model_id, monkeypatch):
+    import studio.methods.layout as layout_module
+
+    recorders = []
+    original = layout_module.AttentionController
+
+    def recording_controller(edits):
+        mask = edits[0]
+        recorders.append(RecordAttention(keys=list(range(spec.max_sequence_length, 2 * spec.max_sequence_length))))
+        return original([mask, recorders[-1]])
+
+    spec = registry.catalogue.get(model_id)
+    monkeypatch.setattr(layout_module, "AttentionController", recording_controller)
+    settings = layout(model_id, steps=4, guidance=4.5, inject_steps=2, base_ratio=0.0)
+    regional = np.asarray(regional_generate(registry, settings).image, float)
+    record = recorders[-1]
+    scale = registry.pipeline(model_id).vae_scale_factor * registry.pipeline(model_id).transformer.config.patch_size
+    masks = region_token_masks(settings.regions, 64 // scale, 64 // scale)
+    outside_a = ~masks[0]
+    steps = sorted({step for step, _ in record.maps})
+    assert steps == [0, 1, 2, 3]
+    for (step, layer), attention in record.maps.items():
+        to_a = attention[-1][outside_a].sum()  # the conditional row
+        assert (to_a == 0) if step < 2 else (to_a > 0), (step, layer)
+    monkeypatch.setattr(layout_module, "AttentionController", original)
+    plain = np.asarray(regional_generate(registry, replace(settings, inject_steps=0)).image, float)
+    assert np.abs(regional - plain).mean() > 0.1

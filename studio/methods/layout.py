@@ -14,6 +14,7 @@ conditional half only.
 
 from __future__ import annotations
 
+import inspect
 import math
 import threading
 import time
@@ -24,10 +25,17 @@ import torch
 from PIL import Image
 
 from studio import flow
-from studio.attention import AttentionController, AttentionEdit, MaskAttention, controlled, joint_layers
+from studio.attention import (
+    AttentionController,
+    AttentionEdit,
+    MaskAttention,
+    controllable_layers,
+    controlled,
+    joint_layers,
+)
 from studio.catalogue import ModelSpec
 from studio.errors import Cancelled, InvalidRequest
-from studio.generation import validate_sampling
+from studio.generation import GenerationSettings, call_arguments, validate_sampling
 from studio.registry import Registry
 
 MAX_REGIONS = 10
@@ -126,9 +134,18 @@ def regional_attention_mask(image_masks: torch.Tensor, caption_length: int, toke
     return joint[order][:, order]
 
 
+def cross_attention_mask(image_masks: torch.Tensor, caption_length: int) -> torch.Tensor:
+    """[image tokens, text tokens] for cross-attention families (PixArt, SANA): a region's caption
+    is visible only to the image tokens inside its box; the global caption to every token."""
+    regions, image_tokens = image_masks.shape
+    owner = torch.arange(caption_length * (regions + 1)) // caption_length
+    in_region = torch.cat([torch.ones(1, image_tokens, dtype=torch.bool), image_masks])
+    return in_region[owner].T.contiguous()
+
+
 def validate(settings: LayoutSettings, spec: ModelSpec) -> LayoutSettings:
-    if spec.family.flow is None or spec.family.token_order not in ("text-image", "image-text"):
-        raise InvalidRequest(f"Regional attention needs an SD3 or FLUX model; {spec.name} is {spec.family.label}.")
+    if spec.family.token_order not in ("text-image", "image-text", "cross-attention"):
+        raise InvalidRequest(f"Regional attention has no way into {spec.family.label} models.")
     if not settings.caption or not settings.caption.strip():
         raise InvalidRequest("Write a global caption first.")
     if not settings.regions:
@@ -178,21 +195,59 @@ def regional_generate(
     spec = registry.catalogue.get(settings.model)
     settings = validate(settings, spec)
     started = time.perf_counter()
+
+    def report(done: int, controller: AttentionController) -> None:
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("Layout generation cancelled.")
+        if on_step is not None:
+            on_step(done, settings.steps)
+        controller.set_step(done)
+
     with registry.use(spec.id) as pipe:
-        regional = plan(pipe, spec, settings)
-        controller = AttentionController(regional.edits)
-
-        def before_step(index: int) -> None:
-            if cancel is not None and cancel.is_set():
-                raise Cancelled("Layout generation cancelled.")
-            if on_step is not None:
-                on_step(index, settings.steps)
-            controller.set_step(index)
-
-        with controlled(pipe.transformer, controller, spec.family.token_order):
-            latents = flow.integrate(regional.model.velocity, regional.start, regional.sigmas,
-                                     before_step=before_step)[-1]
-        image = flow.decode(pipe, latents)[0]
+        if spec.family.token_order == "cross-attention":
+            image = cross_attention_generate(pipe, spec, settings, report)
+        else:
+            regional = plan(pipe, spec, settings)
+            controller = AttentionController(regional.edits)
+            with controlled(pipe.transformer, controller, spec.family.token_order):
+                latents = flow.integrate(regional.model.velocity, regional.start, regional.sigmas,
+                                         before_step=lambda index: report(index, controller))[-1]
+            image = flow.decode(pipe, latents)[0]
     if on_step is not None:
         on_step(settings.steps, settings.steps)
     return LayoutResult(image, settings, time.perf_counter() - started)
+
+
+def cross_attention_generate(pipe, spec: ModelSpec, settings: LayoutSettings,
+                             report: Callable[[int, AttentionController], None]) -> Image.Image:
+    """PixArt / SANA: the captions' encodings joined along the tokens, through the pipeline, with
+    the regional mask on the text cross-attention."""
+    generation = GenerationSettings(model=spec.id, prompt=settings.caption, steps=settings.steps,
+                                    guidance=settings.guidance, width=settings.width, height=settings.height,
+                                    seed=settings.seed)
+    arguments = call_arguments(pipe, spec, generation, None)
+    encoding = inspect.signature(pipe.encode_prompt).parameters
+    options = {name: value for name, value in arguments.items()
+               if name in encoding and name in ("clean_caption", "max_sequence_length", "complex_human_instruction")}
+    with_guidance = settings.guidance > 1
+    with torch.no_grad():
+        parts = [pipe.encode_prompt(caption, do_classifier_free_guidance=with_guidance, negative_prompt="",
+                                    device=pipe.transformer.device, **options)
+                 for caption in (settings.caption, *(region.caption for region in settings.regions))]
+    embeds, mask, negative_embeds, negative_mask = (
+        None if parts[0][index] is None else torch.cat([part[index] for part in parts], dim=1) for index in range(4))
+    caption_length = parts[0][0].shape[1]
+
+    scale = pipe.vae_scale_factor * pipe.transformer.config.patch_size
+    masks = region_token_masks(settings.regions, settings.height // scale, settings.width // scale)
+    layers = set(controllable_layers(pipe.transformer, "cross-attention")[::settings.block_stride])
+    edit = MaskAttention(allowed=cross_attention_mask(masks, caption_length), base_ratio=settings.base_ratio,
+                         layers=layers, steps=range(settings.inject_steps),
+                         rows=slice(1, None) if with_guidance else None)  # [negative, prompt] with CFG
+    controller = AttentionController([edit])
+    report(0, controller)
+    arguments = {**call_arguments(pipe, spec, generation, lambda done: report(done, controller)),
+                 "prompt": None, "negative_prompt": None, "prompt_embeds": embeds, "prompt_attention_mask": mask,
+                 "negative_prompt_embeds": negative_embeds, "negative_prompt_attention_mask": negative_mask}
+    with controlled(pipe.transformer, controller, "cross-attention"):
+        return pipe(**arguments).images[0]
