@@ -10,6 +10,10 @@ mask over the joint sequence, in the family's token order, lets
 for the first `inject_steps` steps in every `block_stride`-th joint block, blended with the
 unmasked attention by `base_ratio`. With classifier-free guidance the mask applies to the
 conditional half only.
+
+PixArt and SANA read text through cross-attention: there the captions' encodings are joined the
+same way and a region's caption is visible only to the image tokens inside its box (the global
+caption to all), with the same steps, block stride and blend.
 """
 
 from __future__ import annotations
