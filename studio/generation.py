@@ -42,6 +42,8 @@ class GenerationSettings:
     height: int = 1024
     seed: int = 0
     count: int = 1
+    # LoRA adapters registered with the registry, as (name, scale) pairs.
+    adapters: tuple[tuple[str, float], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -152,7 +154,7 @@ def generate(
     spec = registry.catalogue.get(settings.model)
     settings = validate(settings, spec)
     total = settings.steps * settings.count
-    with registry.use(spec.id, "t2i") as pipe:
+    with registry.use(spec.id, "t2i", dict(settings.adapters)) as pipe:
         for index in range(settings.count):
             single = replace(settings, seed=(settings.seed + index) % (MAX_SEED + 1), count=1)
 

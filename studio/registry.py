@@ -6,6 +6,11 @@ memory budget; the least recently used model that is not in use is evicted first
 memory when the device is an accelerator and the host has room (swapping back is then a copy,
 not a load), freed otherwise. Weights are read (the step that fails: missing files, gated repos,
 no network) before anything is evicted, so a failed load leaves the registry exactly as it was.
+
+LoRA adapters belong to the registry too: `add_adapter` registers a safetensors file for a model
+(and loads it; a model reloaded after eviction gets its adapters back), and a request names the
+adapters it wants with their scales, `use(model_id, task, {"name": 0.8})`: exactly those are
+active while it runs, and requests on a model with adapters run one at a time.
 """
 
 from __future__ import annotations
@@ -13,11 +18,13 @@ from __future__ import annotations
 import enum
 import logging
 import os
+import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from diffusers import DiffusionPipeline
@@ -25,7 +32,7 @@ from diffusers import DiffusionPipeline
 from studio import offline
 from studio.catalogue import Catalogue, ModelSpec
 from studio.device import device_memory_bytes, release_memory
-from studio.errors import LoadFailed, ModelUnavailable, StudioError
+from studio.errors import InvalidRequest, LoadFailed, ModelUnavailable, StudioError
 
 log = logging.getLogger(__name__)
 GIB = 1024**3
@@ -93,6 +100,25 @@ class LoadedModel:
     on_device: bool = True
     users: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Held while a request runs on a model that has adapters: their activation is per model.
+    run_lock: threading.Lock = field(default_factory=threading.Lock)
+    adapters_loaded: set[str] = field(default_factory=set)
+
+
+def check_safetensors(path: Path) -> None:
+    """InvalidRequest unless `path` is a readable safetensors file (never unpickled)."""
+    from safetensors import safe_open
+
+    if path.suffix != ".safetensors":
+        raise InvalidRequest(f"{path.name}: only .safetensors LoRA files are accepted (pickles are never loaded).")
+    try:
+        with safe_open(str(path), framework="pt") as weights:
+            if not list(weights.keys()):
+                raise InvalidRequest(f"{path.name} holds no weights.")
+    except InvalidRequest:
+        raise
+    except Exception:
+        raise InvalidRequest(f"{path.name} is not a safetensors file (pickles are never loaded).") from None
 
 
 Loader = Callable[[ModelSpec, torch.dtype, bool], DiffusionPipeline]
@@ -124,6 +150,8 @@ class Registry:
         # One model loads at a time: two requests for one model load it once, and two different
         # loads never race for the same device memory.
         self._load_lock = threading.Lock()
+        # model id -> adapter name -> safetensors file; outlives evictions.
+        self._adapters: dict[str, dict[str, Path]] = {}
 
     # --- What the UI shows ---------------------------------------------------------------------
     def state(self, model_id: str) -> ModelState:
@@ -147,14 +175,78 @@ class Registry:
 
     # --- Getting pipelines -----------------------------------------------------------------------
     @contextmanager
-    def use(self, model_id: str, task: str = "t2i") -> Iterator[DiffusionPipeline]:
-        """A ready pipeline; the model cannot be evicted while the block runs."""
+    def use(
+        self, model_id: str, task: str = "t2i", adapters: Mapping[str, float] | None = None
+    ) -> Iterator[DiffusionPipeline]:
+        """A ready pipeline with exactly `adapters` (name -> scale) active; the model cannot be
+        evicted while the block runs."""
+        adapters = dict(adapters or {})
+        registered = self._adapters.get(model_id, {})
+        unknown = sorted(set(adapters) - set(registered))
+        if unknown:
+            raise InvalidRequest(f"No adapter {', '.join(unknown)} for {model_id}; add it first.")
         model = self._acquire(model_id)
         try:
-            yield self._variant(model, task)
+            with model.run_lock if registered else nullcontext():
+                if registered:
+                    self._activate(model, adapters)
+                yield self._variant(model, task)
         finally:
             with self._state_lock:
                 model.users -= 1
+
+    # --- LoRA adapters -----------------------------------------------------------------------------
+    def add_adapter(self, model_id: str, name: str, path: str | Path) -> None:
+        """Register a LoRA safetensors file for a model under `name` and load it now, so a file
+        that does not fit the model is refused here, with a message."""
+        spec = self.catalogue.get(model_id)
+        if not hasattr(spec.family.pipeline_class(spec.pipeline, "t2i"), "load_lora_weights"):
+            raise InvalidRequest(f"{spec.name}: diffusers has no LoRA loader for {spec.family.label} pipelines.")
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name or ""):
+            raise InvalidRequest("Name the adapter with letters, digits, '-' or '_' (at most 64).")
+        if name in self._adapters.get(model_id, {}):
+            raise InvalidRequest(f"{model_id} already has an adapter named {name}.")
+        path = Path(path)
+        check_safetensors(path)
+        self._adapters.setdefault(model_id, {})[name] = path
+        try:
+            with self.use(model_id):
+                pass
+        except StudioError:
+            self._adapters[model_id].pop(name)
+            raise
+
+    def remove_adapter(self, model_id: str, name: str) -> None:
+        path = self._adapters.get(model_id, {}).pop(name, None)
+        if path is None:
+            raise InvalidRequest(f"No adapter {name} for {model_id}.")
+        model = self._loaded.get(model_id)
+        if model is not None and name in model.adapters_loaded:
+            with model.run_lock:
+                model.pipelines["t2i"].delete_adapters(name)
+                model.adapters_loaded.discard(name)
+
+    def adapters(self, model_id: str) -> list[str]:
+        return list(self._adapters.get(model_id, {}))
+
+    def _activate(self, model: LoadedModel, scales: Mapping[str, float]) -> None:
+        base = model.pipelines["t2i"]
+        for name, path in self._adapters.get(model.spec.id, {}).items():
+            if name not in model.adapters_loaded:
+                try:
+                    base.load_lora_weights(str(path), adapter_name=name)
+                except Exception as error:
+                    raise InvalidRequest(f"{path.name} does not fit {model.spec.name}: {error}") from None
+                # diffusers skips, with a warning, a LoRA whose keys match nothing in the model.
+                if not any(name in names for names in base.get_list_adapters().values()):
+                    raise InvalidRequest(f"{path.name} does not fit {model.spec.name}: none of its layers are "
+                                         f"in a {model.spec.family.label} model.")
+                model.adapters_loaded.add(name)
+        if scales:
+            base.enable_lora()
+            base.set_adapters(list(scales), adapter_weights=[float(scale) for scale in scales.values()])
+        elif model.adapters_loaded:
+            base.disable_lora()
 
     def pipeline(self, model_id: str, task: str = "t2i") -> DiffusionPipeline:
         with self.use(model_id, task) as pipe:

@@ -1,0 +1,97 @@
+"""LoRA adapters owned by the registry, on the built-in FLUX model."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from diffusers import FluxPipeline
+from peft import LoraConfig, get_peft_model_state_dict
+
+from studio.catalogue import Catalogue
+from studio.errors import InvalidRequest
+from studio.generation import GenerationSettings, generate
+from studio.registry import Registry
+
+MODEL = "tiny-flux-dev"
+
+
+def make_lora(registry, path, seed):
+    """A LoRA with random A and B on the built-in transformer, saved as diffusers saves LoRAs."""
+    transformer = registry.pipeline(MODEL).transformer
+    torch.manual_seed(seed)
+    transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                       target_modules=["to_q", "to_k", "to_v", "to_out.0"]), adapter_name="maker")
+    with torch.no_grad():  # big enough to move the tiny model's output visibly
+        for name, parameter in transformer.named_parameters():
+            if "lora_B" in name:
+                parameter.mul_(20)
+    layers = get_peft_model_state_dict(transformer, adapter_name="maker")
+    transformer.delete_adapters("maker")
+    FluxPipeline.save_lora_weights(path.parent, transformer_lora_layers=layers, weight_name=path.name)
+    return path
+
+
+@pytest.fixture
+def lora_registry(tmp_path):
+    """A registry of its own: adapters must not leak into the session's shared models."""
+    registry = Registry(Catalogue.load(), device="cpu")
+    return registry, make_lora(registry, tmp_path / "one.safetensors", 1), make_lora(registry, tmp_path / "two.safetensors", 2)
+
+
+def image(registry, adapters=()):
+    settings = GenerationSettings(model=MODEL, prompt="a red circle", steps=2, guidance=3.5, width=64, height=64,
+                                  adapters=tuple(adapters))
+    return np.asarray(next(generate(registry, settings)).image, dtype=float)
+
+
+def test_adapter_changes_scales_and_unloads(lora_registry):
+    registry, one, two = lora_registry
+    plain = image(registry)
+    registry.add_adapter(MODEL, "one", one)
+    assert np.array_equal(image(registry), plain)  # registered but not asked for: inactive
+    with_one = image(registry, [("one", 1.0)])
+    assert np.abs(with_one - plain).mean() > 1
+    assert np.abs(image(registry, [("one", 0.0)]) - plain).max() <= 1  # scale 0 is no LoRA
+    half = image(registry, [("one", 0.5)])
+    assert 0 < np.abs(half - plain).mean() < np.abs(with_one - plain).mean()
+
+    registry.add_adapter(MODEL, "two", two)
+    with_two = image(registry, [("two", 1.0)])
+    assert np.abs(with_two - with_one).mean() > 1  # the two adapters swap
+    assert np.array_equal(image(registry, [("one", 1.0)]), with_one)
+    both = image(registry, [("one", 1.0), ("two", 1.0)])
+    assert np.abs(both - with_one).mean() > 1 and np.abs(both - with_two).mean() > 1
+
+    registry.remove_adapter(MODEL, "one")
+    registry.remove_adapter(MODEL, "two")
+    assert registry.adapters(MODEL) == []
+    assert np.abs(image(registry) - plain).max() <= 1
+
+
+def test_adapters_come_back_after_eviction(lora_registry):
+    registry, one, _ = lora_registry
+    registry.add_adapter(MODEL, "one", one)
+    with_one = image(registry, [("one", 1.0)])
+    registry.unload(MODEL)
+    assert np.array_equal(image(registry, [("one", 1.0)]), with_one)
+
+
+def test_bad_adapters_are_refused_clearly(lora_registry, tmp_path):
+    registry, one, _ = lora_registry
+    pickled = tmp_path / "evil.safetensors"
+    pickled.write_bytes(pickle.dumps({"weight": [1, 2, 3]}))
+    with pytest.raises(InvalidRequest, match="not a safetensors file"):
+        registry.add_adapter(MODEL, "evil", pickled)
+    with pytest.raises(InvalidRequest, match="only .safetensors"):
+        registry.add_adapter(MODEL, "evil", tmp_path / "lora.bin")
+    with pytest.raises(InvalidRequest, match="no LoRA loader for PixArt"):
+        registry.add_adapter("tiny-pixart-sigma", "one", one)
+    with pytest.raises(InvalidRequest, match="does not fit"):
+        registry.add_adapter("tiny-sana", "flux-lora", one)  # a FLUX LoRA has no layer in SANA
+    assert registry.adapters("tiny-sana") == []
+    with pytest.raises(InvalidRequest, match="No adapter ghost"):
+        image(registry, [("ghost", 1.0)])
+    registry.add_adapter(MODEL, "one", one)
+    with pytest.raises(InvalidRequest, match="already has an adapter named one"):
+        registry.add_adapter(MODEL, "one", one)
