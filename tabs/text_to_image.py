@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import shutil
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -14,7 +16,8 @@ from studio.generation import ASPECT_RATIOS, MAX_IMAGES, MAX_SEED, GenerationSet
 from studio.gpu import gpu_task
 from studio.metadata import read_settings, save_png
 from studio.presets import example_prompts
-from studio.registry import ModelState
+from studio.offline import studio_home
+from studio.registry import ModelState, check_safetensors
 from tabs.common import cancel_handler, model_choices, run_and_cancel, session_of, user_errors
 
 HISTORY_LIMIT = 48
@@ -64,6 +67,13 @@ def build(studio: StudioContext) -> gr.State:
                 dice = gr.Button("Random seed", size="sm")
                 count = gr.Slider(1, MAX_IMAGES, value=1, step=1, label="Images")
             run, cancel = run_and_cancel("Generate")
+            with gr.Accordion("LoRA", open=False):
+                lora_active = gr.Dropdown([], value=[], multiselect=True, label="Active adapters (this model's)")
+                lora_scale = gr.Slider(0, 2, value=1.0, step=0.05, label="LoRA scale")
+                with gr.Row():
+                    lora_file = gr.File(label="Add a LoRA (.safetensors)", file_types=[".safetensors"])
+                    lora_name = gr.Textbox(label="Adapter name", placeholder="my-style")
+                lora_add = gr.Button("Add adapter to this model", size="sm")
             reuse = gr.File(label="Reuse settings: drop a PNG made by the studio", file_types=[".png"])
             gr.Examples([[p] for p in example_prompts("text_to_image")], inputs=[prompt], label="Examples")
         with gr.Column(scale=3):
@@ -73,7 +83,8 @@ def build(studio: StudioContext) -> gr.State:
 
     @gpu_task()
     def on_generate(model_id, prompt_text, negative_text, step_count, guidance_scale, w, h, seed_value,
-                    image_count, past, request: gr.Request, progress=gr.Progress()):
+                    image_count, past, active_adapters=(), adapter_scale=1.0, request: gr.Request = None,
+                    progress=gr.Progress()):
         cancel_switch = studio.cancellations.start(session_of(request))
         made: list[tuple[str, str]] = []
 
@@ -85,6 +96,7 @@ def build(studio: StudioContext) -> gr.State:
             model=model_id, prompt=prompt_text or "", negative_prompt=negative_text or "",
             steps=int(step_count), guidance=float(guidance_scale), width=int(w), height=int(h),
             seed=int(seed_value or 0), count=int(image_count),
+            adapters=tuple((name, float(adapter_scale)) for name in active_adapters or ()),
         )
         with user_errors("Generation"):
             try:
@@ -123,12 +135,28 @@ def build(studio: StudioContext) -> gr.State:
             gr.update(value=settings.height, step=spec.size_multiple), settings.seed, 1,
         )
 
-    inputs = [model, prompt, negative, steps, guidance, width, height, seed, count, history]
+    def on_add_adapter(model_id: str, upload: str | None, name: str):
+        if not upload:
+            raise gr.Error("Choose a .safetensors LoRA file first.")
+        with user_errors("Adding the adapter"):
+            # The upload is a temporary file; the registry keeps a copy of its own.
+            kept = studio_home() / "loras" / model_id / f"{(name or '').strip()}.safetensors"
+            check_safetensors(Path(upload))
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(upload, kept)
+            registry.add_adapter(model_id, (name or "").strip(), kept)
+        gr.Info(f"Adapter {name} added to {model_id}.")
+        return gr.update(choices=registry.adapters(model_id), value=[name.strip()])
+
+    inputs = [model, prompt, negative, steps, guidance, width, height, seed, count, history, lora_active, lora_scale]
     gr.on([run.click, prompt.submit], on_generate, inputs, [gallery, info, history], api_name="generate",
           concurrency_limit=1, concurrency_id="gpu").then(
         lambda current: gr.update(choices=model_choices(studio), value=current), model, model, api_visibility="private")
     cancel.click(cancel_handler(studio), None, None, api_name="cancel")
     model.input(on_model_picked, model, [steps, guidance, width, height, negative, aspect], api_name="model_defaults")
+    model.change(lambda model_id: gr.update(choices=registry.adapters(model_id), value=[]), model, lora_active,
+                 api_visibility="private")
+    lora_add.click(on_add_adapter, [model, lora_file, lora_name], lora_active, api_name="add_adapter")
     aspect.input(on_aspect, [model, aspect], [width, height], api_name="aspect_size")
     dice.click(lambda: random.randint(0, MAX_SEED), None, seed, api_name="random_seed")
     reuse.upload(on_reuse, reuse, [model, prompt, negative, steps, guidance, width, height, seed, count],

@@ -1,5 +1,6 @@
 import argparse
 
+import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
@@ -152,3 +153,27 @@ def test_layout_endpoint_generates_and_checks_boxes(running_app):
     eleven = {"headers": boxes["headers"], "data": [["a red circle", 0.1, 0.1, 0.5, 0.5]] * 11}
     with pytest.raises(Exception, match="At most 10 boxes"):
         client.predict("shapes-flux", caption, eleven, 8, 3.0, 64, 64, 0, 4, 1, 0.2, True, api_name="/layout_generate")
+
+
+def test_lora_upload_and_generate_with_it(running_app, tmp_path):
+    from test_lora import make_lora
+
+    from studio.catalogue import Catalogue
+    from studio.registry import Registry
+
+    client, _ = running_app
+    lora = make_lora(Registry(Catalogue.load(), device="cpu"), tmp_path / "style.safetensors", 1)
+    choices = client.predict("tiny-flux-dev", handle_file(str(lora)), "style", api_name="/add_adapter")
+    assert value(choices) == ["style"]
+    arguments = ("tiny-flux-dev", "a red circle", "", 2, 3.5, 64, 64, 0, 1)
+    plain, _ = client.predict(*arguments, [], 1.0, api_name="/generate")
+    styled, _ = client.predict(*arguments, ["style"], 1.0, api_name="/generate")
+    plain_pixels, styled_pixels = (np.asarray(Image.open(result[0]["image"]), float) for result in (plain, styled))
+    assert np.abs(plain_pixels - styled_pixels).mean() > 1
+
+    pickled = tmp_path / "evil.safetensors"
+    pickled.write_bytes(b"\x80\x04not a safetensors header")
+    with pytest.raises(Exception, match="not a safetensors file"):
+        client.predict("tiny-flux-dev", handle_file(str(pickled)), "evil", api_name="/add_adapter")
+    with pytest.raises(Exception, match="no LoRA loader for PixArt"):
+        client.predict("tiny-pixart-sigma", handle_file(str(lora)), "style", api_name="/add_adapter")
