@@ -1,0 +1,216 @@
+"""In-context image sets (In-Context LoRA, ChatDiT): several panels made as one image on a grid.
+
+Grid geometry, composing panels into a grid and splitting it back, panel tags, the sets'
+prompts, group generation (one prompt for the whole set, then split) and conditioned generation
+(reference panels pasted into their cells, the other cells inpainted with the base model's
+components; the references come back pixel for pixel).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import tomllib
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from studio.catalogue import PROJECT_ROOT
+from studio.errors import Cancelled, InvalidRequest
+from studio.generation import GenerationSettings, call_arguments, snap, validate
+from studio.registry import Registry
+
+SETS_FILE = PROJECT_ROOT / "presets" / "ic_lora_sets.toml"
+MAX_PANELS = 12
+GREY = 127  # the value unknown cells start from, as In-Context LoRA's conditioned sets use
+StepCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    id: str
+    label: str
+    repo: str
+    file: str
+    width: int
+    height: int
+    rows: int
+    columns: int
+    intro: str
+    tags: tuple[str, ...]
+    caption: str
+    panels: tuple[str, ...]
+
+    @property
+    def count(self) -> int:
+        return self.rows * self.columns
+
+    def prompt(self, caption: str, panels: Sequence[str]) -> str:
+        """The tagged prompt: intro, overall caption, then each panel's tag and text."""
+        parts = [self.intro.strip(), caption.strip()]
+        parts += [f"{tag} {text.strip()}" for tag, text in zip(self.tags, panels) if text and text.strip()]
+        return " ".join(part for part in parts if part)
+
+
+def load_sets(path: Path = SETS_FILE) -> dict[str, ImageSet]:
+    """The sets in a presets file, each checked (InvalidRequest names the first problem)."""
+    with open(path, "rb") as handle:
+        data = tomllib.load(handle)
+    sets = {}
+    for entry in data.get("set", []):
+        image_set = ImageSet(**{**entry, "tags": tuple(entry["tags"]), "panels": tuple(entry["panels"])})
+        check_set(image_set)
+        sets[image_set.id] = image_set
+    return sets
+
+
+def check_set(image_set: ImageSet) -> None:
+    name = image_set.id
+    if image_set.width % 16 or image_set.height % 16:
+        raise InvalidRequest(f"Set {name}: width and height must be multiples of 16.")
+    if not 1 <= image_set.count <= MAX_PANELS:
+        raise InvalidRequest(f"Set {name}: 1 to {MAX_PANELS} panels.")
+    if image_set.width % image_set.columns or image_set.height % image_set.rows:
+        raise InvalidRequest(f"Set {name}: the canvas does not divide into {image_set.rows}x{image_set.columns} cells.")
+    if len(image_set.tags) != image_set.count or len(image_set.panels) != image_set.count:
+        raise InvalidRequest(f"Set {name}: one tag and one example text per panel ({image_set.count}).")
+    if len(set(image_set.tags)) != len(image_set.tags):
+        raise InvalidRequest(f"Set {name}: panel tags must differ.")
+
+
+def grid_shape(panels: int) -> tuple[int, int]:
+    """Rows and columns closest to square holding `panels` (wider than tall when not square)."""
+    if not 1 <= panels <= MAX_PANELS:
+        raise InvalidRequest(f"Between 1 and {MAX_PANELS} panels.")
+    columns = math.ceil(math.sqrt(panels))
+    return math.ceil(panels / columns), columns
+
+
+def panel_tags(rows: int, columns: int) -> list[str]:
+    """The tag of each panel, row by row: [LEFT]/[RIGHT], [TOP]/[BOTTOM], [TOP-LEFT]... on 2x2,
+    [PANEL-i] otherwise."""
+    if (rows, columns) == (1, 2):
+        return ["[LEFT]", "[RIGHT]"]
+    if (rows, columns) == (2, 1):
+        return ["[TOP]", "[BOTTOM]"]
+    if (rows, columns) == (2, 2):
+        return ["[TOP-LEFT]", "[TOP-RIGHT]", "[BOTTOM-LEFT]", "[BOTTOM-RIGHT]"]
+    return [f"[PANEL-{index}]" for index in range(1, rows * columns + 1)]
+
+
+def cell_size(width: int, height: int, rows: int, columns: int, multiple: int) -> tuple[int, int]:
+    """A cell's size for a canvas of about width x height, snapped so the grid is a multiple."""
+    return snap(width / columns, multiple), snap(height / rows, multiple)
+
+
+def compose(panels: Sequence[Image.Image], rows: int, columns: int) -> Image.Image:
+    """Panels (all one size) into a grid, row by row; missing cells stay grey."""
+    width, height = panels[0].size
+    if any(panel.size != (width, height) for panel in panels):
+        raise InvalidRequest("All panels must have the same size.")
+    if len(panels) > rows * columns:
+        raise InvalidRequest(f"{len(panels)} panels do not fit a {rows}x{columns} grid.")
+    grid = Image.new("RGB", (columns * width, rows * height), (GREY,) * 3)
+    for index, panel in enumerate(panels):
+        grid.paste(panel.convert("RGB"), ((index % columns) * width, (index // columns) * height))
+    return grid
+
+
+def split(grid: Image.Image, rows: int, columns: int) -> list[Image.Image]:
+    width, height = grid.width // columns, grid.height // rows
+    return [grid.crop((column * width, row * height, (column + 1) * width, (row + 1) * height))
+            for row in range(rows) for column in range(columns)]
+
+
+def cells_mask(rows: int, columns: int, cell: tuple[int, int], generated: Sequence[int]) -> Image.Image:
+    """The inpainting mask: white (255) on the cells to generate, black on the references."""
+    width, height = cell
+    mask = np.zeros((rows * height, columns * width), dtype=np.uint8)
+    for index in generated:
+        row, column = divmod(index, columns)
+        mask[row * height:(row + 1) * height, column * width:(column + 1) * width] = 255
+    return Image.fromarray(mask, mode="L")
+
+
+@dataclass(frozen=True)
+class SetRequest:
+    model: str
+    prompt: str
+    rows: int
+    columns: int
+    width: int  # the whole grid
+    height: int
+    steps: int = 20
+    guidance: float = 3.5
+    seed: int = 0
+    adapters: tuple[tuple[str, float], ...] = ()
+    references: dict[int, Image.Image] = field(default_factory=dict)  # panel index -> image
+
+    def to_dict(self) -> dict:
+        return {key: value for key, value in asdict(self).items() if key != "references"} | {
+            "reference_panels": sorted(self.references)}
+
+
+@dataclass
+class ImageSetResult:
+    image: Image.Image
+    panels: list[Image.Image]
+    mask: Image.Image | None  # the cells generated, when there were references
+    request: SetRequest
+    seconds: float
+
+
+def generate_set(
+    registry: Registry,
+    request: SetRequest,
+    on_step: StepCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> ImageSetResult:
+    """The whole set as one image, split into panels. With references, only the other cells
+    are generated (inpainting on the model's own components) and the references are pasted back."""
+    spec = registry.catalogue.get(request.model)
+    count = request.rows * request.columns
+    if not 1 <= count <= MAX_PANELS:
+        raise InvalidRequest(f"Between 1 and {MAX_PANELS} panels.")
+    if any(not 0 <= index < count for index in request.references):
+        raise InvalidRequest(f"Reference panels are numbered 1 to {count}.")
+    if len(request.references) == count:
+        raise InvalidRequest("Every panel has a reference: leave at least one to generate.")
+    cell = cell_size(request.width, request.height, request.rows, request.columns, spec.size_multiple)
+    settings = validate(GenerationSettings(model=request.model, prompt=request.prompt, steps=request.steps,
+                                           guidance=request.guidance, width=cell[0] * request.columns,
+                                           height=cell[1] * request.rows, seed=request.seed,
+                                           adapters=request.adapters), spec)
+    started = time.perf_counter()
+
+    def step(done: int) -> None:
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("Image set cancelled.")
+        if on_step is not None:
+            on_step(done, settings.steps)
+
+    mask = None
+    task = "inpaint" if request.references else "t2i"
+    with registry.use(spec.id, task, dict(settings.adapters)) as pipe:
+        arguments = call_arguments(pipe, spec, settings, step)
+        if request.references:
+            references = {index: image.convert("RGB").resize(cell, Image.LANCZOS)
+                          for index, image in request.references.items()}
+            canvas = compose([references.get(index, Image.new("RGB", cell, (GREY,) * 3)) for index in range(count)],
+                             request.rows, request.columns)
+            generated = [index for index in range(count) if index not in references]
+            mask = cells_mask(request.rows, request.columns, cell, generated)
+            arguments.update(image=canvas, mask_image=mask, strength=1.0)
+        with torch.no_grad():
+            image = pipe(**arguments).images[0]
+    if request.references:
+        for index, reference in references.items():
+            row, column = divmod(index, request.columns)
+            image.paste(reference, (column * cell[0], row * cell[1]))
+    return ImageSetResult(image, split(image, request.rows, request.columns), mask, request,
+                          time.perf_counter() - started)

@@ -1,0 +1,98 @@
+"""The in-context toolkit: grids, tags, the sets' presets, group and conditioned generation."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from studio.errors import InvalidRequest
+from studio.methods.incontext import (
+    SetRequest,
+    cells_mask,
+    compose,
+    generate_set,
+    grid_shape,
+    load_sets,
+    panel_tags,
+    split,
+)
+
+SETS = load_sets()
+
+
+def panels(count, size=(24, 16)):
+    rng = np.random.default_rng(count)
+    return [Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)) for _ in range(count)]
+
+
+@pytest.mark.parametrize("count", range(1, 13))
+def test_compose_then_split_returns_the_panels(count):
+    rows, columns = grid_shape(count)
+    assert rows * columns >= count and abs(rows - columns) <= 1 and columns >= rows
+    made = panels(count)
+    back = split(compose(made, rows, columns), rows, columns)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(made, back))
+    assert all(np.all(np.asarray(cell) == 127) for cell in back[count:])  # unused cells stay grey
+
+
+@pytest.mark.parametrize("set_id", sorted(SETS))
+def test_every_set_validates_and_round_trips(set_id):
+    image_set = SETS[set_id]
+    cell = (image_set.width // image_set.columns, image_set.height // image_set.rows)
+    made = panels(image_set.count, cell)
+    grid = compose(made, image_set.rows, image_set.columns)
+    assert grid.size == (image_set.width, image_set.height)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b))
+               for a, b in zip(made, split(grid, image_set.rows, image_set.columns)))
+    prompt = image_set.prompt(image_set.caption, image_set.panels)
+    assert all(tag in prompt for tag in image_set.tags) and prompt.startswith(image_set.intro)
+
+
+def test_ten_official_sets():
+    assert len(SETS) == 10 and {s.repo for s in SETS.values()} == {"ali-vilab/In-Context-LoRA"}
+    assert SETS["film-storyboard"].file == "storyboard.safetensors"
+
+
+def test_panel_tags_and_bad_grids():
+    assert panel_tags(1, 2) == ["[LEFT]", "[RIGHT]"] and panel_tags(2, 1) == ["[TOP]", "[BOTTOM]"]
+    assert panel_tags(2, 2)[3] == "[BOTTOM-RIGHT]" and panel_tags(1, 3) == ["[PANEL-1]", "[PANEL-2]", "[PANEL-3]"]
+    with pytest.raises(InvalidRequest):
+        grid_shape(13)
+    with pytest.raises(InvalidRequest, match="same size"):
+        compose([Image.new("RGB", (8, 8)), Image.new("RGB", (8, 9))], 1, 2)
+
+
+def test_a_broken_set_file_is_refused(tmp_path):
+    broken = tmp_path / "sets.toml"
+    broken.write_text('[[set]]\nid = "x"\nlabel = "x"\nrepo = "r"\nfile = "f.safetensors"\nwidth = 1000\n'
+                      'height = 512\nrows = 1\ncolumns = 2\nintro = ""\ntags = ["[LEFT]", "[RIGHT]"]\n'
+                      'caption = "c"\npanels = ["a", "b"]\n')
+    with pytest.raises(InvalidRequest, match="multiples of 16"):
+        load_sets(broken)
+
+
+def test_mask_covers_exactly_the_generated_cells():
+    mask = np.asarray(cells_mask(2, 2, (8, 4), [1, 2]))
+    assert mask.shape == (8, 16)
+    assert (mask[:4, 8:] == 255).all() and (mask[4:, :8] == 255).all()
+    assert (mask[:4, :8] == 0).all() and (mask[4:, 8:] == 0).all()
+
+
+def test_group_generation_splits_the_set(registry):
+    request = SetRequest(model="tiny-flux-dev", prompt="[LEFT] a red circle [RIGHT] a blue square", rows=1,
+                         columns=2, width=128, height=64, steps=2)
+    result = generate_set(registry, request)
+    assert result.image.size == (128, 64) and [p.size for p in result.panels] == [(64, 64), (64, 64)]
+    assert result.mask is None
+
+
+def test_conditioned_generation_keeps_the_references(registry):
+    reference = panels(1, (64, 64))[0]
+    request = SetRequest(model="tiny-flux-dev", prompt="[LEFT] a red circle [RIGHT] a blue square", rows=1,
+                         columns=2, width=128, height=64, steps=2, references={0: reference})
+    result = generate_set(registry, request)
+    assert np.array_equal(np.asarray(result.panels[0]), np.asarray(reference))
+    assert np.abs(np.asarray(result.panels[1], float) - 127).mean() > 2  # the other cell was generated
+    assert (np.asarray(result.mask)[:, 64:] == 255).all() and (np.asarray(result.mask)[:, :64] == 0).all()
+    with pytest.raises(InvalidRequest, match="at least one"):
+        generate_set(registry, SetRequest(model="tiny-flux-dev", prompt="x", rows=1, columns=1, width=64,
+                                          height=64, references={0: reference}))
