@@ -5,7 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from studio.context import StudioContext
-from tabs import colour_edit, layout, text_to_image
+from tabs import colour_edit, image_sets, layout, text_to_image
 
 TITLE = "DiT Studio"
 
@@ -23,5 +23,7 @@ def build_app(studio: StudioContext) -> gr.Blocks:
             colour_edit.build(studio, history)
         with gr.Tab("Layout to image"):
             layout.build(studio)
+        with gr.Tab("In-context image sets"):
+            image_sets.build(studio)
     demo.queue(max_size=32, default_concurrency_limit=1)
     return demo

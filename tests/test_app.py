@@ -177,3 +177,23 @@ def test_lora_upload_and_generate_with_it(running_app, tmp_path):
         client.predict("tiny-flux-dev", handle_file(str(pickled)), "evil", api_name="/add_adapter")
     with pytest.raises(Exception, match="no LoRA loader for PixArt"):
         client.predict("tiny-pixart-sigma", handle_file(str(lora)), "style", api_name="/add_adapter")
+
+
+def test_image_set_endpoint_generates_panels_and_a_zip(running_app, tmp_path):
+    import zipfile
+
+    client, output_dir = running_app
+    prompt = client.predict("couple-profile", "two shapes", "a red circle", "a blue square", "", "",
+                            api_name="/image_set_prompt")
+    assert value(prompt) == "This two-part image portrays two shapes [LEFT] a red circle [RIGHT] a blue square"
+    reference = tmp_path / "left.png"
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(reference)
+    whole, panels, archive, settings = client.predict(
+        "couple-profile", "tiny-flux-dev", True, value(prompt), 2, 3.5, 128, 64, 0,
+        handle_file(str(reference)), None, None, None, api_name="/image_set_generate")
+    assert Image.open(whole).size == (128, 64) and len(panels) == 2
+    left = np.asarray(Image.open(panels[0]["image"]).convert("RGB"))
+    assert (left == (200, 30, 30)).all()  # the reference panel comes back unchanged
+    assert settings["reference_panels"] == [0] and settings["adapters"] == []
+    with zipfile.ZipFile(archive) as bundle:
+        assert len(bundle.namelist()) == 2

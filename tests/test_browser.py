@@ -93,3 +93,13 @@ def test_draw_a_box_and_generate_a_layout(page, tmp_path, artifacts):
     page.wait_for_function("() => document.querySelector('#layout-result img').naturalWidth > 0")
     page.screenshot(path=str(artifacts / "layout-to-image.png"), full_page=True)
     assert len(list(tmp_path.glob("*layout-shapes-flux-0.png"))) == 1
+
+
+def test_generate_an_image_set(page, tmp_path, artifacts):
+    page.get_by_role("tab", name="In-context image sets").click()
+    page.get_by_role("button", name="Generate set").click()
+    page.locator("#image-set-result img").first.wait_for(timeout=120_000)
+    page.wait_for_function("() => document.querySelector('#image-set-result img').naturalWidth > 0")
+    page.screenshot(path=str(artifacts / "image-sets.png"), full_page=True)
+    assert len(list(tmp_path.glob("*set-couple-profile-shapes-flux-0*.png"))) == 3  # the set and its two panels
+    assert len(list(tmp_path.glob("*.zip"))) == 1

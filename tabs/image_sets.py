@@ -1,0 +1,137 @@
+"""In-context image sets tab (In-Context LoRA): UI and wiring only; the toolkit is
+studio.methods.incontext."""
+
+from __future__ import annotations
+
+import math
+import zipfile
+
+import gradio as gr
+
+from studio.catalogue import ModelSpec
+from studio.context import StudioContext
+from studio.errors import Cancelled, InvalidRequest
+from studio.generation import snap
+from studio.gpu import gpu_task
+from studio.metadata import save_image
+from studio.methods.incontext import ImageSet, SetRequest, generate_set, load_sets
+from tabs.common import cancel_handler, model_choices, run_and_cancel, sampling_controls, session_of, user_errors
+
+PANEL_BOXES = 4  # the official sets have at most four panels
+
+
+def serves(spec: ModelSpec) -> bool:
+    return spec.family.name == "flux" and "inpaint" in spec.tasks
+
+
+def set_size(image_set: ImageSet, spec: ModelSpec) -> tuple[int, int]:
+    """The set's canvas for a hub model; for a built-in one, the set's shape at about the model's
+    own size per panel (a 2048-pixel canvas would take minutes on a CPU)."""
+    if not spec.builtin:
+        return image_set.width, image_set.height
+    scale = math.sqrt(spec.width * spec.height * image_set.count / (image_set.width * image_set.height))
+    multiple = spec.size_multiple
+    return (snap(image_set.width * scale / image_set.columns, multiple) * image_set.columns,
+            snap(image_set.height * scale / image_set.rows, multiple) * image_set.rows)
+
+
+def build(studio: StudioContext) -> None:
+    registry = studio.registry
+    sets = load_sets()
+    choices = model_choices(studio, serves)
+    default = registry.catalogue.get(studio.default_model if serves(registry.catalogue.get(studio.default_model))
+                                     else choices[0][1])
+    first = next(iter(sets.values()))
+    width0, height0 = set_size(first, default)
+    with gr.Row():
+        with gr.Column(scale=2):
+            chosen = gr.Dropdown([(s.label, s.id) for s in sets.values()], value=first.id, label="Image set")
+            model = gr.Dropdown(choices, value=default.id, label="Model (FLUX)")
+            use_lora = gr.Checkbox(value=True, label="Apply the set's In-Context LoRA (FLUX.1-dev; downloads once)")
+            caption = gr.Textbox(value=first.caption, label="Overall caption")
+            panel_texts = [gr.Textbox(value=first.panels[i] if i < first.count else "", visible=i < first.count,
+                                      label=f"Panel {i + 1} {first.tags[i] if i < first.count else ''}")
+                           for i in range(PANEL_BOXES)]
+            prompt = gr.Textbox(value=first.prompt(first.caption, first.panels), lines=4,
+                                label="Full prompt (composed from the above; edit freely)")
+            with gr.Accordion("Reference panels (optional: the other panels are generated to match)", open=False):
+                references = [gr.Image(type="pil", label=f"Panel {i + 1}", visible=i < first.count, height=160)
+                              for i in range(PANEL_BOXES)]
+            with gr.Accordion("Sampling", open=False):
+                sampling = sampling_controls(default, 20, seed=0)
+                sampling.width.value, sampling.height.value = width0, height0
+            steps, guidance, width, height, seed = sampling.components()
+            run, cancel = run_and_cancel("Generate set")
+        with gr.Column(scale=3):
+            result = gr.Image(label="The set", type="pil", format="png", height=480, elem_id="image-set-result")
+            gallery = gr.Gallery(label="Panels", columns=4, height="auto", format="png")
+            archive = gr.File(label="Panels as a zip")
+            info = gr.JSON(label="Settings of this set")
+
+    def on_set(set_id: str, model_id: str):
+        image_set = sets[set_id]
+        w, h = set_size(image_set, registry.catalogue.get(model_id))
+        texts = [gr.update(value=image_set.panels[i] if i < image_set.count else "", visible=i < image_set.count,
+                           label=f"Panel {i + 1} {image_set.tags[i] if i < image_set.count else ''}")
+                 for i in range(PANEL_BOXES)]
+        pictures = [gr.update(value=None, visible=i < image_set.count) for i in range(PANEL_BOXES)]
+        return (image_set.caption, *texts, image_set.prompt(image_set.caption, image_set.panels), *pictures,
+                gr.update(value=w), gr.update(value=h))
+
+    def on_compose(set_id: str, overall: str, *texts: str) -> str:
+        return sets[set_id].prompt(overall or "", texts[:sets[set_id].count])
+
+    def set_adapter(image_set: ImageSet, spec: ModelSpec) -> tuple[tuple[str, float], ...]:
+        if spec.builtin:
+            gr.Info(f"The {image_set.label} LoRA is made for FLUX.1-dev; {spec.name} runs without it.")
+            return ()
+        if image_set.id not in registry.adapters(spec.id):
+            from huggingface_hub import hf_hub_download
+
+            try:
+                path = hf_hub_download(image_set.repo, image_set.file)
+            except Exception:
+                raise InvalidRequest(f"Cannot fetch {image_set.file} from {image_set.repo} (offline?): download it "
+                                     f"once with `hf download {image_set.repo} {image_set.file}`.") from None
+            registry.add_adapter(spec.id, image_set.id, path)
+        return ((image_set.id, 1.0),)
+
+    @gpu_task()
+    def on_generate(set_id, model_id, apply_lora, full_prompt, step_count, guidance_scale, w, h, seed_value,
+                    *pictures, request: gr.Request = None, progress=gr.Progress()):
+        image_set = sets[set_id]
+        spec = registry.catalogue.get(model_id)
+        cancel_switch = studio.cancellations.start(session_of(request))
+        with user_errors("Image set"):
+            adapters = set_adapter(image_set, spec) if apply_lora else ()
+            set_request = SetRequest(
+                model=model_id, prompt=full_prompt or "", rows=image_set.rows, columns=image_set.columns,
+                width=int(w), height=int(h), steps=int(step_count), guidance=float(guidance_scale),
+                seed=int(seed_value or 0), adapters=adapters,
+                references={i: picture for i, picture in enumerate(pictures[:image_set.count]) if picture is not None})
+            try:
+                made = generate_set(registry, set_request, lambda done, total: progress((done, total), desc="Denoising"),
+                                    cancel_switch)
+            except Cancelled:
+                gr.Warning("Image set cancelled.")
+                return gr.update(), gr.update(), gr.update(), gr.update()
+        payload = {"method": "in-context set", "set": set_id, **made.request.to_dict(), "seconds": round(made.seconds, 3)}
+        path = save_image(made.image, payload, studio.output_dir, f"set-{set_id}-{model_id}-{set_request.seed}")
+        zip_path = path.with_suffix(".zip")
+        with zipfile.ZipFile(zip_path, "w") as bundle:
+            for index, panel in enumerate(made.panels, start=1):
+                panel_path = path.with_name(f"{path.stem}-panel-{index}.png")
+                panel.save(panel_path)
+                bundle.write(panel_path, panel_path.name)
+        return made.image, made.panels, str(zip_path), payload
+
+    chosen.input(on_set, [chosen, model], [caption, *panel_texts, prompt, *references, width, height],
+                 api_visibility="private")
+    gr.on([caption.input, *(text.input for text in panel_texts)], on_compose, [chosen, caption, *panel_texts], prompt,
+          api_name="image_set_prompt")
+    model.input(lambda set_id, model_id: [gr.update(value=v) for v in set_size(sets[set_id],
+                                                                              registry.catalogue.get(model_id))],
+                [chosen, model], [width, height], api_visibility="private")
+    run.click(on_generate, [chosen, model, use_lora, prompt, steps, guidance, width, height, seed, *references],
+              [result, gallery, archive, info], api_name="image_set_generate", concurrency_limit=1, concurrency_id="gpu")
+    cancel.click(cancel_handler(studio), None, None, api_name="image_set_cancel")
