@@ -19,6 +19,7 @@ import enum
 import logging
 import os
 import re
+import shutil
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
@@ -215,6 +216,17 @@ class Registry:
         except StudioError:
             self._adapters[model_id].pop(name)
             raise
+
+    def import_adapter(self, model_id: str, name: str, upload: str | Path) -> None:
+        """`add_adapter` for a file that may vanish (an upload): the studio keeps its own copy."""
+        upload = Path(upload)
+        check_safetensors(upload)
+        kept = offline.studio_home() / "loras" / model_id / f"{name}.safetensors"
+        if name in self._adapters.get(model_id, {}):
+            raise InvalidRequest(f"{model_id} already has an adapter named {name}.")
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(upload, kept)
+        self.add_adapter(model_id, name, kept)
 
     def remove_adapter(self, model_id: str, name: str) -> None:
         path = self._adapters.get(model_id, {}).pop(name, None)

@@ -3,18 +3,14 @@ studio.methods.incontext."""
 
 from __future__ import annotations
 
-import math
-import zipfile
-
 import gradio as gr
 
 from studio.catalogue import ModelSpec
 from studio.context import StudioContext
-from studio.errors import Cancelled, InvalidRequest
-from studio.generation import snap
+from studio.errors import Cancelled
 from studio.gpu import gpu_task
 from studio.metadata import save_image
-from studio.methods.incontext import ImageSet, SetRequest, generate_set, load_sets
+from studio.methods.incontext import SetRequest, generate_set, load_sets, set_canvas, set_lora, write_panels
 from tabs.common import cancel_handler, model_choices, run_and_cancel, sampling_controls, session_of, user_errors
 
 PANEL_BOXES = 4  # the official sets have at most four panels
@@ -24,17 +20,6 @@ def serves(spec: ModelSpec) -> bool:
     return spec.family.name == "flux" and "inpaint" in spec.tasks
 
 
-def set_size(image_set: ImageSet, spec: ModelSpec) -> tuple[int, int]:
-    """The set's canvas for a hub model; for a built-in one, the set's shape at about the model's
-    own size per panel (a 2048-pixel canvas would take minutes on a CPU)."""
-    if not spec.builtin:
-        return image_set.width, image_set.height
-    scale = math.sqrt(spec.width * spec.height * image_set.count / (image_set.width * image_set.height))
-    multiple = spec.size_multiple
-    return (snap(image_set.width * scale / image_set.columns, multiple) * image_set.columns,
-            snap(image_set.height * scale / image_set.rows, multiple) * image_set.rows)
-
-
 def build(studio: StudioContext) -> None:
     registry = studio.registry
     sets = load_sets()
@@ -42,7 +27,7 @@ def build(studio: StudioContext) -> None:
     default = registry.catalogue.get(studio.default_model if serves(registry.catalogue.get(studio.default_model))
                                      else choices[0][1])
     first = next(iter(sets.values()))
-    width0, height0 = set_size(first, default)
+    width0, height0 = set_canvas(first, default)
     with gr.Row():
         with gr.Column(scale=2):
             chosen = gr.Dropdown([(s.label, s.id) for s in sets.values()], value=first.id, label="Image set")
@@ -70,7 +55,7 @@ def build(studio: StudioContext) -> None:
 
     def on_set(set_id: str, model_id: str):
         image_set = sets[set_id]
-        w, h = set_size(image_set, registry.catalogue.get(model_id))
+        w, h = set_canvas(image_set, registry.catalogue.get(model_id))
         texts = [gr.update(value=image_set.panels[i] if i < image_set.count else "", visible=i < image_set.count,
                            label=f"Panel {i + 1} {image_set.tags[i] if i < image_set.count else ''}")
                  for i in range(PANEL_BOXES)]
@@ -81,21 +66,6 @@ def build(studio: StudioContext) -> None:
     def on_compose(set_id: str, overall: str, *texts: str) -> str:
         return sets[set_id].prompt(overall or "", texts[:sets[set_id].count])
 
-    def set_adapter(image_set: ImageSet, spec: ModelSpec) -> tuple[tuple[str, float], ...]:
-        if spec.builtin:
-            gr.Info(f"The {image_set.label} LoRA is made for FLUX.1-dev; {spec.name} runs without it.")
-            return ()
-        if image_set.id not in registry.adapters(spec.id):
-            from huggingface_hub import hf_hub_download
-
-            try:
-                path = hf_hub_download(image_set.repo, image_set.file)
-            except Exception:
-                raise InvalidRequest(f"Cannot fetch {image_set.file} from {image_set.repo} (offline?): download it "
-                                     f"once with `hf download {image_set.repo} {image_set.file}`.") from None
-            registry.add_adapter(spec.id, image_set.id, path)
-        return ((image_set.id, 1.0),)
-
     @gpu_task()
     def on_generate(set_id, model_id, apply_lora, full_prompt, step_count, guidance_scale, w, h, seed_value,
                     *pictures, request: gr.Request = None, progress=gr.Progress()):
@@ -103,7 +73,9 @@ def build(studio: StudioContext) -> None:
         spec = registry.catalogue.get(model_id)
         cancel_switch = studio.cancellations.start(session_of(request))
         with user_errors("Image set"):
-            adapters = set_adapter(image_set, spec) if apply_lora else ()
+            adapters = set_lora(registry, image_set, spec) if apply_lora else ()
+            if apply_lora and not adapters:
+                gr.Info(f"The {image_set.label} LoRA is made for FLUX.1-dev; {spec.name} runs without it.")
             set_request = SetRequest(
                 model=model_id, prompt=full_prompt or "", rows=image_set.rows, columns=image_set.columns,
                 width=int(w), height=int(h), steps=int(step_count), guidance=float(guidance_scale),
@@ -117,19 +89,13 @@ def build(studio: StudioContext) -> None:
                 return gr.update(), gr.update(), gr.update(), gr.update()
         payload = {"method": "in-context set", "set": set_id, **made.request.to_dict(), "seconds": round(made.seconds, 3)}
         path = save_image(made.image, payload, studio.output_dir, f"set-{set_id}-{model_id}-{set_request.seed}")
-        zip_path = path.with_suffix(".zip")
-        with zipfile.ZipFile(zip_path, "w") as bundle:
-            for index, panel in enumerate(made.panels, start=1):
-                panel_path = path.with_name(f"{path.stem}-panel-{index}.png")
-                panel.save(panel_path)
-                bundle.write(panel_path, panel_path.name)
-        return made.image, made.panels, str(zip_path), payload
+        return made.image, made.panels, str(write_panels(made.panels, path)), payload
 
     chosen.input(on_set, [chosen, model], [caption, *panel_texts, prompt, *references, width, height],
                  api_visibility="private")
     gr.on([caption.input, *(text.input for text in panel_texts)], on_compose, [chosen, caption, *panel_texts], prompt,
           api_name="image_set_prompt")
-    model.input(lambda set_id, model_id: [gr.update(value=v) for v in set_size(sets[set_id],
+    model.input(lambda set_id, model_id: [gr.update(value=v) for v in set_canvas(sets[set_id],
                                                                               registry.catalogue.get(model_id))],
                 [chosen, model], [width, height], api_visibility="private")
     run.click(on_generate, [chosen, model, use_lora, prompt, steps, guidance, width, height, seed, *references],

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import random
-import shutil
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -16,8 +14,7 @@ from studio.generation import ASPECT_RATIOS, MAX_IMAGES, MAX_SEED, GenerationSet
 from studio.gpu import gpu_task
 from studio.metadata import read_settings, save_png
 from studio.presets import example_prompts
-from studio.offline import studio_home
-from studio.registry import ModelState, check_safetensors
+from studio.registry import ModelState
 from tabs.common import cancel_handler, model_choices, run_and_cancel, session_of, user_errors
 
 HISTORY_LIMIT = 48
@@ -138,15 +135,11 @@ def build(studio: StudioContext) -> gr.State:
     def on_add_adapter(model_id: str, upload: str | None, name: str):
         if not upload:
             raise gr.Error("Choose a .safetensors LoRA file first.")
+        name = (name or "").strip()
         with user_errors("Adding the adapter"):
-            # The upload is a temporary file; the registry keeps a copy of its own.
-            kept = studio_home() / "loras" / model_id / f"{(name or '').strip()}.safetensors"
-            check_safetensors(Path(upload))
-            kept.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(upload, kept)
-            registry.add_adapter(model_id, (name or "").strip(), kept)
+            registry.import_adapter(model_id, name, upload)
         gr.Info(f"Adapter {name} added to {model_id}.")
-        return gr.update(choices=registry.adapters(model_id), value=[name.strip()])
+        return gr.update(choices=registry.adapters(model_id), value=[name])
 
     inputs = [model, prompt, negative, steps, guidance, width, height, seed, count, history, lora_active, lora_scale]
     gr.on([run.click, prompt.submit], on_generate, inputs, [gallery, info, history], api_name="generate",

@@ -12,6 +12,7 @@ import math
 import threading
 import time
 import tomllib
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from studio.catalogue import PROJECT_ROOT
+from studio.catalogue import PROJECT_ROOT, ModelSpec
 from studio.errors import Cancelled, InvalidRequest
 from studio.generation import GenerationSettings, call_arguments, snap, validate
 from studio.registry import Registry
@@ -55,6 +56,33 @@ class ImageSet:
         parts = [self.intro.strip(), caption.strip()]
         parts += [f"{tag} {text.strip()}" for tag, text in zip(self.tags, panels) if text and text.strip()]
         return " ".join(part for part in parts if part)
+
+
+def set_canvas(image_set: ImageSet, spec: ModelSpec) -> tuple[int, int]:
+    """The set's canvas for a hub model; for a built-in one, the set's shape at about the model's
+    own size per panel (a 2048-pixel canvas would take minutes on a CPU)."""
+    if not spec.builtin:
+        return image_set.width, image_set.height
+    scale = math.sqrt(spec.width * spec.height * image_set.count / (image_set.width * image_set.height))
+    return (snap(image_set.width * scale / image_set.columns, spec.size_multiple) * image_set.columns,
+            snap(image_set.height * scale / image_set.rows, spec.size_multiple) * image_set.rows)
+
+
+def set_lora(registry: Registry, image_set: ImageSet, spec: ModelSpec) -> tuple[tuple[str, float], ...]:
+    """The set's LoRA as the adapters of a request: fetched once from the hub and registered under
+    the set's id. Built-in models have no IC-LoRA: none."""
+    if spec.builtin:
+        return ()
+    if image_set.id not in registry.adapters(spec.id):
+        from huggingface_hub import hf_hub_download
+
+        try:
+            path = hf_hub_download(image_set.repo, image_set.file)
+        except Exception:
+            raise InvalidRequest(f"Cannot fetch {image_set.file} from {image_set.repo} (offline?): download it "
+                                 f"once with `hf download {image_set.repo} {image_set.file}`.") from None
+        registry.add_adapter(spec.id, image_set.id, path)
+    return ((image_set.id, 1.0),)
 
 
 def load_sets(path: Path = SETS_FILE) -> dict[str, ImageSet]:
@@ -214,3 +242,14 @@ def generate_set(
             image.paste(reference, (column * cell[0], row * cell[1]))
     return ImageSetResult(image, split(image, request.rows, request.columns), mask, request,
                           time.perf_counter() - started)
+
+
+def write_panels(panels: Sequence[Image.Image], image_path: Path) -> Path:
+    """Each panel as a PNG beside the set's image, and all of them in one zip; returns the zip."""
+    archive = image_path.with_suffix(".zip")
+    with zipfile.ZipFile(archive, "w") as bundle:
+        for index, panel in enumerate(panels, start=1):
+            panel_path = image_path.with_name(f"{image_path.stem}-panel-{index}.png")
+            panel.save(panel_path)
+            bundle.write(panel_path, panel_path.name)
+    return archive
