@@ -228,6 +228,25 @@ class Registry:
         shutil.copyfile(upload, kept)
         self.add_adapter(model_id, name, kept)
 
+    def replace_adapter(self, model_id: str, name: str, path: str | Path) -> None:
+        """New weights for an adapter: swapped into the loaded layers in place when the shapes
+        match (diffusers' hotswap: no new modules, a compiled transformer stays compiled), else
+        unloaded and loaded again."""
+        if name not in self._adapters.get(model_id, {}):
+            raise InvalidRequest(f"No adapter {name} for {model_id}.")
+        path = Path(path)
+        check_safetensors(path)
+        model = self._loaded.get(model_id)
+        if model is not None and name in model.adapters_loaded:
+            with model.run_lock:
+                base = model.pipelines["t2i"]
+                try:
+                    base.load_lora_weights(str(path), adapter_name=name, hotswap=True)
+                except Exception:  # other ranks or targets: a plain reload instead
+                    base.delete_adapters(name)
+                    model.adapters_loaded.discard(name)
+        self._adapters[model_id][name] = path
+
     def remove_adapter(self, model_id: str, name: str) -> None:
         path = self._adapters.get(model_id, {}).pop(name, None)
         if path is None:

@@ -14,7 +14,14 @@ from studio.gpu import gpu_task
 from studio.metadata import read_settings, save_image
 from studio.methods.colour import COLOUR_NAMES, ColourEditSettings, colour_edit, recolour_prompt
 from studio.presets import example_rows
-from tabs.common import cancel_handler, model_choices, run_and_cancel, sampling_controls, session_of, user_errors
+from tabs.common import (
+    cancel_handler,
+    model_choices,
+    run_and_cancel,
+    sampling_controls,
+    session_of,
+    user_errors,
+)
 
 GENERATE, UPLOAD = "Generate it from the source prompt", "Edit an image (inverted)"
 MASK_TINT = np.array([255, 60, 200], dtype=np.float32)

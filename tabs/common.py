@@ -84,3 +84,45 @@ def cancel_handler(studio: StudioContext) -> Callable[[gr.Request], None]:
             gr.Info("Nothing is running.")
 
     return on_cancel
+
+
+@dataclass
+class LoraControls:
+    """The adapters a request should use (the model's own, added by the user) and their scale."""
+
+    active: gr.Dropdown
+    scale: gr.Slider
+    upload: gr.File
+    name: gr.Textbox
+    add: gr.Button
+
+    def wire(self, studio: StudioContext, model: gr.Dropdown, api_name: str) -> None:
+        registry = studio.registry
+
+        def on_add(model_id: str, upload: str | None, name: str):
+            if not upload:
+                raise gr.Error("Choose a .safetensors LoRA file first.")
+            name = (name or "").strip()
+            with user_errors("Adding the adapter"):
+                registry.import_adapter(model_id, name, upload)
+            gr.Info(f"Adapter {name} added to {model_id}.")
+            return gr.update(choices=registry.adapters(model_id), value=[name])
+
+        model.change(lambda model_id: gr.update(choices=registry.adapters(model_id), value=[]), model, self.active,
+                     api_visibility="private")
+        self.add.click(on_add, [model, self.upload, self.name], self.active, api_name=api_name)
+
+    @staticmethod
+    def requested(names: list[str] | None, scale: float) -> tuple[tuple[str, float], ...]:
+        return tuple((name, float(scale)) for name in names or ())
+
+
+def lora_controls() -> LoraControls:
+    with gr.Accordion("LoRA", open=False):
+        active = gr.Dropdown([], value=[], multiselect=True, label="Active adapters (this model's)")
+        scale = gr.Slider(0, 2, value=1.0, step=0.05, label="LoRA scale")
+        with gr.Row():
+            upload = gr.File(label="Add a LoRA (.safetensors)", file_types=[".safetensors"])
+            name = gr.Textbox(label="Adapter name", placeholder="my-style")
+        add = gr.Button("Add adapter to this model", size="sm")
+    return LoraControls(active, scale, upload, name, add)

@@ -11,7 +11,16 @@ from studio.errors import Cancelled
 from studio.gpu import gpu_task
 from studio.metadata import save_image
 from studio.methods.incontext import SetRequest, generate_set, load_sets, set_canvas, set_lora, write_panels
-from tabs.common import cancel_handler, model_choices, run_and_cancel, sampling_controls, session_of, user_errors
+from tabs.common import (
+    LoraControls,
+    cancel_handler,
+    lora_controls,
+    model_choices,
+    run_and_cancel,
+    sampling_controls,
+    session_of,
+    user_errors,
+)
 
 PANEL_BOXES = 4  # the official sets have at most four panels
 
@@ -42,6 +51,7 @@ def build(studio: StudioContext) -> None:
             with gr.Accordion("Reference panels (optional: the other panels are generated to match)", open=False):
                 references = [gr.Image(type="pil", label=f"Panel {i + 1}", visible=i < first.count, height=160)
                               for i in range(PANEL_BOXES)]
+            lora = lora_controls()
             with gr.Accordion("Sampling", open=False):
                 sampling = sampling_controls(default, 20, seed=0)
                 sampling.width.value, sampling.height.value = width0, height0
@@ -67,8 +77,8 @@ def build(studio: StudioContext) -> None:
         return sets[set_id].prompt(overall or "", texts[:sets[set_id].count])
 
     @gpu_task()
-    def on_generate(set_id, model_id, apply_lora, full_prompt, step_count, guidance_scale, w, h, seed_value,
-                    *pictures, request: gr.Request = None, progress=gr.Progress()):
+    def on_generate(set_id, model_id, apply_lora, extra_adapters, extra_scale, full_prompt, step_count,
+                    guidance_scale, w, h, seed_value, *pictures, request: gr.Request = None, progress=gr.Progress()):
         image_set = sets[set_id]
         spec = registry.catalogue.get(model_id)
         cancel_switch = studio.cancellations.start(session_of(request))
@@ -76,6 +86,7 @@ def build(studio: StudioContext) -> None:
             adapters = set_lora(registry, image_set, spec) if apply_lora else ()
             if apply_lora and not adapters:
                 gr.Info(f"The {image_set.label} LoRA is made for FLUX.1-dev; {spec.name} runs without it.")
+            adapters += LoraControls.requested(extra_adapters, extra_scale)
             set_request = SetRequest(
                 model=model_id, prompt=full_prompt or "", rows=image_set.rows, columns=image_set.columns,
                 width=int(w), height=int(h), steps=int(step_count), guidance=float(guidance_scale),
@@ -98,6 +109,7 @@ def build(studio: StudioContext) -> None:
     model.input(lambda set_id, model_id: [gr.update(value=v) for v in set_canvas(sets[set_id],
                                                                               registry.catalogue.get(model_id))],
                 [chosen, model], [width, height], api_visibility="private")
-    run.click(on_generate, [chosen, model, use_lora, prompt, steps, guidance, width, height, seed, *references],
+    lora.wire(studio, model, api_name="image_set_add_adapter")
+    run.click(on_generate, [chosen, model, use_lora, lora.active, lora.scale, prompt, steps, guidance, width, height, seed, *references],
               [result, gallery, archive, info], api_name="image_set_generate", concurrency_limit=1, concurrency_id="gpu")
     cancel.click(cancel_handler(studio), None, None, api_name="image_set_cancel")

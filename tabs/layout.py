@@ -13,7 +13,14 @@ from studio.gpu import gpu_task
 from studio.metadata import save_image
 from studio.methods.layout import MAX_REGIONS, LayoutSettings, Region, regional_generate, validate_regions
 from studio.presets import layout_examples
-from tabs.common import cancel_handler, model_choices, run_and_cancel, sampling_controls, session_of, user_errors
+from tabs.common import (
+    cancel_handler,
+    model_choices,
+    run_and_cancel,
+    sampling_controls,
+    session_of,
+    user_errors,
+)
 
 HEADERS = ["caption", "x1", "y1", "x2", "y2"]
 BOX_COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#469990",

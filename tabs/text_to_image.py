@@ -15,7 +15,15 @@ from studio.gpu import gpu_task
 from studio.metadata import read_settings, save_png
 from studio.presets import example_prompts
 from studio.registry import ModelState
-from tabs.common import cancel_handler, model_choices, run_and_cancel, session_of, user_errors
+from tabs.common import (
+    LoraControls,
+    cancel_handler,
+    lora_controls,
+    model_choices,
+    run_and_cancel,
+    session_of,
+    user_errors,
+)
 
 HISTORY_LIMIT = 48
 
@@ -64,13 +72,7 @@ def build(studio: StudioContext) -> gr.State:
                 dice = gr.Button("Random seed", size="sm")
                 count = gr.Slider(1, MAX_IMAGES, value=1, step=1, label="Images")
             run, cancel = run_and_cancel("Generate")
-            with gr.Accordion("LoRA", open=False):
-                lora_active = gr.Dropdown([], value=[], multiselect=True, label="Active adapters (this model's)")
-                lora_scale = gr.Slider(0, 2, value=1.0, step=0.05, label="LoRA scale")
-                with gr.Row():
-                    lora_file = gr.File(label="Add a LoRA (.safetensors)", file_types=[".safetensors"])
-                    lora_name = gr.Textbox(label="Adapter name", placeholder="my-style")
-                lora_add = gr.Button("Add adapter to this model", size="sm")
+            lora = lora_controls()
             reuse = gr.File(label="Reuse settings: drop a PNG made by the studio", file_types=[".png"])
             gr.Examples([[p] for p in example_prompts("text_to_image")], inputs=[prompt], label="Examples")
         with gr.Column(scale=3):
@@ -93,7 +95,7 @@ def build(studio: StudioContext) -> gr.State:
             model=model_id, prompt=prompt_text or "", negative_prompt=negative_text or "",
             steps=int(step_count), guidance=float(guidance_scale), width=int(w), height=int(h),
             seed=int(seed_value or 0), count=int(image_count),
-            adapters=tuple((name, float(adapter_scale)) for name in active_adapters or ()),
+            adapters=LoraControls.requested(active_adapters, adapter_scale),
         )
         with user_errors("Generation"):
             try:
@@ -132,24 +134,13 @@ def build(studio: StudioContext) -> gr.State:
             gr.update(value=settings.height, step=spec.size_multiple), settings.seed, 1,
         )
 
-    def on_add_adapter(model_id: str, upload: str | None, name: str):
-        if not upload:
-            raise gr.Error("Choose a .safetensors LoRA file first.")
-        name = (name or "").strip()
-        with user_errors("Adding the adapter"):
-            registry.import_adapter(model_id, name, upload)
-        gr.Info(f"Adapter {name} added to {model_id}.")
-        return gr.update(choices=registry.adapters(model_id), value=[name])
-
-    inputs = [model, prompt, negative, steps, guidance, width, height, seed, count, history, lora_active, lora_scale]
+    inputs = [model, prompt, negative, steps, guidance, width, height, seed, count, history, lora.active, lora.scale]
     gr.on([run.click, prompt.submit], on_generate, inputs, [gallery, info, history], api_name="generate",
           concurrency_limit=1, concurrency_id="gpu").then(
         lambda current: gr.update(choices=model_choices(studio), value=current), model, model, api_visibility="private")
     cancel.click(cancel_handler(studio), None, None, api_name="cancel")
     model.input(on_model_picked, model, [steps, guidance, width, height, negative, aspect], api_name="model_defaults")
-    model.change(lambda model_id: gr.update(choices=registry.adapters(model_id), value=[]), model, lora_active,
-                 api_visibility="private")
-    lora_add.click(on_add_adapter, [model, lora_file, lora_name], lora_active, api_name="add_adapter")
+    lora.wire(studio, model, api_name="add_adapter")
     aspect.input(on_aspect, [model, aspect], [width, height], api_name="aspect_size")
     dice.click(lambda: random.randint(0, MAX_SEED), None, seed, api_name="random_seed")
     reuse.upload(on_reuse, reuse, [model, prompt, negative, steps, guidance, width, height, seed, count],

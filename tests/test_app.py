@@ -189,7 +189,7 @@ def test_image_set_endpoint_generates_panels_and_a_zip(running_app, tmp_path):
     reference = tmp_path / "left.png"
     Image.new("RGB", (64, 64), (200, 30, 30)).save(reference)
     whole, panels, archive, settings = client.predict(
-        "couple-profile", "tiny-flux-dev", True, value(prompt), 2, 3.5, 128, 64, 0,
+        "couple-profile", "tiny-flux-dev", True, [], 1.0, value(prompt), 2, 3.5, 128, 64, 0,
         handle_file(str(reference)), None, None, None, api_name="/image_set_generate")
     assert Image.open(whole).size == (128, 64) and len(panels) == 2
     left = np.asarray(Image.open(panels[0]["image"]).convert("RGB"))

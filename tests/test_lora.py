@@ -52,7 +52,7 @@ def test_adapter_changes_scales_and_unloads(lora_registry):
     assert np.array_equal(image(registry), plain)  # registered but not asked for: inactive
     with_one = image(registry, [("one", 1.0)])
     assert np.abs(with_one - plain).mean() > 1
-    assert np.abs(image(registry, [("one", 0.0)]) - plain).max() <= 1  # scale 0 is no LoRA
+    assert np.array_equal(image(registry, [("one", 0.0)]), plain)  # scale 0 is no LoRA
     half = image(registry, [("one", 0.5)])
     assert 0 < np.abs(half - plain).mean() < np.abs(with_one - plain).mean()
 
@@ -66,7 +66,7 @@ def test_adapter_changes_scales_and_unloads(lora_registry):
     registry.remove_adapter(MODEL, "one")
     registry.remove_adapter(MODEL, "two")
     assert registry.adapters(MODEL) == []
-    assert np.abs(image(registry) - plain).max() <= 1
+    assert np.array_equal(image(registry), plain)
 
 
 def test_adapters_come_back_after_eviction(lora_registry):
@@ -95,3 +95,16 @@ def test_bad_adapters_are_refused_clearly(lora_registry, tmp_path):
     registry.add_adapter(MODEL, "one", one)
     with pytest.raises(InvalidRequest, match="already has an adapter named one"):
         registry.add_adapter(MODEL, "one", one)
+
+
+def test_replacing_an_adapter_hot_swaps_its_weights(lora_registry):
+    registry, one, two = lora_registry
+    fresh = Registry(Catalogue.load(), device="cpu")
+    fresh.add_adapter(MODEL, "style", two)
+    expected = image(fresh, [("style", 1.0)])
+    registry.add_adapter(MODEL, "style", one)
+    image(registry, [("style", 1.0)])
+    registry.replace_adapter(MODEL, "style", two)  # same shapes: swapped in place (hotswap)
+    assert np.array_equal(image(registry, [("style", 1.0)]), expected)
+    with pytest.raises(InvalidRequest, match="No adapter ghost"):
+        registry.replace_adapter(MODEL, "ghost", two)
