@@ -217,6 +217,19 @@ class Registry:
             self._adapters[model_id].pop(name)
             raise
 
+    def fetch_adapter(self, model_id: str, name: str, repo: str, file: str) -> None:
+        """`add_adapter` for a LoRA on the hub (downloaded once into the hub cache)."""
+        from huggingface_hub import hf_hub_download
+
+        if not file.endswith(".safetensors"):
+            raise InvalidRequest(f"{file}: only .safetensors LoRA files are accepted (pickles are never loaded).")
+        try:
+            path = hf_hub_download(repo, file)
+        except Exception:
+            raise InvalidRequest(f"Cannot fetch {file} from {repo}: check the names, or download it once with "
+                                 f"`hf download {repo} {file}` where there is network.") from None
+        self.add_adapter(model_id, name, path)
+
     def import_adapter(self, model_id: str, name: str, upload: str | Path) -> None:
         """`add_adapter` for a file that may vanish (an upload): the studio keeps its own copy."""
         upload = Path(upload)

@@ -93,24 +93,28 @@ class LoraControls:
     active: gr.Dropdown
     scale: gr.Slider
     upload: gr.File
+    hub: gr.Textbox
     name: gr.Textbox
     add: gr.Button
 
     def wire(self, studio: StudioContext, model: gr.Dropdown, api_name: str) -> None:
         registry = studio.registry
 
-        def on_add(model_id: str, upload: str | None, name: str):
-            if not upload:
-                raise gr.Error("Choose a .safetensors LoRA file first.")
-            name = (name or "").strip()
+        def on_add(model_id: str, upload: str | None, hub: str, name: str):
+            name, hub = (name or "").strip(), (hub or "").split()
+            if not upload and len(hub) != 2:
+                raise gr.Error("Choose a .safetensors LoRA file, or name one on the hub as: owner/repo file.safetensors")
             with user_errors("Adding the adapter"):
-                registry.import_adapter(model_id, name, upload)
+                if upload:
+                    registry.import_adapter(model_id, name, upload)
+                else:
+                    registry.fetch_adapter(model_id, name, *hub)
             gr.Info(f"Adapter {name} added to {model_id}.")
             return gr.update(choices=registry.adapters(model_id), value=[name])
 
         model.change(lambda model_id: gr.update(choices=registry.adapters(model_id), value=[]), model, self.active,
                      api_visibility="private")
-        self.add.click(on_add, [model, self.upload, self.name], self.active, api_name=api_name)
+        self.add.click(on_add, [model, self.upload, self.hub, self.name], self.active, api_name=api_name)
 
     @staticmethod
     def requested(names: list[str] | None, scale: float) -> tuple[tuple[str, float], ...]:
@@ -123,6 +127,8 @@ def lora_controls() -> LoraControls:
         scale = gr.Slider(0, 2, value=1.0, step=0.05, label="LoRA scale")
         with gr.Row():
             upload = gr.File(label="Add a LoRA (.safetensors)", file_types=[".safetensors"])
-            name = gr.Textbox(label="Adapter name", placeholder="my-style")
+            with gr.Column():
+                hub = gr.Textbox(label="…or from the hub", placeholder="owner/repo file.safetensors")
+                name = gr.Textbox(label="Adapter name", placeholder="my-style")
         add = gr.Button("Add adapter to this model", size="sm")
-    return LoraControls(active, scale, upload, name, add)
+    return LoraControls(active, scale, upload, hub, name, add)

@@ -163,7 +163,7 @@ def test_lora_upload_and_generate_with_it(running_app, tmp_path):
 
     client, _ = running_app
     lora = make_lora(Registry(Catalogue.load(), device="cpu"), tmp_path / "style.safetensors", 1)
-    choices = client.predict("tiny-flux-dev", handle_file(str(lora)), "style", api_name="/add_adapter")
+    choices = client.predict("tiny-flux-dev", handle_file(str(lora)), "", "style", api_name="/add_adapter")
     assert value(choices) == ["style"]
     arguments = ("tiny-flux-dev", "a red circle", "", 2, 3.5, 64, 64, 0, 1)
     plain, _ = client.predict(*arguments, [], 1.0, api_name="/generate")
@@ -174,9 +174,11 @@ def test_lora_upload_and_generate_with_it(running_app, tmp_path):
     pickled = tmp_path / "evil.safetensors"
     pickled.write_bytes(b"\x80\x04not a safetensors header")
     with pytest.raises(Exception, match="not a safetensors file"):
-        client.predict("tiny-flux-dev", handle_file(str(pickled)), "evil", api_name="/add_adapter")
+        client.predict("tiny-flux-dev", handle_file(str(pickled)), "", "evil", api_name="/add_adapter")
     with pytest.raises(Exception, match="no LoRA loader for PixArt"):
-        client.predict("tiny-pixart-sigma", handle_file(str(lora)), "style", api_name="/add_adapter")
+        client.predict("tiny-pixart-sigma", handle_file(str(lora)), "", "style", api_name="/add_adapter")
+    with pytest.raises(Exception, match="Cannot fetch style.safetensors from someone/styles"):
+        client.predict("tiny-flux-dev", None, "someone/styles style.safetensors", "hub-style", api_name="/add_adapter")
 
 
 def test_image_set_endpoint_generates_panels_and_a_zip(running_app, tmp_path):

@@ -74,14 +74,7 @@ def set_lora(registry: Registry, image_set: ImageSet, spec: ModelSpec) -> tuple[
     if spec.builtin:
         return ()
     if image_set.id not in registry.adapters(spec.id):
-        from huggingface_hub import hf_hub_download
-
-        try:
-            path = hf_hub_download(image_set.repo, image_set.file)
-        except Exception:
-            raise InvalidRequest(f"Cannot fetch {image_set.file} from {image_set.repo} (offline?): download it "
-                                 f"once with `hf download {image_set.repo} {image_set.file}`.") from None
-        registry.add_adapter(spec.id, image_set.id, path)
+        registry.fetch_adapter(spec.id, image_set.id, image_set.repo, image_set.file)
     return ((image_set.id, 1.0),)
 
 
