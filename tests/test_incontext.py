@@ -1,5 +1,7 @@
 """The in-context toolkit: grids, tags, the sets' presets, group and conditioned generation."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -96,3 +98,21 @@ def test_conditioned_generation_keeps_the_references(registry):
     with pytest.raises(InvalidRequest, match="at least one"):
         generate_set(registry, SetRequest(model="tiny-flux-dev", prompt="x", rows=1, columns=1, width=64,
                                           height=64, references={0: reference}))
+
+
+def test_a_users_own_set_uses_its_local_lora(tmp_path):
+    from test_lora import make_lora
+
+    from studio.catalogue import Catalogue
+    from studio.methods.incontext import ImageSet, set_lora
+    from studio.registry import Registry
+
+    registry = Registry(Catalogue.load(), device="cpu")
+    lora = make_lora(registry, tmp_path / "mine.safetensors", 3)
+    mine = ImageSet(id="mine", label="Mine", repo="", file=str(lora), width=128, height=64, rows=1, columns=2,
+                    intro="", tags=("[LEFT]", "[RIGHT]"), caption="c", panels=("a", "b"))
+    builtin = registry.catalogue.get("tiny-flux-dev")
+    assert set_lora(registry, mine, builtin) == ()  # built-in models have no IC-LoRA
+    as_if_from_the_hub = replace(builtin, builtin=None)
+    assert set_lora(registry, mine, as_if_from_the_hub) == (("mine", 1.0),)
+    assert registry.adapters("tiny-flux-dev") == ["mine"]

@@ -69,12 +69,15 @@ def set_canvas(image_set: ImageSet, spec: ModelSpec) -> tuple[int, int]:
 
 
 def set_lora(registry: Registry, image_set: ImageSet, spec: ModelSpec) -> tuple[tuple[str, float], ...]:
-    """The set's LoRA as the adapters of a request: fetched once from the hub and registered under
-    the set's id. Built-in models have no IC-LoRA: none."""
+    """The set's LoRA as the adapters of a request, registered under the set's id: fetched once
+    from the hub (`repo` + `file`), or a local file (`repo` empty). Built-in models: none."""
     if spec.builtin:
         return ()
     if image_set.id not in registry.adapters(spec.id):
-        registry.fetch_adapter(spec.id, image_set.id, image_set.repo, image_set.file)
+        if image_set.repo:
+            registry.fetch_adapter(spec.id, image_set.id, image_set.repo, image_set.file)
+        else:  # a set of the user's own, with a local LoRA file
+            registry.add_adapter(spec.id, image_set.id, Path(image_set.file).expanduser())
     return ((image_set.id, 1.0),)
 
 
