@@ -24,10 +24,6 @@ class Inversion:
     def noise(self) -> torch.Tensor:
         return self.latents[-1]
 
-    @property
-    def image_latents(self) -> torch.Tensor:
-        return self.latents[0]
-
 
 def invert_latents(
     model: flow.FlowModel,

@@ -83,7 +83,6 @@ class ColourEdit:
     source: Image.Image  # the source branch: the generated (or reconstructed) image
     result: Image.Image
     mask: np.ndarray  # bool [height, width]: where the target keeps its own colour
-    attention: np.ndarray  # float [height, width] in [0, 1]: the normalised word attention
     settings: ColourEditSettings
     seconds: float
     source_cached: bool  # False: the source ran again beside the target (too big to cache)
@@ -296,7 +295,6 @@ def colour_edit(
         source=source_image,
         result=result_image,
         mask=upsample(keep.view(grid).cpu().numpy(), settings.width, settings.height),
-        attention=upsample(attention.view(grid).cpu().numpy(), settings.width, settings.height),
         settings=settings,
         seconds=time.perf_counter() - started,
         source_cached=kept,
