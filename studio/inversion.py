@@ -47,6 +47,7 @@ def invert_image(
     height: int,
     max_sequence_length: int,
     solver: str = "fireflow",
+    before_step: Callable[[int], None] | None = None,
 ) -> Inversion:
     """The image (resized to width x height) inverted under `prompt` on the pipeline's own schedule."""
     latents = flow.encode_image(pipe, image, width, height)
@@ -54,4 +55,4 @@ def invert_image(
     guidance = flow.Guidance("embedded" if pipe.transformer.config.get("guidance_embeds") else "none", 1.0)
     model = flow.FlowModel(pipe, family, [prompt], guidance, max_sequence_length)
     sigmas = flow.schedule(pipe, family, steps, latents.shape[-2], latents.shape[-1])
-    return invert_latents(model, latents, sigmas, solver)
+    return invert_latents(model, latents, sigmas, solver, before_step)

@@ -43,7 +43,7 @@ from studio.attention.tokens import word_spans, word_token_indices
 from studio.catalogue import ModelSpec
 from studio.errors import Cancelled, InvalidRequest
 from studio.generation import validate_sampling
-from studio.inversion import invert_latents
+from studio.inversion import invert_image
 from studio.registry import Registry
 
 MASK_THRESHOLD = 0.1
@@ -244,12 +244,8 @@ def colour_edit(
             start = flow.initial_noise(pipe, settings.seed, settings.width, settings.height).to(pipe.transformer.device)
         else:
             solver = "fireflow"
-            latents = flow.encode_image(pipe, image, settings.width, settings.height)
-            inversion_model = flow.FlowModel(pipe, family, [settings.source_prompt], flow.Guidance(
-                "embedded" if spec.guidance == "embedded" else "none", 1.0), spec.max_sequence_length)
-            inversion_sigmas = flow.schedule(pipe, family, settings.inversion_steps, *latents.shape[-2:])
-            inversion = invert_latents(inversion_model, latents, inversion_sigmas, solver, before_step=step)
-            start = inversion.noise
+            start = invert_image(pipe, family, image, settings.source_prompt, settings.inversion_steps, settings.width,
+                                 settings.height, spec.max_sequence_length, solver, before_step=step).noise
         sigmas = flow.schedule(pipe, family, settings.steps, *start.shape[-2:])
         layers = edited_layers(pipe.transformer, spec)
 
