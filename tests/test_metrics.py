@@ -27,6 +27,22 @@ def test_a_uniform_offset_gives_the_analytic_psnr():
     assert metrics.psnr(a, a + 0.1) == pytest.approx(20.0)
 
 
+def test_ssim_of_flat_images_is_the_luminance_term():
+    # No variance and no covariance: SSIM reduces to (2 mu_a mu_b + C1) / (mu_a^2 + mu_b^2 + C1).
+    c1 = 0.01**2
+    expected = (2 * 0.5 * 0.6 + c1) / (0.5**2 + 0.6**2 + c1)
+    assert metrics.ssim(np.full((16, 16), 0.5), np.full((16, 16), 0.6)) == pytest.approx(expected)
+
+
+def test_images_bytes_and_floats_measure_alike():
+    source, result = square(), square(colour=(40, 80, 220))
+    as_bytes = [np.asarray(image) for image in (source, result)]
+    as_floats = [array / 255.0 for array in as_bytes]
+    for measure in (metrics.psnr, metrics.ssim):
+        expected = pytest.approx(measure(source, result))
+        assert measure(*as_bytes) == expected and measure(*as_floats) == expected
+
+
 def test_changes_inside_the_mask_leave_the_background_perfect():
     source = square()
     noisy = np.asarray(source).copy()
@@ -39,6 +55,9 @@ def test_changes_inside_the_mask_leave_the_background_perfect():
     # SSIM's window reaches 5 pixels past the change; away from it the background is untouched.
     assert metrics.background_ssim(source, result, metrics.dilate(mask, 6)) == pytest.approx(1.0)
     assert metrics.background_ssim(source, result, mask) < 1.0
+    # A 0/1 mask means the same as a boolean one.
+    as_bytes = mask.astype(np.uint8)
+    assert metrics.background_ssim(source, result, as_bytes) == metrics.background_ssim(source, result, mask)
 
 
 def test_canny_ssim_tells_recolouring_from_moving():
@@ -66,5 +85,9 @@ def test_bad_inputs_are_clear_errors():
         metrics.psnr(square(), square(size=32))
     with pytest.raises(ValueError, match="mask is"):
         metrics.background_psnr(square(), square(), np.zeros((8, 8), bool))
+    with pytest.raises(ValueError, match="mask is"):
+        metrics.background_ssim(square(), square(), np.zeros((8, 8), bool))
+    with pytest.raises(ValueError, match="differ in size"):
+        metrics.canny_ssim(square(), square(size=32))
     with pytest.raises(ValueError, match="no pixel"):
         metrics.background_psnr(square(), square(), np.ones((64, 64), bool))
