@@ -4,6 +4,7 @@ as the family's pipeline, with the transformer called through the family's `Flow
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -65,12 +66,17 @@ class FlowModel:
                 self.text = encode([[negative_prompt] * len(row) for row in rows]).cat(self.text)
 
     @property
-    def device(self) -> torch.device:
-        return self.pipe.transformer.device
-
-    @property
     def dtype(self) -> torch.dtype:
         return self.pipe.transformer.dtype
+
+    def beside(self, other: FlowModel) -> FlowModel:
+        """One model running this model's prompts and `other`'s in one batch, without encoding
+        them again: rows [mine, theirs], or [my negatives, their negatives, mine, theirs] under CFG."""
+        halves = 2 if self.guidance.doubles_batch else 1
+        mine, theirs = self.text.chunk(halves), other.text.chunk(halves)
+        pair = copy.copy(self)
+        pair.text = TextConditioning.stack([part for couple in zip(mine, theirs) for part in couple])
+        return pair
 
     @torch.no_grad()
     def velocity(self, latents: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -65,3 +65,15 @@ def test_unknown_solver_is_a_clear_error(registry):
     _, _, _, model = flow_model(registry, "tiny-sd3")
     with pytest.raises(InvalidRequest, match="solver"):
         flow.integrate(model.velocity, torch.zeros(1, 16, 8, 8), [1.0, 0.0], solver="heun")
+
+
+@pytest.mark.parametrize("model_id", ["tiny-flux-dev", "tiny-sd3"])
+def test_two_models_beside_each_other_give_each_ones_velocity(registry, model_id):
+    """`beside` batches two encoded models without encoding again: the same velocities as each alone."""
+    _, _, _, red = flow_model(registry, model_id, "a red circle")
+    _, _, _, blue = flow_model(registry, model_id, "a blue square")
+    latents = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(0))
+    both = red.beside(blue).velocity(torch.cat([latents, latents]), 0.6)
+    torch.testing.assert_close(both[0:1], red.velocity(latents, 0.6), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(both[1:2], blue.velocity(latents, 0.6), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(both[0], both[1])

@@ -24,8 +24,18 @@ class TextConditioning:
         return self.embeds.shape[0]
 
     def cat(self, other: TextConditioning) -> TextConditioning:
-        return TextConditioning(torch.cat([self.embeds, other.embeds]), torch.cat([self.pooled, other.pooled]),
-                                self.text_ids)
+        return TextConditioning.stack([self, other])
+
+    def chunk(self, count: int) -> list[TextConditioning]:
+        """The batch in `count` equal parts (rows in order)."""
+        return [TextConditioning(embeds, pooled, self.text_ids)
+                for embeds, pooled in zip(self.embeds.chunk(count), self.pooled.chunk(count))]
+
+    @staticmethod
+    def stack(parts: list[TextConditioning]) -> TextConditioning:
+        """Batches one after another (they share the text position ids)."""
+        return TextConditioning(torch.cat([part.embeds for part in parts]), torch.cat([part.pooled for part in parts]),
+                                parts[0].text_ids)
 
     @staticmethod
     def join(parts: list[TextConditioning]) -> TextConditioning:

@@ -275,8 +275,7 @@ def colour_edit(
             target_latents = run(target, start, target_edits(cache, keep, layers, intensity_tokens,
                                                              settings.intensity, None, conditional))
         else:  # the source again, in the same batch as the target: rows alternate source, target
-            pair = flow.FlowModel(pipe, family, [settings.source_prompt, settings.target_prompt], guidance,
-                                  spec.max_sequence_length)
+            pair = source.beside(target)
             rows = len(pair.text)
             source_rows, target_rows = list(range(0, rows, 2)), list(range(1, rows, 2))
             conditional = [row for row in target_rows if row >= rows // 2] if guidance.doubles_batch else None
