@@ -31,6 +31,7 @@ import torch
 from diffusers import DiffusionPipeline
 
 from studio import offline
+from studio.families import siamlayout
 from studio.catalogue import Catalogue, ModelSpec
 from studio.device import device_memory_bytes, release_memory
 from studio.errors import InvalidRequest, LoadFailed, ModelUnavailable, StudioError
@@ -51,10 +52,11 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def in_local_cache(repo: str) -> bool:
+def in_local_cache(repo: str, marker: str = "model_index.json") -> bool:
+    """Whether the hub cache holds `repo` (judged by its `marker` file)."""
     from huggingface_hub import try_to_load_from_cache
 
-    return isinstance(try_to_load_from_cache(repo, "model_index.json"), str)
+    return isinstance(try_to_load_from_cache(repo, marker), str)
 
 
 def pipeline_bytes(pipe: DiffusionPipeline) -> int:
@@ -70,11 +72,21 @@ def load_pipeline(spec: ModelSpec, dtype: torch.dtype, offline_only: bool) -> Di
     pipeline_class = spec.family.pipeline_class(spec.pipeline, "t2i")
     if spec.builtin:
         source = offline.ensure_builtin(spec.builtin, spec.family.builtin_builders[spec.builtin], spec.path)
-        return pipeline_class.from_pretrained(source, dtype=dtype, use_safetensors=True, local_files_only=True)
-    kwargs = {"dtype": dtype, "use_safetensors": True, "local_files_only": offline_only}
-    if spec.variant:
-        kwargs["variant"] = spec.variant
-    return pipeline_class.from_pretrained(spec.repo, **kwargs)
+        pipe = pipeline_class.from_pretrained(source, dtype=dtype, use_safetensors=True, local_files_only=True)
+    else:
+        kwargs = {"dtype": dtype, "use_safetensors": True, "local_files_only": offline_only}
+        if spec.variant:
+            kwargs["variant"] = spec.variant
+        pipe = pipeline_class.from_pretrained(spec.repo, **kwargs)
+    if spec.layout_branch is not None:
+        siamlayout.attach_layout_branches(pipe.transformer)
+        if spec.layout_repo:
+            from huggingface_hub import snapshot_download
+
+            folder = snapshot_download(spec.layout_repo, local_files_only=offline_only,
+                                       allow_patterns=[spec.layout_file("*.safetensors*"), spec.layout_file("*.json")])
+            siamlayout.load_layout_weights(pipe.transformer, Path(folder, spec.layout_file("")))
+    return pipe
 
 
 def explain_load_failure(spec: ModelSpec, error: BaseException) -> str:
@@ -161,7 +173,8 @@ class Registry:
             return ModelState.LOADED
         if spec.builtin:
             return ModelState.BUILTIN
-        if in_local_cache(spec.repo):
+        layout_cached = spec.layout_repo is None or in_local_cache(spec.layout_repo, spec.layout_file("config.json"))
+        if in_local_cache(spec.repo) and layout_cached:
             return ModelState.CACHED
         return ModelState.UNAVAILABLE if self.offline_only else ModelState.DOWNLOADABLE
 

@@ -14,6 +14,11 @@ conditional half only.
 PixArt and SANA read text through cross-attention: there the captions' encodings are joined the
 same way and a region's caption is visible only to the image tokens inside its box (the global
 caption to all), with the same steps, block stride and blend.
+
+CreatiLayout (SiamLayout, on SD3 models with layout branches, `studio.families.siamlayout`): each
+box becomes one layout token from its caption's pooled CLIP-L + CLIP-G embedding and its
+coordinates; the branches act for the first `grounding_fraction` of the steps (the paper: 30%),
+and the unconditional half of classifier-free guidance sees only null layout tokens.
 """
 
 from __future__ import annotations
@@ -39,10 +44,12 @@ from studio.attention import (
 )
 from studio.catalogue import ModelSpec
 from studio.errors import Cancelled, InvalidRequest
+from studio.families.siamlayout import MAX_BOXES, LayoutTokens, siamlayout_forward
 from studio.generation import GenerationSettings, call_arguments, validate_sampling
 from studio.registry import Registry
 
-MAX_REGIONS = 10
+MAX_REGIONS = MAX_BOXES
+METHODS = {"regional": "Regional attention (training-free)", "siamlayout": "CreatiLayout SiamLayout (SD3)"}
 StepCallback = Callable[[int, int], None]
 
 
@@ -65,6 +72,8 @@ class LayoutSettings:
     inject_steps: int = 8  # the reference's mask_inject_steps
     block_stride: int = 1  # mask every k-th joint block
     base_ratio: float = 0.2
+    method: str = "regional"  # a key of METHODS
+    grounding_fraction: float = 0.3  # SiamLayout: the share of steps the layout branches act in
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -148,6 +157,13 @@ def cross_attention_mask(image_masks: torch.Tensor, caption_length: int) -> torc
 
 
 def validate(settings: LayoutSettings, spec: ModelSpec) -> LayoutSettings:
+    if settings.method not in METHODS:
+        raise InvalidRequest(f"Unknown layout method {settings.method!r}; choose one of {', '.join(METHODS)}.")
+    if settings.method == "siamlayout" and spec.layout_branch is None:
+        raise InvalidRequest(f"CreatiLayout needs a model with SiamLayout branches; {spec.name} has none. "
+                             "Pick a SiamLayout model, or the regional-attention method.")
+    if not 0 <= float(settings.grounding_fraction) <= 1:
+        raise InvalidRequest("The grounding fraction must be between 0 and 1.")
     if spec.family.token_order not in ("text-image", "image-text", "cross-attention"):
         raise InvalidRequest(f"Regional attention has no way into {spec.family.label} models.")
     if not settings.caption or not settings.caption.strip():
@@ -160,7 +176,8 @@ def validate(settings: LayoutSettings, spec: ModelSpec) -> LayoutSettings:
         raise InvalidRequest("Mask steps must be 0 or more and the block stride at least 1.")
     return replace(validate_sampling(settings, spec), caption=settings.caption.strip(),
                    regions=validate_regions(settings.regions), inject_steps=int(settings.inject_steps),
-                   block_stride=int(settings.block_stride), base_ratio=float(settings.base_ratio))
+                   block_stride=int(settings.block_stride), base_ratio=float(settings.base_ratio),
+                   grounding_fraction=float(settings.grounding_fraction))
 
 
 @dataclass
@@ -200,15 +217,18 @@ def regional_generate(
     settings = validate(settings, spec)
     started = time.perf_counter()
 
-    def report(done: int, controller: AttentionController) -> None:
+    def report(done: int, controller: AttentionController | None = None) -> None:
         if cancel is not None and cancel.is_set():
             raise Cancelled("Layout generation cancelled.")
         if on_step is not None:
             on_step(done, settings.steps)
-        controller.set_step(done)
+        if controller is not None:
+            controller.set_step(done)
 
     with registry.use(spec.id) as pipe:
-        if spec.family.token_order == "cross-attention":
+        if settings.method == "siamlayout":
+            image = siamlayout_generate(pipe, spec, settings, report)
+        elif spec.family.token_order == "cross-attention":
             image = cross_attention_generate(pipe, spec, settings, report)
         else:
             regional = plan(pipe, spec, settings)
@@ -255,3 +275,51 @@ def cross_attention_generate(pipe, spec: ModelSpec, settings: LayoutSettings,
                  "negative_prompt_embeds": negative_embeds, "negative_prompt_attention_mask": negative_mask}
     with controlled(pipe.transformer, controller, "cross-attention"):
         return pipe(**arguments).images[0]
+
+
+def layout_tokens(pipe, regions: Sequence[Region], unconditional_half: bool) -> LayoutTokens:
+    """The boxes as SiamLayout reads them: each caption's pooled CLIP-L and CLIP-G embeddings side
+    by side, its box, and a filled-slot mask, padded to MAX_BOXES; with `unconditional_half` a
+    first row with no slot filled (null tokens only) comes before the conditional row."""
+    captions = [region.caption for region in regions]
+    pooled = []
+    with torch.no_grad():
+        for tokenizer, encoder in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)):
+            ids = tokenizer(captions, padding="max_length", max_length=pipe.tokenizer_max_length, truncation=True,
+                            return_tensors="pt").input_ids
+            pooled.append(encoder(ids.to(encoder.device))[0].float().cpu())
+    phrases = torch.cat(pooled, dim=-1)
+    boxes = torch.zeros(1, MAX_BOXES, 4)
+    embeddings = torch.zeros(1, MAX_BOXES, phrases.shape[-1])
+    masks = torch.zeros(1, MAX_BOXES)
+    boxes[0, :len(regions)] = torch.tensor([region.box for region in regions])
+    embeddings[0, :len(regions)] = phrases
+    masks[0, :len(regions)] = 1
+    if unconditional_half:
+        boxes, embeddings, masks = torch.cat([boxes] * 2), torch.cat([embeddings] * 2), torch.cat([torch.zeros_like(masks), masks])
+    return LayoutTokens(boxes, embeddings, masks)
+
+
+def siamlayout_generate(pipe, spec: ModelSpec, settings: LayoutSettings,
+                        report: Callable[[int], None]) -> Image.Image:
+    """CreatiLayout's sampling: the global caption as the prompt, the layout branches on for the
+    first `grounding_fraction` of the steps and off afterwards."""
+    guidance = flow.Guidance(spec.guidance, settings.guidance)
+    tokens = layout_tokens(pipe, settings.regions, guidance.doubles_batch)
+    grounding_steps = int(settings.grounding_fraction * settings.steps)
+    branch = {"scale": 1.0}
+
+    def velocity(pipe, latents, sigma, text, embedded_guidance):
+        return siamlayout_forward(pipe.transformer, latents, sigma * 1000, text.embeds, text.pooled, tokens,
+                                  branch["scale"])
+
+    def before_step(index: int) -> None:
+        report(index)
+        branch["scale"] = 1.0 if index < grounding_steps else 0.0
+
+    family = replace(spec.family, flow=replace(spec.family.flow, velocity=velocity))
+    model = flow.FlowModel(pipe, family, [settings.caption], guidance, spec.max_sequence_length)
+    start = flow.initial_noise(pipe, settings.seed, settings.width, settings.height).to(pipe.transformer.device)
+    sigmas = flow.schedule(pipe, spec.family, settings.steps, *start.shape[-2:])
+    latents = flow.integrate(model.velocity, start, sigmas, before_step=before_step)[-1]
+    return flow.decode(pipe, latents)[0]
