@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import gradio as gr
 from PIL import Image, ImageDraw
 
@@ -11,7 +14,14 @@ from studio.context import StudioContext
 from studio.errors import Cancelled, InvalidRequest
 from studio.gpu import gpu_task
 from studio.metadata import save_image
-from studio.methods.layout import MAX_REGIONS, LayoutSettings, Region, regional_generate, validate_regions
+from studio.methods.layout import (
+    MAX_REGIONS,
+    METHODS,
+    LayoutSettings,
+    Region,
+    regional_generate,
+    validate_regions,
+)
 from studio.presets import layout_examples
 from tabs.common import (
     cancel_handler,
@@ -26,9 +36,31 @@ HEADERS = ["caption", "x1", "y1", "x2", "y2"]
 BOX_COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#469990",
                "#9a6324"]
 PREVIEW_SIDE = 512
+EDITOR_SCRIPT = (Path(__file__).parent / "static" / "box_editor.js").read_text()
+EDITOR_HTML = """
+<div class="layout-frame"><div class="layout-stage"></div></div>
+<div class="layout-tools"><span class="layout-status"></span>
+<button type="button" class="layout-delete">Delete selected box</button></div>
+"""
+EDITOR_CSS = """
+.layout-frame { max-width: 512px; margin: 0 auto; }
+.layout-stage { position: relative; width: 100%; background: #f4f4f4; border: 1px solid #bbb; cursor: crosshair;
+                touch-action: none; user-select: none; }
+.layout-box { position: absolute; box-sizing: border-box; border: 2px solid; cursor: move; }
+.layout-box.selected { border-style: dashed; background: rgba(0, 0, 0, 0.06); }
+.layout-box span { font: 12px sans-serif; padding: 1px 3px; background: rgba(255, 255, 255, 0.8); pointer-events: none;
+                   white-space: nowrap; }
+.layout-handle { position: absolute; width: 10px; height: 10px; background: #fff; border: 2px solid #333; }
+.layout-handle.nw { left: -6px; top: -6px; cursor: nwse-resize; } .layout-handle.se { right: -6px; bottom: -6px; cursor: nwse-resize; }
+.layout-handle.ne { right: -6px; top: -6px; cursor: nesw-resize; } .layout-handle.sw { left: -6px; bottom: -6px; cursor: nesw-resize; }
+.layout-delete { font-size: 13px; font-weight: normal; padding: 2px 10px; white-space: nowrap; }
+.layout-tools { display: flex; justify-content: space-between; align-items: center; gap: 8px; margin-top: 4px; font-size: 13px; }
+"""
 
 
-def serves(spec: ModelSpec) -> bool:
+def serves(spec: ModelSpec, method: str = "regional") -> bool:
+    if method == "siamlayout":
+        return spec.layout_branch is not None
     return spec.family.token_order in ("text-image", "image-text", "cross-attention")
 
 
@@ -51,7 +83,7 @@ def table_from_regions(regions: tuple[Region, ...]) -> list[list]:
     return [[region.caption, *(round(value, 3) for value in region.box)] for region in regions]
 
 
-def draw_boxes(image: Image.Image, regions: tuple[Region, ...], pending: tuple[float, float] | None = None) -> Image.Image:
+def draw_boxes(image: Image.Image, regions: tuple[Region, ...]) -> Image.Image:
     """The image with each box outlined in its colour and labelled with its number and caption."""
     canvas = image.convert("RGB").copy()
     draw = ImageDraw.Draw(canvas)
@@ -62,15 +94,36 @@ def draw_boxes(image: Image.Image, regions: tuple[Region, ...], pending: tuple[f
         x1, y1, x2, y2 = region.box
         draw.rectangle([x1 * width, y1 * height, x2 * width - 1, y2 * height - 1], outline=colour, width=line)
         draw.text((x1 * width + line + 2, y1 * height + line + 1), f"{number}. {region.caption}", fill=colour)
-    if pending is not None:
-        x, y = pending[0] * width, pending[1] * height
-        draw.ellipse([x - 4, y - 4, x + 4, y + 4], outline="black", width=2)
     return canvas
 
 
-def blank_canvas(width: int, height: int) -> Image.Image:
-    scale = PREVIEW_SIDE / max(width, height)
-    return Image.new("RGB", (max(1, round(width * scale)), max(1, round(height * scale))), "#f4f4f4")
+def editor_value(rows: list[list], width: int, height: int) -> str:
+    """The box editor's state for the table's rows (rows that do not parse are left out)."""
+    boxes = []
+    for row in rows or []:
+        cells = list(row) + [None] * (5 - len(row))
+        try:
+            x1, y1, x2, y2 = (float(cell) for cell in cells[1:5])
+        except (TypeError, ValueError):
+            continue
+        boxes.append({"caption": str(cells[0] or ""), "x1": x1, "y1": y1, "x2": x2, "y2": y2})
+    return json.dumps({"aspect": width / height if width and height else 1, "boxes": boxes})
+
+
+def rows_from_editor(value: str | None, next_caption: str) -> list[list]:
+    """The editor's boxes as table rows; a new box (no caption yet) takes `next_caption`, or a
+    placeholder to edit."""
+    try:
+        boxes = json.loads(value or "{}").get("boxes", [])
+    except (ValueError, AttributeError):
+        raise InvalidRequest("The box editor sent something unreadable; draw the box again.") from None
+    if len(boxes) > MAX_REGIONS:
+        raise InvalidRequest(f"At most {MAX_REGIONS} boxes.")
+    rows = []
+    for number, box in enumerate(boxes, start=1):
+        caption = str(box.get("caption") or "").strip() or (next_caption or "").strip() or f"box {number}"
+        rows.append([caption, *(round(min(max(float(box[key]), 0.0), 1.0), 3) for key in ("x1", "y1", "x2", "y2"))])
+    return rows
 
 
 def build(studio: StudioContext) -> None:
@@ -81,27 +134,28 @@ def build(studio: StudioContext) -> None:
     examples = layout_examples()
     with gr.Row():
         with gr.Column(scale=2):
+            method = gr.Radio([(label, key) for key, label in METHODS.items()], value="regional", label="Method")
             model = gr.Dropdown(choices, value=default.id, label="Model")
-            gr.Markdown("Method: **training-free regional attention** (joint attention on FLUX and SD3, text "
-                        "cross-attention on PixArt and SANA).")
             caption = gr.Textbox(label="Global caption", lines=2)
             new_caption = gr.Textbox(label="Caption for the next box",
                                      placeholder="a large red circle on the left, gray background")
-            canvas = gr.Image(value=blank_canvas(default.width, default.height), type="pil", interactive=False,
-                              label="Canvas: click two opposite corners to add a box", elem_id="layout-canvas")
+            editor = gr.HTML(editor_value([], default.width, default.height), html_template=EDITOR_HTML,
+                             css_template=EDITOR_CSS, js_on_load=EDITOR_SCRIPT, elem_id="layout-editor",
+                             label="Boxes")
             table = gr.Dataframe(headers=HEADERS, datatype=["str", "number", "number", "number", "number"],
-                                 col_count=(5, "fixed"), row_count=(0, "dynamic"), type="array", interactive=True,
-                                 label=f"Boxes (up to {MAX_REGIONS}; edit to move or resize, x and y from 0 to 1)")
-            with gr.Row():
-                delete_number = gr.Number(value=1, precision=0, minimum=1, maximum=MAX_REGIONS, label="Box number")
-                delete = gr.Button("Delete box", size="sm")
-                clear = gr.Button("Clear boxes", size="sm")
-            with gr.Accordion("Sampling and regional attention", open=False):
+                                 column_count=5, column_limits=(5, 5), row_count=0, type="array", interactive=True,
+                                 label=f"Boxes (up to {MAX_REGIONS}; x and y from 0 to 1, edit to change captions)",
+                                 elem_id="layout-table")
+            clear = gr.Button("Clear boxes", size="sm")
+            with gr.Accordion("Sampling and method settings", open=False):
                 sampling = sampling_controls(default, 24 if default.steps >= 8 else default.steps, seed=0)
-                with gr.Row():
+                with gr.Row(visible=True) as regional_options:
                     inject_steps = gr.Slider(0, 50, value=8, step=1, label="Masked steps (first N)")
                     block_stride = gr.Slider(1, 4, value=1, step=1, label="Mask every k-th block")
                     base_ratio = gr.Slider(0, 1, value=0.2, step=0.05, label="Base ratio")
+                with gr.Row(visible=False) as siamlayout_options:
+                    grounding = gr.Slider(0, 1, value=0.3, step=0.05,
+                                          label="Layout branches act in the first … of the steps")
             steps, guidance, width, height, seed = sampling.components()
             run, cancel = run_and_cancel("Generate layout")
             example = gr.Dropdown([(scene["caption"], index) for index, scene in enumerate(examples)],
@@ -110,47 +164,25 @@ def build(studio: StudioContext) -> None:
             overlay = gr.Checkbox(value=True, label="Show the boxes over the result")
             result = gr.Image(label="Result", type="pil", format="png", height=512, elem_id="layout-result")
             info = gr.JSON(label="Settings of this result")
-    pending = gr.State(None)  # the first corner of a box being drawn
     last_image = gr.State(None)
 
-    def preview(rows, w, h, corner=None):
-        try:
-            regions = regions_from_table(rows)
-        except InvalidRequest:
-            regions = ()
-        return draw_boxes(blank_canvas(int(w), int(h)), regions, corner)
-
-    def on_canvas_click(rows, box_caption, corner, w, h, event: gr.SelectData):
-        picture = blank_canvas(int(w), int(h))
-        point = (event.index[0] / picture.width, event.index[1] / picture.height)
-        if corner is None:
-            return gr.update(), point, preview(rows, w, h, point)
-        rows = [row for row in rows or [] if any(cell not in (None, "") for cell in row)]
-        if len(rows) >= MAX_REGIONS:
-            gr.Warning(f"At most {MAX_REGIONS} boxes.")
-            return rows, None, preview(rows, w, h)
-        x1, x2 = sorted((corner[0], point[0]))
-        y1, y2 = sorted((corner[1], point[1]))
-        if x2 - x1 < 0.01 or y2 - y1 < 0.01:
-            gr.Warning("That box has no area: click two opposite corners.")
-            return rows, None, preview(rows, w, h)
-        rows.append([(box_caption or "").strip() or f"box {len(rows) + 1}",
-                     round(x1, 3), round(y1, 3), round(x2, 3), round(y2, 3)])
-        return rows, None, preview(rows, w, h)
-
-    def on_delete(rows, number, w, h):
-        rows = list(rows or [])
-        if not 1 <= int(number or 0) <= len(rows):
-            raise gr.Error(f"There is no box {number}; the layout has {len(rows)}.")
-        del rows[int(number) - 1]
-        return rows, preview(rows, w, h)
+    def on_editor_input(value, next_caption, w, h):
+        with user_errors("Editing the boxes"):
+            rows = rows_from_editor(value, next_caption)
+        return rows, editor_value(rows, int(w), int(h))
 
     def on_example(index, w, h):
         if index is None:
             return gr.update(), gr.update(), gr.update()
         scene = examples[int(index)]
         rows = [[region["caption"], *region["box"]] for region in scene["regions"]]
-        return scene["caption"], rows, preview(rows, w, h)
+        return scene["caption"], rows, editor_value(rows, int(w), int(h))
+
+    def on_method(chosen, current):
+        options = model_choices(studio, lambda spec: serves(spec, chosen))
+        ids = [model_id for _, model_id in options]
+        return (gr.update(choices=options, value=current if current in ids else ids[0]),
+                gr.update(visible=chosen == "regional"), gr.update(visible=chosen == "siamlayout"))
 
     def show(image, settings, with_boxes):
         if image is None:
@@ -163,34 +195,41 @@ def build(studio: StudioContext) -> None:
 
     @gpu_task()
     def on_generate(model_id, global_caption, rows, step_count, guidance_scale, w, h, seed_value, masked_steps,
-                    stride, ratio, with_boxes, request: gr.Request, progress=gr.Progress()):
+                    stride, ratio, with_boxes, chosen_method, grounding_fraction, request: gr.Request,
+                    progress=gr.Progress()):
         cancel_switch = studio.cancellations.start(session_of(request))
         with user_errors("Layout generation"):
             settings = LayoutSettings(
                 model=model_id, caption=global_caption or "", regions=regions_from_table(rows), steps=int(step_count),
                 guidance=float(guidance_scale), seed=int(seed_value or 0), width=int(w), height=int(h),
-                inject_steps=int(masked_steps), block_stride=int(stride), base_ratio=float(ratio))
+                inject_steps=int(masked_steps), block_stride=int(stride), base_ratio=float(ratio),
+                method=chosen_method or "regional", grounding_fraction=float(grounding_fraction))
             try:
                 made = regional_generate(registry, settings, lambda done, total: progress((done, total), desc="Denoising"),
                                          cancel_switch)
             except Cancelled:
                 gr.Warning("Layout generation cancelled.")
                 return gr.update(), gr.update(), gr.update()
-        payload = {"method": "regional attention", **made.settings.to_dict(), "seconds": round(made.seconds, 3)}
+        payload = {**made.settings.to_dict(), "method_name": METHODS[made.settings.method],
+                   "seconds": round(made.seconds, 3)}
         save_image(made.image, payload, studio.output_dir, f"layout-{settings.model}-{settings.seed}")
         return show(made.image, made.settings, with_boxes), payload, (made.image, made.settings)
 
-    canvas.select(on_canvas_click, [table, new_caption, pending, width, height], [table, pending, canvas],
-                  api_visibility="private")
-    gr.on([table.input, width.change, height.change], lambda rows, w, h: preview(rows, w, h), [table, width, height],
-          canvas, api_visibility="private")
-    delete.click(on_delete, [table, delete_number, width, height], [table, canvas], api_visibility="private")
-    clear.click(lambda w, h: ([], blank_canvas(int(w), int(h)), None), [width, height], [table, canvas, pending],
+    def on_model(model_id):
+        spec = registry.catalogue.get(model_id)
+        return spec.width, spec.height, spec.guidance_scale
+
+    model.change(on_model, model, [width, height, guidance], api_visibility="private")
+    editor.input(on_editor_input, [editor, new_caption, width, height], [table, editor], api_visibility="private")
+    gr.on([table.input, width.change, height.change], lambda rows, w, h: editor_value(rows, int(w), int(h)),
+          [table, width, height], editor, api_visibility="private")
+    clear.click(lambda w, h: ([], editor_value([], int(w), int(h))), [width, height], [table, editor],
                 api_visibility="private")
-    example.input(on_example, [example, width, height], [caption, table, canvas], api_visibility="private")
+    example.input(on_example, [example, width, height], [caption, table, editor], api_visibility="private")
+    method.input(on_method, [method, model], [model, regional_options, siamlayout_options], api_visibility="private")
     overlay.change(lambda made, with_boxes: show(*(made or (None, None)), with_boxes), [last_image, overlay], result,
                    api_visibility="private")
     run.click(on_generate, [model, caption, table, steps, guidance, width, height, seed, inject_steps, block_stride,
-                            base_ratio, overlay], [result, info, last_image],
+                            base_ratio, overlay, method, grounding], [result, info, last_image],
               api_name="layout_generate", concurrency_limit=1, concurrency_id="gpu")
     cancel.click(cancel_handler(studio), None, None, api_name="layout_cancel")

@@ -134,25 +134,34 @@ def test_layout_endpoint_generates_and_checks_boxes(running_app):
              "data": [["a large red circle on the left, gray background", 0.0, 0.15, 0.5, 0.85],
                       ["a large blue square on the right, gray background", 0.5, 0.15, 1.0, 0.85]]}
     caption = "a large red circle on the left and a large blue square on the right, gray background"
-    result, settings = client.predict("shapes-flux", caption, boxes, 8, 3.0, 64, 64, 0, 4, 1, 0.2, True,
+    result, settings = client.predict("shapes-flux", caption, boxes, 8, 3.0, 64, 64, 0, 4, 1, 0.2, True, "regional", 0.3,
                                       api_name="/layout_generate")
     assert Image.open(result).size == (512, 512)  # shown enlarged with its boxes drawn
-    assert settings["method"] == "regional attention" and len(settings["regions"]) == 2
+    assert settings["method"] == "regional" and len(settings["regions"]) == 2
     saved = next(output_dir.glob("*layout-shapes-flux-0.png"))
     assert Image.open(saved).size == (64, 64) and '"regions"' in Image.open(saved).text["dit-studio"]
     empty_caption = {"headers": boxes["headers"], "data": [["", 0.1, 0.1, 0.5, 0.5]]}
     with pytest.raises(Exception, match="Box 1 has no caption"):
-        client.predict("shapes-flux", caption, empty_caption, 8, 3.0, 64, 64, 0, 4, 1, 0.2, True,
+        client.predict("shapes-flux", caption, empty_caption, 8, 3.0, 64, 64, 0, 4, 1, 0.2, True, "regional", 0.3,
                        api_name="/layout_generate")
     flat = {"headers": boxes["headers"], "data": [["a red circle", 0.1, 0.4, 0.5, 0.4]]}
     with pytest.raises(Exception, match="no area"):
-        client.predict("shapes-flux", caption, flat, 8, 3.0, 64, 64, 0, 4, 1, 0.2, True, api_name="/layout_generate")
+        client.predict("shapes-flux", caption, flat, 8, 3.0, 64, 64, 0, 4, 1, 0.2, True, "regional", 0.3,
+                       api_name="/layout_generate")
     result, settings = client.predict("tiny-pixart-sigma", caption, boxes, 2, 4.5, 64, 64, 0, 1, 1, 0.2, False,
-                                      api_name="/layout_generate")
+                                      "regional", 0.3, api_name="/layout_generate")
     assert Image.open(result).size == (64, 64) and settings["model"] == "tiny-pixart-sigma"
+    result, settings = client.predict("shapes-sd3-siamlayout", caption, boxes, 4, 3.0, 64, 64, 0, 4, 1, 0.2, False,
+                                      "siamlayout", 0.3, api_name="/layout_generate")
+    assert Image.open(result).size == (64, 64) and settings["method_name"] == "CreatiLayout SiamLayout (SD3)"
+    assert settings["grounding_fraction"] == 0.3
+    with pytest.raises(Exception, match="SiamLayout branches"):
+        client.predict("shapes-flux", caption, boxes, 4, 3.0, 64, 64, 0, 4, 1, 0.2, False, "siamlayout", 0.3,
+                       api_name="/layout_generate")
     eleven = {"headers": boxes["headers"], "data": [["a red circle", 0.1, 0.1, 0.5, 0.5]] * 11}
     with pytest.raises(Exception, match="At most 10 boxes"):
-        client.predict("shapes-flux", caption, eleven, 8, 3.0, 64, 64, 0, 4, 1, 0.2, True, api_name="/layout_generate")
+        client.predict("shapes-flux", caption, eleven, 8, 3.0, 64, 64, 0, 4, 1, 0.2, True, "regional", 0.3,
+                       api_name="/layout_generate")
 
 
 def test_lora_upload_and_generate_with_it(running_app, tmp_path):

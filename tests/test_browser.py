@@ -75,19 +75,52 @@ def test_recolour_the_last_result(page, tmp_path, artifacts):
     assert len(list(tmp_path.glob("*colour-shapes-flux-0.png"))) == 1
 
 
-def test_draw_a_box_and_generate_a_layout(page, tmp_path, artifacts):
+def table_rows(page) -> list[list[str]]:
+    # The Dataframe's grid rows (it also renders a hidden sizing table, not read here).
+    return page.evaluate("() => [...document.querySelectorAll('#layout-table [role=grid] [role=row][aria-rowindex]')]"
+                         ".map(r => [...r.querySelectorAll('[role=gridcell]')].map(c => c.textContent.trim()))"
+                         ".filter(r => r.some(c => c))")
+
+
+def drag(page, stage, start: tuple[float, float], end: tuple[float, float]) -> None:
+    """Press at `start`, move in steps, release at `end` (fractions of the stage)."""
+    stage.scroll_into_view_if_needed()
+    box = stage.bounding_box()
+    page.mouse.move(box["x"] + start[0] * box["width"], box["y"] + start[1] * box["height"])
+    page.mouse.down()
+    page.mouse.move(box["x"] + end[0] * box["width"], box["y"] + end[1] * box["height"], steps=8)
+    page.mouse.up()
+
+
+def test_draw_move_delete_boxes_and_generate_a_layout(page, tmp_path, artifacts):
     page.get_by_role("tab", name="Layout to image").click()
     page.get_by_label("Global caption", exact=True).fill("a large red circle on the left, gray background")
     page.get_by_label("Caption for the next box", exact=True).fill("a large red circle on the left, gray background")
-    canvas = page.locator("#layout-canvas img").first
-    canvas.wait_for(timeout=30_000)
-    size = canvas.bounding_box()
-    canvas.click(position={"x": size["width"] * 0.05, "y": size["height"] * 0.2})
-    page.wait_for_timeout(1500)
-    canvas.click(position={"x": size["width"] * 0.5, "y": size["height"] * 0.8})
-    # The box lands in the table with the caption typed for it.
-    page.wait_for_function("() => [...document.querySelectorAll('td')]"
+    stage = page.locator("#layout-editor .layout-stage")
+    stage.wait_for(timeout=30_000)
+    drag(page, stage, (0.05, 0.2), (0.5, 0.8))
+    # The box lands in the table with the caption typed for it, at the corners dragged.
+    page.wait_for_function("() => [...document.querySelectorAll('#layout-table [role=gridcell]')]"
                            ".some(e => e.textContent.includes('red circle on the left'))", timeout=30_000)
+    rows = table_rows(page)
+    assert len(rows) == 1
+    x1, y1, x2, y2 = (float(cell) for cell in rows[0][-4:])
+    assert abs(x1 - 0.05) < 0.02 and abs(y1 - 0.2) < 0.02 and abs(x2 - 0.5) < 0.02 and abs(y2 - 0.8) < 0.02
+    # Dragging inside the box moves it; the table follows.
+    drag(page, stage, (0.25, 0.5), (0.45, 0.4))
+    page.wait_for_function("() => [...document.querySelectorAll('#layout-table [role=gridcell]')]"
+                           ".some(e => e.textContent.trim() == '0.25')", timeout=30_000)
+    x1, y1, x2, y2 = (float(cell) for cell in table_rows(page)[0][-4:])
+    assert abs(x1 - 0.25) < 0.02 and abs(y1 - 0.1) < 0.02 and abs(x2 - 0.7) < 0.02 and abs(y2 - 0.7) < 0.02
+    # A second box, then Delete removes the selected one.
+    drag(page, stage, (0.75, 0.75), (0.95, 0.95))
+    page.wait_for_function("() => document.querySelectorAll('#layout-editor .layout-box').length == 2", timeout=30_000)
+    page.wait_for_function("() => document.querySelectorAll('#layout-table [role=gridcell][aria-colindex=\"1\"]').length == 2",
+                           timeout=30_000)
+    page.keyboard.press("Delete")
+    page.wait_for_function("() => document.querySelectorAll('#layout-editor .layout-box').length == 1", timeout=30_000)
+    page.wait_for_timeout(1000)
+    assert len(table_rows(page)) == 1
     page.get_by_role("button", name="Generate layout").click()
     page.locator("#layout-result img").first.wait_for(timeout=120_000)
     page.wait_for_function("() => document.querySelector('#layout-result img').naturalWidth > 0")
