@@ -341,8 +341,9 @@ class Registry:
     def _load(self, spec: ModelSpec) -> LoadedModel:
         if self.state(spec.id) is ModelState.UNAVAILABLE:
             raise ModelUnavailable(
-                f"{spec.name} is not in the local cache and the studio is offline; download it once "
-                f"with `hf download {spec.repo}` on a machine with network, or start without --offline."
+                f"{spec.name} is not in the local cache and the studio is offline; download it once with "
+                f"{' and '.join(f'`hf download {repo}`' for repo in (spec.repo, spec.layout_repo) if repo)} "
+                "on a machine with network, or start without --offline."
             )
         log.info("loading %s from %s", spec.id, spec.source)
         try:

@@ -23,6 +23,7 @@ from studio.methods.layout import (
     validate_regions,
 )
 from studio.presets import layout_examples
+from studio.registry import ModelState
 from tabs.common import (
     cancel_handler,
     model_choices,
@@ -181,7 +182,8 @@ def build(studio: StudioContext) -> None:
     def on_method(chosen, current):
         options = model_choices(studio, lambda spec: serves(spec, chosen))
         ids = [model_id for _, model_id in options]
-        return (gr.update(choices=options, value=current if current in ids else ids[0]),
+        usable = [model_id for model_id in ids if registry.state(model_id) is not ModelState.UNAVAILABLE] or ids
+        return (gr.update(choices=options, value=current if current in ids else usable[0]),
                 gr.update(visible=chosen == "regional"), gr.update(visible=chosen == "siamlayout"))
 
     def show(image, settings, with_boxes):
