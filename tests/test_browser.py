@@ -48,6 +48,10 @@ def has_text_box(text: str) -> str:
     return f"() => [...document.querySelectorAll('textarea, input')].filter(e => e.offsetParent).some(e => e.value === {text!r})"
 
 
+def has_text_box_containing(text: str) -> str:
+    return f"() => [...document.querySelectorAll('textarea, input')].filter(e => e.offsetParent).some(e => e.value.includes({text!r}))"
+
+
 def generate(page) -> None:
     page.get_by_label("Prompt", exact=True).fill("a large red circle on the left, gray background")
     page.get_by_role("button", name="Generate").click()
@@ -126,6 +130,13 @@ def test_draw_move_delete_boxes_and_generate_a_layout(page, tmp_path, artifacts)
     page.wait_for_function("() => document.querySelector('#layout-result img').naturalWidth > 0")
     page.screenshot(path=str(artifacts / "layout-to-image.png"), full_page=True)
     assert len(list(tmp_path.glob("*layout-shapes-flux-0.png"))) == 1
+    # CreatiLayout: the method offers the models with SiamLayout branches (offline: the built-in).
+    page.get_by_label("CreatiLayout SiamLayout (SD3)").check()
+    page.wait_for_function(has_text_box_containing("SiamLayout branches"), timeout=30_000)
+    page.get_by_role("button", name="Generate layout").click()
+    # The result's settings (JSON) name the method once the image is made.
+    page.wait_for_function("() => document.body.innerText.includes('CreatiLayout SiamLayout (SD3)\"')", timeout=120_000)
+    assert len(list(tmp_path.glob("*layout-shapes-sd3-siamlayout-0.png"))) == 1
 
 
 def test_generate_an_image_set(page, tmp_path, artifacts):
