@@ -39,12 +39,18 @@ class ModelSpec:
     path: Path | None = None
     call: dict[str, Any] = field(default_factory=dict)
     # CreatiLayout SiamLayout branches on an SD3 transformer: {repo, subfolder} of their weights,
-    # or {} for fresh branches (a built-in: zero-initialised fuse layers).
+    # {path} of a built-in's trained branches, or {} for fresh ones (zero-initialised fuse layers).
     layout_branch: dict[str, str] | None = None
 
     @property
     def layout_repo(self) -> str | None:
         return (self.layout_branch or {}).get("repo")
+
+    @property
+    def layout_path(self) -> Path | None:
+        """A built-in's trained branches (absent: fresh ones)."""
+        path = (self.layout_branch or {}).get("path")
+        return PROJECT_ROOT / path if path else None
 
     def layout_file(self, name: str) -> str:
         """`name` inside the layout weights' subfolder, as a hub path."""
@@ -100,8 +106,8 @@ class Catalogue:
                 raise ValueError(f"catalogue entry {entry['id']}: give exactly one of repo and builtin")
             if "builtin" in entry and entry["builtin"] not in family.builtin_builders:
                 raise ValueError(f"catalogue entry {entry['id']}: unknown built-in {entry['builtin']}")
-            if "layout_branch" in entry and (family.name != "sd3" or set(entry["layout_branch"]) - {"repo", "subfolder"}):
-                raise ValueError(f"catalogue entry {entry['id']}: layout_branch is for SD3, with repo and subfolder")
+            if "layout_branch" in entry and (family.name != "sd3" or set(entry["layout_branch"]) - {"repo", "subfolder", "path"}):
+                raise ValueError(f"catalogue entry {entry['id']}: layout_branch is for SD3, with repo and subfolder, or path")
             if "path" in entry:
                 entry["path"] = PROJECT_ROOT / entry["path"]
             specs.append(ModelSpec(family=family, **entry))

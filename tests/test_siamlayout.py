@@ -1,6 +1,8 @@
 """CreatiLayout SiamLayout: the layout branches on an SD3 transformer, their tokens, their weights
-and the sampling schedule, on the built-in shapes-world SD3 with fresh branches."""
+and the sampling schedule: fresh branches on the shapes-world SD3, and the built-in whose
+branches were trained on the shapes world."""
 
+import copy
 from dataclasses import replace
 
 import numpy as np
@@ -14,6 +16,7 @@ from studio.families.siamlayout import (
     MAX_BOXES,
     attach_layout_branches,
     box_fourier_embedding,
+    branch_state,
     layout_tokens as project_layout,
     load_layout_weights,
     siamlayout_forward,
@@ -26,7 +29,11 @@ REGIONS = (Region("a large red circle", (0.0, 0.2, 0.5, 0.8)), Region("a large b
 
 @pytest.fixture(scope="module")
 def pipe(registry):
-    return registry.pipeline(MODEL)
+    """The shapes-world SD3 with fresh branches on a copy of its transformer (components shared)."""
+    base = registry.pipeline("shapes-sd3")
+    transformer = copy.deepcopy(base.transformer)
+    attach_layout_branches(transformer)
+    return type(base).from_pipe(base, transformer=transformer)
 
 
 def transformer_inputs(transformer, rows=2):
@@ -115,7 +122,7 @@ def test_trained_branches_move_the_output_with_the_boxes(trained_fuse):
     assert torch.equal(layout_output(transformer, inputs, tokens, scale=0.0), base)
 
 
-def test_branches_act_only_in_the_grounding_steps(registry, trained_fuse, monkeypatch):
+def test_branches_act_only_in_the_grounding_steps(registry, monkeypatch):
     import studio.methods.layout as layout_module
 
     scales = []
@@ -135,16 +142,18 @@ def test_branches_act_only_in_the_grounding_steps(registry, trained_fuse, monkey
     assert np.abs(grounded - ungrounded).mean() > 0.5
 
 
-def test_fresh_branches_generate_the_base_models_image(registry, pipe):
-    spec = registry.catalogue.get(MODEL)
+def test_without_grounding_steps_it_is_the_base_model(registry):
+    """Branches off for every step: exactly the shapes-world SD3's own image from that noise."""
     caption = "a large red circle on the left, gray background"
     settings = LayoutSettings(model=MODEL, caption=caption, regions=REGIONS[:1], steps=6, guidance=3.0, width=64,
-                              height=64, method="siamlayout")
+                              height=64, method="siamlayout", grounding_fraction=0.0)
     siamlayout = np.asarray(regional_generate(registry, settings).image, float)
-    model = flow.FlowModel(pipe, spec.family, [caption], flow.Guidance("cfg", 3.0), spec.max_sequence_length)
-    start = flow.initial_noise(pipe, 0, 64, 64)
-    plain = flow.integrate(model.velocity, start, flow.schedule(pipe, spec.family, 6, *start.shape[-2:]))[-1]
-    assert np.array_equal(siamlayout, np.asarray(flow.decode(pipe, plain)[0], float))
+    base = registry.pipeline("shapes-sd3")
+    spec = registry.catalogue.get("shapes-sd3")
+    model = flow.FlowModel(base, spec.family, [caption], flow.Guidance("cfg", 3.0), spec.max_sequence_length)
+    start = flow.initial_noise(base, 0, 64, 64)
+    plain = flow.integrate(model.velocity, start, flow.schedule(base, spec.family, 6, *start.shape[-2:]))[-1]
+    assert np.array_equal(siamlayout, np.asarray(flow.decode(base, plain)[0], float))
 
 
 def test_checkpoints_load_strictly(pipe, tmp_path):
@@ -156,6 +165,16 @@ def test_checkpoints_load_strictly(pipe, tmp_path):
     load_layout_weights(copy, tmp_path)
     assert torch.equal(copy.transformer_blocks[0].bbox_forward.weight, state["transformer_blocks.0.bbox_forward.weight"])
     assert torch.equal(copy.position_net.null_positive_feature, state["position_net.null_positive_feature"])
+    # The branches alone (trained on a frozen base) load over the base's own weights.
+    fresh = type(source).from_config(source.config)
+    attach_layout_branches(fresh)
+    base_weight = fresh.pos_embed.proj.weight.clone()
+    save_file({key: value for key, value in state.items() if key in branch_state(fresh)},
+              tmp_path / "diffusion_pytorch_model.safetensors")
+    load_layout_weights(fresh, tmp_path)
+    assert torch.equal(fresh.position_net.null_positive_feature, state["position_net.null_positive_feature"])
+    assert torch.equal(fresh.pos_embed.proj.weight, base_weight)
+    # Anything else (a key missing) is refused.
     del state["position_net.null_position_feature"]
     save_file(state, tmp_path / "diffusion_pytorch_model.safetensors")
     with pytest.raises(RuntimeError, match="null_position_feature"):

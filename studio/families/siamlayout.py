@@ -130,9 +130,16 @@ def is_siamlayout(transformer: torch.nn.Module) -> bool:
     return hasattr(transformer, "position_net")
 
 
+def branch_state(transformer: SD3Transformer2DModel) -> dict[str, torch.Tensor]:
+    """The layout branches' and the layout-token projection's tensors, by state-dict name."""
+    return {name: tensor for name, tensor in transformer.state_dict().items()
+            if name.startswith("position_net.") or any(f".{module}." in name for module in BRANCH_MODULES)}
+
+
 def load_layout_weights(transformer: SD3Transformer2DModel, folder: Path) -> None:
-    """Load a SiamLayout checkpoint folder (safetensors, one file or an index of shards) into a
-    transformer with attached branches; every key must match."""
+    """Load SiamLayout weights (safetensors, one file or an index of shards) into a transformer
+    with attached branches: a whole SiamLayout transformer (CreatiLayout's checkpoints) or the
+    branches alone (trained on a frozen base). Every expected key must be there, no other."""
     index = folder / "diffusion_pytorch_model.safetensors.index.json"
     if index.is_file():
         files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
@@ -142,7 +149,11 @@ def load_layout_weights(transformer: SD3Transformer2DModel, folder: Path) -> Non
     for name in files:
         state.update(load_file(folder / name))
     parameter = next(transformer.parameters())
-    transformer.load_state_dict({key: value.to(parameter.dtype) for key, value in state.items()}, strict=True)
+    state = {key: value.to(parameter.dtype) for key, value in state.items()}
+    if set(state) == set(branch_state(transformer)):
+        transformer.load_state_dict(state, strict=False)
+    else:
+        transformer.load_state_dict(state, strict=True)
 
 
 def _layout_block(block: nn.Module, hidden: torch.Tensor, context: torch.Tensor, temb: torch.Tensor,
