@@ -80,7 +80,7 @@ def load_pipeline(spec: ModelSpec, dtype: torch.dtype, offline_only: bool) -> Di
         pipe = pipeline_class.from_pretrained(spec.repo, **kwargs)
     if spec.layout_branch is not None:
         siamlayout.attach_layout_branches(pipe.transformer)
-        if spec.layout_path is not None and spec.layout_path.is_dir():
+        if spec.layout_path is not None:
             siamlayout.load_layout_weights(pipe.transformer, spec.layout_path)
         elif spec.layout_repo:
             from huggingface_hub import snapshot_download

@@ -132,7 +132,7 @@ def test_draw_move_delete_boxes_and_generate_a_layout(page, tmp_path, artifacts)
     assert len(list(tmp_path.glob("*layout-shapes-flux-0.png"))) == 1
     # CreatiLayout: the method offers the models with SiamLayout branches (offline: the built-in).
     page.get_by_label("CreatiLayout SiamLayout (SD3)").check()
-    page.wait_for_function(has_text_box_containing("SiamLayout branches"), timeout=30_000)
+    page.wait_for_function(has_text_box_containing("SiamLayout (built-in, trained branches)"), timeout=30_000)
     page.get_by_role("button", name="Generate layout").click()
     # The result's settings (JSON) name the method once the image is made.
     page.wait_for_function("() => document.body.innerText.includes('CreatiLayout SiamLayout (SD3)\"')", timeout=120_000)

@@ -2,7 +2,7 @@
 caption alone on the same seeds.
 
     python -m studio.toyworld.layout_eval [--model shapes-flux] [--seeds 4]
-    python -m studio.toyworld.layout_eval --method siamlayout --model shapes-sd3-siamlayout
+    python -m studio.toyworld.layout_eval --method siamlayout [--grounding-fraction 1.0]
 
 Each layout has two objects of different colours in two boxes; an image counts when the
 largest blob of each colour has its centroid inside that object's box. Regional attention is
@@ -32,7 +32,8 @@ LAYOUTS = [(("red", "circle", "left"), ("blue", "square", "right")),
            (("blue", "circle", "bottom"), ("red", "square", "top"))]
 
 
-def layout_settings(model: str, seed: int, method: str = "regional") -> list[tuple[LayoutSettings, list[tuple[str, tuple]]]]:
+def layout_settings(model: str, seed: int, method: str = "regional",
+                    grounding_fraction: float = 0.3) -> list[tuple[LayoutSettings, list[tuple[str, tuple]]]]:
     """Each layout's settings and its (colour, box) pairs to check."""
     cases = []
     for objects in LAYOUTS:
@@ -45,7 +46,8 @@ def layout_settings(model: str, seed: int, method: str = "regional") -> list[tup
             regions = tuple(Region(phrase, BOXES[where]) for phrase, (_, _, where) in zip(phrases, objects))
         settings = LayoutSettings(model=model, caption=" and ".join(phrases) + ", gray background", regions=regions,
                                   steps=16, guidance=3.0, seed=seed, width=64, height=64, inject_steps=8,
-                                  base_ratio=0.2, method=method)
+                                  base_ratio=0.2, method=method,
+                                  grounding_fraction=grounding_fraction)
         cases.append((settings, [(colour, BOXES[where]) for colour, _, where in objects]))
     return cases
 
@@ -58,13 +60,14 @@ def in_box(image: Image.Image, colour: str, box: tuple[float, float, float, floa
     return box[0] <= x <= box[2] and box[1] <= y <= box[3]
 
 
-def placement_rates(registry: Registry, model: str, seeds: int, method: str = "regional") -> dict[str, float]:
+def placement_rates(registry: Registry, model: str, seeds: int, method: str = "regional",
+                    grounding_fraction: float = 0.3) -> dict[str, float]:
     """Fraction of images with every object in its box: the method, and the global caption alone
     (no masked steps, or no grounding steps) from the same noise."""
     hits = {method: 0, "global caption only": 0}
     total = 0
     for seed in range(seeds):
-        for settings, checks in layout_settings(model, seed, method):
+        for settings, checks in layout_settings(model, seed, method, grounding_fraction):
             total += 1
             alone = replace(settings, inject_steps=0, grounding_fraction=0.0)
             for name, variant in ((method, settings), ("global caption only", alone)):
@@ -78,12 +81,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", action="append", help="default: shapes-flux and shapes-sd3")
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--method", choices=["regional", "siamlayout"], default="regional")
+    parser.add_argument("--grounding-fraction", type=float, default=0.3,
+                        help="SiamLayout: the share of the steps its branches act in (the paper's 0.3)")
     args = parser.parse_args(argv)
     registry = Registry(Catalogue.load())
     print(f"| model | images | {args.method} | global caption only |\n|---|---|---|---|")
     default = ["shapes-flux", "shapes-sd3"] if args.method == "regional" else ["shapes-sd3-siamlayout"]
     for model in args.model or default:
-        rates = placement_rates(registry, model, args.seeds, args.method)
+        rates = placement_rates(registry, model, args.seeds, args.method, args.grounding_fraction)
         print(f"| {model} | {rates['images']} | {rates[args.method]:.2f} | {rates['global caption only']:.2f} |")
 
 
