@@ -24,6 +24,7 @@ from studio.catalogue import Catalogue
 from studio.device import choose_device
 from studio.generation import GenerationSettings, call_arguments, generate, validate
 from studio.metadata import save_png
+from studio.methods.control import LiveRenderer, LiveRequest, live_targets
 from studio.methods.colour import ColourEditSettings, colour_edit, source_cache_bytes
 from studio.registry import Registry
 
@@ -102,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     where = "freed, reloaded from disk" if device == "cpu" else "from host memory"
     print(f"| swap {second} -> {first}, budget holds one ({where}) | {time.perf_counter() - started:.3f} |")
     colour_editing(registry, [m for m in args.models if catalogue.get(m).family.flow is not None], args)
+    live_loop(registry, args)
 
 
 # Full-size joint-attention models, as ColorCtrl edits them at 1024², 28 steps, bf16:
@@ -131,6 +133,35 @@ def colour_editing(registry: Registry, models: list[str], args: argparse.Namespa
     print("\n| source cache a whole edit would need | GiB |\n|---|---|")
     for name, (width, layers, rows, tokens) in FULL_SIZE_SOURCE_CACHE.items():
         print(f"| {name} | {source_cache_bytes(width, 2, layers, 28, rows, tokens) / 2**30:.1f} |")
+
+
+def live_loop(registry: Registry, args: argparse.Namespace, frames: int = 12) -> None:
+    """Frames per second of the live sketch loop on each family's fastest target: a stroke that
+    grows every frame (as a person draws), the prompt cached or encoded for every frame."""
+    from PIL import Image, ImageDraw
+
+    def sketch(length: int) -> Image.Image:
+        canvas = Image.new("RGB", (args.size, args.size), "white")
+        ImageDraw.Draw(canvas).line([(4, args.size // 2), (4 + length, args.size // 3)], fill="black", width=3)
+        return canvas
+
+    strokes = [sketch(4 + index * (args.size - 8) // frames) for index in range(frames)]
+    print("\n| live loop | frames/s, prompt cached | frames/s, prompt encoded every frame | ms/frame cached |")
+    print("|---|---|---|---|")
+    prompt = "a large red circle on the left, gray background"
+    for family in ("flux", "sd3", "sana"):
+        for target in live_targets(registry, family)[:1]:
+            rates = []
+            for cache_prompts in (True, False):
+                renderer = LiveRenderer(registry, cache_prompts=cache_prompts)
+                request = LiveRequest(target, prompt, strokes[0], width=args.size, height=args.size)
+                renderer.frame(request)  # warm-up: the model and its ControlNet load once
+                started = time.perf_counter()
+                for drawing in strokes:
+                    renderer.frame(LiveRequest(target, prompt, drawing, width=args.size, height=args.size))
+                rates.append(frames / (time.perf_counter() - started))
+            spec = registry.catalogue.get(target.model)
+            print(f"| {target.describe(spec)} | {rates[0]:.1f} | {rates[1]:.1f} | {1000 / rates[0]:.0f} |")
 
 
 if __name__ == "__main__":

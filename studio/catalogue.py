@@ -14,6 +14,39 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CATALOGUE = PROJECT_ROOT / "presets" / "models.toml"
 GUIDANCE_KINDS = ("cfg", "embedded", "true-cfg", "none")
 MODES = ("standard", "one-step")
+# The step ceiling of a standard (not distilled) model; one-step entries name their own.
+STANDARD_MAX_STEPS = 100
+# What a ControlNet reads, and so which preprocessor makes its control image.
+CONTROL_KINDS = ("canny", "softedge", "scribble", "depth", "pose", "tile")
+
+
+@dataclass(frozen=True)
+class ControlSpec:
+    """A ControlNet for one catalogue model: a diffusers-format safetensors model on the hub
+    (`repo`, optional `subfolder` and `variant`) or a built-in one (random weights, built from
+    the base model's transformer). `component` says which pipeline component it is: a ControlNet
+    beside the transformer, or (BFL's FLUX.1 Canny/Depth) a whole control transformer that
+    replaces it."""
+
+    name: str
+    kind: str
+    repo: str | None = None
+    subfolder: str | None = None
+    variant: str | None = None
+    builtin: bool = False
+    component: str = "controlnet"
+    # The diffusers pipeline class; None: the family's ControlNet pipeline.
+    pipeline: str | None = None
+    # Extra keyword arguments for the pipeline call (a Union ControlNet's control_mode).
+    call: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def task(self) -> str:
+        return f"controlnet:{self.name}"
+
+    @property
+    def source(self) -> str:
+        return self.repo or "built-in (random weights)"
 
 
 @dataclass(frozen=True)
@@ -37,10 +70,14 @@ class ModelSpec:
     variant: str | None = None
     builtin: str | None = None
     path: Path | None = None
+    max_steps: int = STANDARD_MAX_STEPS
     call: dict[str, Any] = field(default_factory=dict)
+    # Call arguments for particular step counts (step count -> arguments), over `call`.
+    call_by_steps: dict[int, dict[str, Any]] = field(default_factory=dict)
     # CreatiLayout SiamLayout branches on an SD3 transformer: {repo, subfolder} of their weights,
     # {path} of a built-in's trained branches, or {} for fresh ones (zero-initialised fuse layers).
     layout_branch: dict[str, str] | None = None
+    controlnets: tuple[ControlSpec, ...] = ()
 
     @property
     def layout_repo(self) -> str | None:
@@ -48,7 +85,7 @@ class ModelSpec:
 
     @property
     def layout_path(self) -> Path | None:
-        """A built-in's trained branches (absent: fresh ones)."""
+        """The folder of a built-in's trained branches."""
         path = (self.layout_branch or {}).get("path")
         return PROJECT_ROOT / path if path else None
 
@@ -57,13 +94,27 @@ class ModelSpec:
         subfolder = (self.layout_branch or {}).get("subfolder", "")
         return f"{subfolder}/{name}" if subfolder else name
 
+    def controlnet(self, name: str) -> ControlSpec:
+        for control in self.controlnets:
+            if control.name == name:
+                return control
+        raise UnknownModel(f"{self.name} has no ControlNet '{name}'"
+                           + (f"; it has {', '.join(c.name for c in self.controlnets)}." if self.controlnets else "."))
+
+    def call_for(self, steps: int) -> dict[str, Any]:
+        """The extra call arguments at `steps` steps. An argument the catalogue gives only for
+        some step counts is passed as None at the others: a pipeline may default it to a value
+        it then refuses there (SanaSprintPipeline's intermediate_timesteps, valid at 2 steps)."""
+        unset = {name: None for arguments in self.call_by_steps.values() for name in arguments}
+        return {**unset, **self.call, **self.call_by_steps.get(steps, {})}
+
     @property
     def accepts_negative_prompt(self) -> bool:
         return self.guidance in ("cfg", "true-cfg")
 
     @property
     def tasks(self) -> tuple[str, ...]:
-        return self.family.tasks(self.pipeline)
+        return self.family.tasks(self.pipeline) + tuple(control.task for control in self.controlnets)
 
     @property
     def source(self) -> str:
@@ -110,5 +161,37 @@ class Catalogue:
                 raise ValueError(f"catalogue entry {entry['id']}: layout_branch is for SD3, with repo and subfolder, or path")
             if "path" in entry:
                 entry["path"] = PROJECT_ROOT / entry["path"]
+            entry["call_by_steps"] = step_table(entry)
+            entry["controlnets"] = tuple(parse_controlnet(entry["id"], family, control)
+                                         for control in entry.get("controlnets", ()))
+            if len({control.name for control in entry["controlnets"]}) != len(entry["controlnets"]):
+                raise ValueError(f"catalogue entry {entry['id']}: two ControlNets share a name")
             specs.append(ModelSpec(family=family, **entry))
         return cls(specs)
+
+
+def step_table(entry: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """An entry's call_by_steps with step counts as numbers, after checking its step fields. A
+    one-step entry must name its max_steps: the standard ceiling would offer a distilled model
+    step counts it was never trained for."""
+    if entry["mode"] == "one-step" and "max_steps" not in entry:
+        raise ValueError(f"catalogue entry {entry['id']}: a one-step model names its max_steps")
+    max_steps = entry.get("max_steps", STANDARD_MAX_STEPS)
+    if not 1 <= entry["steps"] <= max_steps:
+        raise ValueError(f"catalogue entry {entry['id']}: steps must be between 1 and max_steps ({max_steps})")
+    table = entry.get("call_by_steps", {})
+    if not all(key.isdigit() and 1 <= int(key) <= max_steps for key in table):
+        raise ValueError(f"catalogue entry {entry['id']}: call_by_steps is keyed by step counts from 1 to {max_steps}")
+    return {int(key): arguments for key, arguments in table.items()}
+
+
+def parse_controlnet(model_id: str, family: Family, entry: dict[str, Any]) -> ControlSpec:
+    entry = dict(entry)
+    entry.setdefault("name", entry.get("kind"))
+    if entry.get("kind") not in CONTROL_KINDS:
+        raise ValueError(f"catalogue entry {model_id}: ControlNet kind must be one of {', '.join(CONTROL_KINDS)}")
+    if ("repo" in entry) == bool(entry.get("builtin")):
+        raise ValueError(f"catalogue entry {model_id}: a ControlNet has a repo or is built-in")
+    if entry.get("pipeline") is None and family.controlnet_pipeline is None:
+        raise ValueError(f"catalogue entry {model_id}: {family.label} has no ControlNet pipeline in diffusers")
+    return ControlSpec(**entry)

@@ -25,7 +25,6 @@ from studio.registry import Registry
 MAX_SEED = 2**32 - 1
 MAX_SIDE = 4096
 MAX_IMAGES = 8
-MAX_STEPS = 200
 ASPECT_RATIOS = {"1:1": 1.0, "4:3": 4 / 3, "3:4": 3 / 4, "3:2": 3 / 2, "2:3": 2 / 3, "16:9": 16 / 9, "9:16": 9 / 16}
 
 StepCallback = Callable[[int, int], None]
@@ -91,8 +90,8 @@ def validate(settings: GenerationSettings, spec: ModelSpec) -> GenerationSetting
 def validate_sampling(settings: Any, spec: ModelSpec) -> Any:
     """Any settings dataclass with steps, seed, guidance, width and height, checked and normalised
     for the model (sizes snapped to its multiple, guidance 0 where it has none)."""
-    if not 1 <= int(settings.steps) <= MAX_STEPS:
-        raise InvalidRequest(f"Steps must be between 1 and {MAX_STEPS}.")
+    if not 1 <= int(settings.steps) <= spec.max_steps:
+        raise InvalidRequest(f"Steps must be between 1 and {spec.max_steps} for {spec.name}.")
     if not 0 <= int(settings.seed) <= MAX_SEED:
         raise InvalidRequest(f"The seed must be between 0 and {MAX_SEED}.")
     for side in (settings.width, settings.height):
@@ -130,7 +129,7 @@ def call_arguments(
             arguments["negative_prompt"] = settings.negative_prompt
     if spec.max_sequence_length and "max_sequence_length" in accepted:
         arguments["max_sequence_length"] = spec.max_sequence_length
-    arguments.update(spec.call)
+    arguments.update(spec.call_for(settings.steps))
     if on_step is not None:
         if "callback_on_step_end" in accepted:
             def step_end(_pipe, index, _timestep, tensors):

@@ -33,7 +33,7 @@ from transformers import (
 
 from studio.toyworld.scene import VOCABULARY
 
-BUILTIN_FORMAT_VERSION = "2"
+BUILTIN_FORMAT_VERSION = "3"
 _build_lock = threading.Lock()
 
 
@@ -45,14 +45,16 @@ def builtin_cache_dir(name: str) -> Path:
     return studio_home() / "builtin" / f"{name}-v{BUILTIN_FORMAT_VERSION}"
 
 
-def ensure_builtin(name: str, build: Callable[[Path], None], trained_dir: Path | None = None) -> Path:
+def ensure_builtin(name: str, build: Callable[[Path], None], trained_dir: Path | None = None,
+                   marker: str = "model_index.json") -> Path:
     """The folder to load built-in model `name` from: `trained_dir` when it holds a saved
-    pipeline, else the random-weight model that `build` saves, built once into the cache."""
-    if trained_dir is not None and (trained_dir / "model_index.json").is_file():
+    pipeline, else the random-weight model that `build` saves, built once into the cache.
+    `marker` is the file a finished save leaves (a lone model's is its config.json)."""
+    if trained_dir is not None and (trained_dir / marker).is_file():
         return trained_dir
     target = builtin_cache_dir(name)
     with _build_lock:
-        if not (target / "model_index.json").is_file():
+        if not (target / marker).is_file():
             target.parent.mkdir(parents=True, exist_ok=True)
             # Built in a temporary folder and renamed, so a crash never leaves half a model.
             staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))

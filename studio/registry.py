@@ -16,23 +16,26 @@ active while it runs, and requests on a model with adapters run one at a time.
 from __future__ import annotations
 
 import enum
+import json
 import logging
 import os
 import re
 import shutil
 import threading
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import diffusers
 import torch
 from diffusers import DiffusionPipeline
 
 from studio import offline
 from studio.families import siamlayout
-from studio.catalogue import Catalogue, ModelSpec
+from studio.catalogue import Catalogue, ControlSpec, ModelSpec
 from studio.device import device_memory_bytes, release_memory
 from studio.errors import InvalidRequest, LoadFailed, ModelUnavailable, StudioError
 
@@ -53,18 +56,48 @@ def hub_offline() -> bool:
 
 
 def in_local_cache(repo: str, marker: str = "model_index.json") -> bool:
-    """Whether the hub cache holds `repo` (judged by its `marker` file)."""
+    """Whether the hub cache holds `repo` (judged by its `marker` file); a catalogue repo may also
+    be a local folder in diffusers format."""
     from huggingface_hub import try_to_load_from_cache
 
+    if Path(repo).is_dir():
+        return (Path(repo) / marker).is_file()
     return isinstance(try_to_load_from_cache(repo, marker), str)
 
 
+def module_bytes(module: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+
+
 def pipeline_bytes(pipe: DiffusionPipeline) -> int:
-    total = 0
-    for component in pipe.components.values():
-        if isinstance(component, torch.nn.Module):
-            total += sum(t.numel() * t.element_size() for t in (*component.parameters(), *component.buffers()))
-    return total
+    return sum(module_bytes(c) for c in pipe.components.values() if isinstance(c, torch.nn.Module))
+
+
+def load_control(spec: ModelSpec, control: ControlSpec, base: DiffusionPipeline, offline_only: bool) -> torch.nn.Module:
+    """Read a ControlNet (or a control transformer) for a loaded model: from the hub, safetensors
+    only, or for a built-in control the small random one built from the base's transformer, saved
+    once and read back through the same `from_pretrained`."""
+    module_class = type(base.transformer) if control.component == "transformer" else None
+    if control.builtin:
+        builder = spec.family.controlnet_builder
+        folder = offline.ensure_builtin(
+            f"{spec.id}-controlnet-{control.name}",
+            lambda target: builder(base.transformer, seed=zlib.crc32(control.name.encode())).save_pretrained(target),
+            marker="config.json",
+        )
+        module_class = module_class or getattr(diffusers, json.loads((folder / "config.json").read_text())["_class_name"])
+        return module_class.from_pretrained(folder, use_safetensors=True, local_files_only=True)
+    kwargs = {"use_safetensors": True, "local_files_only": offline_only}
+    if control.subfolder:
+        kwargs["subfolder"] = control.subfolder
+    if control.variant:
+        kwargs["variant"] = control.variant
+    if module_class is None:
+        from huggingface_hub import hf_hub_download
+
+        config = hf_hub_download(control.repo, "config.json", subfolder=control.subfolder, local_files_only=offline_only)
+        module_class = getattr(diffusers, json.loads(Path(config).read_text())["_class_name"])
+    return module_class.from_pretrained(control.repo, **kwargs)
 
 
 def load_pipeline(spec: ModelSpec, dtype: torch.dtype, offline_only: bool) -> DiffusionPipeline:
@@ -118,6 +151,8 @@ class LoadedModel:
     # Held while a request runs on a model that has adapters: their activation is per model.
     run_lock: threading.Lock = field(default_factory=threading.Lock)
     adapters_loaded: set[str] = field(default_factory=set)
+    # ControlNets loaded for this model (by name): they follow it to the host and back.
+    controls: dict[str, torch.nn.Module] = field(default_factory=dict)
 
 
 def check_safetensors(path: Path) -> None:
@@ -177,6 +212,19 @@ class Registry:
             return ModelState.BUILTIN
         layout_cached = spec.layout_repo is None or in_local_cache(spec.layout_repo, spec.layout_file("config.json"))
         if in_local_cache(spec.repo) and layout_cached:
+            return ModelState.CACHED
+        return ModelState.UNAVAILABLE if self.offline_only else ModelState.DOWNLOADABLE
+
+    def control_state(self, model_id: str, name: str) -> ModelState:
+        """Whether a model's ControlNet can load now (built-in, cached, downloadable, unavailable)."""
+        control = self.catalogue.get(model_id).controlnet(name)
+        model = self._loaded.get(model_id)
+        if model is not None and name in model.controls:
+            return ModelState.LOADED
+        if control.builtin:
+            return ModelState.BUILTIN
+        config = f"{control.subfolder}/config.json" if control.subfolder else "config.json"
+        if in_local_cache(control.repo, config):
             return ModelState.CACHED
         return ModelState.UNAVAILABLE if self.offline_only else ModelState.DOWNLOADABLE
 
@@ -372,6 +420,8 @@ class Registry:
             base.enable_model_cpu_offload(device=device)
         else:
             base.to(device)
+        for module in model.controls.values():
+            module.to(device)
         model.on_device = True
 
     def _make_room(self, needed: int, keep: str) -> None:
@@ -389,6 +439,8 @@ class Registry:
     def _evict(self, model_id: str, model: LoadedModel) -> None:
         if self.device != "cpu" and self._host_has_room(model.size_bytes):
             model.pipelines["t2i"].to("cpu")
+            for module in model.controls.values():
+                module.to("cpu")
             model.on_device = False
             log.info("moved %s to host memory", model_id)
         else:
@@ -408,13 +460,41 @@ class Registry:
         with model.lock:
             pipe = model.pipelines.get(task)
             if pipe is None:
+                kind, _, control_name = task.partition(":")
                 try:
-                    variant_class = model.spec.family.pipeline_class(model.spec.pipeline, task)
+                    variant_class = model.spec.family.pipeline_class(model.spec.pipeline, kind)
                 except KeyError:
                     raise StudioError(
                         f"{model.spec.name} has no '{task}' mode; it offers {', '.join(model.spec.tasks)}."
                     ) from None
-                pipe = variant_class.from_pipe(model.pipelines["t2i"])
+                components = {}
+                if kind == "controlnet":
+                    control = model.spec.controlnet(control_name)
+                    if control.pipeline:
+                        variant_class = getattr(diffusers, control.pipeline)
+                    components[control.component] = self._control_model(model, control)
+                pipe = variant_class.from_pipe(model.pipelines["t2i"], **components)
                 pipe.set_progress_bar_config(disable=True)
                 model.pipelines[task] = pipe
             return pipe
+
+    def _control_model(self, model: LoadedModel, control: ControlSpec) -> torch.nn.Module:
+        """A model's ControlNet, read once (safetensors only) and kept with the model."""
+        if control.name in model.controls:
+            return model.controls[control.name]
+        if self.control_state(model.spec.id, control.name) is ModelState.UNAVAILABLE:
+            raise ModelUnavailable(f"The {control.name} ControlNet ({control.repo}) is not in the local cache and the "
+                                   f"studio is offline; download it once with `hf download {control.repo}`.")
+        base = model.pipelines["t2i"]
+        try:
+            module = load_control(model.spec, control, base, self.offline_only)
+        except StudioError:
+            raise
+        except Exception as error:
+            raise LoadFailed(f"The {control.name} ControlNet for {model.spec.name} could not be loaded "
+                             f"({control.source}): {type(error).__name__}: {error}") from error
+        module.to(device=base.transformer.device, dtype=base.transformer.dtype)
+        model.controls[control.name] = module
+        with self._state_lock:
+            model.size_bytes += module_bytes(module)
+        return module

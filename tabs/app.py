@@ -5,7 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from studio.context import StudioContext
-from tabs import colour_edit, image_sets, layout, text_to_image
+from tabs import colour_edit, image_sets, layout, live, text_to_image
 
 TITLE = "DiT Studio"
 
@@ -25,5 +25,7 @@ def build_app(studio: StudioContext) -> gr.Blocks:
             layout.build(studio)
         with gr.Tab("In-context image sets"):
             image_sets.build(studio)
+        with gr.Tab("Live sketch"):
+            live.build(studio)
     demo.queue(max_size=32, default_concurrency_limit=1)
     return demo

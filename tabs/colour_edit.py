@@ -20,6 +20,7 @@ from tabs.common import (
     run_and_cancel,
     sampling_controls,
     session_of,
+    steps_update,
     user_errors,
 )
 
@@ -126,7 +127,7 @@ def build(studio: StudioContext, text_to_image_history: gr.State) -> None:
 
     def on_model_picked(model_id: str):
         spec = registry.catalogue.get(model_id)
-        return (spec.steps, gr.update(value=spec.guidance_scale, interactive=spec.guidance != "none"),
+        return (steps_update(spec, spec.steps), gr.update(value=spec.guidance_scale, interactive=spec.guidance != "none"),
                 gr.update(value=spec.width, step=spec.size_multiple), gr.update(value=spec.height, step=spec.size_multiple))
 
     gr.on([source_prompt.change, word.change, colour.change], on_target, [source_prompt, word, colour], target_prompt,

@@ -63,10 +63,20 @@ def run_and_cancel(label: str) -> tuple[gr.Button, gr.Button]:
         return gr.Button(label, variant="primary"), gr.Button("Cancel", variant="stop")
 
 
+def steps_within(spec: ModelSpec, preferred: int) -> int:
+    """A tab's preferred step count where the model allows it, else the model's own default."""
+    return preferred if preferred <= spec.max_steps else spec.steps
+
+
+def steps_update(spec: ModelSpec, preferred: int) -> dict:
+    """The step slider for a newly picked model: its range and a count it accepts."""
+    return gr.update(value=steps_within(spec, preferred), maximum=spec.max_steps)
+
+
 def sampling_controls(spec: ModelSpec, steps: int, seed: int) -> SamplingControls:
     """Steps, guidance, size and seed sliders for a model's defaults, laid out in rows."""
     with gr.Row():
-        step_slider = gr.Slider(1, 100, value=steps, step=1, label="Steps")
+        step_slider = gr.Slider(1, spec.max_steps, value=steps_within(spec, steps), step=1, label="Steps")
         guidance = gr.Slider(0, 20, value=spec.guidance_scale, step=0.1, label="Guidance",
                              interactive=spec.guidance != "none")
     with gr.Row():

@@ -19,6 +19,7 @@ from tabs.common import (
     run_and_cancel,
     sampling_controls,
     session_of,
+    steps_update,
     user_errors,
 )
 
@@ -27,6 +28,10 @@ PANEL_BOXES = 4  # the official sets have at most four panels
 
 def serves(spec: ModelSpec) -> bool:
     return spec.family.name == "flux" and "inpaint" in spec.tasks
+
+
+# In-Context LoRA's own sampling: 20 steps.
+SET_STEPS = 20
 
 
 def build(studio: StudioContext) -> None:
@@ -53,7 +58,7 @@ def build(studio: StudioContext) -> None:
                               for i in range(PANEL_BOXES)]
             lora = lora_controls()
             with gr.Accordion("Sampling", open=False):
-                sampling = sampling_controls(default, 20, seed=0)
+                sampling = sampling_controls(default, SET_STEPS, seed=0)
                 sampling.width.value, sampling.height.value = width0, height0
             steps, guidance, width, height, seed = sampling.components()
             run, cancel = run_and_cancel("Generate set")
@@ -106,9 +111,11 @@ def build(studio: StudioContext) -> None:
                  api_visibility="private")
     gr.on([caption.input, *(text.input for text in panel_texts)], on_compose, [chosen, caption, *panel_texts], prompt,
           api_name="image_set_prompt")
-    model.input(lambda set_id, model_id: [gr.update(value=v) for v in set_canvas(sets[set_id],
-                                                                              registry.catalogue.get(model_id))],
-                [chosen, model], [width, height], api_visibility="private")
+    def on_model(set_id, model_id):
+        spec = registry.catalogue.get(model_id)
+        return (*(gr.update(value=side) for side in set_canvas(sets[set_id], spec)), steps_update(spec, SET_STEPS))
+
+    model.input(on_model, [chosen, model], [width, height, steps], api_visibility="private")
     lora.wire(studio, model, api_name="image_set_add_adapter")
     run.click(on_generate, [chosen, model, use_lora, lora.active, lora.scale, prompt, steps, guidance, width, height, seed, *references],
               [result, gallery, archive, info], api_name="image_set_generate", concurrency_limit=1, concurrency_id="gpu")

@@ -30,6 +30,7 @@ from tabs.common import (
     run_and_cancel,
     sampling_controls,
     session_of,
+    steps_update,
     user_errors,
 )
 
@@ -127,6 +128,10 @@ def rows_from_editor(value: str | None, next_caption: str) -> list[list]:
     return rows
 
 
+# Regional attention masks the first 8 steps (the reference's 24-step schedule).
+LAYOUT_STEPS = 24
+
+
 def build(studio: StudioContext) -> None:
     registry = studio.registry
     choices = model_choices(studio, serves)
@@ -149,7 +154,7 @@ def build(studio: StudioContext) -> None:
                                  elem_id="layout-table")
             clear = gr.Button("Clear boxes", size="sm")
             with gr.Accordion("Sampling and method settings", open=False):
-                sampling = sampling_controls(default, 24 if default.steps >= 8 else default.steps, seed=0)
+                sampling = sampling_controls(default, LAYOUT_STEPS, seed=0)
                 with gr.Row(visible=True) as regional_options:
                     inject_steps = gr.Slider(0, 50, value=8, step=1, label="Masked steps (first N)")
                     block_stride = gr.Slider(1, 4, value=1, step=1, label="Mask every k-th block")
@@ -219,9 +224,9 @@ def build(studio: StudioContext) -> None:
 
     def on_model(model_id):
         spec = registry.catalogue.get(model_id)
-        return spec.width, spec.height, spec.guidance_scale
+        return spec.width, spec.height, spec.guidance_scale, steps_update(spec, LAYOUT_STEPS)
 
-    model.change(on_model, model, [width, height, guidance], api_visibility="private")
+    model.change(on_model, model, [width, height, guidance, steps], api_visibility="private")
     editor.input(on_editor_input, [editor, new_caption, width, height], [table, editor], api_visibility="private")
     gr.on([table.input, width.change, height.change], lambda rows, w, h: editor_value(rows, int(w), int(h)),
           [table, width, height], editor, api_visibility="private")

@@ -26,6 +26,8 @@ from tabs.common import (
 )
 
 HISTORY_LIMIT = 48
+GUIDANCE_LABELS = {"cfg": "Guidance (CFG)", "true-cfg": "Guidance (true CFG)", "embedded": "Embedded guidance",
+                   "none": "Guidance"}
 
 
 def describe(settings: GenerationSettings, seconds: float) -> str:
@@ -33,14 +35,19 @@ def describe(settings: GenerationSettings, seconds: float) -> str:
             f"{settings.width}×{settings.height} · {seconds:.2f} s")
 
 
+def guidance_display(spec: ModelSpec) -> dict[str, Any]:
+    """The guidance slider's label and visibility for the model's guidance kind. A model without
+    guidance gets no slider at all; embedded guidance is named apart from CFG because it is an
+    input of the distilled model, with no negative prompt and no second pass."""
+    return {"label": GUIDANCE_LABELS[spec.guidance], "visible": spec.guidance != "none"}
+
+
 def control_updates(spec: ModelSpec) -> tuple[Any, ...]:
     """Steps, guidance, width, height, negative prompt and aspect controls for a model's defaults."""
-    step_max = 8 if spec.mode == "one-step" else 100
     size_max = max(2048, spec.width * 2)
     return (
-        gr.update(value=spec.steps, maximum=step_max),
-        gr.update(value=spec.guidance_scale, interactive=spec.guidance != "none",
-                  label="Guidance" + (" (embedded)" if spec.guidance == "embedded" else "")),
+        gr.update(value=spec.steps, maximum=spec.max_steps),
+        gr.update(value=spec.guidance_scale, **guidance_display(spec)),
         gr.update(value=spec.width, step=spec.size_multiple, minimum=spec.size_multiple, maximum=size_max),
         gr.update(value=spec.height, step=spec.size_multiple, minimum=spec.size_multiple, maximum=size_max),
         gr.update(visible=spec.accepts_negative_prompt),
@@ -58,9 +65,8 @@ def build(studio: StudioContext) -> gr.State:
             prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a large red circle on the left, gray background")
             negative = gr.Textbox(label="Negative prompt", visible=default.accepts_negative_prompt)
             with gr.Row():
-                steps = gr.Slider(1, 8 if default.mode == "one-step" else 100, value=default.steps, step=1, label="Steps")
-                guidance = gr.Slider(0, 20, value=default.guidance_scale, step=0.1, label="Guidance",
-                                     interactive=default.guidance != "none")
+                steps = gr.Slider(1, default.max_steps, value=default.steps, step=1, label="Steps")
+                guidance = gr.Slider(0, 20, value=default.guidance_scale, step=0.1, **guidance_display(default))
             with gr.Row():
                 aspect = gr.Dropdown(list(ASPECT_RATIOS), value="1:1", label="Aspect ratio")
                 width = gr.Slider(default.size_multiple, max(2048, default.width * 2), value=default.width,
@@ -129,7 +135,8 @@ def build(studio: StudioContext) -> gr.State:
         return (
             gr.update(value=settings.model), settings.prompt,
             gr.update(value=settings.negative_prompt, visible=spec.accepts_negative_prompt),
-            gr.update(value=settings.steps), gr.update(value=settings.guidance, interactive=spec.guidance != "none"),
+            gr.update(value=settings.steps, maximum=spec.max_steps),
+            gr.update(value=settings.guidance, **guidance_display(spec)),
             gr.update(value=settings.width, step=spec.size_multiple),
             gr.update(value=settings.height, step=spec.size_multiple), settings.seed, 1,
         )

@@ -16,7 +16,8 @@ from studio.catalogue import Catalogue  # noqa: E402
 from studio.registry import Registry  # noqa: E402
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
-TINY_MODELS = ["tiny-flux-dev", "tiny-flux-schnell", "tiny-sd3", "tiny-pixart-sigma", "tiny-sana", "tiny-sana-sprint"]
+TINY_MODELS = ["tiny-flux-dev", "tiny-flux-schnell", "tiny-sd3", "tiny-sd3-turbo", "tiny-pixart-sigma", "tiny-pixart-lcm",
+               "tiny-sana", "tiny-sana-sprint"]
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +36,26 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+@pytest.fixture
+def running_app(tmp_path, free_port):
+    """The studio served offline on a free port, with a gradio_client Client on it (the output
+    folder beside it); Gradio is imported only by the tests that serve it."""
+    from gradio_client import Client
+
+    from studio.cli import create_studio, parse_args
+    from tabs.app import build_app
+
+    args = parse_args(["--offline", "--default-model", "tiny-flux-dev", "--output-dir", str(tmp_path),
+                       "--port", str(free_port)])
+    demo = build_app(create_studio(args))
+    demo.launch(server_name="127.0.0.1", server_port=free_port, prevent_thread_lock=True,
+                allowed_paths=[str(tmp_path)], inbrowser=False)
+    try:
+        yield Client(f"http://127.0.0.1:{free_port}/", verbose=False), tmp_path
+    finally:
+        demo.close()
 
 
 @pytest.fixture(scope="session")

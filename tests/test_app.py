@@ -2,29 +2,15 @@ import argparse
 
 import numpy as np
 import pytest
-from gradio_client import Client, handle_file
+from gradio_client import handle_file
 from PIL import Image
 
 from studio.cli import create_studio, main, parse_args
-from tabs.app import build_app
 
 
 def value(output):
     """An output's value, whether the handler returned it plain or as a gr.update."""
     return output["value"] if isinstance(output, dict) else output
-
-
-@pytest.fixture
-def running_app(tmp_path, free_port):
-    args = parse_args(["--offline", "--default-model", "tiny-flux-dev", "--output-dir", str(tmp_path),
-                       "--port", str(free_port)])
-    demo = build_app(create_studio(args))
-    demo.launch(server_name="127.0.0.1", server_port=free_port, prevent_thread_lock=True,
-                allowed_paths=[str(tmp_path)], inbrowser=False)
-    try:
-        yield Client(f"http://127.0.0.1:{free_port}/", verbose=False), tmp_path
-    finally:
-        demo.close()
 
 
 def test_generate_endpoint_returns_images_with_their_settings(running_app):
@@ -48,7 +34,7 @@ def test_model_defaults_follow_the_picked_model(running_app):
     outputs = client.predict("tiny-flux-schnell", api_name="/model_defaults")
     steps, guidance, width, height, negative, aspect = outputs
     assert [value(v) for v in (steps, guidance, width, height, aspect)] == [2, 0.0, 64, 64, "1:1"]
-    assert guidance["interactive"] is False and negative["visible"] is False and steps["maximum"] == 8
+    assert guidance["visible"] is False and negative["visible"] is False and steps["maximum"] == 4
     width, height = client.predict("flux-dev", "16:9", api_name="/aspect_size")
     assert (width, height) == (1360, 768)
 
@@ -208,3 +194,28 @@ def test_image_set_endpoint_generates_panels_and_a_zip(running_app, tmp_path):
     assert settings["reference_panels"] == [0] and settings["adapters"] == []
     with zipfile.ZipFile(archive) as bundle:
         assert len(bundle.namelist()) == 2
+
+
+def test_live_frame_endpoint_draws_from_a_sketch(running_app, tmp_path):
+    client, output_dir = running_app
+    sketch = Image.new("RGBA", (128, 128), (0, 0, 0, 0))
+    for x in range(20, 100):
+        for y in range(60, 66):
+            sketch.putpixel((x, y), (0, 0, 0, 255))
+    sketch_path = tmp_path / "sketch.png"
+    sketch.save(sketch_path)
+    canvas = {"background": None, "layers": [], "composite": handle_file(str(sketch_path))}
+    image, control, latency = client.predict("tiny-flux-schnell|scribble|2", "a large red circle, gray background",
+                                             "sketch", canvas, None, 100, 200, 0, 1.0, 0.0, 1.0,
+                                             api_name="/live_frame")
+    result = Image.open(value(image))
+    assert result.size == (64, 64)
+    control_image = np.asarray(Image.open(value(control)).convert("L"))
+    assert control_image[31, 32] == 255 and control_image[5, 5] == 0  # the stroke, white on black
+    assert " ms** per frame" in value(latency) and "prompt encoded" in value(latency)
+    _, _, again = client.predict("tiny-flux-schnell|scribble|2", "a large red circle, gray background", "sketch",
+                                 canvas, None, 100, 200, 0, 1.0, 0.0, 1.0, api_name="/live_frame")
+    assert "prompt from cache" in value(again)
+    with pytest.raises(Exception, match="Write a prompt first"):
+        client.predict("tiny-flux-schnell|scribble|2", " ", "sketch", canvas, None, 100, 200, 0, 1.0, 0.0, 1.0,
+                       api_name="/live_frame")

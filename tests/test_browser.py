@@ -147,3 +147,23 @@ def test_generate_an_image_set(page, tmp_path, artifacts):
     page.screenshot(path=str(artifacts / "image-sets.png"), full_page=True)
     assert len(list(tmp_path.glob("*set-couple-profile-shapes-flux-0*.png"))) == 3  # the set and its two panels
     assert len(list(tmp_path.glob("*.zip"))) == 1
+
+
+def test_a_stroke_on_the_live_canvas_makes_an_image(page, artifacts):
+    page.get_by_role("tab", name="Live sketch").click()
+    canvas = page.locator("#live-sketch canvas").first
+    canvas.wait_for(timeout=30_000)
+    page.locator("#live-sketch").get_by_role("button", name="Brush").click()
+    box = canvas.bounding_box()
+    # A stroke across the middle of the paper (the canvas element is wider than the paper).
+    page.mouse.move(box["x"] + box["width"] * 0.35, box["y"] + box["height"] * 0.5)
+    page.mouse.down()
+    for step in range(1, 11):
+        page.mouse.move(box["x"] + box["width"] * (0.35 + 0.03 * step), box["y"] + box["height"] * 0.5, steps=2)
+    page.mouse.up()
+    page.locator("#live-result img").first.wait_for(timeout=120_000)
+    page.wait_for_function("() => document.querySelector('#live-result img').naturalWidth > 0")
+    page.wait_for_function("() => document.querySelector('#live-latency').innerText.includes('ms per frame')",
+                           timeout=30_000)
+    page.locator("#live-control img").first.wait_for(timeout=30_000)
+    page.screenshot(path=str(artifacts / "live-sketch.png"), full_page=True)

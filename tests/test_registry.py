@@ -45,7 +45,7 @@ def test_catalogue_lists_real_hub_models_with_defaults(catalogue):
     assert catalogue.get("flux-dev").gated and not catalogue.get("flux-schnell").gated
     assert {s.id for s in catalogue if s.mode == "one-step"} >= {"flux-schnell", "sd3.5-large-turbo", "pixart-lcm",
                                                                   "sana-sprint-0.6b", "sana-sprint-1.6b"}
-    assert catalogue.get("sana-sprint-0.6b").call["intermediate_timesteps"] == 1.3
+    assert catalogue.get("sana-sprint-0.6b").call_for(2)["intermediate_timesteps"] == 1.3
 
 
 def test_task_variants_share_the_same_tensors(registry):

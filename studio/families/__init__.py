@@ -86,10 +86,20 @@ class Family:
     ]
     # Rectified-flow families (FLUX, SD3) say how their transformer is called; None otherwise.
     flow: FlowConvention | None = None
+    # The diffusers ControlNet pipeline for this family's models, or None where diffusers has none.
+    controlnet_pipeline: str | None = None
+    # (the base model's transformer, seed) -> a small random ControlNet that fits it, for built-ins.
+    controlnet_builder: Callable[[torch.nn.Module, int], torch.nn.Module] | None = None
+    # What the pipelines' `encode_prompt` returns, in order, as the call's argument names (None:
+    # not a call argument), so a prompt can be encoded once and passed as embeddings.
+    prompt_outputs: tuple[str | None, ...] = ("prompt_embeds", "prompt_attention_mask", "negative_prompt_embeds",
+                                              "negative_prompt_attention_mask")
 
     def pipeline_class(self, t2i_class: str, task: str) -> type[diffusers.DiffusionPipeline]:
         if task == "t2i":
             name = t2i_class
+        elif task == "controlnet" and self.controlnet_pipeline:
+            name = self.controlnet_pipeline
         else:
             name = self.task_variants.get(t2i_class, {}).get(task)
             if name is None:
@@ -104,3 +114,16 @@ def all_families() -> dict[str, Family]:
     from studio.families import flux, pixart, sana, sd3
 
     return {module.FAMILY.name: module.FAMILY for module in (flux, sd3, pixart, sana)}
+
+
+def wake_zero_layers(model: torch.nn.Module, seed: int, std: float = 0.05) -> torch.nn.Module:
+    """Give a fresh ControlNet's zero-initialised layers small random weights. A trained
+    ControlNet has learned them; at zero, a random built-in would add nothing and the control
+    image would have no effect to test."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            weight = getattr(module, "weight", None)
+            if isinstance(weight, torch.nn.Parameter) and weight.dim() >= 2 and not weight.any():
+                weight.copy_(torch.randn(weight.shape, generator=generator) * std)
+    return model

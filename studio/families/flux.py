@@ -6,17 +6,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxControlNetModel, FluxPipeline, FluxTransformer2DModel
 
 from studio import offline
-from studio.families import Family, FlowConvention, TextConditioning, TextSegment
+from studio.families import Family, FlowConvention, TextConditioning, TextSegment, wake_zero_layers
 
 
-def flow_scheduler() -> FlowMatchEulerDiscreteScheduler:
-    # FLUX's own scheduler settings: resolution-dependent shift.
+def flow_scheduler(timestep_distilled: bool = False) -> FlowMatchEulerDiscreteScheduler:
+    # FLUX.1 [dev]'s own scheduler settings: resolution-dependent shift. [schnell], distilled to
+    # sample in a few steps, ships the same scheduler unshifted (shift 1, no dynamic shifting).
     return FlowMatchEulerDiscreteScheduler(
-        shift=3.0,
-        use_dynamic_shifting=True,
+        shift=1.0 if timestep_distilled else 3.0,
+        use_dynamic_shifting=not timestep_distilled,
         base_shift=0.5,
         max_shift=1.15,
         base_image_seq_len=256,
@@ -30,11 +31,12 @@ def build_pipeline(
     clip_hidden: int,
     t5_d_model: int,
     t5_layers: int = 2,
+    timestep_distilled: bool = False,
 ) -> FluxPipeline:
     clip_tokenizer = offline.clip_tokenizer()
     t5_tokenizer = offline.t5_tokenizer()
     return FluxPipeline(
-        scheduler=flow_scheduler(),
+        scheduler=flow_scheduler(timestep_distilled),
         vae=vae,
         text_encoder=offline.clip_text_encoder(clip_tokenizer, hidden_size=clip_hidden),
         tokenizer=clip_tokenizer,
@@ -44,7 +46,7 @@ def build_pipeline(
     )
 
 
-def build_random(target: Path, guidance_embeds: bool) -> None:
+def build_random(target: Path, guidance_embeds: bool, timestep_distilled: bool = False) -> None:
     torch.manual_seed(0)
     transformer = FluxTransformer2DModel(
         patch_size=1,
@@ -58,7 +60,17 @@ def build_random(target: Path, guidance_embeds: bool) -> None:
         guidance_embeds=guidance_embeds,
         axes_dims_rope=(4, 6, 6),
     )
-    build_pipeline(transformer, offline.small_vae(16, (8, 16, 16)), clip_hidden=32, t5_d_model=32).save_pretrained(target)
+    build_pipeline(transformer, offline.small_vae(16, (8, 16, 16)), clip_hidden=32, t5_d_model=32,
+                   timestep_distilled=timestep_distilled).save_pretrained(target)
+
+
+def small_controlnet(transformer: FluxTransformer2DModel, seed: int) -> FluxControlNetModel:
+    """One double and one single block, started from the base transformer's weights as InstantX's are."""
+    config = transformer.config
+    controlnet = FluxControlNetModel.from_transformer(transformer, num_layers=1, num_single_layers=1,
+                                                      attention_head_dim=config.attention_head_dim,
+                                                      num_attention_heads=config.num_attention_heads)
+    return wake_zero_layers(controlnet, seed)
 
 
 def encode_text(pipe: FluxPipeline, prompts: list[str], max_sequence_length: int) -> TextConditioning:
@@ -97,9 +109,12 @@ FAMILY = Family(
     # Only T5 tokens enter the joint sequence; CLIP's pooled vector goes to the modulation.
     text_segments=lambda pipe, length: [TextSegment(pipe.tokenizer_2, 0, length)],
     flow=FlowConvention(encode_text=encode_text, velocity=velocity, linear_sigmas=True),
+    controlnet_pipeline="FluxControlNetPipeline",
+    controlnet_builder=small_controlnet,
+    prompt_outputs=("prompt_embeds", "pooled_prompt_embeds", None),
     builtin_builders={
         "flux-random": lambda target: build_random(target, guidance_embeds=True),
-        "flux-schnell-random": lambda target: build_random(target, guidance_embeds=False),
+        "flux-schnell-random": lambda target: build_random(target, guidance_embeds=False, timestep_distilled=True),
         # Stands in for the trained shapes-world weights when they are absent.
         "flux-shapes-random": lambda target: build_random(target, guidance_embeds=False),
     },

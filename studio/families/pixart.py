@@ -6,13 +6,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import DPMSolverMultistepScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
+from diffusers import (
+    DPMSolverMultistepScheduler,
+    LCMScheduler,
+    PixArtAlphaPipeline,
+    PixArtSigmaPipeline,
+    PixArtTransformer2DModel,
+)
 
 from studio import offline
 from studio.families import Family
 
 
-def build_random(target: Path) -> None:
+def build_random(target: Path, one_step: bool) -> None:
     torch.manual_seed(0)
     t5_tokenizer = offline.t5_tokenizer()
     transformer = PixArtTransformer2DModel(
@@ -33,13 +39,18 @@ def build_random(target: Path) -> None:
         norm_eps=1e-6,
         use_additional_conditions=False,
     )
-    pipe = PixArtSigmaPipeline(
+    components = dict(
         tokenizer=t5_tokenizer,
         text_encoder=offline.t5_text_encoder(t5_tokenizer, d_model=32),
         vae=offline.small_vae(4, (8, 16, 16)),
         transformer=transformer,
-        scheduler=DPMSolverMultistepScheduler(),
     )
+    if one_step:
+        # PixArt-δ is PixArt-α distilled by LCM; its repo ships an LCMScheduler on α's linear betas.
+        scheduler = LCMScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="linear")
+        pipe = PixArtAlphaPipeline(scheduler=scheduler, **components)
+    else:
+        pipe = PixArtSigmaPipeline(scheduler=DPMSolverMultistepScheduler(), **components)
     pipe.save_pretrained(target)
 
 
@@ -48,5 +59,8 @@ FAMILY = Family(
     label="PixArt",
     task_variants={},
     token_order="cross-attention",
-    builtin_builders={"pixart-sigma-random": build_random},
+    builtin_builders={
+        "pixart-sigma-random": lambda target: build_random(target, one_step=False),
+        "pixart-lcm-random": lambda target: build_random(target, one_step=True),
+    },
 )

@@ -6,10 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+from diffusers import (
+    AutoencoderKL,
+    FlowMatchEulerDiscreteScheduler,
+    SD3ControlNetModel,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+)
 
 from studio import offline
-from studio.families import Family, FlowConvention, TextConditioning, TextSegment
+from studio.families import Family, FlowConvention, TextConditioning, TextSegment, wake_zero_layers
 
 CLIP_LENGTH = 77
 
@@ -35,7 +41,7 @@ def build_pipeline(
     )
 
 
-def build_random(target: Path) -> None:
+def build_random(target: Path, qk_norm: str | None = None) -> None:
     torch.manual_seed(0)
     transformer = SD3Transformer2DModel(
         sample_size=32,
@@ -49,8 +55,15 @@ def build_random(target: Path) -> None:
         pooled_projection_dim=64,
         out_channels=16,
         pos_embed_max_size=32,
+        qk_norm=qk_norm,
     )
     build_pipeline(transformer, offline.small_vae(16, (8, 16, 16)), clip_hidden=16, clip_projection=32, t5_d_model=32).save_pretrained(target)
+
+
+def small_controlnet(transformer: SD3Transformer2DModel, seed: int) -> SD3ControlNetModel:
+    """One joint block, started from the base transformer's weights as InstantX's are."""
+    controlnet = SD3ControlNetModel.from_transformer(transformer, num_layers=1, num_extra_conditioning_channels=0)
+    return wake_zero_layers(controlnet, seed)
 
 
 def encode_text(pipe: StableDiffusion3Pipeline, prompts: list[str], max_sequence_length: int) -> TextConditioning:
@@ -83,8 +96,14 @@ FAMILY = Family(
     text_segments=lambda pipe, length: [TextSegment(pipe.tokenizer, 0, CLIP_LENGTH),
                                         TextSegment(pipe.tokenizer_3, CLIP_LENGTH, length)],
     flow=FlowConvention(encode_text=encode_text, velocity=velocity, linear_sigmas=False),
+    controlnet_pipeline="StableDiffusion3ControlNetPipeline",
+    controlnet_builder=small_controlnet,
+    prompt_outputs=("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds"),
     builtin_builders={
         "sd3-random": build_random,
+        # SD3.5 Large Turbo: SD3.5 Large's QK-normalised transformer, adversarially distilled to
+        # sample in 4 steps without guidance, on SD3's scheduler (flow-match Euler, shift 3).
+        "sd3-turbo-random": lambda target: build_random(target, qk_norm="rms_norm"),
         # Stands in for the trained shapes-world weights when they are absent.
         "sd3-shapes-random": build_random,
     },

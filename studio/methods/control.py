@@ -1,0 +1,316 @@
+"""ControlNet generation and the live sketch-to-image loop.
+
+`control_generate` runs a model's ControlNet (FLUX, SD3 and SANA ControlNet pipelines, or BFL's
+control transformer) on a control image with a conditioning scale and, where the pipeline has
+them, the start and end of control as fractions of the steps.
+
+The live loop (`LiveRenderer`) turns every new sketch into an image as fast as the model allows:
+- the model: for the chosen family, a one-step model with a ControlNet that reads strokes; where
+  none has one, a one-step img2img model (SANA-Sprint) redraws the sketch; only then a standard
+  model with a ControlNet;
+- per frame only the control image changes: the prompt is encoded once until it changes, the
+  model stays loaded, and the seed fixes every random draw (the initial noise, and the VAE
+  sampling some ControlNet pipelines do from the global generator) so consecutive frames differ
+  only where the sketch does.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import torch
+from PIL import Image
+
+from studio import conditions
+from studio.catalogue import ControlSpec, ModelSpec
+from studio.errors import Cancelled, InvalidRequest
+from studio.generation import GenerationSettings, call_arguments, validate_sampling
+from studio.registry import ModelState, Registry
+
+StepCallback = Callable[[int, int], None]
+# ControlNets that read line drawings, best first: strokes are scribbles, then soft edges, then edges.
+STROKE_KINDS = ("scribble", "softedge", "canny")
+# How much noise the img2img fallback puts over the sketch. img2img strength works in whole steps:
+# at SANA-Sprint's 2 steps, 0.5 starts from its intermediate time (1.3 of pi/2), where the sketch
+# still shows through (cos 1.3 = 0.27); anything above starts from pure noise.
+SKETCH_STRENGTH = 0.5
+
+
+@dataclass(frozen=True)
+class ControlSettings:
+    model: str
+    prompt: str
+    # The model's ControlNet (its catalogue name), or "" for the img2img fallback.
+    control: str
+    negative_prompt: str = ""
+    steps: int = 4
+    guidance: float = 0.0
+    width: int = 1024
+    height: int = 1024
+    seed: int = 0
+    conditioning_scale: float = 1.0
+    control_start: float = 0.0
+    control_end: float = 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ControlResult:
+    image: Image.Image
+    control_image: Image.Image
+    settings: ControlSettings
+    seconds: float
+    # Whether this call ran the text encoders (False: the prompt came from the cache).
+    encoded_prompt: bool
+
+
+def control_image_for(kind: str, image: Image.Image, canny_low: int = 100, canny_high: int = 200,
+                      offline: bool = True) -> Image.Image:
+    """The control image a ControlNet of `kind` reads, made from a photo or drawing."""
+    if kind == "canny":
+        return conditions.canny(image, canny_low, canny_high)
+    if kind == "softedge":
+        return conditions.soft_edge(image)
+    if kind == "scribble":
+        return conditions.scribble(image)
+    if kind == "depth":
+        return conditions.depth(image, offline)
+    return image.convert("RGB")  # pose maps and tiles are given as they are
+
+
+def sketch_control(kind: str, strokes: Image.Image) -> Image.Image:
+    """Strokes drawn on a canvas as a `kind` ControlNet reads them: white lines on black (soft
+    edges blurred a little, as HED maps are)."""
+    lines = conditions.scribble(strokes)
+    return conditions.soft_edge(lines) if kind == "softedge" else lines
+
+
+def on_white(drawing: Image.Image) -> Image.Image:
+    """A canvas drawing as an RGB picture: transparent pixels are the white paper."""
+    if drawing.mode != "RGBA":
+        return drawing.convert("RGB")
+    paper = Image.new("RGB", drawing.size, "white")
+    paper.paste(drawing, mask=drawing.getchannel("A"))
+    return paper
+
+
+class PromptCache:
+    """Encoded prompts per (model, prompt, negative prompt, guidance on/off): a frame whose prompt
+    has not changed skips the text encoders."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self._entries: dict[tuple, dict[str, torch.Tensor]] = {}
+        self._lock = threading.Lock()
+
+    def arguments(self, pipe, spec: ModelSpec, prompt: str, negative: str, guided: bool) -> tuple[dict[str, torch.Tensor], bool]:
+        """The call's prompt arguments, and whether they were encoded now."""
+        key = (spec.id, prompt, negative, guided)
+        with self._lock:
+            cached = self._entries.get(key) if self.enabled else None
+        if cached is not None:
+            return cached, False
+        encoded = encode_prompt_arguments(pipe, spec, prompt, negative, guided)
+        if self.enabled:
+            with self._lock:
+                # One prompt per model is enough for a live loop; older ones would only hold memory.
+                self._entries = {k: v for k, v in self._entries.items() if k[0] != spec.id}
+                self._entries[key] = encoded
+        return encoded, True
+
+
+def encode_prompt_arguments(pipe, spec: ModelSpec, prompt: str, negative: str, guided: bool) -> dict[str, torch.Tensor]:
+    """Run the pipeline's own `encode_prompt` once and name its outputs as its call takes them
+    (prompt_embeds and companions). Families whose encoder has no notion of guidance (FLUX's true
+    CFG) get the negative prompt encoded the same way."""
+    accepted = inspect.signature(pipe.encode_prompt).parameters
+    options = {"max_sequence_length": spec.max_sequence_length, **spec.call}
+    kwargs = {name: value for name, value in options.items() if name in accepted and value is not None}
+    if "device" in accepted:
+        kwargs["device"] = pipe._execution_device
+    # Second and third prompts (SD3's CLIP-G and T5) default to the first one.
+    kwargs.update({name: None for name, parameter in accepted.items()
+                   if name.startswith("prompt_") and name[7:].isdigit() and parameter.default is inspect.Parameter.empty})
+    with torch.no_grad():
+        if "do_classifier_free_guidance" in accepted:
+            kwargs.update(do_classifier_free_guidance=guided, negative_prompt=negative)
+            outputs = pipe.encode_prompt(prompt, **kwargs)
+            named = dict(zip(spec.family.prompt_outputs, outputs))
+        else:
+            named = dict(zip(spec.family.prompt_outputs, pipe.encode_prompt(prompt, **kwargs)))
+            if guided:
+                negatives = zip(spec.family.prompt_outputs, pipe.encode_prompt(negative, **kwargs))
+                named.update({f"negative_{name}": value for name, value in negatives if name})
+    call_accepts = inspect.signature(pipe.__call__).parameters
+    return {name: value for name, value in named.items() if name in call_accepts and value is not None}
+
+
+def guided(spec: ModelSpec, guidance: float) -> bool:
+    """Whether the pipeline will run classifier-free guidance (and so needs negative embeddings)."""
+    if spec.guidance == "cfg":
+        return guidance > 1.0
+    return spec.guidance == "true-cfg" and guidance > 1.0
+
+
+def validate(settings: ControlSettings, spec: ModelSpec) -> ControlSettings:
+    if not settings.prompt or not settings.prompt.strip():
+        raise InvalidRequest("Write a prompt first.")
+    if not 0.0 <= float(settings.conditioning_scale) <= 2.0:
+        raise InvalidRequest("The conditioning scale must be between 0 and 2.")
+    if not 0.0 <= float(settings.control_start) < float(settings.control_end) <= 1.0:
+        raise InvalidRequest("Control must start before it ends, both between 0 and 1 of the steps.")
+    if settings.control:
+        spec.controlnet(settings.control)
+    elif "img2img" not in spec.tasks:
+        raise InvalidRequest(f"{spec.name} has no ControlNet and no img2img mode to draw from a sketch.")
+    settings = validate_sampling(settings, spec)
+    return replace(settings, prompt=settings.prompt.strip(),
+                   negative_prompt=(settings.negative_prompt or "").strip() if spec.accepts_negative_prompt else "",
+                   conditioning_scale=float(settings.conditioning_scale), control_start=float(settings.control_start),
+                   control_end=float(settings.control_end))
+
+
+def control_generate(
+    registry: Registry,
+    settings: ControlSettings,
+    control_image: Image.Image,
+    prompts: PromptCache | None = None,
+    on_step: StepCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> ControlResult:
+    """One image from a control image (already preprocessed: white structure on black), or for the
+    img2img fallback (`settings.control == ""`) from the drawing itself."""
+    spec = registry.catalogue.get(settings.model)
+    settings = validate(settings, spec)
+    control = spec.controlnet(settings.control) if settings.control else None
+    task = control.task if control else "img2img"
+    prompts = prompts or PromptCache(enabled=False)
+    control_image = control_image.convert("RGB").resize((settings.width, settings.height), Image.Resampling.BILINEAR)
+
+    def step_done(step: int) -> None:
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("Generation cancelled.")
+        if on_step is not None:
+            on_step(step, settings.steps)
+
+    with registry.use(spec.id, task) as pipe:
+        started = time.perf_counter()
+        plain = GenerationSettings(model=spec.id, prompt=settings.prompt, negative_prompt=settings.negative_prompt,
+                                   steps=settings.steps, guidance=settings.guidance, width=settings.width,
+                                   height=settings.height, seed=settings.seed)
+        arguments = call_arguments(pipe, spec, plain, step_done)
+        prompt_arguments, encoded = prompts.arguments(pipe, spec, settings.prompt, settings.negative_prompt,
+                                                      guided(spec, settings.guidance))
+        accepted = inspect.signature(pipe.__call__).parameters
+        # The embeddings replace the texts (some pipelines default the negative text to "", not None).
+        arguments.update({name: None for name in ("prompt", "negative_prompt") if name in accepted})
+        arguments.update(prompt_arguments)
+        arguments.update(control_arguments(pipe, control, settings, control_image))
+        # Some ControlNet pipelines sample the control image's VAE encoding from the global
+        # generator: seeding it for the call makes a frame depend on its inputs only.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(settings.seed)
+            image = pipe(**arguments).images[0]
+        return ControlResult(image, control_image, settings, time.perf_counter() - started, encoded)
+
+
+def control_arguments(pipe, control: ControlSpec | None, settings: ControlSettings,
+                      control_image: Image.Image) -> dict[str, Any]:
+    accepted = inspect.signature(pipe.__call__).parameters
+    if control is None:
+        return {"image": control_image, "strength": SKETCH_STRENGTH}
+    arguments: dict[str, Any] = {"control_image": control_image, **control.call}
+    partial = settings.control_start > 0.0 or settings.control_end < 1.0
+    if "control_guidance_start" in accepted:
+        arguments.update(control_guidance_start=settings.control_start, control_guidance_end=settings.control_end)
+    elif partial:
+        raise InvalidRequest(f"{type(pipe).__name__} applies control to every step; leave start at 0 and end at 1.")
+    if "controlnet_conditioning_scale" in accepted:
+        arguments["controlnet_conditioning_scale"] = settings.conditioning_scale
+    elif settings.conditioning_scale != 1.0:
+        raise InvalidRequest(f"{type(pipe).__name__} (a control transformer) has no conditioning scale; leave it at 1.")
+    return arguments
+
+
+@dataclass(frozen=True)
+class LiveTarget:
+    """What the live loop runs for a family: a model and its ControlNet ("" for img2img)."""
+
+    model: str
+    control: str
+    steps: int
+
+    def describe(self, spec: ModelSpec) -> str:
+        how = f"{self.control} ControlNet" if self.control else "img2img from the sketch"
+        return f"{spec.name} · {how} · {self.steps} step{'s' if self.steps > 1 else ''}"
+
+
+def live_targets(registry: Registry, family: str, kinds: tuple[str, ...] = STROKE_KINDS) -> list[LiveTarget]:
+    """Every way the family's models can draw from a sketch now, fastest first: one-step models
+    with a ControlNet of one of `kinds`, then one-step img2img, then standard models with a
+    ControlNet. Models that could not load here (offline, not cached) are left out."""
+    ranked = []
+    for spec in registry.catalogue:
+        if spec.family.name != family or registry.state(spec.id) is ModelState.UNAVAILABLE:
+            continue
+        one_step = spec.mode == "one-step"
+        usable = [c for c in spec.controlnets
+                  if c.kind in kinds and registry.control_state(spec.id, c.name) is not ModelState.UNAVAILABLE]
+        if usable:
+            best = min(usable, key=lambda c: kinds.index(c.kind))
+            ranked.append(((not one_step, 0, spec.steps, kinds.index(best.kind)), LiveTarget(spec.id, best.name, spec.steps)))
+        elif one_step and "img2img" in spec.tasks:
+            ranked.append(((False, 1, spec.steps, 0), LiveTarget(spec.id, "", spec.steps)))
+    return [target for _, target in sorted(ranked, key=lambda pair: pair[0])]
+
+
+@dataclass(frozen=True)
+class LiveRequest:
+    target: LiveTarget
+    prompt: str
+    # Strokes on a canvas, or a photo that the ControlNet's preprocessor reads.
+    drawing: Image.Image
+    from_photo: bool = False
+    canny_low: int = 100
+    canny_high: int = 200
+    seed: int = 0
+    conditioning_scale: float = 1.0
+    control_start: float = 0.0
+    control_end: float = 1.0
+    width: int | None = None
+    height: int | None = None
+
+
+class LiveRenderer:
+    """Frames of the live loop. Holds the prompt cache; the registry keeps the model loaded."""
+
+    def __init__(self, registry: Registry, cache_prompts: bool = True):
+        self.registry = registry
+        self.prompts = PromptCache(enabled=cache_prompts)
+
+    def control_image(self, request: LiveRequest, control: ControlSpec | None) -> Image.Image:
+        if control is None:
+            return on_white(request.drawing)
+        if request.from_photo:
+            return control_image_for(control.kind, request.drawing, request.canny_low, request.canny_high,
+                                     offline=self.registry.offline_only)
+        return sketch_control(control.kind, request.drawing)
+
+    def frame(self, request: LiveRequest) -> ControlResult:
+        spec = self.registry.catalogue.get(request.target.model)
+        control = spec.controlnet(request.target.control) if request.target.control else None
+        drawing = self.control_image(request, control)
+        settings = ControlSettings(
+            model=spec.id, prompt=request.prompt, control=request.target.control, steps=request.target.steps,
+            guidance=spec.guidance_scale, width=request.width or spec.width, height=request.height or spec.height,
+            seed=request.seed, conditioning_scale=request.conditioning_scale, control_start=request.control_start,
+            control_end=request.control_end,
+        )
+        return control_generate(self.registry, settings, drawing, self.prompts)

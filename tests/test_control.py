@@ -1,0 +1,212 @@
+"""ControlNet pipelines on the built-in models and the live sketch loop."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from studio.errors import InvalidRequest, UnknownModel
+from studio.generation import GenerationSettings, generate
+from studio.methods.control import (
+    ControlSettings,
+    LiveRenderer,
+    LiveRequest,
+    LiveTarget,
+    control_generate,
+    live_targets,
+    sketch_control,
+)
+
+PROMPT = "a large red circle on the left, gray background"
+# (model, ControlNet) for every family with ControlNet pipelines in diffusers.
+CONTROLLED = [("tiny-flux-schnell", "scribble"), ("tiny-sd3-turbo", "scribble"), ("tiny-sana", "scribble")]
+
+
+def strokes(shape: str) -> Image.Image:
+    canvas = Image.new("RGB", (64, 64), "white")
+    draw = ImageDraw.Draw(canvas)
+    if shape == "line":
+        draw.line([(8, 8), (56, 40)], fill="black", width=3)
+    else:
+        draw.ellipse([(20, 20), (44, 44)], outline="black", width=3)
+    return canvas
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image, dtype=float)
+
+
+def settings_for(registry, model: str, control: str, **changes) -> ControlSettings:
+    spec = registry.catalogue.get(model)
+    base = ControlSettings(model=model, prompt=PROMPT, control=control, steps=spec.steps, guidance=spec.guidance_scale,
+                           width=64, height=64, seed=3)
+    return replace(base, **changes)
+
+
+@pytest.mark.parametrize("model,control", CONTROLLED)
+def test_the_control_image_decides_the_output(registry, model, control):
+    line = sketch_control("scribble", strokes("line"))
+    settings = settings_for(registry, model, control)
+    first = control_generate(registry, settings, line)
+    again = control_generate(registry, settings, line)
+    other = control_generate(registry, settings, sketch_control("scribble", strokes("circle")))
+    assert first.image.size == (64, 64)
+    assert np.array_equal(pixels(first.image), pixels(again.image))
+    assert np.abs(pixels(first.image) - pixels(other.image)).mean() > 0.2
+    assert np.array_equal(pixels(first.control_image), pixels(line))
+
+
+@pytest.mark.parametrize("model,control", CONTROLLED)
+def test_conditioning_scale_zero_is_the_plain_model(registry, model, control):
+    settings = settings_for(registry, model, control, conditioning_scale=0.0)
+    line = control_generate(registry, settings, sketch_control("scribble", strokes("line"))).image
+    circle = control_generate(registry, settings, sketch_control("scribble", strokes("circle"))).image
+    assert np.array_equal(pixels(line), pixels(circle))
+    if model.startswith("tiny-flux"):
+        return  # FLUX's ControlNet pipeline draws the control latents from the seed's generator before the noise
+    plain = next(generate(registry, GenerationSettings(model=model, prompt=PROMPT, steps=settings.steps,
+                                                       guidance=settings.guidance, width=64, height=64,
+                                                       seed=settings.seed))).image
+    assert np.abs(pixels(line) - pixels(plain)).max() <= 1.0
+
+
+def test_controlnet_variants_share_the_base_models_components(registry):
+    spec = registry.catalogue.get("tiny-flux-schnell")
+    base = registry.pipeline(spec.id)
+    with registry.use(spec.id, "controlnet:scribble") as pipe:
+        assert type(pipe).__name__ == "FluxControlNetPipeline"
+        for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
+            assert getattr(pipe, name) is getattr(base, name)
+        assert pipe.controlnet is registry.pipeline(spec.id, "controlnet:scribble").controlnet
+        assert pipe.controlnet is not registry.pipeline(spec.id, "controlnet:canny").controlnet
+    assert "controlnet:scribble" in spec.tasks
+
+
+def test_control_end_changes_the_output_where_the_pipeline_has_it(registry):
+    line = sketch_control("scribble", strokes("line"))
+    settings = settings_for(registry, "tiny-flux-dev", "scribble", steps=4)
+    whole = control_generate(registry, settings, line).image
+    first_half = control_generate(registry, replace(settings, control_end=0.5), line).image
+    assert np.abs(pixels(whole) - pixels(first_half)).mean() > 0.1
+    with pytest.raises(InvalidRequest, match="every step"):
+        control_generate(registry, settings_for(registry, "tiny-sana", "scribble", control_end=0.5), line)
+    with pytest.raises(InvalidRequest, match="start before it ends"):
+        control_generate(registry, replace(settings, control_start=0.6, control_end=0.4), line)
+
+
+def test_pixart_has_no_controlnet_and_says_so(registry):
+    assert live_targets(registry, "pixart") == []
+    with pytest.raises(UnknownModel, match="has no ControlNet"):
+        control_generate(registry, settings_for(registry, "tiny-pixart-sigma", "canny"), strokes("line"))
+    with pytest.raises(InvalidRequest, match="no ControlNet and no img2img"):
+        control_generate(registry, settings_for(registry, "tiny-pixart-sigma", ""), strokes("line"))
+
+
+def test_live_picks_the_fastest_way_to_draw_for_each_family(registry):
+    assert live_targets(registry, "flux")[0] == LiveTarget("tiny-flux-schnell", "scribble", 2)
+    assert live_targets(registry, "sd3")[0] == LiveTarget("tiny-sd3-turbo", "scribble", 4)
+    # SANA-Sprint has no ControlNet: its img2img redraws the sketch before SANA's 20-step ControlNet.
+    assert live_targets(registry, "sana")[0] == LiveTarget("tiny-sana-sprint", "", 2)
+    # Offline, hub models that are not cached are never offered.
+    assert all(registry.catalogue.get(t.model).builtin for family in ("flux", "sd3", "sana")
+               for t in live_targets(registry, family))
+
+
+def test_sprint_img2img_draws_from_the_sketch(registry):
+    renderer = LiveRenderer(registry)
+    target = live_targets(registry, "sana")[0]
+    line = renderer.frame(LiveRequest(target, PROMPT, strokes("line")))
+    circle = renderer.frame(LiveRequest(target, PROMPT, strokes("circle")))
+    assert line.image.size == (64, 64)
+    assert np.abs(pixels(line.image) - pixels(circle.image)).mean() > 0.2
+
+
+def count_text_encoder_calls(pipe) -> list[int]:
+    calls = [0]
+    encoders = [getattr(pipe, name) for name in ("text_encoder", "text_encoder_2", "text_encoder_3")
+                if getattr(pipe, name, None) is not None]
+    for encoder in encoders:
+        encoder.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+@pytest.mark.parametrize("cache_prompts", [True, False])
+def test_the_live_loop_encodes_a_prompt_once_until_it_changes(registry, catalogue, cache_prompts):
+    from studio.registry import Registry
+
+    own = Registry(catalogue, device="cpu")  # hooks stay on this registry's encoders
+    calls = count_text_encoder_calls(own.pipeline("tiny-flux-schnell"))
+    renderer = LiveRenderer(own, cache_prompts=cache_prompts)
+    target = LiveTarget("tiny-flux-schnell", "scribble", 2)
+    frames = [renderer.frame(LiveRequest(target, PROMPT, strokes(shape))) for shape in ("line", "circle", "line")]
+    after_three = calls[0]
+    changed = renderer.frame(LiveRequest(target, "a small blue square at the top, gray background", strokes("line")))
+    if cache_prompts:
+        assert [frame.encoded_prompt for frame in frames] == [True, False, False] and changed.encoded_prompt
+        assert after_three == 2 and calls[0] == 4  # CLIP and T5 once per distinct prompt
+    else:
+        assert after_three == 6 and calls[0] == 8
+    # Cached or not, the same sketch and seed give the same frame.
+    assert np.array_equal(pixels(frames[0].image), pixels(frames[2].image))
+    assert np.abs(pixels(frames[0].image) - pixels(changed.image)).mean() > 0.1
+
+
+def test_cached_embeddings_give_the_pipelines_own_image(registry):
+    """The cache hands the pipeline what its own text encoding would: identical images."""
+    renderer = LiveRenderer(registry)
+    settings = settings_for(registry, "tiny-sd3", "canny", guidance=3.0, negative_prompt="blurry")
+    control = sketch_control("canny", strokes("circle"))
+    cached = control_generate(registry, settings, control, renderer.prompts).image
+    with registry.use("tiny-sd3", "controlnet:canny") as pipe:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(settings.seed)
+            own = pipe(prompt=PROMPT, negative_prompt="blurry", control_image=control, num_inference_steps=settings.steps,
+                       guidance_scale=3.0, width=64, height=64, max_sequence_length=32,
+                       generator=torch.Generator().manual_seed(settings.seed)).images[0]
+    assert np.array_equal(pixels(cached), pixels(own))
+
+
+def test_a_control_transformer_takes_the_transformers_place(catalogue, tmp_path):
+    """BFL's FLUX.1 Canny/Depth [dev] are whole transformers reading the control image's latents
+    beside the noise (twice the input channels): the variant swaps the transformer and shares the rest."""
+    from diffusers import FluxTransformer2DModel
+
+    from studio.catalogue import Catalogue, ControlSpec
+    from studio.registry import Registry
+
+    spec = catalogue.get("tiny-flux-dev")
+    config = dict(Registry(catalogue).pipeline(spec.id).transformer.config)
+    torch.manual_seed(0)
+    FluxTransformer2DModel.from_config({**config, "in_channels": 2 * config["in_channels"],
+                                        "out_channels": config["in_channels"]}).save_pretrained(tmp_path / "transformer")
+    control = ControlSpec(name="canny-full", kind="canny", repo=str(tmp_path), subfolder="transformer",
+                          component="transformer", pipeline="FluxControlPipeline")
+    registry = Registry(Catalogue([replace(spec, controlnets=(control,))]), offline_only=True)
+    settings = settings_for(registry, spec.id, "canny-full", steps=2)
+    edges = control_generate(registry, settings, sketch_control("canny", strokes("line"))).image
+    other = control_generate(registry, settings, sketch_control("canny", strokes("circle"))).image
+    assert np.abs(pixels(edges) - pixels(other)).mean() > 0.2
+    with registry.use(spec.id, control.task) as pipe:
+        assert type(pipe).__name__ == "FluxControlPipeline"
+        assert pipe.transformer.config.in_channels == 2 * config["in_channels"]
+        assert pipe.vae is registry.pipeline(spec.id).vae and pipe.transformer is not registry.pipeline(spec.id).transformer
+    with pytest.raises(InvalidRequest, match="no conditioning scale"):
+        control_generate(registry, replace(settings, conditioning_scale=0.5), strokes("line"))
+
+
+def test_a_hub_controlnet_offline_is_a_clear_message_and_never_offered(catalogue):
+    from studio.catalogue import Catalogue, ControlSpec
+    from studio.errors import ModelUnavailable
+    from studio.registry import ModelState, Registry
+
+    spec = catalogue.get("tiny-flux-schnell")
+    hub = ControlSpec(name="canny", kind="canny", repo="InstantX/FLUX.1-dev-Controlnet-Canny")
+    registry = Registry(Catalogue([replace(spec, controlnets=(hub,))]), offline_only=True)
+    assert registry.control_state(spec.id, "canny") is ModelState.UNAVAILABLE
+    # Without its ControlNet, the one-step model can still redraw a sketch through img2img.
+    assert live_targets(registry, "flux") == [LiveTarget(spec.id, "", spec.steps)]
+    with pytest.raises(ModelUnavailable, match="hf download InstantX/FLUX.1-dev-Controlnet-Canny"):
+        control_generate(registry, settings_for(registry, spec.id, "canny"), strokes("line"))
+    assert registry.loaded_ids() == [spec.id]  # the base model stays usable
