@@ -76,7 +76,7 @@ class ModelSpec:
     call_by_steps: dict[int, dict[str, Any]] = field(default_factory=dict)
     # CreatiLayout SiamLayout branches on an SD3 transformer: {repo, subfolder} of their weights,
     # {path} of a built-in's trained branches, or {} for fresh ones (zero-initialised fuse layers).
-    layout_branch: dict[str, str] | None = None
+    layout_branch: dict[str, Any] | None = None
     controlnets: tuple[ControlSpec, ...] = ()
 
     @property
@@ -88,6 +88,11 @@ class ModelSpec:
         """The folder of a built-in's trained branches."""
         path = (self.layout_branch or {}).get("path")
         return PROJECT_ROOT / path if path else None
+
+    @property
+    def layout_grounding(self) -> float:
+        """The share of the steps the layout branches act in by default (the paper's 30%)."""
+        return float((self.layout_branch or {}).get("grounding_fraction", 0.3))
 
     def layout_file(self, name: str) -> str:
         """`name` inside the layout weights' subfolder, as a hub path."""
@@ -157,7 +162,8 @@ class Catalogue:
                 raise ValueError(f"catalogue entry {entry['id']}: give exactly one of repo and builtin")
             if "builtin" in entry and entry["builtin"] not in family.builtin_builders:
                 raise ValueError(f"catalogue entry {entry['id']}: unknown built-in {entry['builtin']}")
-            if "layout_branch" in entry and (family.name != "sd3" or set(entry["layout_branch"]) - {"repo", "subfolder", "path"}):
+            layout_keys = {"repo", "subfolder", "path", "grounding_fraction"}
+            if "layout_branch" in entry and (family.name != "sd3" or set(entry["layout_branch"]) - layout_keys):
                 raise ValueError(f"catalogue entry {entry['id']}: layout_branch is for SD3, with repo and subfolder, or path")
             if "path" in entry:
                 entry["path"] = PROJECT_ROOT / entry["path"]

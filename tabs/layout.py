@@ -160,7 +160,7 @@ def build(studio: StudioContext) -> None:
                     block_stride = gr.Slider(1, 4, value=1, step=1, label="Mask every k-th block")
                     base_ratio = gr.Slider(0, 1, value=0.2, step=0.05, label="Base ratio")
                 with gr.Row(visible=False) as siamlayout_options:
-                    grounding = gr.Slider(0, 1, value=0.3, step=0.05,
+                    grounding = gr.Slider(0, 1, value=default.layout_grounding, step=0.05,
                                           label="Layout branches act in the first … of the steps")
             steps, guidance, width, height, seed = sampling.components()
             run, cancel = run_and_cancel("Generate layout")
@@ -224,9 +224,9 @@ def build(studio: StudioContext) -> None:
 
     def on_model(model_id):
         spec = registry.catalogue.get(model_id)
-        return spec.width, spec.height, spec.guidance_scale, steps_update(spec, LAYOUT_STEPS)
+        return spec.width, spec.height, spec.guidance_scale, steps_update(spec, LAYOUT_STEPS), spec.layout_grounding
 
-    model.change(on_model, model, [width, height, guidance, steps], api_visibility="private")
+    model.change(on_model, model, [width, height, guidance, steps, grounding], api_visibility="private")
     editor.input(on_editor_input, [editor, new_caption, width, height], [table, editor], api_visibility="private")
     gr.on([table.input, width.change, height.change], lambda rows, w, h: editor_value(rows, int(w), int(h)),
           [table, width, height], editor, api_visibility="private")

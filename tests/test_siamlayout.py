@@ -188,3 +188,15 @@ def test_siamlayout_needs_a_model_with_branches(registry):
         regional_generate(registry, settings)
     with pytest.raises(InvalidRequest, match="Unknown layout method"):
         regional_generate(registry, replace(settings, method="gligen"))
+
+
+def test_trained_branches_put_each_object_in_its_box(registry):
+    """The shapes-world branches read positions from the boxes alone (the caption names none)."""
+    from studio.toyworld.layout_eval import in_box, layout_settings
+
+    spec = registry.catalogue.get(MODEL)
+    settings, checks = layout_settings(MODEL, seed=0, method="siamlayout", grounding_fraction=spec.layout_grounding)[0]
+    placed = regional_generate(registry, settings).image
+    assert all(in_box(placed, colour, box) for colour, box in checks)
+    alone = regional_generate(registry, replace(settings, grounding_fraction=0.0)).image
+    assert not all(in_box(alone, colour, box) for colour, box in checks)

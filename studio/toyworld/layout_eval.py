@@ -81,14 +81,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", action="append", help="default: shapes-flux and shapes-sd3")
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--method", choices=["regional", "siamlayout"], default="regional")
-    parser.add_argument("--grounding-fraction", type=float, default=0.3,
-                        help="SiamLayout: the share of the steps its branches act in (the paper's 0.3)")
+    parser.add_argument("--grounding-fraction", type=float, default=None,
+                        help="SiamLayout: the share of the steps its branches act in (default: the model's own)")
     args = parser.parse_args(argv)
     registry = Registry(Catalogue.load())
     print(f"| model | images | {args.method} | global caption only |\n|---|---|---|---|")
     default = ["shapes-flux", "shapes-sd3"] if args.method == "regional" else ["shapes-sd3-siamlayout"]
     for model in args.model or default:
-        rates = placement_rates(registry, model, args.seeds, args.method, args.grounding_fraction)
+        grounding = args.grounding_fraction
+        if grounding is None:
+            grounding = registry.catalogue.get(model).layout_grounding
+        rates = placement_rates(registry, model, args.seeds, args.method, grounding)
         print(f"| {model} | {rates['images']} | {rates[args.method]:.2f} | {rates['global caption only']:.2f} |")
 
 
