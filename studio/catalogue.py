@@ -34,6 +34,8 @@ class ControlSpec:
     subfolder: str | None = None
     variant: str | None = None
     builtin: bool = False
+    # A built-in's trained weights (a saved diffusers model), replacing the random ones.
+    path: Path | None = None
     component: str = "controlnet"
     # The diffusers pipeline class; None: the family's ControlNet pipeline.
     pipeline: str | None = None
@@ -45,8 +47,13 @@ class ControlSpec:
         return f"controlnet:{self.name}"
 
     @property
+    def random_weights(self) -> bool:
+        """A built-in without trained weights: it runs the code path and draws noise."""
+        return self.builtin and not (self.path is not None and (self.path / "config.json").is_file())
+
+    @property
     def source(self) -> str:
-        return self.repo or "built-in (random weights)"
+        return self.repo or ("built-in (random weights)" if self.random_weights else "built-in (trained)")
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,11 @@ class ModelSpec:
     # {path} of a built-in's trained branches, or {} for fresh ones (zero-initialised fuse layers).
     layout_branch: dict[str, Any] | None = None
     controlnets: tuple[ControlSpec, ...] = ()
+
+    @property
+    def random_weights(self) -> bool:
+        """A built-in without trained weights: it runs the code path and draws noise."""
+        return self.builtin is not None and not (self.path is not None and (self.path / "model_index.json").is_file())
 
     @property
     def layout_repo(self) -> str | None:
@@ -198,6 +210,10 @@ def parse_controlnet(model_id: str, family: Family, entry: dict[str, Any]) -> Co
         raise ValueError(f"catalogue entry {model_id}: ControlNet kind must be one of {', '.join(CONTROL_KINDS)}")
     if ("repo" in entry) == bool(entry.get("builtin")):
         raise ValueError(f"catalogue entry {model_id}: a ControlNet has a repo or is built-in")
+    if "path" in entry:
+        if not entry.get("builtin"):
+            raise ValueError(f"catalogue entry {model_id}: a ControlNet path names a built-in's trained weights")
+        entry["path"] = PROJECT_ROOT / entry["path"]
     if entry.get("pipeline") is None and family.controlnet_pipeline is None:
         raise ValueError(f"catalogue entry {model_id}: {family.label} has no ControlNet pipeline in diffusers")
     return ControlSpec(**entry)

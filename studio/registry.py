@@ -75,14 +75,15 @@ def pipeline_bytes(pipe: DiffusionPipeline) -> int:
 
 def load_control(spec: ModelSpec, control: ControlSpec, base: DiffusionPipeline, offline_only: bool) -> torch.nn.Module:
     """Read a ControlNet (or a control transformer) for a loaded model: from the hub, safetensors
-    only, or for a built-in control the small random one built from the base's transformer, saved
-    once and read back through the same `from_pretrained`."""
+    only, or for a built-in control its trained weights, else the small random one built from the
+    base's transformer, saved once and read back through the same `from_pretrained`."""
     module_class = type(base.transformer) if control.component == "transformer" else None
     if control.builtin:
         builder = spec.family.controlnet_builder
         folder = offline.ensure_builtin(
             f"{spec.id}-controlnet-{control.name}",
             lambda target: builder(base.transformer, seed=zlib.crc32(control.name.encode())).save_pretrained(target),
+            trained_dir=control.path,
             marker="config.json",
         )
         module_class = module_class or getattr(diffusers, json.loads((folder / "config.json").read_text())["_class_name"])

@@ -3,6 +3,7 @@ fastest ControlNet the chosen family has (or SANA-Sprint img2img), with its late
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import gradio as gr
@@ -24,6 +25,13 @@ from tabs.common import user_errors
 FAMILIES = (("FLUX", "flux"), ("SD3", "sd3"), ("SANA", "sana"), ("PixArt", "pixart"))
 PHOTO_KINDS = (("Canny edges", "canny"), ("Soft edges", "softedge"), ("Depth", "depth"))
 CANVAS_SIDE = 512
+# Small frames (the built-ins make 64x64) are enlarged for the eye; saved frames keep their size.
+PREVIEW_SIDE = 320
+
+
+def preview(image: Image.Image) -> Image.Image:
+    scale = PREVIEW_SIDE // max(image.size)
+    return image if scale <= 1 else image.resize((image.width * scale, image.height * scale), Image.Resampling.LANCZOS)
 
 
 def target_value(target: LiveTarget) -> str:
@@ -78,7 +86,7 @@ def build(studio: StudioContext) -> None:
         with gr.Column():
             family = gr.Radio(list(FAMILIES), value="flux", label="Family")
             target = gr.Dropdown(first, value=first[0][1] if first else None, label="Live model")
-            prompt = gr.Textbox(label="Live prompt", value="a large red circle on the left, gray background")
+            prompt = gr.Textbox(label="Live prompt", value="a large red circle, gray background")
             source = gr.Radio([("Sketch", "sketch"), ("Photo", "photo")], value="sketch", label="Draw from")
             sketch = gr.Sketchpad(label="Sketch", type="pil", canvas_size=(CANVAS_SIDE, CANVAS_SIDE),
                                   brush=gr.Brush(colors=["#000000"], default_size=12, color_mode="fixed"),
@@ -90,6 +98,10 @@ def build(studio: StudioContext) -> None:
                     low = gr.Slider(0, 255, value=100, step=1, label="Canny low threshold")
                     high = gr.Slider(0, 255, value=200, step=1, label="Canny high threshold")
             with gr.Accordion("Control", open=False):
+                first_target = parse_target(first[0][1]) if first else None
+                steps = gr.Slider(1, registry.catalogue.get(first_target.model).max_steps if first_target else 4,
+                                  value=first_target.steps if first_target else 1, step=1,
+                                  label="Steps (fewer: faster frames)")
                 scale = gr.Slider(0, 2, value=1.0, step=0.05, label="Conditioning scale")
                 with gr.Row():
                     start = gr.Slider(0, 1, value=0.0, step=0.05, label="Control starts at (fraction of steps)")
@@ -111,13 +123,19 @@ def build(studio: StudioContext) -> None:
         return gr.update(choices=options, value=options[0][1] if options else None)
 
     @gpu_task(duration=30)
+    def on_target(target_id):
+        if not target_id:
+            return gr.update()
+        chosen = parse_target(target_id)
+        return gr.update(value=chosen.steps, maximum=registry.catalogue.get(chosen.model).max_steps)
+
     def on_frame(target_id, text, chosen_source, drawing, picture, canny_low, canny_high, seed_value, conditioning,
-                 control_start, control_end):
+                 control_start, control_end, step_count):
         strokes = picture if chosen_source == "photo" else strokes_of(drawing)
         if strokes is None:
             return gr.update(), gr.update(), gr.update(), gr.update()
         with user_errors("Live frame"):
-            chosen = parse_target(target_id)
+            chosen = replace(parse_target(target_id), steps=int(step_count))
             frame = renderer.frame(LiveRequest(
                 chosen, text or "", strokes, from_photo=chosen_source == "photo", canny_low=int(canny_low),
                 canny_high=int(canny_high), seed=int(seed_value or 0), conditioning_scale=float(conditioning),
@@ -126,7 +144,7 @@ def build(studio: StudioContext) -> None:
         text_note = "prompt encoded" if frame.encoded_prompt else "prompt from cache"
         note = (f"**{frame.seconds * 1000:.0f} ms** per frame · {chosen.describe(spec)} · "
                 f"{frame.settings.width}×{frame.settings.height} · {text_note}")
-        return frame.image, frame.control_image, note, frame
+        return preview(frame.image), preview(frame.control_image), note, frame
 
     def on_keep(frame):
         if frame is None:
@@ -141,10 +159,14 @@ def build(studio: StudioContext) -> None:
                  source, [sketch, photo_group], api_visibility="private")
     # The newest drawing always wins: a frame still running is followed only by the latest change,
     # and every live frame shares the one GPU slot with the other tabs' runs.
-    gr.on([sketch.change, photo.change, prompt.change, target.change, scale.release, start.release, end.release,
-           seed.change, low.release, high.release],
-          on_frame, [target, prompt, source, sketch, photo, low, high, seed, scale, start, end],
-          [result, control, latency, last], api_name="live_frame", trigger_mode="always_last",
-          concurrency_limit=1, concurrency_id="gpu", show_progress="hidden")
+    frame_inputs = [target, prompt, source, sketch, photo, low, high, seed, scale, start, end, steps]
+    frame_outputs = [result, control, latency, last]
+    live = dict(trigger_mode="always_last", concurrency_limit=1, concurrency_id="gpu", show_progress="hidden")
+    gr.on([sketch.change, photo.change, prompt.change, scale.release, start.release, end.release, seed.change,
+           low.release, high.release, steps.release],
+          on_frame, frame_inputs, frame_outputs, api_name="live_frame", **live)
+    # A new model first sets its own step count, then draws.
+    target.change(on_target, target, steps, api_visibility="private").then(
+        on_frame, frame_inputs, frame_outputs, api_visibility="private", **live)
     keep.click(on_keep, last, None, api_name="live_save")
 

@@ -206,16 +206,19 @@ def test_live_frame_endpoint_draws_from_a_sketch(running_app, tmp_path):
     sketch.save(sketch_path)
     canvas = {"background": None, "layers": [], "composite": handle_file(str(sketch_path))}
     image, control, latency = client.predict("tiny-flux-schnell|scribble|2", "a large red circle, gray background",
-                                             "sketch", canvas, None, 100, 200, 0, 1.0, 0.0, 1.0,
+                                             "sketch", canvas, None, 100, 200, 0, 1.0, 0.0, 1.0, 2,
                                              api_name="/live_frame")
     result = Image.open(value(image))
-    assert result.size == (64, 64)
-    control_image = np.asarray(Image.open(value(control)).convert("L"))
-    assert control_image[31, 32] == 255 and control_image[5, 5] == 0  # the stroke, white on black
+    assert result.size == (320, 320)  # the 64x64 frame, enlarged for the eye
+    control_image = np.asarray(Image.open(value(control)).convert("L").resize((64, 64)))
+    assert control_image[31, 32] > 200 and control_image[5, 5] < 50  # the stroke, white on black
     assert " ms** per frame" in value(latency) and "prompt encoded" in value(latency)
     _, _, again = client.predict("tiny-flux-schnell|scribble|2", "a large red circle, gray background", "sketch",
-                                 canvas, None, 100, 200, 0, 1.0, 0.0, 1.0, api_name="/live_frame")
+                                 canvas, None, 100, 200, 0, 1.0, 0.0, 1.0, 2, api_name="/live_frame")
     assert "prompt from cache" in value(again)
     with pytest.raises(Exception, match="Write a prompt first"):
-        client.predict("tiny-flux-schnell|scribble|2", " ", "sketch", canvas, None, 100, 200, 0, 1.0, 0.0, 1.0,
+        client.predict("tiny-flux-schnell|scribble|2", " ", "sketch", canvas, None, 100, 200, 0, 1.0, 0.0, 1.0, 2,
                        api_name="/live_frame")
+    with pytest.raises(Exception, match="Steps must be between 1 and 4"):
+        client.predict("tiny-flux-schnell|scribble|2", "a red circle", "sketch", canvas, None, 100, 200, 0, 1.0, 0.0,
+                       1.0, 24, api_name="/live_frame")

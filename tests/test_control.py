@@ -105,7 +105,10 @@ def test_pixart_has_no_controlnet_and_says_so(registry):
 
 
 def test_live_picks_the_fastest_way_to_draw_for_each_family(registry):
-    assert live_targets(registry, "flux")[0] == LiveTarget("tiny-flux-schnell", "scribble", 2)
+    # Trained weights first: the shapes-world FLUX with its trained scribble ControlNet...
+    assert live_targets(registry, "flux")[:2] == [LiveTarget("shapes-flux", "scribble", 24),
+                                                  LiveTarget("tiny-flux-schnell", "scribble", 2)]
+    # ...then, among random built-ins, the one-step model before the standard ones.
     assert live_targets(registry, "sd3")[0] == LiveTarget("tiny-sd3-turbo", "scribble", 4)
     # SANA-Sprint has no ControlNet: its img2img redraws the sketch before SANA's 20-step ControlNet.
     assert live_targets(registry, "sana")[0] == LiveTarget("tiny-sana-sprint", "", 2)
@@ -210,3 +213,19 @@ def test_a_hub_controlnet_offline_is_a_clear_message_and_never_offered(catalogue
     with pytest.raises(ModelUnavailable, match="hf download InstantX/FLUX.1-dev-Controlnet-Canny"):
         control_generate(registry, settings_for(registry, spec.id, "canny"), strokes("line"))
     assert registry.loaded_ids() == [spec.id]  # the base model stays usable
+
+
+def test_the_trained_scribble_controlnet_draws_what_is_sketched(registry):
+    """A circle outlined on the left and then on the right of the live canvas (the caption names no
+    position): the red object follows the sketch, and without control it does not."""
+    from studio.toyworld.measure import centroid, colour_mask, iou, largest_blob
+    from studio.toyworld.sketch_eval import sketch
+
+    target = live_targets(registry, "flux")[0]
+    renderer = LiveRenderer(registry)
+    for position, (low, high) in (("left", (0.0, 0.45)), ("right", (0.55, 1.0))):
+        drawing, wanted = sketch("circle", position)
+        request = LiveRequest(target, "a large red circle, gray background", drawing)
+        blob = largest_blob(colour_mask(renderer.frame(request).image, "red"))
+        x, _ = centroid(blob)
+        assert low <= x <= high and iou(blob, wanted) > 0.5

@@ -80,14 +80,17 @@ def encode_text(pipe: FluxPipeline, prompts: list[str], max_sequence_length: int
 
 
 def velocity(
-    pipe: FluxPipeline, latents: torch.Tensor, sigma: torch.Tensor, text: TextConditioning, guidance: float | None
+    pipe: FluxPipeline, latents: torch.Tensor, sigma: torch.Tensor, text: TextConditioning, guidance: float | None,
+    controlnet: FluxControlNetModel | None = None, control_latents: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    """The transformer's velocity; with a ControlNet and the control image's (normalised, unpacked)
+    latents, its residuals join the blocks as in FluxControlNetPipeline."""
     batch, channels, height, width = latents.shape
     image_ids = FluxPipeline._prepare_latent_image_ids(batch, height // 2, width // 2, latents.device, latents.dtype)
     embedded_guidance = None
     if pipe.transformer.config.guidance_embeds:
         embedded_guidance = torch.full((batch,), 3.5 if guidance is None else guidance, device=latents.device)
-    packed = pipe.transformer(
+    inputs = dict(
         hidden_states=FluxPipeline._pack_latents(latents, batch, channels, height, width),
         timestep=sigma,  # FluxPipeline passes t / 1000, which is sigma
         guidance=embedded_guidance,
@@ -96,7 +99,13 @@ def velocity(
         txt_ids=text.text_ids,
         img_ids=image_ids,
         return_dict=False,
-    )[0]
+    )
+    residuals = {}
+    if controlnet is not None:
+        condition = FluxPipeline._pack_latents(control_latents, batch, channels, height, width)
+        blocks, single_blocks = controlnet(controlnet_cond=condition, **inputs)
+        residuals = dict(controlnet_block_samples=blocks, controlnet_single_block_samples=single_blocks)
+    packed = pipe.transformer(**inputs, **residuals)[0]
     scale = pipe.vae_scale_factor
     return FluxPipeline._unpack_latents(packed, height * scale, width * scale, scale)
 

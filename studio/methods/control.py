@@ -7,7 +7,7 @@ them, the start and end of control as fractions of the steps.
 The live loop (`LiveRenderer`) turns every new sketch into an image as fast as the model allows:
 - the model: for the chosen family, a one-step model with a ControlNet that reads strokes; where
   none has one, a one-step img2img model (SANA-Sprint) redraws the sketch; only then a standard
-  model with a ControlNet;
+  model with a ControlNet (built-ins with random weights after all trained choices);
 - per frame only the control image changes: the prompt is encoded once until it changes, the
   model stays loaded, and the seed fixes every random draw (the initial noise, and the VAE
   sampling some ControlNet pipelines do from the global generator) so consecutive frames differ
@@ -255,7 +255,9 @@ class LiveTarget:
 def live_targets(registry: Registry, family: str, kinds: tuple[str, ...] = STROKE_KINDS) -> list[LiveTarget]:
     """Every way the family's models can draw from a sketch now, fastest first: one-step models
     with a ControlNet of one of `kinds`, then one-step img2img, then standard models with a
-    ControlNet. Models that could not load here (offline, not cached) are left out."""
+    ControlNet. Models that could not load here (offline, not cached) are left out, and built-ins
+    with random weights (the model's or its ControlNet's) come after every trained choice: they
+    exist to test the path, and draw noise."""
     ranked = []
     for spec in registry.catalogue:
         if spec.family.name != family or registry.state(spec.id) is ModelState.UNAVAILABLE:
@@ -264,10 +266,11 @@ def live_targets(registry: Registry, family: str, kinds: tuple[str, ...] = STROK
         usable = [c for c in spec.controlnets
                   if c.kind in kinds and registry.control_state(spec.id, c.name) is not ModelState.UNAVAILABLE]
         if usable:
-            best = min(usable, key=lambda c: kinds.index(c.kind))
-            ranked.append(((not one_step, 0, spec.steps, kinds.index(best.kind)), LiveTarget(spec.id, best.name, spec.steps)))
+            best = min(usable, key=lambda c: (c.random_weights, kinds.index(c.kind)))
+            rank = (spec.random_weights or best.random_weights, not one_step, 0, spec.steps, kinds.index(best.kind))
+            ranked.append((rank, LiveTarget(spec.id, best.name, spec.steps)))
         elif one_step and "img2img" in spec.tasks:
-            ranked.append(((False, 1, spec.steps, 0), LiveTarget(spec.id, "", spec.steps)))
+            ranked.append(((spec.random_weights, False, 1, spec.steps, 0), LiveTarget(spec.id, "", spec.steps)))
     return [target for _, target in sorted(ranked, key=lambda pair: pair[0])]
 
 

@@ -5,7 +5,9 @@
 Each case draws a one-object scene from its caption, then asks for another colour. An edit
 counts when the recoloured object keeps the source object's mask (IoU >= 0.9), takes the asked
 hue (within 30 degrees) and the background stays (PSNR >= 30 dB outside the objects' masks
-dilated by 2 pixels). The plain swap samples the target prompt from the same noise, uncontrolled.
+dilated by 2 pixels). An object's mask takes a rim pixel when it lies at least half-way from the
+background's colour to the object's, so a perfect recolour scores IoU 1 whatever the two colours.
+The plain swap samples the target prompt from the same noise, uncontrolled.
 """
 
 from __future__ import annotations
@@ -58,11 +60,20 @@ def recolour_cases() -> list[tuple[str, str, str]]:
 
 
 def foreground(image: Image.Image, background: str) -> np.ndarray:
-    """The object's pixels whatever its colour: the largest region away from the background's
-    colour (colour masks would count an object's anti-aliased rim differently per colour)."""
+    """The object's pixels whatever its colour: where the image is at least half-way from the
+    background's colour to the object's own (its median colour, over the largest region away from
+    the background). An anti-aliased rim pixel counts by its coverage, not by how far the object's
+    colour lies from the background: a fixed distance would count the rim of a colour close to the
+    background (yellow on white) a pixel ring thinner than that of a distant one (green on white),
+    and a perfect recolour would lose IoU to the edge alone."""
     pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
-    distance = np.linalg.norm(pixels - np.array(BACKGROUNDS[background], dtype=np.float32), axis=-1)
-    return largest_blob(distance > FOREGROUND_DISTANCE)
+    ground = np.array(BACKGROUNDS[background], dtype=np.float32)
+    core = largest_blob(np.linalg.norm(pixels - ground, axis=-1) > FOREGROUND_DISTANCE)
+    if not core.any():
+        return core
+    direction = np.median(pixels[core], axis=0) - ground
+    coverage = (pixels - ground) @ direction / max(float(direction @ direction), 1e-6)
+    return largest_blob(coverage >= 0.5)
 
 
 def score(source: Image.Image, result: Image.Image, old: str, new: str, background: str) -> RecolourScore | None:
