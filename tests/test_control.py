@@ -106,7 +106,7 @@ def test_pixart_has_no_controlnet_and_says_so(registry):
 
 def test_live_picks_the_fastest_way_to_draw_for_each_family(registry):
     # Trained weights first: the shapes-world FLUX with its trained scribble ControlNet...
-    assert live_targets(registry, "flux")[:2] == [LiveTarget("shapes-flux", "scribble", 24),
+    assert live_targets(registry, "flux")[:2] == [LiveTarget("shapes-flux", "scribble", 8),
                                                   LiveTarget("tiny-flux-schnell", "scribble", 2)]
     # ...then, among random built-ins, the one-step model before the standard ones.
     assert live_targets(registry, "sd3")[0] == LiveTarget("tiny-sd3-turbo", "scribble", 4)
