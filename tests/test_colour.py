@@ -173,11 +173,10 @@ def test_a_perfect_recolour_keeps_the_whole_mask():
 
 
 def test_recolouring_shapes_keeps_the_object_and_background(registry):
-    """On the trained shapes world: the object keeps its shape and takes the new hue, the
-    background stays; a plain prompt swap from the same noise keeps the shape less well. (The
-    issue's IoU bar is 0.9; on these gray-background cases this 4-block model reaches a median of
-    0.87, the swap 0.82.)"""
-    cases = [case for case in colour_eval.recolour_cases() if ", gray background" in case[0]]
+    """On the trained shapes world, the issue's bar over every recolour case (one seed): the object
+    keeps its mask (median IoU >= 0.9), takes the asked hue (within 30 degrees) and the background
+    stays (PSNR >= 30 dB); a plain prompt swap from the same noise keeps the shape less well."""
+    cases = colour_eval.recolour_cases()
     edited, swapped = [], []
     for caption, word, new in cases:
         old, background = colour_eval.caption_colour(caption, word), colour_eval.caption_background(caption)
@@ -189,11 +188,11 @@ def test_recolouring_shapes_keeps_the_object_and_background(registry):
             edited.append(score)
             swapped.append(colour_eval.score(edit.source, colour_eval.plain_swap(registry, settings), old, new,
                                              background))
-    assert len(edited) >= 7
+    assert len(edited) >= 16
     ours, theirs = colour_eval.summary(edited), colour_eval.summary(swapped)
     print("ColorCtrl", ours, "prompt swap", theirs)
-    assert ours["iou"] >= 0.86 and ours["hue_error"] <= 30 and ours["background_psnr"] >= 30
-    assert ours["iou"] >= theirs["iou"] + 0.03 and ours["success"] > theirs["success"]
+    assert ours["iou"] >= 0.9 and ours["hue_error"] <= 30 and ours["background_psnr"] >= 30
+    assert ours["iou"] >= theirs["iou"] + 0.02 and ours["success"] > theirs["success"]
 
 
 @pytest.mark.parametrize("model_id", ["tiny-flux-dev", "tiny-sd3", "shapes-flux"])
