@@ -176,7 +176,8 @@ class Catalogue:
                 raise ValueError(f"catalogue entry {entry['id']}: unknown built-in {entry['builtin']}")
             layout_keys = {"repo", "subfolder", "path", "grounding_fraction"}
             if "layout_branch" in entry and (family.name != "sd3" or set(entry["layout_branch"]) - layout_keys):
-                raise ValueError(f"catalogue entry {entry['id']}: layout_branch is for SD3, with repo and subfolder, or path")
+                raise ValueError(f"catalogue entry {entry['id']}: layout_branch is for SD3, with repo and "
+                                 "subfolder, or path (and grounding_fraction)")
             if "path" in entry:
                 entry["path"] = PROJECT_ROOT / entry["path"]
             entry["call_by_steps"] = step_table(entry)

@@ -73,6 +73,16 @@ def pipeline_bytes(pipe: DiffusionPipeline) -> int:
     return sum(module_bytes(c) for c in pipe.components.values() if isinstance(c, torch.nn.Module))
 
 
+def saved_model_class(config: str | Path) -> type[torch.nn.Module]:
+    """The diffusers model class a saved model's config.json names; only diffusers' own model
+    classes (no remote code)."""
+    name = json.loads(Path(config).read_text()).get("_class_name", "")
+    model_class = getattr(diffusers, name, None)
+    if not (isinstance(model_class, type) and issubclass(model_class, diffusers.ModelMixin)):
+        raise InvalidRequest(f"{config} names no diffusers model class ({name!r}).")
+    return model_class
+
+
 def load_control(spec: ModelSpec, control: ControlSpec, base: DiffusionPipeline, offline_only: bool) -> torch.nn.Module:
     """Read a ControlNet (or a control transformer) for a loaded model: from the hub, safetensors
     only, or for a built-in control its trained weights, else the small random one built from the
@@ -86,7 +96,7 @@ def load_control(spec: ModelSpec, control: ControlSpec, base: DiffusionPipeline,
             trained_dir=control.path,
             marker="config.json",
         )
-        module_class = module_class or getattr(diffusers, json.loads((folder / "config.json").read_text())["_class_name"])
+        module_class = module_class or saved_model_class(folder / "config.json")
         return module_class.from_pretrained(folder, use_safetensors=True, local_files_only=True)
     kwargs = {"use_safetensors": True, "local_files_only": offline_only}
     if control.subfolder:
@@ -96,8 +106,9 @@ def load_control(spec: ModelSpec, control: ControlSpec, base: DiffusionPipeline,
     if module_class is None:
         from huggingface_hub import hf_hub_download
 
-        config = hf_hub_download(control.repo, "config.json", subfolder=control.subfolder, local_files_only=offline_only)
-        module_class = getattr(diffusers, json.loads(Path(config).read_text())["_class_name"])
+        local = Path(control.repo, control.subfolder or "", "config.json")
+        module_class = saved_model_class(local if local.is_file() else hf_hub_download(
+            control.repo, "config.json", subfolder=control.subfolder, local_files_only=offline_only))
     return module_class.from_pretrained(control.repo, **kwargs)
 
 

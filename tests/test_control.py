@@ -165,7 +165,8 @@ def test_cached_embeddings_give_the_pipelines_own_image(registry):
     with registry.use("tiny-sd3", "controlnet:canny") as pipe:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(settings.seed)
-            own = pipe(prompt=PROMPT, negative_prompt="blurry", control_image=control, num_inference_steps=settings.steps,
+            own = pipe(prompt=PROMPT, negative_prompt="blurry", control_image=control,
+                       num_inference_steps=settings.steps,
                        guidance_scale=3.0, width=64, height=64, max_sequence_length=32,
                        generator=torch.Generator().manual_seed(settings.seed)).images[0]
     assert np.array_equal(pixels(cached), pixels(own))
@@ -182,8 +183,8 @@ def test_a_control_transformer_takes_the_transformers_place(catalogue, tmp_path)
     spec = catalogue.get("tiny-flux-dev")
     config = dict(Registry(catalogue).pipeline(spec.id).transformer.config)
     torch.manual_seed(0)
-    FluxTransformer2DModel.from_config({**config, "in_channels": 2 * config["in_channels"],
-                                        "out_channels": config["in_channels"]}).save_pretrained(tmp_path / "transformer")
+    doubled = {**config, "in_channels": 2 * config["in_channels"], "out_channels": config["in_channels"]}
+    FluxTransformer2DModel.from_config(doubled).save_pretrained(tmp_path / "transformer")
     control = ControlSpec(name="canny-full", kind="canny", repo=str(tmp_path), subfolder="transformer",
                           component="transformer", pipeline="FluxControlPipeline")
     registry = Registry(Catalogue([replace(spec, controlnets=(control,))]), offline_only=True)
@@ -194,7 +195,8 @@ def test_a_control_transformer_takes_the_transformers_place(catalogue, tmp_path)
     with registry.use(spec.id, control.task) as pipe:
         assert type(pipe).__name__ == "FluxControlPipeline"
         assert pipe.transformer.config.in_channels == 2 * config["in_channels"]
-        assert pipe.vae is registry.pipeline(spec.id).vae and pipe.transformer is not registry.pipeline(spec.id).transformer
+        base = registry.pipeline(spec.id)
+        assert pipe.vae is base.vae and pipe.transformer is not base.transformer
     with pytest.raises(InvalidRequest, match="no conditioning scale"):
         control_generate(registry, replace(settings, conditioning_scale=0.5), strokes("line"))
 
@@ -229,3 +231,24 @@ def test_the_trained_scribble_controlnet_draws_what_is_sketched(registry):
         blob = largest_blob(colour_mask(renderer.frame(request).image, "red"))
         x, _ = centroid(blob)
         assert low <= x <= high and iou(blob, wanted) > 0.5
+
+
+def test_a_controlnet_from_a_local_folder_loads_by_its_config(catalogue, registry, tmp_path):
+    """A catalogue repo may be a local diffusers folder; the class comes from its config.json and
+    must be one of diffusers' own models."""
+    from studio.catalogue import Catalogue, ControlSpec
+    from studio.registry import Registry
+
+    spec = catalogue.get("tiny-sd3")
+    with registry.use(spec.id, "controlnet:canny") as pipe:
+        pipe.controlnet.save_pretrained(tmp_path / "canny")
+        expected = control_generate(registry, settings_for(registry, spec.id, "canny"), strokes("line")).image
+    local = ControlSpec(name="canny", kind="canny", repo=str(tmp_path / "canny"))
+    own = Registry(Catalogue([replace(spec, controlnets=(local,))]), offline_only=True)
+    made = control_generate(own, settings_for(own, spec.id, "canny"), strokes("line")).image
+    assert np.array_equal(pixels(made), pixels(expected))
+    config = tmp_path / "canny" / "config.json"
+    config.write_text(config.read_text().replace('"SD3ControlNetModel"', '"StableDiffusion3Pipeline"'))
+    broken = Registry(Catalogue([replace(spec, controlnets=(local,))]), offline_only=True)
+    with pytest.raises(InvalidRequest, match="names no diffusers model class"):
+        control_generate(broken, settings_for(broken, spec.id, "canny"), strokes("line"))

@@ -18,7 +18,6 @@ from studio.methods.layout import (
     regional_generate,
     validate_regions,
 )
-from studio.toyworld.measure import centroid, colour_mask, largest_blob
 
 
 def test_region_token_masks_take_tokens_whose_centre_is_inside():

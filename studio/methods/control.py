@@ -114,7 +114,8 @@ class PromptCache:
         self._entries: dict[tuple, dict[str, torch.Tensor]] = {}
         self._lock = threading.Lock()
 
-    def arguments(self, pipe, spec: ModelSpec, prompt: str, negative: str, guided: bool) -> tuple[dict[str, torch.Tensor], bool]:
+    def arguments(self, pipe, spec: ModelSpec, prompt: str, negative: str,
+                  guided: bool) -> tuple[dict[str, torch.Tensor], bool]:
         """The call's prompt arguments, and whether they were encoded now."""
         key = (spec.id, prompt, negative, guided)
         with self._lock:
@@ -140,8 +141,8 @@ def encode_prompt_arguments(pipe, spec: ModelSpec, prompt: str, negative: str, g
     if "device" in accepted:
         kwargs["device"] = pipe._execution_device
     # Second and third prompts (SD3's CLIP-G and T5) default to the first one.
-    kwargs.update({name: None for name, parameter in accepted.items()
-                   if name.startswith("prompt_") and name[7:].isdigit() and parameter.default is inspect.Parameter.empty})
+    kwargs.update({name: None for name, parameter in accepted.items() if name.startswith("prompt_")
+                   and name[7:].isdigit() and parameter.default is inspect.Parameter.empty})
     with torch.no_grad():
         if "do_classifier_free_guidance" in accepted:
             kwargs.update(do_classifier_free_guidance=guided, negative_prompt=negative)
