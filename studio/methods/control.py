@@ -19,7 +19,6 @@ from __future__ import annotations
 import inspect
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -28,11 +27,10 @@ from PIL import Image
 
 from studio import conditions
 from studio.catalogue import ControlSpec, ModelSpec
-from studio.errors import Cancelled, InvalidRequest
+from studio.errors import InvalidRequest
 from studio.generation import GenerationSettings, call_arguments, validate_sampling
 from studio.registry import ModelState, Registry
 
-StepCallback = Callable[[int, int], None]
 # ControlNets that read line drawings, best first: strokes are scribbles, then soft edges, then edges.
 STROKE_KINDS = ("scribble", "softedge", "canny")
 # Steps a standard (not distilled) model takes in the live loop: the ControlNet fixes the structure,
@@ -187,8 +185,6 @@ def control_generate(
     settings: ControlSettings,
     control_image: Image.Image,
     prompts: PromptCache | None = None,
-    on_step: StepCallback | None = None,
-    cancel: threading.Event | None = None,
 ) -> ControlResult:
     """One image from a control image (already preprocessed: white structure on black), or for the
     img2img fallback (`settings.control == ""`) from the drawing itself."""
@@ -199,18 +195,12 @@ def control_generate(
     prompts = prompts or PromptCache(enabled=False)
     control_image = control_image.convert("RGB").resize((settings.width, settings.height), Image.Resampling.BILINEAR)
 
-    def step_done(step: int) -> None:
-        if cancel is not None and cancel.is_set():
-            raise Cancelled("Generation cancelled.")
-        if on_step is not None:
-            on_step(step, settings.steps)
-
     with registry.use(spec.id, task) as pipe:
         started = time.perf_counter()
         plain = GenerationSettings(model=spec.id, prompt=settings.prompt, negative_prompt=settings.negative_prompt,
                                    steps=settings.steps, guidance=settings.guidance, width=settings.width,
                                    height=settings.height, seed=settings.seed)
-        arguments = call_arguments(pipe, spec, plain, step_done)
+        arguments = call_arguments(pipe, spec, plain, None)
         prompt_arguments, encoded = prompts.arguments(pipe, spec, settings.prompt, settings.negative_prompt,
                                                       guided(spec, settings.guidance))
         accepted = inspect.signature(pipe.__call__).parameters
@@ -220,7 +210,8 @@ def control_generate(
         arguments.update(control_arguments(pipe, control, settings, control_image))
         # Some ControlNet pipelines sample the control image's VAE encoding from the global
         # generator: seeding it for the call makes a frame depend on its inputs only.
-        with torch.random.fork_rng(devices=[]):
+        device = pipe._execution_device
+        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
             torch.manual_seed(settings.seed)
             image = pipe(**arguments).images[0]
         return ControlResult(image, control_image, settings, time.perf_counter() - started, encoded)
