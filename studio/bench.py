@@ -1,6 +1,7 @@
 """Speed of the studio's own path against bare diffusers, and hot-swap against cold load.
 
     python -m studio.bench [--runs 5] [--size 64] [--models shapes-flux tiny-sd3 ...]
+    python -m studio.bench --full-size [--size 1024]   # on a GPU: SANA-Sprint / SANA ControlNet latency
 
 Prints a Markdown table. Both paths run the same pipeline class on the same weights with the same
 arguments; the studio path adds the registry lookup, validation, the progress callback and the
@@ -56,10 +57,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--device", default=None)
+    parser.add_argument("--full-size", action="store_true",
+                        help="only the full-size SANA-Sprint 0.6B and SANA-600M ControlNet architectures, random weights")
     args = parser.parse_args(argv)
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
     device, dtype = choose_device(args.device)
+    if args.full_size:
+        full_size_sana(device, dtype, args.size if args.size != 64 else 1024, args.runs)
+        return
     catalogue = Catalogue.load()
     registry = Registry(catalogue, device=device, dtype=dtype)
     output = Path(tempfile.mkdtemp(prefix="dit-studio-bench-"))
@@ -162,6 +168,66 @@ def live_loop(registry: Registry, args: argparse.Namespace, frames: int = 12) ->
                 rates.append(frames / (time.perf_counter() - started))
             spec = registry.catalogue.get(target.model)
             print(f"| {target.describe(spec)} | {rates[0]:.1f} | {rates[1]:.1f} | {1000 / rates[0]:.0f} |")
+
+
+# SANA 600M's transformer (diffusers config of Efficient-Large-Model/Sana_600M_1024px_diffusers):
+# 28 blocks of 36 x 32 linear-attention heads, cross-attention to 300 Gemma-2 tokens (2304 wide).
+SANA_600M = dict(in_channels=32, out_channels=32, num_attention_heads=36, attention_head_dim=32, num_layers=28,
+                 num_cross_attention_heads=16, cross_attention_head_dim=72, cross_attention_dim=1152,
+                 caption_channels=2304, sample_size=32, patch_size=1)
+# DC-AE f32c32 (SANA 1.0): 32x compression to 32 channels.
+DC_AE_F32C32 = dict(
+    latent_channels=32,
+    encoder_block_types=("ResBlock",) * 3 + ("EfficientViTBlock",) * 3,
+    decoder_block_types=("ResBlock",) * 3 + ("EfficientViTBlock",) * 3,
+    encoder_layers_per_block=(2, 2, 2, 3, 3, 3),
+    decoder_layers_per_block=(3, 3, 3, 3, 3, 3),
+    upsample_block_type="interpolate",
+    downsample_block_type="Conv",
+    decoder_norm_types=("batch_norm",) * 3 + ("rms_norm",) * 3,
+    decoder_act_fns=("relu",) * 3 + ("silu",) * 3,
+    scaling_factor=0.41407,
+)
+
+
+@torch.no_grad()
+def full_size_sana(device: str, dtype: torch.dtype, size: int, runs: int) -> None:
+    """Latency of the full-size architectures with random weights (the cost is the architecture's):
+    SANA-Sprint 0.6B text to image (1 and 2 steps) and SANA 600M with its 7-block ControlNet (one
+    step), each with the DC-AE decode, the prompt already encoded (as the live loop has it)."""
+    from diffusers import AutoencoderDC, SanaControlNetModel, SanaTransformer2DModel
+
+    torch.manual_seed(0)
+    sprint = SanaTransformer2DModel(**SANA_600M, guidance_embeds=True, qk_norm="rms_norm_across_heads").to(device, dtype)
+    sana = SanaTransformer2DModel(**SANA_600M).to(device, dtype)
+    controlnet = SanaControlNetModel(**{k: v for k, v in SANA_600M.items() if k != "out_channels"},
+                                     out_channels=32).to(device, dtype)
+    decoder = AutoencoderDC(**DC_AE_F32C32).to(device, dtype).eval()
+    side = size // 32
+    latents = torch.randn(1, 32, side, side, device=device, dtype=dtype)
+    text = torch.randn(1, 300, 2304, device=device, dtype=dtype)
+    mask = torch.ones(1, 300, device=device, dtype=dtype)
+    step = torch.full((1,), 0.5, device=device, dtype=dtype)
+
+    def sprint_image(steps: int):
+        x = latents
+        for _ in range(steps):
+            x = sprint(x, encoder_hidden_states=text, encoder_attention_mask=mask, timestep=step,
+                       guidance=torch.full((1,), 4.5, device=device, dtype=dtype), return_dict=False)[0]
+        return decoder.decode(x / DC_AE_F32C32["scaling_factor"]).sample
+
+    def controlnet_image():
+        blocks = controlnet(latents, encoder_hidden_states=text, encoder_attention_mask=mask, timestep=step,
+                            controlnet_cond=latents, return_dict=False)[0]
+        x = sana(latents, encoder_hidden_states=text, encoder_attention_mask=mask, timestep=step,
+                 controlnet_block_samples=blocks, return_dict=False)[0]
+        return decoder.decode(x / DC_AE_F32C32["scaling_factor"]).sample
+
+    print(f"device {device}, dtype {str(dtype).removeprefix('torch.')}, {size}x{size}, median of {runs}\n")
+    print("| full-size architecture (random weights) | seconds per image | paper (H100, 1024²) |\n|---|---|---|")
+    print(f"| SANA-Sprint 0.6B, 1 step + DC-AE decode | {median_seconds(lambda: sprint_image(1), runs):.3f} | 0.1 |")
+    print(f"| SANA-Sprint 0.6B, 2 steps + DC-AE decode | {median_seconds(lambda: sprint_image(2), runs):.3f} | |")
+    print(f"| SANA 600M + 7-block ControlNet, 1 step + decode | {median_seconds(controlnet_image, runs):.3f} | 0.25 |")
 
 
 if __name__ == "__main__":
