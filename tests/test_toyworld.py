@@ -120,3 +120,16 @@ def test_the_trainer_writes_a_pipeline_the_registry_path_can_load(tmp_path, fami
     image = pipe("a large red circle on the left, gray background", height=64, width=64, num_inference_steps=2,
                  max_sequence_length=train.MAX_SEQUENCE_LENGTH).images[0]
     assert image.size == (64, 64)
+
+
+def test_the_controlnet_trainer_moves_the_zero_initialised_outputs(tmp_path):
+    """A few steps of the scribble-ControlNet trainer on the shipped shapes-flux: it saves a
+    diffusers ControlNet whose zero-initialised output layers have started to learn."""
+    from diffusers import FluxControlNetModel
+
+    from studio.toyworld import train_controlnet
+
+    train_controlnet.main(["--scenes", "32", "--steps", "2", "--batch-size", "4", "--output", str(tmp_path)])
+    trained = FluxControlNetModel.from_pretrained(tmp_path)
+    assert all(block.weight.abs().sum() > 0 for block in trained.controlnet_blocks)
+    assert trained.controlnet_x_embedder.weight.abs().sum() > 0

@@ -123,6 +123,27 @@ def encode_pool(vae: AutoencoderKL, pool: ScenePool, device: str) -> torch.Tenso
     return latents
 
 
+def noised(x0: torch.Tensor, shift: float,
+           generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A rectified-flow training sample: logit-normal sigmas moved by the same shift the sampler
+    uses, the noisy latents at those sigmas, and the velocity to predict (noise - x0)."""
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+    u = torch.sigmoid(torch.randn(x0.shape[0], generator=generator)).to(x0.device)
+    sigma = shift * u / (1 + (shift - 1) * u)
+    noisy = (1 - sigma.view(-1, 1, 1, 1)) * x0 + sigma.view(-1, 1, 1, 1) * noise
+    return noisy, sigma, noise - x0
+
+
+def optimise(loss: torch.Tensor, optimiser: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LRScheduler,
+             parameters) -> None:
+    """One optimiser step on `loss`, gradients clipped to norm 1."""
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+    optimiser.step()
+    schedule.step()
+
+
 def sigma_shift(image_tokens: int, scheduler_config) -> float:
     """The shift the pipeline's scheduler applies: FLUX's resolution-dependent exp(mu), else SD3's
     fixed shift."""
@@ -174,18 +195,9 @@ def train_transformer(
         indices = torch.randint(len(pool), (batch_size,), generator=generator)
         # One caption in ten is dropped so classifier-free guidance has an unconditional model.
         texts = ["" if torch.rand((), generator=generator) < 0.1 else captions[i] for i in indices.tolist()]
-        x0 = latents[indices].to(device)
-        noise = torch.randn(x0.shape, generator=generator).to(device)
-        # Logit-normal sigmas, moved by the same shift the sampler uses.
-        u = torch.sigmoid(torch.randn(batch_size, generator=generator)).to(device)
-        sigma = shift * u / (1 + (shift - 1) * u)
-        noisy = (1 - sigma.view(-1, 1, 1, 1)) * x0 + sigma.view(-1, 1, 1, 1) * noise
-        loss = F.mse_loss(predict_velocity(pipe, noisy, sigma, texts), noise - x0)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trained.parameters(), 1.0)
-        optimiser.step()
-        schedule.step()
+        noisy, sigma, target = noised(latents[indices].to(device), shift, generator)
+        loss = F.mse_loss(predict_velocity(pipe, noisy, sigma, texts), target)
+        optimise(loss, optimiser, schedule, trained.parameters())
         decay = min(0.999, (1 + step) / (10 + step))
         with torch.no_grad():
             for averaged, live in zip(ema.parameters(), trained.parameters()):

@@ -29,7 +29,15 @@ from tqdm import tqdm
 from studio.families import flux
 from studio.toyworld.data import build_pool
 from studio.toyworld.scene import render
-from studio.toyworld.train import MAX_SEQUENCE_LENGTH, MODELS_DIR, encode_pool, sigma_shift, warmup_cosine
+from studio.toyworld.train import (
+    MAX_SEQUENCE_LENGTH,
+    MODELS_DIR,
+    encode_pool,
+    noised,
+    optimise,
+    sigma_shift,
+    warmup_cosine,
+)
 from studio.toyworld.train_layout import unplaced_caption
 
 
@@ -96,18 +104,10 @@ def main(argv: list[str] | None = None) -> None:
         texts = ["" if drop else captions[i] for i, drop in zip(indices.tolist(), dropped.tolist())]
         with torch.no_grad():
             text = flux.encode_text(pipe, texts, MAX_SEQUENCE_LENGTH)
-        x0 = latents[indices]
-        noise = torch.randn(x0.shape, generator=generator)
-        u = torch.sigmoid(torch.randn(args.batch_size, generator=generator))
-        sigma = shift * u / (1 + (shift - 1) * u)
-        noisy = (1 - sigma.view(-1, 1, 1, 1)) * x0 + sigma.view(-1, 1, 1, 1) * noise
+        noisy, sigma, target = noised(latents[indices], shift, generator)
         predicted = flux.velocity(pipe, noisy, sigma, text, None, controlnet, conditions[indices])
-        loss = F.mse_loss(predicted, noise - x0)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(controlnet.parameters(), 1.0)
-        optimiser.step()
-        schedule.step()
+        loss = F.mse_loss(predicted, target)
+        optimise(loss, optimiser, schedule, controlnet.parameters())
         bar.set_postfix(loss=f"{loss.item():.4f}")
     controlnet.eval().to(torch.float16).save_pretrained(args.output, safe_serialization=True)
     print(f"saved a {sum(p.numel() for p in controlnet.parameters()) / 1e6:.2f} M parameter ControlNet to "

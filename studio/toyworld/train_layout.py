@@ -26,7 +26,15 @@ from studio.families import sd3
 from studio.families.siamlayout import MAX_BOXES, LayoutTokens, attach_layout_branches, branch_state, siamlayout_forward
 from studio.toyworld.data import build_pool
 from studio.toyworld.scene import Scene, SceneObject
-from studio.toyworld.train import MAX_SEQUENCE_LENGTH, MODELS_DIR, encode_pool, sigma_shift, warmup_cosine
+from studio.toyworld.train import (
+    MAX_SEQUENCE_LENGTH,
+    MODELS_DIR,
+    encode_pool,
+    noised,
+    optimise,
+    sigma_shift,
+    warmup_cosine,
+)
 
 
 def object_phrase(item: SceneObject) -> str:
@@ -98,18 +106,10 @@ def main(argv: list[str] | None = None) -> None:
         with torch.no_grad():
             text = sd3.encode_text(pipe, [captions[i] for i in indices.tolist()], MAX_SEQUENCE_LENGTH)
         layout = layout_batch([pool.scenes[i] for i in indices.tolist()], embeddings, dropped)
-        x0 = latents[indices]
-        noise = torch.randn(x0.shape, generator=generator)
-        u = torch.sigmoid(torch.randn(args.batch_size, generator=generator))
-        sigma = shift * u / (1 + (shift - 1) * u)
-        noisy = (1 - sigma.view(-1, 1, 1, 1)) * x0 + sigma.view(-1, 1, 1, 1) * noise
+        noisy, sigma, target = noised(latents[indices], shift, generator)
         velocity = siamlayout_forward(transformer, noisy, sigma * 1000, text.embeds, text.pooled, layout, 1.0)
-        loss = F.mse_loss(velocity, noise - x0)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trained, 1.0)
-        optimiser.step()
-        schedule.step()
+        loss = F.mse_loss(velocity, target)
+        optimise(loss, optimiser, schedule, trained)
         bar.set_postfix(loss=f"{loss.item():.4f}")
     args.output.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.to(torch.float16).contiguous() for name, tensor in branch_state(transformer).items()}
