@@ -80,8 +80,8 @@ def build(studio: StudioContext) -> None:
 
     first = choices("flux", "sketch", "canny")
     gr.Markdown("Pick the brush beside the canvas and draw: the image follows every stroke. The fastest model of the "
-                "family that can read a drawing is picked for you (one-step with a ControlNet, else SANA-Sprint "
-                "img2img).")
+                "family that can read a drawing is picked for you: one-step with a ControlNet, else SANA-Sprint "
+                "img2img, else a standard model with a ControlNet at 8 steps (random-weight built-ins last).")
     with gr.Row():
         with gr.Column():
             family = gr.Radio(list(FAMILIES), value="flux", label="Family")
