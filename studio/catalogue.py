@@ -47,6 +47,11 @@ class ControlSpec:
         return f"controlnet:{self.name}"
 
     @property
+    def config_file(self) -> str:
+        """Its config.json inside the repo."""
+        return f"{self.subfolder}/config.json" if self.subfolder else "config.json"
+
+    @property
     def random_weights(self) -> bool:
         """A built-in without trained weights: it runs the code path and draws noise."""
         return self.builtin and not (self.path is not None and (self.path / "config.json").is_file())

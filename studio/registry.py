@@ -83,7 +83,8 @@ def saved_model_class(config: str | Path) -> type[torch.nn.Module]:
     return model_class
 
 
-def load_control(spec: ModelSpec, control: ControlSpec, base: DiffusionPipeline, offline_only: bool) -> torch.nn.Module:
+def load_control(spec: ModelSpec, control: ControlSpec, base: DiffusionPipeline, dtype: torch.dtype,
+                 offline_only: bool) -> torch.nn.Module:
     """Read a ControlNet (or a control transformer) for a loaded model: from the hub, safetensors
     only, or for a built-in control its trained weights, else the small random one built from the
     base's transformer, saved once and read back through the same `from_pretrained`."""
@@ -97,8 +98,8 @@ def load_control(spec: ModelSpec, control: ControlSpec, base: DiffusionPipeline,
             marker="config.json",
         )
         module_class = module_class or saved_model_class(folder / "config.json")
-        return module_class.from_pretrained(folder, use_safetensors=True, local_files_only=True)
-    kwargs = {"use_safetensors": True, "local_files_only": offline_only}
+        return module_class.from_pretrained(folder, dtype=dtype, use_safetensors=True, local_files_only=True)
+    kwargs = {"dtype": dtype, "use_safetensors": True, "local_files_only": offline_only}
     if control.subfolder:
         kwargs["subfolder"] = control.subfolder
     if control.variant:
@@ -106,9 +107,9 @@ def load_control(spec: ModelSpec, control: ControlSpec, base: DiffusionPipeline,
     if module_class is None:
         from huggingface_hub import hf_hub_download
 
-        local = Path(control.repo, control.subfolder or "", "config.json")
+        local = Path(control.repo, control.config_file)
         module_class = saved_model_class(local if local.is_file() else hf_hub_download(
-            control.repo, "config.json", subfolder=control.subfolder, local_files_only=offline_only))
+            control.repo, control.config_file, local_files_only=offline_only))
     return module_class.from_pretrained(control.repo, **kwargs)
 
 
@@ -235,8 +236,7 @@ class Registry:
             return ModelState.LOADED
         if control.builtin:
             return ModelState.BUILTIN
-        config = f"{control.subfolder}/config.json" if control.subfolder else "config.json"
-        if in_local_cache(control.repo, config):
+        if in_local_cache(control.repo, control.config_file):
             return ModelState.CACHED
         return ModelState.UNAVAILABLE if self.offline_only else ModelState.DOWNLOADABLE
 
@@ -499,14 +499,17 @@ class Registry:
                                    f"studio is offline; download it once with `hf download {control.repo}`.")
         base = model.pipelines["t2i"]
         try:
-            module = load_control(model.spec, control, base, self.offline_only)
+            module = load_control(model.spec, control, base, self.dtype, self.offline_only)
         except StudioError:
             raise
         except Exception as error:
             raise LoadFailed(f"The {control.name} ControlNet for {model.spec.name} could not be loaded "
                              f"({control.source}): {type(error).__name__}: {error}") from error
-        module.to(device=base.transformer.device, dtype=base.transformer.dtype)
-        model.controls[control.name] = module
+        # A ControlNet can be as large as its base (SD3.5-Large's: 8 GB): room is made for it as
+        # for a model, other models' weights leaving the device first.
+        self._make_room(module_bytes(module), keep=model.spec.id)
+        module.to(base.transformer.device)
         with self._state_lock:
+            model.controls[control.name] = module
             model.size_bytes += module_bytes(module)
         return module

@@ -252,3 +252,31 @@ def test_a_controlnet_from_a_local_folder_loads_by_its_config(catalogue, registr
     broken = Registry(Catalogue([replace(spec, controlnets=(local,))]), offline_only=True)
     with pytest.raises(InvalidRequest, match="names no diffusers model class"):
         control_generate(broken, settings_for(broken, spec.id, "canny"), strokes("line"))
+
+
+@pytest.mark.parametrize("model", ["tiny-flux-dev", "tiny-sd3", "tiny-sana"])
+def test_building_a_small_controlnet_leaves_the_base_as_it_was(registry, model):
+    """diffusers' SD3 `from_transformer` writes num_layers into the base's own config; the
+    built-in builder must copy it instead."""
+    transformer = registry.pipeline(model).transformer
+    config, weights = dict(transformer.config), {k: v.clone() for k, v in transformer.state_dict().items()}
+    controlnet = registry.catalogue.get(model).family.controlnet_builder(transformer, 0)
+    assert dict(transformer.config) == config
+    assert all(torch.equal(weights[k], v) for k, v in transformer.state_dict().items())
+    assert controlnet.config.num_layers == 1
+
+
+def test_a_controlnet_gets_room_under_the_budget_as_a_model_does(catalogue):
+    from studio.registry import GIB, Registry
+
+    probe = Registry(catalogue)
+    probe.pipeline("tiny-sd3")
+    probe.pipeline("tiny-flux-schnell")
+    budget = probe.used_bytes() + 1024
+    registry = Registry(catalogue, memory_budget_gb=budget / GIB)
+    registry.pipeline("tiny-sd3")
+    registry.pipeline("tiny-flux-schnell")
+    assert registry.loaded_ids() == ["tiny-sd3", "tiny-flux-schnell"]
+    registry.pipeline("tiny-flux-schnell", "controlnet:scribble")
+    assert registry.loaded_ids() == ["tiny-flux-schnell"]  # the least recently used model made room
+    assert registry.used_bytes() <= budget

@@ -3,6 +3,7 @@ build its small built-in model; the registry knows nothing family-specific."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,7 +89,8 @@ class Family:
     flow: FlowConvention | None = None
     # The diffusers ControlNet pipeline for this family's models, or None where diffusers has none.
     controlnet_pipeline: str | None = None
-    # (the base model's transformer, seed) -> a small random ControlNet that fits it, for built-ins.
+    # (the base model's transformer, seed) -> a small random ControlNet that fits it, for built-ins
+    # (`small_controlnet` with the family's ControlNet class).
     controlnet_builder: Callable[[torch.nn.Module, int], torch.nn.Module] | None = None
     # What the pipelines' `encode_prompt` returns, in order, as the call's argument names (None:
     # not a call argument), so a prompt can be encoded once and passed as embeddings.
@@ -116,14 +118,21 @@ def all_families() -> dict[str, Family]:
     return {module.FAMILY.name: module.FAMILY for module in (flux, sd3, pixart, sana)}
 
 
-def wake_zero_layers(model: torch.nn.Module, seed: int, std: float = 0.05) -> torch.nn.Module:
-    """Give a fresh ControlNet's zero-initialised layers small random weights. A trained
-    ControlNet has learned them; at zero, a random built-in would add nothing and the control
-    image would have no effect to test."""
+def small_controlnet(transformer: torch.nn.Module, controlnet_class: type[torch.nn.Module], seed: int,
+                     **sizes: int) -> torch.nn.Module:
+    """A small ControlNet shaped like `transformer` (its config, with `sizes` overriding, such as
+    fewer layers) and started from its weights, as InstantX's are; the base's config is copied,
+    never changed (diffusers' SD3 `from_transformer` writes into it). Its zero-initialised layers
+    get small random weights: a trained ControlNet has learned them, and at zero a random built-in
+    would add nothing, leaving the control image no effect to test."""
+    accepted = inspect.signature(controlnet_class.__init__).parameters
+    config = {key: value for key, value in transformer.config.items() if key in accepted}
+    controlnet = controlnet_class(**(config | sizes))
+    controlnet.load_state_dict(transformer.state_dict(), strict=False)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for module in model.modules():
+        for module in controlnet.modules():
             weight = getattr(module, "weight", None)
             if isinstance(weight, torch.nn.Parameter) and weight.dim() >= 2 and not weight.any():
-                weight.copy_(torch.randn(weight.shape, generator=generator) * std)
-    return model
+                weight.copy_(torch.randn(weight.shape, generator=generator) * 0.05)
+    return controlnet

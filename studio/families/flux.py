@@ -15,7 +15,7 @@ from diffusers import (
 )
 
 from studio import offline
-from studio.families import Family, FlowConvention, TextConditioning, TextSegment, wake_zero_layers
+from studio.families import Family, FlowConvention, TextConditioning, TextSegment, small_controlnet
 
 
 def flow_scheduler(timestep_distilled: bool = False) -> FlowMatchEulerDiscreteScheduler:
@@ -70,15 +70,6 @@ def build_random(target: Path, guidance_embeds: bool, timestep_distilled: bool =
                    timestep_distilled=timestep_distilled).save_pretrained(target)
 
 
-def small_controlnet(transformer: FluxTransformer2DModel, seed: int) -> FluxControlNetModel:
-    """One double and one single block, started from the base transformer's weights as InstantX's are."""
-    config = transformer.config
-    controlnet = FluxControlNetModel.from_transformer(transformer, num_layers=1, num_single_layers=1,
-                                                      attention_head_dim=config.attention_head_dim,
-                                                      num_attention_heads=config.num_attention_heads)
-    return wake_zero_layers(controlnet, seed)
-
-
 def encode_text(pipe: FluxPipeline, prompts: list[str], max_sequence_length: int) -> TextConditioning:
     embeds, pooled, text_ids = pipe.encode_prompt(prompts, prompt_2=None, device=pipe.transformer.device,
                                                   max_sequence_length=max_sequence_length)
@@ -125,7 +116,8 @@ FAMILY = Family(
     text_segments=lambda pipe, length: [TextSegment(pipe.tokenizer_2, 0, length)],
     flow=FlowConvention(encode_text=encode_text, velocity=velocity, linear_sigmas=True),
     controlnet_pipeline="FluxControlNetPipeline",
-    controlnet_builder=small_controlnet,
+    controlnet_builder=lambda transformer, seed: small_controlnet(transformer, FluxControlNetModel, seed,
+                                                                  num_layers=1, num_single_layers=1),
     prompt_outputs=("prompt_embeds", "pooled_prompt_embeds", None),
     builtin_builders={
         "flux-random": lambda target: build_random(target, guidance_embeds=True),

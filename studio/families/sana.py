@@ -4,7 +4,6 @@ embedded guidance."""
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 
 import torch
@@ -19,7 +18,7 @@ from diffusers import (
 )
 
 from studio import offline
-from studio.families import Family, wake_zero_layers
+from studio.families import Family, small_controlnet
 
 
 def small_dc_autoencoder() -> AutoencoderDC:
@@ -61,15 +60,6 @@ def small_transformer(guidance_embeds: bool) -> SanaTransformer2DModel:
     )
 
 
-def small_controlnet(transformer: SanaTransformer2DModel, seed: int) -> SanaControlNetModel:
-    """One block, its shapes read off the base transformer and its weights started from it."""
-    accepted = inspect.signature(SanaControlNetModel.__init__).parameters
-    config = {key: value for key, value in transformer.config.items() if key in accepted}
-    controlnet = SanaControlNetModel(**(config | {"num_layers": 1}))
-    controlnet.load_state_dict(transformer.state_dict(), strict=False)
-    return wake_zero_layers(controlnet, seed)
-
-
 def build_random(target: Path, one_step: bool) -> None:
     torch.manual_seed(0)
     tokenizer = offline.gemma_tokenizer()
@@ -92,7 +82,7 @@ FAMILY = Family(
     task_variants={"SanaSprintPipeline": {"img2img": "SanaSprintImg2ImgPipeline"}},
     token_order="cross-attention",
     controlnet_pipeline="SanaControlNetPipeline",
-    controlnet_builder=small_controlnet,
+    controlnet_builder=lambda transformer, seed: small_controlnet(transformer, SanaControlNetModel, seed, num_layers=1),
     builtin_builders={
         "sana-random": lambda target: build_random(target, one_step=False),
         "sana-sprint-random": lambda target: build_random(target, one_step=True),

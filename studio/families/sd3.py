@@ -15,7 +15,7 @@ from diffusers import (
 )
 
 from studio import offline
-from studio.families import Family, FlowConvention, TextConditioning, TextSegment, wake_zero_layers
+from studio.families import Family, FlowConvention, TextConditioning, TextSegment, small_controlnet
 
 CLIP_LENGTH = 77
 
@@ -60,12 +60,6 @@ def build_random(target: Path, qk_norm: str | None = None) -> None:
     build_pipeline(transformer, offline.small_vae(16, (8, 16, 16)), clip_hidden=16, clip_projection=32, t5_d_model=32).save_pretrained(target)
 
 
-def small_controlnet(transformer: SD3Transformer2DModel, seed: int) -> SD3ControlNetModel:
-    """One joint block, started from the base transformer's weights as InstantX's are."""
-    controlnet = SD3ControlNetModel.from_transformer(transformer, num_layers=1, num_extra_conditioning_channels=0)
-    return wake_zero_layers(controlnet, seed)
-
-
 def encode_text(pipe: StableDiffusion3Pipeline, prompts: list[str], max_sequence_length: int) -> TextConditioning:
     embeds, _, pooled, _ = pipe.encode_prompt(prompts, None, None, device=pipe.transformer.device,
                                               do_classifier_free_guidance=False,
@@ -97,7 +91,7 @@ FAMILY = Family(
                                         TextSegment(pipe.tokenizer_3, CLIP_LENGTH, length)],
     flow=FlowConvention(encode_text=encode_text, velocity=velocity, linear_sigmas=False),
     controlnet_pipeline="StableDiffusion3ControlNetPipeline",
-    controlnet_builder=small_controlnet,
+    controlnet_builder=lambda transformer, seed: small_controlnet(transformer, SD3ControlNetModel, seed, num_layers=1),
     prompt_outputs=("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds"),
     builtin_builders={
         "sd3-random": build_random,
