@@ -19,6 +19,7 @@ from studio.methods.control import (
     LiveRequest,
     LiveTarget,
     live_targets,
+    on_white,
 )
 from tabs.common import user_errors
 
@@ -61,10 +62,8 @@ def strokes_of(value: Any) -> Image.Image | None:
     drawing = value["composite"]
     if not isinstance(drawing, Image.Image):
         drawing = Image.open(drawing)
-    alpha = drawing.getchannel("A") if drawing.mode == "RGBA" else None
-    if alpha is not None and alpha.getextrema()[1] == 0:
-        return None
-    if alpha is None and drawing.convert("L").getextrema()[0] > 250:
+    # Blank paper (transparent, or white as the canvas sends it once cleared) is no drawing yet.
+    if on_white(drawing).convert("L").getextrema()[0] > 250:
         return None
     return drawing
 

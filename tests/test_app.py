@@ -222,3 +222,15 @@ def test_live_frame_endpoint_draws_from_a_sketch(running_app, tmp_path):
     with pytest.raises(Exception, match="Steps must be between 1 and 4"):
         client.predict("tiny-flux-schnell|scribble|2", "a red circle", "sketch", canvas, None, 100, 200, 0, 1.0, 0.0,
                        1.0, 24, api_name="/live_frame")
+
+
+def test_a_blank_canvas_is_no_drawing():
+    """Before the first stroke, and once cleared (the canvas then sends opaque white), no frame runs."""
+    from tabs.live import strokes_of
+
+    assert strokes_of({"composite": Image.new("RGBA", (8, 8), (255, 255, 255, 255))}) is None
+    assert strokes_of({"composite": Image.new("RGBA", (8, 8), (0, 0, 0, 0))}) is None
+    assert strokes_of(None) is None
+    drawn = Image.new("RGBA", (8, 8), (255, 255, 255, 255))
+    drawn.putpixel((3, 3), (0, 0, 0, 255))
+    assert strokes_of({"composite": drawn}) is drawn

@@ -141,25 +141,21 @@ def encode_prompt_arguments(pipe, spec: ModelSpec, prompt: str, negative: str, g
     # Second and third prompts (SD3's CLIP-G and T5) default to the first one.
     kwargs.update({name: None for name, parameter in accepted.items() if name.startswith("prompt_")
                    and name[7:].isdigit() and parameter.default is inspect.Parameter.empty})
+    separate_negative = guided and "do_classifier_free_guidance" not in accepted
+    if "do_classifier_free_guidance" in accepted:
+        kwargs.update(do_classifier_free_guidance=guided, negative_prompt=negative)
     with torch.no_grad():
-        if "do_classifier_free_guidance" in accepted:
-            kwargs.update(do_classifier_free_guidance=guided, negative_prompt=negative)
-            outputs = pipe.encode_prompt(prompt, **kwargs)
-            named = dict(zip(spec.family.prompt_outputs, outputs))
-        else:
-            named = dict(zip(spec.family.prompt_outputs, pipe.encode_prompt(prompt, **kwargs)))
-            if guided:
-                negatives = zip(spec.family.prompt_outputs, pipe.encode_prompt(negative, **kwargs))
-                named.update({f"negative_{name}": value for name, value in negatives if name})
+        named = dict(zip(spec.family.prompt_outputs, pipe.encode_prompt(prompt, **kwargs)))
+        if separate_negative:
+            negatives = zip(spec.family.prompt_outputs, pipe.encode_prompt(negative, **kwargs))
+            named.update({f"negative_{name}": value for name, value in negatives if name})
     call_accepts = inspect.signature(pipe.__call__).parameters
     return {name: value for name, value in named.items() if name in call_accepts and value is not None}
 
 
 def guided(spec: ModelSpec, guidance: float) -> bool:
     """Whether the pipeline will run classifier-free guidance (and so needs negative embeddings)."""
-    if spec.guidance == "cfg":
-        return guidance > 1.0
-    return spec.guidance == "true-cfg" and guidance > 1.0
+    return spec.accepts_negative_prompt and guidance > 1.0
 
 
 def validate(settings: ControlSettings, spec: ModelSpec) -> ControlSettings:
