@@ -144,6 +144,20 @@ def optimise(loss: torch.Tensor, optimiser: torch.optim.Optimizer, schedule: tor
     schedule.step()
 
 
+def frozen_base_arguments(description: str, base: str, output: str, steps: int) -> argparse.ArgumentParser:
+    """The options of a trainer that teaches an addition to a frozen shapes-world model (layout
+    branches, a ControlNet): where the base and the result live, the data, the schedule."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", type=Path, default=MODELS_DIR / base)
+    parser.add_argument("--output", type=Path, default=MODELS_DIR / output)
+    parser.add_argument("--scenes", type=int, default=8192)
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--batch-size", type=int, default=24)
+    parser.add_argument("--learning-rate", type=float, default=5e-4)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
 def sigma_shift(image_tokens: int, scheduler_config) -> float:
     """The shift the pipeline's scheduler applies: FLUX's resolution-dependent exp(mu), else SD3's
     fixed shift."""

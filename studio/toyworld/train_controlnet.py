@@ -14,7 +14,6 @@ diffusers FluxControlNetModel in fp16 safetensors.
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
@@ -31,8 +30,8 @@ from studio.toyworld.data import build_pool
 from studio.toyworld.scene import render
 from studio.toyworld.train import (
     MAX_SEQUENCE_LENGTH,
-    MODELS_DIR,
     encode_pool,
+    frozen_base_arguments,
     noised,
     optimise,
     sigma_shift,
@@ -64,14 +63,7 @@ def control_latents(pipe: FluxPipeline, controls: list[Image.Image], seed: int) 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base", type=Path, default=MODELS_DIR / "shapes-flux")
-    parser.add_argument("--output", type=Path, default=MODELS_DIR / "shapes-flux-controlnet-scribble")
-    parser.add_argument("--scenes", type=int, default=8192)
-    parser.add_argument("--steps", type=int, default=1200)
-    parser.add_argument("--batch-size", type=int, default=24)
-    parser.add_argument("--learning-rate", type=float, default=5e-4)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = frozen_base_arguments(__doc__, "shapes-flux", "shapes-flux-controlnet-scribble", steps=2000)
     parser.add_argument("--resume", type=Path, default=None, help="a saved ControlNet to train further")
     args = parser.parse_args(argv)
 

@@ -12,9 +12,7 @@ layout-token projection are saved (fp16 safetensors), next to the base model the
 
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -28,8 +26,8 @@ from studio.toyworld.data import build_pool
 from studio.toyworld.scene import Scene, SceneObject
 from studio.toyworld.train import (
     MAX_SEQUENCE_LENGTH,
-    MODELS_DIR,
     encode_pool,
+    frozen_base_arguments,
     noised,
     optimise,
     sigma_shift,
@@ -73,14 +71,7 @@ def layout_batch(scenes: list[Scene], embeddings: dict[str, torch.Tensor], dropp
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base", type=Path, default=MODELS_DIR / "shapes-sd3")
-    parser.add_argument("--output", type=Path, default=MODELS_DIR / "shapes-sd3-siamlayout")
-    parser.add_argument("--scenes", type=int, default=8192)
-    parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--batch-size", type=int, default=24)
-    parser.add_argument("--learning-rate", type=float, default=5e-4)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = frozen_base_arguments(__doc__, "shapes-sd3", "shapes-sd3-siamlayout", steps=1500)
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
