@@ -33,7 +33,7 @@ from transformers import (
 
 from studio.toyworld.scene import VOCABULARY
 
-BUILTIN_FORMAT_VERSION = "3"
+BUILTIN_FORMAT_VERSION = "4"
 _build_lock = threading.Lock()
 
 
@@ -130,8 +130,11 @@ def clip_tokenizer(words: Sequence[str] = VOCABULARY, max_length: int = 77) -> C
 
 
 def t5_tokenizer(words: Sequence[str] = VOCABULARY) -> T5Tokenizer:
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
-    pieces += [(word if not word.isalnum() else "\u2581" + word, -1.0) for word in words]
+    # Every word as one piece after a space mark, and also bare (costlier), so that tags written
+    # without spaces ("[PANEL-1]") still split into known words rather than <unk>.
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -3.0)]
+    pieces += [("\u2581" + word, -1.0) for word in words]
+    pieces += [(word, -2.0) for word in words]
     return T5Tokenizer(vocab=pieces, extra_ids=0)
 
 

@@ -1,3 +1,4 @@
+import dataclasses
 import random
 
 import numpy as np
@@ -11,7 +12,9 @@ from studio.toyworld.data import HELD_OUT, build_pool
 from studio.toyworld.measure import (
     centroid, check_object, classify_shape, colour_mask, hue_distance, iou, mean_hue, nearest_position,
 )
-from studio.toyworld.scene import COLOURS, VOCABULARY, make_object, make_scene, random_scene, render
+from studio.toyworld.scene import (
+    BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZES, VOCABULARY, make_object, make_scene, random_scene, render,
+)
 
 
 def test_captions_describe_the_scene_in_the_world_vocabulary():
@@ -65,12 +68,19 @@ def test_clip_end_of_text_is_not_id_two():
 def test_measures_read_ground_truth_scenes_exactly_and_catch_wrong_answers():
     rng = random.Random(3)
     for _ in range(60):
-        scene = random_scene(rng, max_objects=1)
-        image, _ = render(scene)
-        obj = scene.objects[0]
-        assert all(check_object(image, obj).values())
+        place, size = rng.choice(list(POSITIONS)), rng.choice(SIZES)
+        obj = make_object(rng.choice(list(COLOURS)), rng.choice(SHAPES), size, place, jitter=0.05, rng=rng)
+        image, _ = render(make_scene([obj], rng.choice(list(BACKGROUNDS))))
+        assert all(check_object(image, obj).values()), obj
         wrong_colour = next(c for c in COLOURS if c != obj.colour)
-        assert not check_object(image, make_object(wrong_colour, obj.shape, obj.size, obj.position))["colour"]
+        assert not check_object(image, dataclasses.replace(obj, colour=wrong_colour))["colour"]
+        assert not check_object(image, dataclasses.replace(obj, size=next(s for s in SIZES if s != size)))["size"]
+    # Objects anywhere at any size: sizes near a range's edge may read as the neighbour.
+    scenes = [random_scene(rng, max_objects=1) for _ in range(200)]
+    readings = [check_object(render(scene)[0], scene.objects[0]) for scene in scenes]
+    for measure in ("colour", "position", "shape"):
+        assert sum(r[measure] for r in readings) >= 0.97 * len(readings), measure
+    assert sum(r["size"] for r in readings) >= 0.9 * len(readings)
     image, masks = render(make_scene([make_object("blue", "triangle", "large", "right")], "black"))
     assert classify_shape(masks[0]) == "triangle" and nearest_position(centroid(masks[0])) == "right"
     assert hue_distance(mean_hue(image, masks[0]), 228) < 10
