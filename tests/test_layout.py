@@ -110,10 +110,12 @@ def test_one_full_box_with_the_global_caption_is_the_plain_path(registry, model_
     start = flow.initial_noise(pipe, 0, 64, 64)
     plain = flow.integrate(model.velocity, start, flow.schedule(pipe, spec.family, 6, *start.shape[-2:]))[-1]
     plain = np.asarray(flow.decode(pipe, plain)[0], float)
-    # Equal but for float rounding (the region's copy of the caption is summed in another order).
-    assert np.abs(regional - plain).max() <= 4 and np.abs(regional - plain).mean() < 0.05
+    # Equal but for float rounding (the region's copy of the caption is summed in another order),
+    # which is far below what real regions change.
+    rounding = np.abs(regional - plain)
+    assert rounding.max() <= 4
     two_boxes = np.asarray(regional_generate(registry, layout(model_id)).image, float)
-    assert np.abs(two_boxes - plain).mean() > 0.3  # random tiny weights: small, but far above rounding
+    assert np.abs(two_boxes - plain).mean() > 4 * rounding.mean()
 
 
 def test_bad_layout_requests(registry):
