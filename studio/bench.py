@@ -15,6 +15,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import diffusers
 import torch
@@ -25,11 +26,19 @@ from studio.catalogue import Catalogue
 from studio.device import choose_device
 from studio.generation import GenerationSettings, call_arguments, generate, validate
 from studio.metadata import save_png
-from studio.methods.control import LiveRenderer, LiveRequest, live_targets
 from studio.methods.colour import ColourEditSettings, colour_edit, source_cache_bytes
+from studio.methods.control import LiveRenderer, LiveRequest, live_targets
 from studio.registry import Registry
 
-BUILTIN_MODELS = ["shapes-flux", "shapes-sd3", "tiny-flux-dev", "tiny-sd3", "tiny-pixart-sigma", "tiny-sana", "tiny-sana-sprint"]
+BUILTIN_MODELS = [
+    "shapes-flux",
+    "shapes-sd3",
+    "tiny-flux-dev",
+    "tiny-sd3",
+    "tiny-pixart-sigma",
+    "tiny-sana",
+    "tiny-sana-sprint",
+]
 
 
 def median_seconds(run, runs: int) -> float:
@@ -57,8 +66,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--device", default=None)
-    parser.add_argument("--full-size", action="store_true",
-                        help="only the full-size SANA-Sprint 0.6B and SANA-600M ControlNet architectures, random weights")
+    parser.add_argument(
+        "--full-size",
+        action="store_true",
+        help="only the full-size SANA-Sprint 0.6B and SANA-600M ControlNet architectures, random weights",
+    )
     args = parser.parse_args(argv)
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
@@ -70,14 +82,25 @@ def main(argv: list[str] | None = None) -> None:
     registry = Registry(catalogue, device=device, dtype=dtype)
     output = Path(tempfile.mkdtemp(prefix="dit-studio-bench-"))
 
-    print(f"device {device}, dtype {str(dtype).removeprefix('torch.')}, {args.size}x{args.size}, median of {args.runs}\n")
+    print(
+        f"device {device}, dtype {str(dtype).removeprefix('torch.')}, {args.size}x{args.size}, median of {args.runs}\n"
+    )
     print("| model | steps | bare diffusers (s) | studio path (s) | ratio |")
     print("|---|---|---|---|---|")
     for model_id in args.models:
         spec = catalogue.get(model_id)
-        settings = validate(GenerationSettings(model=model_id, prompt="a large red circle on the left, gray background",
-                                               steps=spec.steps, guidance=spec.guidance_scale,
-                                               width=args.size, height=args.size, seed=0), spec)
+        settings = validate(
+            GenerationSettings(
+                model=model_id,
+                prompt="a large red circle on the left, gray background",
+                steps=spec.steps,
+                guidance=spec.guidance_scale,
+                width=args.size,
+                height=args.size,
+                seed=0,
+            ),
+            spec,
+        )
         bare = bare_pipeline(spec, device, dtype)
         bare_arguments = call_arguments(bare, spec, settings, None)
 
@@ -89,7 +112,9 @@ def main(argv: list[str] | None = None) -> None:
                 save_png(result, output)
 
         bare_time, studio_time = median_seconds(bare_call, args.runs), median_seconds(studio_call, args.runs)
-        print(f"| {model_id} | {settings.steps} | {bare_time:.4f} | {studio_time:.4f} | {studio_time / bare_time:.3f} |")
+        print(
+            f"| {model_id} | {settings.steps} | {bare_time:.4f} | {studio_time:.4f} | {studio_time / bare_time:.3f} |"
+        )
 
     first, second = args.models[0], args.models[1 % len(args.models)]
     print("\n| hot swap | seconds |\n|---|---|")
@@ -127,11 +152,24 @@ def colour_editing(registry: Registry, models: list[str], args: argparse.Namespa
     print("|---|---|---|---|---|")
     for model_id in models:
         spec = registry.catalogue.get(model_id)
-        settings = ColourEditSettings(model=model_id, source_prompt="a large red circle on the left, gray background",
-                                      target_prompt="a large blue circle on the left, gray background", word="circle",
-                                      steps=spec.steps, guidance=spec.guidance_scale, width=args.size, height=args.size)
-        plain = GenerationSettings(model=model_id, prompt=settings.source_prompt, steps=spec.steps,
-                                   guidance=spec.guidance_scale, width=args.size, height=args.size)
+        settings = ColourEditSettings(
+            model=model_id,
+            source_prompt="a large red circle on the left, gray background",
+            target_prompt="a large blue circle on the left, gray background",
+            word="circle",
+            steps=spec.steps,
+            guidance=spec.guidance_scale,
+            width=args.size,
+            height=args.size,
+        )
+        plain = GenerationSettings(
+            model=model_id,
+            prompt=settings.source_prompt,
+            steps=spec.steps,
+            guidance=spec.guidance_scale,
+            width=args.size,
+            height=args.size,
+        )
         one = median_seconds(lambda: list(generate(registry, plain)), args.runs)
         cached = median_seconds(lambda: colour_edit(registry, settings), args.runs)
         beside = median_seconds(lambda: colour_edit(registry, settings, cache_limit_bytes=0), args.runs)
@@ -172,11 +210,21 @@ def live_loop(registry: Registry, args: argparse.Namespace, frames: int = 12) ->
 
 # SANA 600M's transformer (diffusers config of Efficient-Large-Model/Sana_600M_1024px_diffusers):
 # 28 blocks of 36 x 32 linear-attention heads, cross-attention to 300 Gemma-2 tokens (2304 wide).
-SANA_600M = dict(in_channels=32, out_channels=32, num_attention_heads=36, attention_head_dim=32, num_layers=28,
-                 num_cross_attention_heads=16, cross_attention_head_dim=72, cross_attention_dim=1152,
-                 caption_channels=2304, sample_size=32, patch_size=1)
+SANA_600M = dict(
+    in_channels=32,
+    out_channels=32,
+    num_attention_heads=36,
+    attention_head_dim=32,
+    num_layers=28,
+    num_cross_attention_heads=16,
+    cross_attention_head_dim=72,
+    cross_attention_dim=1152,
+    caption_channels=2304,
+    sample_size=32,
+    patch_size=1,
+)
 # DC-AE f32c32 (SANA 1.0): 32x compression to 32 channels.
-DC_AE_F32C32 = dict(
+DC_AE_F32C32: dict[str, Any] = dict(
     latent_channels=32,
     encoder_block_types=("ResBlock",) * 3 + ("EfficientViTBlock",) * 3,
     decoder_block_types=("ResBlock",) * 3 + ("EfficientViTBlock",) * 3,
@@ -198,10 +246,13 @@ def full_size_sana(device: str, dtype: torch.dtype, size: int, runs: int) -> Non
     from diffusers import AutoencoderDC, SanaControlNetModel, SanaTransformer2DModel
 
     torch.manual_seed(0)
-    sprint = SanaTransformer2DModel(**SANA_600M, guidance_embeds=True, qk_norm="rms_norm_across_heads").to(device, dtype)
+    sprint = SanaTransformer2DModel(**SANA_600M, guidance_embeds=True, qk_norm="rms_norm_across_heads").to(
+        device, dtype
+    )
     sana = SanaTransformer2DModel(**SANA_600M).to(device, dtype)
-    controlnet = SanaControlNetModel(**{k: v for k, v in SANA_600M.items() if k != "out_channels"},
-                                     out_channels=32).to(device, dtype)
+    controlnet = SanaControlNetModel(**{k: v for k, v in SANA_600M.items() if k != "out_channels"}, out_channels=32).to(
+        device, dtype
+    )
     decoder = AutoencoderDC(**DC_AE_F32C32).to(device, dtype).eval()
     side = size // 32
     latents = torch.randn(1, 32, side, side, device=device, dtype=dtype)
@@ -212,15 +263,33 @@ def full_size_sana(device: str, dtype: torch.dtype, size: int, runs: int) -> Non
     def sprint_image(steps: int):
         x = latents
         for _ in range(steps):
-            x = sprint(x, encoder_hidden_states=text, encoder_attention_mask=mask, timestep=step,
-                       guidance=torch.full((1,), 4.5, device=device, dtype=dtype), return_dict=False)[0]
+            x = sprint(
+                x,
+                encoder_hidden_states=text,
+                encoder_attention_mask=mask,
+                timestep=step,
+                guidance=torch.full((1,), 4.5, device=device, dtype=dtype),
+                return_dict=False,
+            )[0]
         return decoder.decode(x / DC_AE_F32C32["scaling_factor"]).sample
 
     def controlnet_image():
-        blocks = controlnet(latents, encoder_hidden_states=text, encoder_attention_mask=mask, timestep=step,
-                            controlnet_cond=latents, return_dict=False)[0]
-        x = sana(latents, encoder_hidden_states=text, encoder_attention_mask=mask, timestep=step,
-                 controlnet_block_samples=blocks, return_dict=False)[0]
+        blocks = controlnet(
+            latents,
+            encoder_hidden_states=text,
+            encoder_attention_mask=mask,
+            timestep=step,
+            controlnet_cond=latents,
+            return_dict=False,
+        )[0]
+        x = sana(
+            latents,
+            encoder_hidden_states=text,
+            encoder_attention_mask=mask,
+            timestep=step,
+            controlnet_block_samples=blocks,
+            return_dict=False,
+        )[0]
         return decoder.decode(x / DC_AE_F32C32["scaling_factor"]).sample
 
     print(f"device {device}, dtype {str(dtype).removeprefix('torch.')}, {size}x{size}, median of {runs}\n")

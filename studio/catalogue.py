@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from studio.errors import UnknownModel
 from studio.families import Family, all_families
@@ -120,8 +121,10 @@ class ModelSpec:
         for control in self.controlnets:
             if control.name == name:
                 return control
-        raise UnknownModel(f"{self.name} has no ControlNet '{name}'"
-                           + (f"; it has {', '.join(c.name for c in self.controlnets)}." if self.controlnets else "."))
+        raise UnknownModel(
+            f"{self.name} has no ControlNet '{name}'"
+            + (f"; it has {', '.join(c.name for c in self.controlnets)}." if self.controlnets else ".")
+        )
 
     def call_for(self, steps: int) -> dict[str, Any]:
         """The extra call arguments at `steps` steps. An argument the catalogue gives only for
@@ -129,6 +132,11 @@ class ModelSpec:
         it then refuses there (SanaSprintPipeline's intermediate_timesteps, valid at 2 steps)."""
         unset = {name: None for arguments in self.call_by_steps.values() for name in arguments}
         return {**unset, **self.call, **self.call_by_steps.get(steps, {})}
+
+    @property
+    def text_length(self) -> int:
+        """The text sequence length the transformer is called with: the catalogue's, else CLIP's 77."""
+        return self.max_sequence_length or 77
 
     @property
     def accepts_negative_prompt(self) -> bool:
@@ -181,13 +189,16 @@ class Catalogue:
                 raise ValueError(f"catalogue entry {entry['id']}: unknown built-in {entry['builtin']}")
             layout_keys = {"repo", "subfolder", "path", "grounding_fraction"}
             if "layout_branch" in entry and (family.name != "sd3" or set(entry["layout_branch"]) - layout_keys):
-                raise ValueError(f"catalogue entry {entry['id']}: layout_branch is for SD3, with repo and "
-                                 "subfolder, or path (and grounding_fraction)")
+                raise ValueError(
+                    f"catalogue entry {entry['id']}: layout_branch is for SD3, with repo and "
+                    "subfolder, or path (and grounding_fraction)"
+                )
             if "path" in entry:
                 entry["path"] = PROJECT_ROOT / entry["path"]
             entry["call_by_steps"] = step_table(entry)
-            entry["controlnets"] = tuple(parse_controlnet(entry["id"], family, control)
-                                         for control in entry.get("controlnets", ()))
+            entry["controlnets"] = tuple(
+                parse_controlnet(entry["id"], family, control) for control in entry.get("controlnets", ())
+            )
             if len({control.name for control in entry["controlnets"]}) != len(entry["controlnets"]):
                 raise ValueError(f"catalogue entry {entry['id']}: two ControlNets share a name")
             specs.append(ModelSpec(family=family, **entry))

@@ -16,16 +16,27 @@ SHARE_SERVER = ("api.gradio.app", 443)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="dit-studio", description="DiT Studio: a browser studio for Diffusion Transformers.")
+    parser = argparse.ArgumentParser(
+        prog="dit-studio", description="DiT Studio: a browser studio for Diffusion Transformers."
+    )
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), help="address to serve on")
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     parser.add_argument("--share", action="store_true", help="also serve on a public gradio.live link")
     parser.add_argument("--offline", action="store_true", help="never reach the hub: cached and built-in models only")
     parser.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: the best there is)")
-    parser.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None,
-                        help="default: bf16 on cuda, fp16 on mps, fp32 on cpu")
-    parser.add_argument("--memory-budget", type=float, default=None, metavar="GB",
-                        help="memory the loaded models may use on the device (default: 90%% of the GPU)")
+    parser.add_argument(
+        "--dtype",
+        choices=["bf16", "fp16", "fp32"],
+        default=None,
+        help="default: bf16 on cuda, fp16 on mps, fp32 on cpu",
+    )
+    parser.add_argument(
+        "--memory-budget",
+        type=float,
+        default=None,
+        metavar="GB",
+        help="memory the loaded models may use on the device (default: 90%% of the GPU)",
+    )
     parser.add_argument("--default-model", default="shapes-flux", help="catalogue id selected at start")
     parser.add_argument("--output-dir", type=Path, default=Path("outputs"), help="where result PNGs are saved")
     parser.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
@@ -69,8 +80,10 @@ def main(argv: list[str] | None = None) -> None:
 
     share = args.share
     if share and (args.offline or not internet_reachable()):
-        print(f"--share: no public link, the internet is not reachable from here; "
-              f"the studio is still served at http://{args.host}:{args.port}")
+        print(
+            f"--share: no public link, the internet is not reachable from here; "
+            f"the studio is still served at http://{args.host}:{args.port}"
+        )
         share = False
     demo = build_app(studio)
     demo.launch(

@@ -60,10 +60,13 @@ def depth(image: Image.Image, offline: bool) -> Image.Image:
     from transformers import pipeline
 
     try:
-        estimator = pipeline("depth-estimation", model=DEPTH_MODEL, model_kwargs={"local_files_only": offline},
-                             use_fast=True)
+        estimator = pipeline(
+            "depth-estimation", model=DEPTH_MODEL, model_kwargs={"local_files_only": offline}, use_fast=True
+        )
     except Exception:
-        raise InvalidRequest(f"Depth needs {DEPTH_MODEL}, which is not in the local cache"
-                             + (" and the studio is offline" if offline else "")
-                             + f"; fetch it once with `hf download {DEPTH_MODEL}`.") from None
+        raise InvalidRequest(
+            f"Depth needs {DEPTH_MODEL}, which is not in the local cache"
+            + (" and the studio is offline" if offline else "")
+            + f"; fetch it once with `hf download {DEPTH_MODEL}`."
+        ) from None
     return estimator(image.convert("RGB"))["depth"].convert("RGB").resize(image.size)

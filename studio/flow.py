@@ -5,6 +5,7 @@ as the family's pipeline, with the transformer called through the family's `Flow
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -56,8 +57,10 @@ class FlowModel:
         rows = [[prompt] if isinstance(prompt, str) else list(prompt) for prompt in prompts]
 
         def encode(rows: list[list[str]]) -> TextConditioning:
-            parts = [self.flow.encode_text(pipe, [row[part] for row in rows], max_sequence_length)
-                     for part in range(len(rows[0]))]
+            parts = [
+                self.flow.encode_text(pipe, [row[part] for row in rows], max_sequence_length)
+                for part in range(len(rows[0]))
+            ]
             return TextConditioning.join(parts)
 
         with torch.no_grad():
@@ -97,9 +100,14 @@ def schedule(pipe: DiffusionPipeline, family: Family, steps: int, latent_height:
     options = {}
     if scheduler.config.use_dynamic_shifting:
         c = scheduler.config
-        options["mu"] = calculate_shift((latent_height // 2) * (latent_width // 2), c.base_image_seq_len,
-                                        c.max_image_seq_len, c.base_shift, c.max_shift)
-    if family.flow.linear_sigmas:
+        options["mu"] = calculate_shift(
+            (latent_height // 2) * (latent_width // 2),
+            c.base_image_seq_len,
+            c.max_image_seq_len,
+            c.base_shift,
+            c.max_shift,
+        )
+    if family.flow is not None and family.flow.linear_sigmas:
         scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), **options)
     else:
         scheduler.set_timesteps(steps, **options)
@@ -122,7 +130,7 @@ def integrate(
         raise InvalidRequest(f"Unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}.")
     states = [latents]
     reused = None
-    for index, (sigma, next_sigma) in enumerate(zip(sigmas[:-1], sigmas[1:])):
+    for index, (sigma, next_sigma) in enumerate(itertools.pairwise(sigmas)):
         if before_step is not None:
             before_step(index)
         delta = next_sigma - sigma

@@ -57,7 +57,7 @@ class GeneratedImage:
 
 
 def snap(value: float, multiple: int) -> int:
-    return max(multiple, int(round(value / multiple)) * multiple)
+    return max(multiple, round(value / multiple) * multiple)
 
 
 def size_for_aspect(spec: ModelSpec, ratio: str) -> tuple[int, int]:
@@ -69,7 +69,12 @@ def size_for_aspect(spec: ModelSpec, ratio: str) -> tuple[int, int]:
 
 def defaults_for(spec: ModelSpec, prompt: str = "") -> GenerationSettings:
     return GenerationSettings(
-        model=spec.id, prompt=prompt, steps=spec.steps, guidance=spec.guidance_scale, width=spec.width, height=spec.height
+        model=spec.id,
+        prompt=prompt,
+        steps=spec.steps,
+        guidance=spec.guidance_scale,
+        width=spec.width,
+        height=spec.height,
     )
 
 
@@ -132,6 +137,7 @@ def call_arguments(
     arguments.update(spec.call_for(settings.steps))
     if on_step is not None:
         if "callback_on_step_end" in accepted:
+
             def step_end(_pipe, index, _timestep, tensors):
                 on_step(index + 1)
                 return tensors

@@ -44,7 +44,8 @@ def ssim_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     var_a, var_b = _blur(a * a) - mean_a**2, _blur(b * b) - mean_b**2
     covariance = _blur(a * b) - mean_a * mean_b
     value = ((2 * mean_a * mean_b + _C1) * (2 * covariance + _C2)) / (
-        (mean_a**2 + mean_b**2 + _C1) * (var_a + var_b + _C2))
+        (mean_a**2 + mean_b**2 + _C1) * (var_a + var_b + _C2)
+    )
     return value.mean(axis=-1) if value.ndim == 3 else value
 
 

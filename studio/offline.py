@@ -45,8 +45,9 @@ def builtin_cache_dir(name: str) -> Path:
     return studio_home() / "builtin" / f"{name}-v{BUILTIN_FORMAT_VERSION}"
 
 
-def ensure_builtin(name: str, build: Callable[[Path], None], trained_dir: Path | None = None,
-                   marker: str = "model_index.json") -> Path:
+def ensure_builtin(
+    name: str, build: Callable[[Path], None], trained_dir: Path | None = None, marker: str = "model_index.json"
+) -> Path:
     """The folder to load built-in model `name` from: `trained_dir` when it holds a saved
     pipeline, else the random-weight model that `build` saves, built once into the cache.
     `marker` is the file a finished save leaves (a lone model's is its config.json)."""
@@ -117,7 +118,7 @@ def clip_tokenizer(words: Sequence[str] = VOCABULARY, max_length: int = 77) -> C
     vocab: dict[str, int] = {"<|startoftext|>": 0, "<|endoftext|>": 1}
     merges: list[tuple[str, str]] = []
     for word in words:
-        _chained_merges(list(word[:-1]) + [word[-1] + "</w>"], vocab, merges, from_end=True)
+        _chained_merges([*list(word[:-1]), word[-1] + "</w>"], vocab, merges, from_end=True)
     return CLIPTokenizer(
         vocab=vocab,
         merges=merges,

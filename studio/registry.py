@@ -34,10 +34,10 @@ import torch
 from diffusers import DiffusionPipeline
 
 from studio import offline
-from studio.families import siamlayout
 from studio.catalogue import Catalogue, ControlSpec, ModelSpec
 from studio.device import device_memory_bytes, release_memory
 from studio.errors import InvalidRequest, LoadFailed, ModelUnavailable, StudioError
+from studio.families import siamlayout
 
 log = logging.getLogger(__name__)
 GIB = 1024**3
@@ -83,8 +83,9 @@ def saved_model_class(config: str | Path) -> type[torch.nn.Module]:
     return model_class
 
 
-def load_control(spec: ModelSpec, control: ControlSpec, base: DiffusionPipeline, dtype: torch.dtype,
-                 offline_only: bool) -> torch.nn.Module:
+def load_control(
+    spec: ModelSpec, control: ControlSpec, base: DiffusionPipeline, dtype: torch.dtype, offline_only: bool
+) -> torch.nn.Module:
     """Read a ControlNet (or a control transformer) for a loaded model: from the hub, safetensors
     only, or for a built-in control its trained weights, else the small random one built from the
     base's transformer, saved once and read back through the same `from_pretrained`."""
@@ -108,8 +109,11 @@ def load_control(spec: ModelSpec, control: ControlSpec, base: DiffusionPipeline,
         from huggingface_hub import hf_hub_download
 
         local = Path(control.repo, control.config_file)
-        module_class = saved_model_class(local if local.is_file() else hf_hub_download(
-            control.repo, control.config_file, local_files_only=offline_only))
+        module_class = saved_model_class(
+            local
+            if local.is_file()
+            else hf_hub_download(control.repo, control.config_file, local_files_only=offline_only)
+        )
     return module_class.from_pretrained(control.repo, **kwargs)
 
 
@@ -131,8 +135,11 @@ def load_pipeline(spec: ModelSpec, dtype: torch.dtype, offline_only: bool) -> Di
         elif spec.layout_repo:
             from huggingface_hub import snapshot_download
 
-            folder = snapshot_download(spec.layout_repo, local_files_only=offline_only,
-                                       allow_patterns=[spec.layout_file("*.safetensors*"), spec.layout_file("*.json")])
+            folder = snapshot_download(
+                spec.layout_repo,
+                local_files_only=offline_only,
+                allow_patterns=[spec.layout_file("*.safetensors*"), spec.layout_file("*.json")],
+            )
             siamlayout.load_layout_weights(pipe.transformer, Path(folder, spec.layout_file("")))
     return pipe
 
@@ -141,13 +148,17 @@ def explain_load_failure(spec: ModelSpec, error: BaseException) -> str:
     from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     if isinstance(error, GatedRepoError):
-        return (f"{spec.name} is gated: accept its licence on https://huggingface.co/{spec.repo} "
-                "and log in with `hf auth login`, then try again.")
+        return (
+            f"{spec.name} is gated: accept its licence on https://huggingface.co/{spec.repo} "
+            "and log in with `hf auth login`, then try again."
+        )
     if isinstance(error, RepositoryNotFoundError):
         return f"The hub has no repository {spec.repo} (or it is private), so {spec.name} cannot load."
     if isinstance(error, LocalEntryNotFoundError) or "offline" in str(error).lower():
-        return (f"{spec.name} is not fully in the local cache and the hub cannot be reached; "
-                f"download it once with `hf download {spec.repo}`.")
+        return (
+            f"{spec.name} is not fully in the local cache and the hub cannot be reached; "
+            f"download it once with `hf download {spec.repo}`."
+        )
     if isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower():
         return f"Not enough memory to load {spec.name} (it needs about {spec.memory_gb:g} GB)."
     return f"{spec.name} could not be loaded: {type(error).__name__}: {error}"
@@ -301,8 +312,10 @@ class Registry:
         try:
             path = hf_hub_download(repo, file)
         except Exception:
-            raise InvalidRequest(f"Cannot fetch {file} from {repo}: check the names, or download it once with "
-                                 f"`hf download {repo} {file}` where there is network.") from None
+            raise InvalidRequest(
+                f"Cannot fetch {file} from {repo}: check the names, or download it once with "
+                f"`hf download {repo} {file}` where there is network."
+            ) from None
         self.add_adapter(model_id, name, path)
 
     def import_adapter(self, model_id: str, name: str, upload: str | Path) -> None:
@@ -358,8 +371,10 @@ class Registry:
                     raise InvalidRequest(f"{path.name} does not fit {model.spec.name}: {error}") from None
                 # diffusers skips, with a warning, a LoRA whose keys match nothing in the model.
                 if not any(name in names for names in base.get_list_adapters().values()):
-                    raise InvalidRequest(f"{path.name} does not fit {model.spec.name}: none of its layers are "
-                                         f"in a {model.spec.family.label} model.")
+                    raise InvalidRequest(
+                        f"{path.name} does not fit {model.spec.name}: none of its layers are "
+                        f"in a {model.spec.family.label} model."
+                    )
                 model.adapters_loaded.add(name)
         if scales:
             base.enable_lora()
@@ -495,16 +510,20 @@ class Registry:
         if control.name in model.controls:
             return model.controls[control.name]
         if self.control_state(model.spec.id, control.name) is ModelState.UNAVAILABLE:
-            raise ModelUnavailable(f"The {control.name} ControlNet ({control.repo}) is not in the local cache and the "
-                                   f"studio is offline; download it once with `hf download {control.repo}`.")
+            raise ModelUnavailable(
+                f"The {control.name} ControlNet ({control.repo}) is not in the local cache and the "
+                f"studio is offline; download it once with `hf download {control.repo}`."
+            )
         base = model.pipelines["t2i"]
         try:
             module = load_control(model.spec, control, base, self.dtype, self.offline_only)
         except StudioError:
             raise
         except Exception as error:
-            raise LoadFailed(f"The {control.name} ControlNet for {model.spec.name} could not be loaded "
-                             f"({control.source}): {type(error).__name__}: {error}") from error
+            raise LoadFailed(
+                f"The {control.name} ControlNet for {model.spec.name} could not be loaded "
+                f"({control.source}): {type(error).__name__}: {error}"
+            ) from error
         # A ControlNet can be as large as its base (SD3.5-Large's: 8 GB): room is made for it as
         # for a model, other models' weights leaving the device first.
         self._make_room(module_bytes(module), keep=model.spec.id)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import gradio as gr
 import numpy as np
 from PIL import Image
@@ -50,12 +49,17 @@ def build(studio: StudioContext, text_to_image_history: gr.State) -> None:
             source_mode = gr.Radio([GENERATE, UPLOAD], value=GENERATE, label="Source")
             image = gr.Image(type="pil", label="Image to edit", visible=False, sources=["upload", "clipboard"])
             use_last = gr.Button("Use the last text-to-image result", size="sm")
-            source_prompt = gr.Textbox(label="Source prompt", lines=2,
-                                       placeholder="a large red circle on the left, gray background")
+            source_prompt = gr.Textbox(
+                label="Source prompt", lines=2, placeholder="a large red circle on the left, gray background"
+            )
             with gr.Row():
                 word = gr.Textbox(label="Object to recolour (a word of the source prompt)", placeholder="circle")
-                colour = gr.Dropdown([name for name in COLOUR_NAMES if name != "grey"], value="blue",
-                                     allow_custom_value=True, label="New colour")
+                colour = gr.Dropdown(
+                    [name for name in COLOUR_NAMES if name != "grey"],
+                    value="blue",
+                    allow_custom_value=True,
+                    label="New colour",
+                )
                 picker = gr.ColorPicker(label="…or pick one", value="#2850dc")
             target_prompt = gr.Textbox(label="Target prompt (built from the above; edit freely)", lines=2)
             intensity = gr.Slider(0.2, 3.0, value=1.0, step=0.05, label="Intensity of the new colour word")
@@ -64,8 +68,11 @@ def build(studio: StudioContext, text_to_image_history: gr.State) -> None:
                 threshold = gr.Slider(0.0, 0.9, value=0.1, step=0.01, label="Mask threshold ε")
             steps, guidance, width, height, seed = sampling.components()
             run, cancel = run_and_cancel("Recolour")
-            gr.Examples(example_rows("colour_edit", ["source", "word", "colour"]), inputs=[source_prompt, word, colour],
-                        label="Examples")
+            gr.Examples(
+                example_rows("colour_edit", ["source", "word", "colour"]),
+                inputs=[source_prompt, word, colour],
+                label="Examples",
+            )
         with gr.Column(scale=3):
             compare = gr.ImageSlider(label="Before / after", type="pil")
             with gr.Row():
@@ -83,28 +90,59 @@ def build(studio: StudioContext, text_to_image_history: gr.State) -> None:
             return gr.update()
 
     @gpu_task()
-    def on_edit(model_id, mode, source_image, source_text, target_text, object_word, strength, step_count,
-                guidance_scale, w, h, seed_value, epsilon, request: gr.Request, progress=gr.Progress()):
+    def on_edit(
+        model_id,
+        mode,
+        source_image,
+        source_text,
+        target_text,
+        object_word,
+        strength,
+        step_count,
+        guidance_scale,
+        w,
+        h,
+        seed_value,
+        epsilon,
+        request: gr.Request,
+        progress=gr.Progress(),
+    ):
         if mode == UPLOAD and source_image is None:
             raise gr.Error("Upload the image to edit, or choose to generate it from the source prompt.")
         settings = ColourEditSettings(
-            model=model_id, source_prompt=source_text or "", target_prompt=target_text or "", word=object_word or "",
-            intensity=float(strength), steps=int(step_count), guidance=float(guidance_scale), seed=int(seed_value or 0),
-            width=int(w), height=int(h), threshold=float(epsilon),
+            model=model_id,
+            source_prompt=source_text or "",
+            target_prompt=target_text or "",
+            word=object_word or "",
+            intensity=float(strength),
+            steps=int(step_count),
+            guidance=float(guidance_scale),
+            seed=int(seed_value or 0),
+            width=int(w),
+            height=int(h),
+            threshold=float(epsilon),
         )
         cancel_switch = studio.cancellations.start(session_of(request))
         with user_errors("Colour edit"):
             try:
                 progress((0, 2 * settings.steps), desc="Loading model")
-                edit = colour_edit(registry, settings, source_image if mode == UPLOAD else None,
-                                   lambda done, total: progress((done, total), desc="Source, then target"),
-                                   cancel_switch)
+                edit = colour_edit(
+                    registry,
+                    settings,
+                    source_image if mode == UPLOAD else None,
+                    lambda done, total: progress((done, total), desc="Source, then target"),
+                    cancel_switch,
+                )
             except Cancelled:
                 gr.Warning("Colour edit cancelled.")
                 return gr.update(), gr.update(), gr.update(), gr.update()
         before = source_image.convert("RGB").resize(edit.result.size) if mode == UPLOAD else edit.source
-        payload = {"method": "ColorCtrl", **edit.settings.to_dict(), "seconds": round(edit.seconds, 3),
-                   "source_cached": edit.source_cached}
+        payload = {
+            "method": "ColorCtrl",
+            **edit.settings.to_dict(),
+            "seconds": round(edit.seconds, 3),
+            "source_cached": edit.source_cached,
+        }
         path = save_image(edit.result, payload, studio.output_dir, f"colour-{settings.model}-{settings.seed}")
         return (before, edit.result), mask_overlay(edit.source, edit.mask), str(path), payload
 
@@ -117,28 +155,77 @@ def build(studio: StudioContext, text_to_image_history: gr.State) -> None:
         spec = registry.catalogue.get(made.model)
         if serves(spec):
             gr.Info(f"Remade exactly from its seed with {spec.name}: no inversion needed.")
-            return (made.model, GENERATE, gr.update(visible=False), made.prompt, made.steps, made.guidance,
-                    made.width, made.height, made.seed)
+            return (
+                made.model,
+                GENERATE,
+                gr.update(visible=False),
+                made.prompt,
+                made.steps,
+                made.guidance,
+                made.width,
+                made.height,
+                made.seed,
+            )
         gr.Info(f"{spec.name} cannot edit colours; its image will be inverted with the chosen model.")
-        with Image.open(path) as picture:
-            picture = picture.convert("RGB")
-        return (model_id, UPLOAD, gr.update(value=picture, visible=True), made.prompt, gr.update(), gr.update(),
-                made.width, made.height, gr.update())
+        with Image.open(path) as opened:
+            picture = opened.convert("RGB")
+        return (
+            model_id,
+            UPLOAD,
+            gr.update(value=picture, visible=True),
+            made.prompt,
+            gr.update(),
+            gr.update(),
+            made.width,
+            made.height,
+            gr.update(),
+        )
 
     def on_model_picked(model_id: str):
         spec = registry.catalogue.get(model_id)
-        return (steps_update(spec, spec.steps), gr.update(value=spec.guidance_scale, interactive=spec.guidance != "none"),
-                gr.update(value=spec.width, step=spec.size_multiple), gr.update(value=spec.height, step=spec.size_multiple))
+        return (
+            steps_update(spec, spec.steps),
+            gr.update(value=spec.guidance_scale, interactive=spec.guidance != "none"),
+            gr.update(value=spec.width, step=spec.size_multiple),
+            gr.update(value=spec.height, step=spec.size_multiple),
+        )
 
-    gr.on([source_prompt.change, word.change, colour.change], on_target, [source_prompt, word, colour], target_prompt,
-          api_name="colour_target_prompt")
+    gr.on(
+        [source_prompt.change, word.change, colour.change],
+        on_target,
+        [source_prompt, word, colour],
+        target_prompt,
+        api_name="colour_target_prompt",
+    )
     picker.input(lambda value: value, picker, colour, api_visibility="private")
     source_mode.change(lambda mode: gr.update(visible=mode == UPLOAD), source_mode, image, api_visibility="private")
     model.input(on_model_picked, model, [steps, guidance, width, height], api_name="colour_model_defaults")
-    use_last.click(on_use_last, [text_to_image_history, model],
-                   [model, source_mode, image, source_prompt, steps, guidance, width, height, seed],
-                   api_visibility="private")
-    run.click(on_edit, [model, source_mode, image, source_prompt, target_prompt, word, intensity, steps, guidance,
-                        width, height, seed, threshold], [compare, mask_view, result, info],
-              api_name="colour_edit", concurrency_limit=1, concurrency_id="gpu")
+    use_last.click(
+        on_use_last,
+        [text_to_image_history, model],
+        [model, source_mode, image, source_prompt, steps, guidance, width, height, seed],
+        api_visibility="private",
+    )
+    run.click(
+        on_edit,
+        [
+            model,
+            source_mode,
+            image,
+            source_prompt,
+            target_prompt,
+            word,
+            intensity,
+            steps,
+            guidance,
+            width,
+            height,
+            seed,
+            threshold,
+        ],
+        [compare, mask_view, result, info],
+        api_name="colour_edit",
+        concurrency_limit=1,
+        concurrency_id="gpu",
+    )
     cancel.click(cancel_handler(studio), None, None, api_name="colour_cancel")

@@ -17,7 +17,9 @@ from studio.generation import MAX_SEED
 log = logging.getLogger(__name__)
 
 
-def model_choices(studio: StudioContext, serves: Callable[[ModelSpec], bool] = lambda spec: True) -> list[tuple[str, str]]:
+def model_choices(
+    studio: StudioContext, serves: Callable[[ModelSpec], bool] = lambda spec: True
+) -> list[tuple[str, str]]:
     """(label, id) for the catalogue's models that can serve a tab: "name · family · mode · state"."""
     registry = studio.registry
     return [
@@ -77,8 +79,9 @@ def sampling_controls(spec: ModelSpec, steps: int, seed: int) -> SamplingControl
     """Steps, guidance, size and seed sliders for a model's defaults, laid out in rows."""
     with gr.Row():
         step_slider = gr.Slider(1, spec.max_steps, value=steps_within(spec, steps), step=1, label="Steps")
-        guidance = gr.Slider(0, 20, value=spec.guidance_scale, step=0.1, label="Guidance",
-                             interactive=spec.guidance != "none")
+        guidance = gr.Slider(
+            0, 20, value=spec.guidance_scale, step=0.1, label="Guidance", interactive=spec.guidance != "none"
+        )
     with gr.Row():
         width = gr.Slider(spec.size_multiple, 2048, value=spec.width, step=spec.size_multiple, label="Width")
         height = gr.Slider(spec.size_multiple, 2048, value=spec.height, step=spec.size_multiple, label="Height")
@@ -111,19 +114,25 @@ class LoraControls:
         registry = studio.registry
 
         def on_add(model_id: str, upload: str | None, hub: str, name: str):
-            name, hub = (name or "").strip(), (hub or "").split()
-            if not upload and len(hub) != 2:
-                raise gr.Error("Choose a .safetensors LoRA file, or name one on the hub as: owner/repo file.safetensors")
+            name, hub_parts = (name or "").strip(), (hub or "").split()
+            if not upload and len(hub_parts) != 2:
+                raise gr.Error(
+                    "Choose a .safetensors LoRA file, or name one on the hub as: owner/repo file.safetensors"
+                )
             with user_errors("Adding the adapter"):
                 if upload:
                     registry.import_adapter(model_id, name, upload)
                 else:
-                    registry.fetch_adapter(model_id, name, *hub)
+                    registry.fetch_adapter(model_id, name, *hub_parts)
             gr.Info(f"Adapter {name} added to {model_id}.")
             return gr.update(choices=registry.adapters(model_id), value=[name])
 
-        model.change(lambda model_id: gr.update(choices=registry.adapters(model_id), value=[]), model, self.active,
-                     api_visibility="private")
+        model.change(
+            lambda model_id: gr.update(choices=registry.adapters(model_id), value=[]),
+            model,
+            self.active,
+            api_visibility="private",
+        )
         self.add.click(on_add, [model, self.upload, self.hub, self.name], self.active, api_name=api_name)
 
     @staticmethod

@@ -38,8 +38,9 @@ def build(studio: StudioContext) -> None:
     registry = studio.registry
     sets = load_sets()
     choices = model_choices(studio, serves)
-    default = registry.catalogue.get(studio.default_model if serves(registry.catalogue.get(studio.default_model))
-                                     else choices[0][1])
+    default = registry.catalogue.get(
+        studio.default_model if serves(registry.catalogue.get(studio.default_model)) else choices[0][1]
+    )
     first = next(iter(sets.values()))
     width0, height0 = set_canvas(first, default)
     with gr.Row():
@@ -48,14 +49,24 @@ def build(studio: StudioContext) -> None:
             model = gr.Dropdown(choices, value=default.id, label="Model (FLUX)")
             use_lora = gr.Checkbox(value=True, label="Apply the set's In-Context LoRA (FLUX.1-dev; downloads once)")
             caption = gr.Textbox(value=first.caption, label="Overall caption")
-            panel_texts = [gr.Textbox(value=first.panels[i] if i < first.count else "", visible=i < first.count,
-                                      label=f"Panel {i + 1} {first.tags[i] if i < first.count else ''}")
-                           for i in range(PANEL_BOXES)]
-            prompt = gr.Textbox(value=first.prompt(first.caption, first.panels), lines=4,
-                                label="Full prompt (composed from the above; edit freely)")
+            panel_texts = [
+                gr.Textbox(
+                    value=first.panels[i] if i < first.count else "",
+                    visible=i < first.count,
+                    label=f"Panel {i + 1} {first.tags[i] if i < first.count else ''}",
+                )
+                for i in range(PANEL_BOXES)
+            ]
+            prompt = gr.Textbox(
+                value=first.prompt(first.caption, first.panels),
+                lines=4,
+                label="Full prompt (composed from the above; edit freely)",
+            )
             with gr.Accordion("Reference panels (optional: the other panels are generated to match)", open=False):
-                references = [gr.Image(type="pil", label=f"Panel {i + 1}", visible=i < first.count, height=160)
-                              for i in range(PANEL_BOXES)]
+                references = [
+                    gr.Image(type="pil", label=f"Panel {i + 1}", visible=i < first.count, height=160)
+                    for i in range(PANEL_BOXES)
+                ]
             lora = lora_controls()
             with gr.Accordion("Sampling", open=False):
                 sampling = sampling_controls(default, SET_STEPS, seed=0)
@@ -71,19 +82,44 @@ def build(studio: StudioContext) -> None:
     def on_set(set_id: str, model_id: str):
         image_set = sets[set_id]
         w, h = set_canvas(image_set, registry.catalogue.get(model_id))
-        texts = [gr.update(value=image_set.panels[i] if i < image_set.count else "", visible=i < image_set.count,
-                           label=f"Panel {i + 1} {image_set.tags[i] if i < image_set.count else ''}")
-                 for i in range(PANEL_BOXES)]
+        texts = [
+            gr.update(
+                value=image_set.panels[i] if i < image_set.count else "",
+                visible=i < image_set.count,
+                label=f"Panel {i + 1} {image_set.tags[i] if i < image_set.count else ''}",
+            )
+            for i in range(PANEL_BOXES)
+        ]
         pictures = [gr.update(value=None, visible=i < image_set.count) for i in range(PANEL_BOXES)]
-        return (image_set.caption, *texts, image_set.prompt(image_set.caption, image_set.panels), *pictures,
-                gr.update(value=w), gr.update(value=h))
+        return (
+            image_set.caption,
+            *texts,
+            image_set.prompt(image_set.caption, image_set.panels),
+            *pictures,
+            gr.update(value=w),
+            gr.update(value=h),
+        )
 
     def on_compose(set_id: str, overall: str, *texts: str) -> str:
-        return sets[set_id].prompt(overall or "", texts[:sets[set_id].count])
+        return sets[set_id].prompt(overall or "", texts[: sets[set_id].count])
 
     @gpu_task()
-    def on_generate(set_id, model_id, apply_lora, extra_adapters, extra_scale, full_prompt, step_count,
-                    guidance_scale, w, h, seed_value, *pictures, request: gr.Request = None, progress=gr.Progress()):
+    def on_generate(
+        set_id,
+        model_id,
+        apply_lora,
+        extra_adapters,
+        extra_scale,
+        full_prompt,
+        step_count,
+        guidance_scale,
+        w,
+        h,
+        seed_value,
+        *pictures,
+        request: gr.Request = None,
+        progress=gr.Progress(),
+    ):
         image_set = sets[set_id]
         spec = registry.catalogue.get(model_id)
         cancel_switch = studio.cancellations.start(session_of(request))
@@ -93,30 +129,57 @@ def build(studio: StudioContext) -> None:
                 gr.Info(f"The {image_set.label} LoRA is made for FLUX.1-dev; {spec.name} runs without it.")
             adapters += LoraControls.requested(extra_adapters, extra_scale)
             set_request = SetRequest(
-                model=model_id, prompt=full_prompt or "", rows=image_set.rows, columns=image_set.columns,
-                width=int(w), height=int(h), steps=int(step_count), guidance=float(guidance_scale),
-                seed=int(seed_value or 0), adapters=adapters,
-                references={i: picture for i, picture in enumerate(pictures[:image_set.count]) if picture is not None})
+                model=model_id,
+                prompt=full_prompt or "",
+                rows=image_set.rows,
+                columns=image_set.columns,
+                width=int(w),
+                height=int(h),
+                steps=int(step_count),
+                guidance=float(guidance_scale),
+                seed=int(seed_value or 0),
+                adapters=adapters,
+                references={i: picture for i, picture in enumerate(pictures[: image_set.count]) if picture is not None},
+            )
             try:
-                made = generate_set(registry, set_request, lambda done, total: progress((done, total), desc="Denoising"),
-                                    cancel_switch)
+                made = generate_set(
+                    registry, set_request, lambda done, total: progress((done, total), desc="Denoising"), cancel_switch
+                )
             except Cancelled:
                 gr.Warning("Image set cancelled.")
                 return gr.update(), gr.update(), gr.update(), gr.update()
-        payload = {"method": "in-context set", "set": set_id, **made.request.to_dict(), "seconds": round(made.seconds, 3)}
+        payload = {
+            "method": "in-context set",
+            "set": set_id,
+            **made.request.to_dict(),
+            "seconds": round(made.seconds, 3),
+        }
         path = save_image(made.image, payload, studio.output_dir, f"set-{set_id}-{model_id}-{set_request.seed}")
         return made.image, made.panels, str(write_panels(made.panels, path)), payload
 
-    chosen.input(on_set, [chosen, model], [caption, *panel_texts, prompt, *references, width, height],
-                 api_visibility="private")
-    gr.on([caption.input, *(text.input for text in panel_texts)], on_compose, [chosen, caption, *panel_texts], prompt,
-          api_name="image_set_prompt")
+    chosen.input(
+        on_set, [chosen, model], [caption, *panel_texts, prompt, *references, width, height], api_visibility="private"
+    )
+    gr.on(
+        [caption.input, *(text.input for text in panel_texts)],
+        on_compose,
+        [chosen, caption, *panel_texts],
+        prompt,
+        api_name="image_set_prompt",
+    )
+
     def on_model(set_id, model_id):
         spec = registry.catalogue.get(model_id)
         return (*(gr.update(value=side) for side in set_canvas(sets[set_id], spec)), steps_update(spec, SET_STEPS))
 
     model.input(on_model, [chosen, model], [width, height, steps], api_visibility="private")
     lora.wire(studio, model, api_name="image_set_add_adapter")
-    run.click(on_generate, [chosen, model, use_lora, lora.active, lora.scale, prompt, steps, guidance, width, height, seed, *references],
-              [result, gallery, archive, info], api_name="image_set_generate", concurrency_limit=1, concurrency_id="gpu")
+    run.click(
+        on_generate,
+        [chosen, model, use_lora, lora.active, lora.scale, prompt, steps, guidance, width, height, seed, *references],
+        [result, gallery, archive, info],
+        api_name="image_set_generate",
+        concurrency_limit=1,
+        concurrency_id="gpu",
+    )
     cancel.click(cancel_handler(studio), None, None, api_name="image_set_cancel")

@@ -35,8 +35,18 @@ from tabs.common import (
 )
 
 HEADERS = ["caption", "x1", "y1", "x2", "y2"]
-BOX_COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#469990",
-               "#9a6324"]
+BOX_COLOURS = [
+    "#e6194b",
+    "#3cb44b",
+    "#4363d8",
+    "#f58231",
+    "#911eb4",
+    "#42d4f4",
+    "#f032e6",
+    "#bfef45",
+    "#469990",
+    "#9a6324",
+]
 PREVIEW_SIDE = 512
 EDITOR_SCRIPT = (Path(__file__).parent / "static" / "box_editor.js").read_text()
 EDITOR_HTML = """
@@ -53,10 +63,13 @@ EDITOR_CSS = """
 .layout-box span { font: 12px sans-serif; padding: 1px 3px; background: rgba(255, 255, 255, 0.8); pointer-events: none;
                    white-space: nowrap; }
 .layout-handle { position: absolute; width: 10px; height: 10px; background: #fff; border: 2px solid #333; }
-.layout-handle.nw { left: -6px; top: -6px; cursor: nwse-resize; } .layout-handle.se { right: -6px; bottom: -6px; cursor: nwse-resize; }
-.layout-handle.ne { right: -6px; top: -6px; cursor: nesw-resize; } .layout-handle.sw { left: -6px; bottom: -6px; cursor: nesw-resize; }
+.layout-handle.nw { left: -6px; top: -6px; cursor: nwse-resize; }
+.layout-handle.se { right: -6px; bottom: -6px; cursor: nwse-resize; }
+.layout-handle.ne { right: -6px; top: -6px; cursor: nesw-resize; }
+.layout-handle.sw { left: -6px; bottom: -6px; cursor: nesw-resize; }
 .layout-delete { font-size: 13px; font-weight: normal; padding: 2px 10px; white-space: nowrap; }
-.layout-tools { display: flex; justify-content: space-between; align-items: center; gap: 8px; margin-top: 4px; font-size: 13px; }
+.layout-tools { display: flex; justify-content: space-between; align-items: center; gap: 8px; margin-top: 4px;
+                font-size: 13px; }
 """
 
 
@@ -74,10 +87,10 @@ def regions_from_table(rows: list[list]) -> tuple[Region, ...]:
         if all(cell in (None, "") for cell in cells):
             continue
         try:
-            box = tuple(float(cell) for cell in cells[1:5])
+            x1, y1, x2, y2 = (float(cell) for cell in cells[1:5])
         except (TypeError, ValueError):
             raise InvalidRequest(f"Box {number}: x1, y1, x2, y2 must be numbers between 0 and 1.") from None
-        regions.append(Region(str(cells[0] or ""), box))
+        regions.append(Region(str(cells[0] or ""), (x1, y1, x2, y2)))
     return validate_regions(regions)
 
 
@@ -143,15 +156,28 @@ def build(studio: StudioContext) -> None:
             method = gr.Radio([(label, key) for key, label in METHODS.items()], value="regional", label="Method")
             model = gr.Dropdown(choices, value=default.id, label="Model")
             caption = gr.Textbox(label="Global caption", lines=2)
-            new_caption = gr.Textbox(label="Caption for the next box",
-                                     placeholder="a large red circle on the left, gray background")
-            editor = gr.HTML(editor_value([], default.width, default.height), html_template=EDITOR_HTML,
-                             css_template=EDITOR_CSS, js_on_load=EDITOR_SCRIPT, elem_id="layout-editor",
-                             label="Boxes")
-            table = gr.Dataframe(headers=HEADERS, datatype=["str", "number", "number", "number", "number"],
-                                 column_count=5, column_limits=(5, 5), row_count=0, type="array", interactive=True,
-                                 label=f"Boxes (up to {MAX_REGIONS}; x and y from 0 to 1, edit to change captions)",
-                                 elem_id="layout-table")
+            new_caption = gr.Textbox(
+                label="Caption for the next box", placeholder="a large red circle on the left, gray background"
+            )
+            editor = gr.HTML(
+                editor_value([], default.width, default.height),
+                html_template=EDITOR_HTML,
+                css_template=EDITOR_CSS,
+                js_on_load=EDITOR_SCRIPT,
+                elem_id="layout-editor",
+                label="Boxes",
+            )
+            table = gr.Dataframe(
+                headers=HEADERS,
+                datatype=["str", "number", "number", "number", "number"],
+                column_count=5,
+                column_limits=(5, 5),
+                row_count=0,
+                type="array",
+                interactive=True,
+                label=f"Boxes (up to {MAX_REGIONS}; x and y from 0 to 1, edit to change captions)",
+                elem_id="layout-table",
+            )
             clear = gr.Button("Clear boxes", size="sm")
             with gr.Accordion("Sampling and method settings", open=False):
                 sampling = sampling_controls(default, LAYOUT_STEPS, seed=0)
@@ -160,12 +186,20 @@ def build(studio: StudioContext) -> None:
                     block_stride = gr.Slider(1, 4, value=1, step=1, label="Mask every k-th block")
                     base_ratio = gr.Slider(0, 1, value=0.2, step=0.05, label="Base ratio")
                 with gr.Row(visible=False) as siamlayout_options:
-                    grounding = gr.Slider(0, 1, value=default.layout_grounding, step=0.05,
-                                          label="Layout branches act in the first … of the steps")
+                    grounding = gr.Slider(
+                        0,
+                        1,
+                        value=default.layout_grounding,
+                        step=0.05,
+                        label="Layout branches act in the first … of the steps",
+                    )
             steps, guidance, width, height, seed = sampling.components()
             run, cancel = run_and_cancel("Generate layout")
-            example = gr.Dropdown([(scene["caption"], index) for index, scene in enumerate(examples)],
-                                  label="Load an example layout", value=None)
+            example = gr.Dropdown(
+                [(scene["caption"], index) for index, scene in enumerate(examples)],
+                label="Load an example layout",
+                value=None,
+            )
         with gr.Column(scale=3):
             overlay = gr.Checkbox(value=True, label="Show the boxes over the result")
             result = gr.Image(label="Result", type="pil", format="png", height=512, elem_id="layout-result")
@@ -188,8 +222,11 @@ def build(studio: StudioContext) -> None:
         options = model_choices(studio, lambda spec: serves(spec, chosen))
         ids = [model_id for _, model_id in options]
         usable = [model_id for model_id in ids if registry.state(model_id) is not ModelState.UNAVAILABLE] or ids
-        return (gr.update(choices=options, value=current if current in ids else usable[0]),
-                gr.update(visible=chosen == "regional"), gr.update(visible=chosen == "siamlayout"))
+        return (
+            gr.update(choices=options, value=current if current in ids else usable[0]),
+            gr.update(visible=chosen == "regional"),
+            gr.update(visible=chosen == "siamlayout"),
+        )
 
     def show(image, settings, with_boxes):
         if image is None:
@@ -198,27 +235,58 @@ def build(studio: StudioContext) -> None:
             return image
         # Small results are enlarged first so the captions stay legible.
         scale = max(1, PREVIEW_SIDE // max(image.size))
-        return draw_boxes(image.resize((image.width * scale, image.height * scale), Image.NEAREST), settings.regions)
+        return draw_boxes(
+            image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST), settings.regions
+        )
 
     @gpu_task()
-    def on_generate(model_id, global_caption, rows, step_count, guidance_scale, w, h, seed_value, masked_steps,
-                    stride, ratio, with_boxes, chosen_method, grounding_fraction, request: gr.Request,
-                    progress=gr.Progress()):
+    def on_generate(
+        model_id,
+        global_caption,
+        rows,
+        step_count,
+        guidance_scale,
+        w,
+        h,
+        seed_value,
+        masked_steps,
+        stride,
+        ratio,
+        with_boxes,
+        chosen_method,
+        grounding_fraction,
+        request: gr.Request,
+        progress=gr.Progress(),
+    ):
         cancel_switch = studio.cancellations.start(session_of(request))
         with user_errors("Layout generation"):
             settings = LayoutSettings(
-                model=model_id, caption=global_caption or "", regions=regions_from_table(rows), steps=int(step_count),
-                guidance=float(guidance_scale), seed=int(seed_value or 0), width=int(w), height=int(h),
-                inject_steps=int(masked_steps), block_stride=int(stride), base_ratio=float(ratio),
-                method=chosen_method or "regional", grounding_fraction=float(grounding_fraction))
+                model=model_id,
+                caption=global_caption or "",
+                regions=regions_from_table(rows),
+                steps=int(step_count),
+                guidance=float(guidance_scale),
+                seed=int(seed_value or 0),
+                width=int(w),
+                height=int(h),
+                inject_steps=int(masked_steps),
+                block_stride=int(stride),
+                base_ratio=float(ratio),
+                method=chosen_method or "regional",
+                grounding_fraction=float(grounding_fraction),
+            )
             try:
-                made = regional_generate(registry, settings, lambda done, total: progress((done, total), desc="Denoising"),
-                                         cancel_switch)
+                made = regional_generate(
+                    registry, settings, lambda done, total: progress((done, total), desc="Denoising"), cancel_switch
+                )
             except Cancelled:
                 gr.Warning("Layout generation cancelled.")
                 return gr.update(), gr.update(), gr.update()
-        payload = {**made.settings.to_dict(), "method_name": METHODS[made.settings.method],
-                   "seconds": round(made.seconds, 3)}
+        payload = {
+            **made.settings.to_dict(),
+            "method_name": METHODS[made.settings.method],
+            "seconds": round(made.seconds, 3),
+        }
         save_image(made.image, payload, studio.output_dir, f"layout-{settings.model}-{settings.seed}")
         return show(made.image, made.settings, with_boxes), payload, (made.image, made.settings)
 
@@ -228,15 +296,45 @@ def build(studio: StudioContext) -> None:
 
     model.change(on_model, model, [width, height, guidance, steps, grounding], api_visibility="private")
     editor.input(on_editor_input, [editor, new_caption, width, height], [table, editor], api_visibility="private")
-    gr.on([table.input, width.change, height.change], lambda rows, w, h: editor_value(rows, int(w), int(h)),
-          [table, width, height], editor, api_visibility="private")
-    clear.click(lambda w, h: ([], editor_value([], int(w), int(h))), [width, height], [table, editor],
-                api_visibility="private")
+    gr.on(
+        [table.input, width.change, height.change],
+        lambda rows, w, h: editor_value(rows, int(w), int(h)),
+        [table, width, height],
+        editor,
+        api_visibility="private",
+    )
+    clear.click(
+        lambda w, h: ([], editor_value([], int(w), int(h))), [width, height], [table, editor], api_visibility="private"
+    )
     example.input(on_example, [example, width, height], [caption, table, editor], api_visibility="private")
     method.input(on_method, [method, model], [model, regional_options, siamlayout_options], api_visibility="private")
-    overlay.change(lambda made, with_boxes: show(*(made or (None, None)), with_boxes), [last_image, overlay], result,
-                   api_visibility="private")
-    run.click(on_generate, [model, caption, table, steps, guidance, width, height, seed, inject_steps, block_stride,
-                            base_ratio, overlay, method, grounding], [result, info, last_image],
-              api_name="layout_generate", concurrency_limit=1, concurrency_id="gpu")
+    overlay.change(
+        lambda made, with_boxes: show(made[0], made[1], with_boxes) if made else gr.update(),
+        [last_image, overlay],
+        result,
+        api_visibility="private",
+    )
+    run.click(
+        on_generate,
+        [
+            model,
+            caption,
+            table,
+            steps,
+            guidance,
+            width,
+            height,
+            seed,
+            inject_steps,
+            block_stride,
+            base_ratio,
+            overlay,
+            method,
+            grounding,
+        ],
+        [result, info, last_image],
+        api_name="layout_generate",
+        concurrency_limit=1,
+        concurrency_id="gpu",
+    )
     cancel.click(cancel_handler(studio), None, None, api_name="layout_cancel")

@@ -49,9 +49,11 @@ def parse_target(value: str | None) -> LiveTarget:
 
 def unavailable_message(family: str) -> str:
     if family == "pixart":
-        return ("ControlNet is not available for PixArt: diffusers has no PixArt ControlNet with safetensors "
-                "weights (PixArt-δ's ControlNet-Transformer exists only as a research checkpoint), and PixArt "
-                "has no img2img pipeline to draw from a sketch.")
+        return (
+            "ControlNet is not available for PixArt: diffusers has no PixArt ControlNet with safetensors "
+            "weights (PixArt-δ's ControlNet-Transformer exists only as a research checkpoint), and PixArt "
+            "has no img2img pipeline to draw from a sketch."
+        )
     return "No model of this family can draw from a sketch here (offline, and none is in the local cache)."
 
 
@@ -63,7 +65,8 @@ def strokes_of(value: Any) -> Image.Image | None:
     if not isinstance(drawing, Image.Image):
         drawing = Image.open(drawing)
     # Blank paper (transparent, or white as the canvas sends it once cleared) is no drawing yet.
-    if on_white(drawing).convert("L").getextrema()[0] > 250:
+    darkest = on_white(drawing).convert("L").getextrema()[0]
+    if isinstance(darkest, (int, float)) and darkest > 250:
         return None
     return drawing
 
@@ -74,22 +77,30 @@ def build(studio: StudioContext) -> None:
 
     def choices(family: str, source: str, kind: str) -> list[tuple[str, str]]:
         kinds = STROKE_KINDS if source == "sketch" else (kind,)
-        return [(target.describe(registry.catalogue.get(target.model)), target_value(target))
-                for target in live_targets(registry, family, kinds)]
+        return [
+            (target.describe(registry.catalogue.get(target.model)), target_value(target))
+            for target in live_targets(registry, family, kinds)
+        ]
 
     first = choices("flux", "sketch", "canny")
-    gr.Markdown("Pick the brush beside the canvas and draw: the image follows every stroke. The fastest model of the "
-                "family that can read a drawing is picked for you: one-step with a ControlNet, else SANA-Sprint "
-                "img2img, else a standard model with a ControlNet at 8 steps (random-weight built-ins last).")
+    gr.Markdown(
+        "Pick the brush beside the canvas and draw: the image follows every stroke. The fastest model of the "
+        "family that can read a drawing is picked for you: one-step with a ControlNet, else SANA-Sprint "
+        "img2img, else a standard model with a ControlNet at 8 steps (random-weight built-ins last)."
+    )
     with gr.Row():
         with gr.Column():
             family = gr.Radio(list(FAMILIES), value="flux", label="Family")
             target = gr.Dropdown(first, value=first[0][1] if first else None, label="Live model")
             prompt = gr.Textbox(label="Live prompt", value="a large red circle, gray background")
             source = gr.Radio([("Sketch", "sketch"), ("Photo", "photo")], value="sketch", label="Draw from")
-            sketch = gr.Sketchpad(label="Sketch", type="pil", canvas_size=(CANVAS_SIDE, CANVAS_SIDE),
-                                  brush=gr.Brush(colors=["#000000"], default_size=12, color_mode="fixed"),
-                                  elem_id="live-sketch")
+            sketch = gr.Sketchpad(
+                label="Sketch",
+                type="pil",
+                canvas_size=(CANVAS_SIDE, CANVAS_SIDE),
+                brush=gr.Brush(colors=["#000000"], default_size=12, color_mode="fixed"),
+                elem_id="live-sketch",
+            )
             with gr.Group(visible=False) as photo_group:
                 photo = gr.Image(label="Photo", type="pil", sources=["upload", "clipboard"])
                 kind = gr.Radio(list(PHOTO_KINDS), value="canny", label="Preprocessor")
@@ -98,9 +109,13 @@ def build(studio: StudioContext) -> None:
                     high = gr.Slider(0, 255, value=200, step=1, label="Canny high threshold")
             with gr.Accordion("Control", open=False):
                 first_target = parse_target(first[0][1]) if first else None
-                steps = gr.Slider(1, registry.catalogue.get(first_target.model).max_steps if first_target else 4,
-                                  value=first_target.steps if first_target else 1, step=1,
-                                  label="Steps (fewer: faster frames)")
+                steps = gr.Slider(
+                    1,
+                    registry.catalogue.get(first_target.model).max_steps if first_target else 4,
+                    value=first_target.steps if first_target else 1,
+                    step=1,
+                    label="Steps (fewer: faster frames)",
+                )
                 scale = gr.Slider(0, 2, value=1.0, step=0.05, label="Conditioning scale")
                 with gr.Row():
                     start = gr.Slider(0, 1, value=0.0, step=0.05, label="Control starts at (fraction of steps)")
@@ -109,8 +124,7 @@ def build(studio: StudioContext) -> None:
         with gr.Column():
             with gr.Row():
                 result = gr.Image(label="Live result", type="pil", format="png", height=320, elem_id="live-result")
-                control = gr.Image(label="Control image", type="pil", format="png", height=320,
-                                   elem_id="live-control")
+                control = gr.Image(label="Control image", type="pil", format="png", height=320, elem_id="live-control")
             latency = gr.Markdown("Draw on the canvas to start.", elem_id="live-latency")
             keep = gr.Button("Save this frame", size="sm")
     last = gr.State(None)
@@ -128,44 +142,92 @@ def build(studio: StudioContext) -> None:
         chosen = parse_target(target_id)
         return gr.update(value=chosen.steps, maximum=registry.catalogue.get(chosen.model).max_steps)
 
-    def on_frame(target_id, text, chosen_source, drawing, picture, canny_low, canny_high, seed_value, conditioning,
-                 control_start, control_end, step_count):
+    def on_frame(
+        target_id,
+        text,
+        chosen_source,
+        drawing,
+        picture,
+        canny_low,
+        canny_high,
+        seed_value,
+        conditioning,
+        control_start,
+        control_end,
+        step_count,
+    ):
         strokes = picture if chosen_source == "photo" else strokes_of(drawing)
         if strokes is None:
             return gr.update(), gr.update(), gr.update(), gr.update()
         with user_errors("Live frame"):
             chosen = replace(parse_target(target_id), steps=int(step_count))
-            frame = renderer.frame(LiveRequest(
-                chosen, text or "", strokes, from_photo=chosen_source == "photo", canny_low=int(canny_low),
-                canny_high=int(canny_high), seed=int(seed_value or 0), conditioning_scale=float(conditioning),
-                control_start=float(control_start), control_end=float(control_end)))
+            frame = renderer.frame(
+                LiveRequest(
+                    chosen,
+                    text or "",
+                    strokes,
+                    from_photo=chosen_source == "photo",
+                    canny_low=int(canny_low),
+                    canny_high=int(canny_high),
+                    seed=int(seed_value or 0),
+                    conditioning_scale=float(conditioning),
+                    control_start=float(control_start),
+                    control_end=float(control_end),
+                )
+            )
         spec = registry.catalogue.get(frame.settings.model)
         text_note = "prompt encoded" if frame.encoded_prompt else "prompt from cache"
-        note = (f"**{frame.seconds * 1000:.0f} ms** per frame · {chosen.describe(spec)} · "
-                f"{frame.settings.width}×{frame.settings.height} · {text_note}")
+        note = (
+            f"**{frame.seconds * 1000:.0f} ms** per frame · {chosen.describe(spec)} · "
+            f"{frame.settings.width}×{frame.settings.height} · {text_note}"
+        )
         return preview(frame.image), preview(frame.control_image), note, frame
 
     def on_keep(frame):
         if frame is None:
             raise gr.Error("Draw something first: there is no frame to save.")
-        path = save_image(frame.image, {**frame.settings.to_dict(), "seconds": round(frame.seconds, 3)},
-                          studio.output_dir, f"live-{frame.settings.model}-{frame.settings.seed}")
+        path = save_image(
+            frame.image,
+            {**frame.settings.to_dict(), "seconds": round(frame.seconds, 3)},
+            studio.output_dir,
+            f"live-{frame.settings.model}-{frame.settings.seed}",
+        )
         gr.Info(f"Saved {path.name}.")
 
     family.input(on_family, [family, source, kind], target, api_visibility="private")
     gr.on([source.input, kind.input], on_family, [family, source, kind], target, api_visibility="private")
-    source.input(lambda chosen: (gr.update(visible=chosen == "sketch"), gr.update(visible=chosen == "photo")),
-                 source, [sketch, photo_group], api_visibility="private")
+    source.input(
+        lambda chosen: (gr.update(visible=chosen == "sketch"), gr.update(visible=chosen == "photo")),
+        source,
+        [sketch, photo_group],
+        api_visibility="private",
+    )
     # The newest drawing always wins: a frame still running is followed only by the latest change,
     # and every live frame shares the one GPU slot with the other tabs' runs.
     frame_inputs = [target, prompt, source, sketch, photo, low, high, seed, scale, start, end, steps]
     frame_outputs = [result, control, latency, last]
     live = dict(trigger_mode="always_last", concurrency_limit=1, concurrency_id="gpu", show_progress="hidden")
-    gr.on([sketch.change, photo.change, prompt.change, scale.release, start.release, end.release, seed.change,
-           low.release, high.release, steps.release],
-          on_frame, frame_inputs, frame_outputs, api_name="live_frame", **live)
+    gr.on(
+        [
+            sketch.change,
+            photo.change,
+            prompt.change,
+            scale.release,
+            start.release,
+            end.release,
+            seed.change,
+            low.release,
+            high.release,
+            steps.release,
+        ],
+        on_frame,
+        frame_inputs,
+        frame_outputs,
+        api_name="live_frame",
+        **live,
+    )
     # A new model first sets its own step count, then draws.
     target.change(on_target, target, steps, api_visibility="private").then(
-        on_frame, frame_inputs, frame_outputs, api_visibility="private", **live)
+        on_frame, frame_inputs, frame_outputs, api_visibility="private", **live
+    )
     keep.click(on_keep, last, None, api_name="live_save")
-

@@ -26,13 +26,19 @@ from tabs.common import (
 )
 
 HISTORY_LIMIT = 48
-GUIDANCE_LABELS = {"cfg": "Guidance (CFG)", "true-cfg": "Guidance (true CFG)", "embedded": "Embedded guidance",
-                   "none": "Guidance"}
+GUIDANCE_LABELS = {
+    "cfg": "Guidance (CFG)",
+    "true-cfg": "Guidance (true CFG)",
+    "embedded": "Embedded guidance",
+    "none": "Guidance",
+}
 
 
 def describe(settings: GenerationSettings, seconds: float) -> str:
-    return (f"{settings.model} · seed {settings.seed} · {settings.steps} steps · guidance {settings.guidance:g} · "
-            f"{settings.width}×{settings.height} · {seconds:.2f} s")
+    return (
+        f"{settings.model} · seed {settings.seed} · {settings.steps} steps · guidance {settings.guidance:g} · "
+        f"{settings.width}×{settings.height} · {seconds:.2f} s"
+    )
 
 
 def guidance_display(spec: ModelSpec) -> dict[str, Any]:
@@ -69,10 +75,20 @@ def build(studio: StudioContext) -> gr.State:
                 guidance = gr.Slider(0, 20, value=default.guidance_scale, step=0.1, **guidance_display(default))
             with gr.Row():
                 aspect = gr.Dropdown(list(ASPECT_RATIOS), value="1:1", label="Aspect ratio")
-                width = gr.Slider(default.size_multiple, max(2048, default.width * 2), value=default.width,
-                                  step=default.size_multiple, label="Width")
-                height = gr.Slider(default.size_multiple, max(2048, default.height * 2), value=default.height,
-                                   step=default.size_multiple, label="Height")
+                width = gr.Slider(
+                    default.size_multiple,
+                    max(2048, default.width * 2),
+                    value=default.width,
+                    step=default.size_multiple,
+                    label="Width",
+                )
+                height = gr.Slider(
+                    default.size_multiple,
+                    max(2048, default.height * 2),
+                    value=default.height,
+                    step=default.size_multiple,
+                    label="Height",
+                )
             with gr.Row():
                 seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
                 dice = gr.Button("Random seed", size="sm")
@@ -87,9 +103,22 @@ def build(studio: StudioContext) -> gr.State:
     history = gr.State([])
 
     @gpu_task()
-    def on_generate(model_id, prompt_text, negative_text, step_count, guidance_scale, w, h, seed_value,
-                    image_count, past, active_adapters=(), adapter_scale=1.0, request: gr.Request = None,
-                    progress=gr.Progress()):
+    def on_generate(
+        model_id,
+        prompt_text,
+        negative_text,
+        step_count,
+        guidance_scale,
+        w,
+        h,
+        seed_value,
+        image_count,
+        past,
+        active_adapters=(),
+        adapter_scale=1.0,
+        request: gr.Request = None,
+        progress=gr.Progress(),
+    ):
         cancel_switch = studio.cancellations.start(session_of(request))
         made: list[tuple[str, str]] = []
 
@@ -98,16 +127,23 @@ def build(studio: StudioContext) -> gr.State:
 
         # Gradio has checked the sliders' types; an emptied seed box means seed 0.
         settings = GenerationSettings(
-            model=model_id, prompt=prompt_text or "", negative_prompt=negative_text or "",
-            steps=int(step_count), guidance=float(guidance_scale), width=int(w), height=int(h),
-            seed=int(seed_value or 0), count=int(image_count),
+            model=model_id,
+            prompt=prompt_text or "",
+            negative_prompt=negative_text or "",
+            steps=int(step_count),
+            guidance=float(guidance_scale),
+            width=int(w),
+            height=int(h),
+            seed=int(seed_value or 0),
+            count=int(image_count),
             adapters=LoraControls.requested(active_adapters, adapter_scale),
         )
         with user_errors("Generation"):
             try:
                 progress((0, settings.steps * settings.count), desc="Loading model")
-                for result in generate(registry, settings,
-                                       lambda done, total: progress((done, total), desc="Denoising"), cancel_switch):
+                for result in generate(
+                    registry, settings, lambda done, total: progress((done, total), desc="Denoising"), cancel_switch
+                ):
                     path = save_png(result, studio.output_dir)
                     made.append((str(path), describe(result.settings, result.seconds)))
                     yield shown(), "\n\n".join(caption for _, caption in made), shown()
@@ -133,23 +169,38 @@ def build(studio: StudioContext) -> gr.State:
             raise gr.Error(f"That image was made with '{settings.model}', which this studio's catalogue lacks.")
         spec = registry.catalogue.get(settings.model)
         return (
-            gr.update(value=settings.model), settings.prompt,
+            gr.update(value=settings.model),
+            settings.prompt,
             gr.update(value=settings.negative_prompt, visible=spec.accepts_negative_prompt),
             gr.update(value=settings.steps, maximum=spec.max_steps),
             gr.update(value=settings.guidance, **guidance_display(spec)),
             gr.update(value=settings.width, step=spec.size_multiple),
-            gr.update(value=settings.height, step=spec.size_multiple), settings.seed, 1,
+            gr.update(value=settings.height, step=spec.size_multiple),
+            settings.seed,
+            1,
         )
 
     inputs = [model, prompt, negative, steps, guidance, width, height, seed, count, history, lora.active, lora.scale]
-    gr.on([run.click, prompt.submit], on_generate, inputs, [gallery, info, history], api_name="generate",
-          concurrency_limit=1, concurrency_id="gpu").then(
-        lambda current: gr.update(choices=model_choices(studio), value=current), model, model, api_visibility="private")
+    gr.on(
+        [run.click, prompt.submit],
+        on_generate,
+        inputs,
+        [gallery, info, history],
+        api_name="generate",
+        concurrency_limit=1,
+        concurrency_id="gpu",
+    ).then(
+        lambda current: gr.update(choices=model_choices(studio), value=current), model, model, api_visibility="private"
+    )
     cancel.click(cancel_handler(studio), None, None, api_name="cancel")
     model.input(on_model_picked, model, [steps, guidance, width, height, negative, aspect], api_name="model_defaults")
     lora.wire(studio, model, api_name="add_adapter")
     aspect.input(on_aspect, [model, aspect], [width, height], api_name="aspect_size")
     dice.click(lambda: random.randint(0, MAX_SEED), None, seed, api_name="random_seed")
-    reuse.upload(on_reuse, reuse, [model, prompt, negative, steps, guidance, width, height, seed, count],
-                 api_name="reuse_settings")
+    reuse.upload(
+        on_reuse,
+        reuse,
+        [model, prompt, negative, steps, guidance, width, height, seed, count],
+        api_name="reuse_settings",
+    )
     return history

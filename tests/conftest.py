@@ -16,8 +16,16 @@ from studio.catalogue import Catalogue  # noqa: E402
 from studio.registry import Registry  # noqa: E402
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
-TINY_MODELS = ["tiny-flux-dev", "tiny-flux-schnell", "tiny-sd3", "tiny-sd3-turbo", "tiny-pixart-sigma", "tiny-pixart-lcm",
-               "tiny-sana", "tiny-sana-sprint"]
+TINY_MODELS = [
+    "tiny-flux-dev",
+    "tiny-flux-schnell",
+    "tiny-sd3",
+    "tiny-sd3-turbo",
+    "tiny-pixart-sigma",
+    "tiny-pixart-lcm",
+    "tiny-sana",
+    "tiny-sana-sprint",
+]
 
 
 @pytest.fixture(scope="session")
@@ -47,11 +55,17 @@ def running_app(tmp_path, free_port):
     from studio.cli import create_studio, parse_args
     from tabs.app import build_app
 
-    args = parse_args(["--offline", "--default-model", "tiny-flux-dev", "--output-dir", str(tmp_path),
-                       "--port", str(free_port)])
+    args = parse_args(
+        ["--offline", "--default-model", "tiny-flux-dev", "--output-dir", str(tmp_path), "--port", str(free_port)]
+    )
     demo = build_app(create_studio(args))
-    demo.launch(server_name="127.0.0.1", server_port=free_port, prevent_thread_lock=True,
-                allowed_paths=[str(tmp_path)], inbrowser=False)
+    demo.launch(
+        server_name="127.0.0.1",
+        server_port=free_port,
+        prevent_thread_lock=True,
+        allowed_paths=[str(tmp_path)],
+        inbrowser=False,
+    )
     try:
         yield Client(f"http://127.0.0.1:{free_port}/", verbose=False), tmp_path
     finally:

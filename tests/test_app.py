@@ -15,8 +15,18 @@ def value(output):
 
 def test_generate_endpoint_returns_images_with_their_settings(running_app):
     client, output_dir = running_app
-    gallery, info = client.predict("tiny-flux-dev", "a large red circle on the left, gray background", "", 3, 3.5,
-                                   64, 96, 42, 2, api_name="/generate")
+    gallery, info = client.predict(
+        "tiny-flux-dev",
+        "a large red circle on the left, gray background",
+        "",
+        3,
+        3.5,
+        64,
+        96,
+        42,
+        2,
+        api_name="/generate",
+    )
     assert len(gallery) == 2
     newest, oldest = (Image.open(item["image"]) for item in gallery)
     assert newest.size == (64, 96) and oldest.size == (64, 96)
@@ -60,14 +70,30 @@ def test_share_without_internet_says_so_in_one_line_and_serves_locally(monkeypat
     monkeypatch.setattr("tabs.app.build_app", lambda studio: FakeDemo())
     main(["--share", "--no-browser", "--port", "7999", "--default-model", "tiny-sd3"])
     lines = [line for line in capsys.readouterr().out.splitlines() if "--share" in line]
-    assert lines == ["--share: no public link, the internet is not reachable from here; "
-                     "the studio is still served at http://127.0.0.1:7999"]
+    assert lines == [
+        "--share: no public link, the internet is not reachable from here; "
+        "the studio is still served at http://127.0.0.1:7999"
+    ]
     assert launched["share"] is False and launched["server_port"] == 7999
 
 
 def test_cli_flags_and_a_bad_default_model(capsys):
-    args = parse_args(["--host", "0.0.0.0", "--port", "8000", "--device", "cpu", "--dtype", "fp32",
-                       "--memory-budget", "12", "--default-model", "tiny-sana"])
+    args = parse_args(
+        [
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "8000",
+            "--device",
+            "cpu",
+            "--dtype",
+            "fp32",
+            "--memory-budget",
+            "12",
+            "--default-model",
+            "tiny-sana",
+        ]
+    )
     assert isinstance(args, argparse.Namespace) and args.memory_budget == 12.0
     studio = create_studio(args)
     assert studio.registry.budget_bytes == 12 * 1024**3 and studio.default_model == "tiny-sana"
@@ -81,8 +107,21 @@ def test_colour_edit_endpoint_recolours_and_saves(running_app):
     target = client.predict(source, "circle", "blue", api_name="/colour_target_prompt")
     assert value(target) == "a large blue circle on the left, gray background"
     compare, mask_view, result, settings = client.predict(
-        "shapes-flux", "Generate it from the source prompt", None, source, value(target), "circle", 1.0, 8, 3.0,
-        64, 64, 3, 0.1, api_name="/colour_edit")
+        "shapes-flux",
+        "Generate it from the source prompt",
+        None,
+        source,
+        value(target),
+        "circle",
+        1.0,
+        8,
+        3.0,
+        64,
+        64,
+        3,
+        0.1,
+        api_name="/colour_edit",
+    )
     before, after = (Image.open(item) if isinstance(item, str) else Image.open(item["path"]) for item in compare)
     assert before.size == after.size == (64, 64) and Image.open(mask_view).size == (64, 64)
     saved = Image.open(result)
@@ -90,13 +129,55 @@ def test_colour_edit_endpoint_recolours_and_saves(running_app):
     assert any(output_dir.glob("*colour-shapes-flux-3.png"))
 
     with pytest.raises(Exception, match="Upload the image"):
-        client.predict("shapes-flux", "Edit an image (inverted)", None, source, value(target), "circle", 1.0, 8, 3.0,
-                       64, 64, 3, 0.1, api_name="/colour_edit")
+        client.predict(
+            "shapes-flux",
+            "Edit an image (inverted)",
+            None,
+            source,
+            value(target),
+            "circle",
+            1.0,
+            8,
+            3.0,
+            64,
+            64,
+            3,
+            0.1,
+            api_name="/colour_edit",
+        )
     with pytest.raises(Exception, match="'hexagon' is not in the source prompt"):
-        client.predict("shapes-flux", "Generate it from the source prompt", None, source, value(target),
-                       "hexagon", 1.0, 8, 3.0, 64, 64, 3, 0.1, api_name="/colour_edit")
-    compare, *_ = client.predict("shapes-flux", "Generate it from the source prompt", None, source, value(target),
-                                 "circle", 1.0, 2, 3.0, 64, 64, 3, 0.1, api_name="/colour_edit")
+        client.predict(
+            "shapes-flux",
+            "Generate it from the source prompt",
+            None,
+            source,
+            value(target),
+            "hexagon",
+            1.0,
+            8,
+            3.0,
+            64,
+            64,
+            3,
+            0.1,
+            api_name="/colour_edit",
+        )
+    compare, *_ = client.predict(
+        "shapes-flux",
+        "Generate it from the source prompt",
+        None,
+        source,
+        value(target),
+        "circle",
+        1.0,
+        2,
+        3.0,
+        64,
+        64,
+        3,
+        0.1,
+        api_name="/colour_edit",
+    )
     assert len(compare) == 2  # the server is still up
 
 
@@ -106,48 +187,155 @@ def test_colour_edit_of_an_uploaded_image(running_app, tmp_path):
     from studio.toyworld.scene import make_object, make_scene, render
 
     render(make_scene([make_object("red", "square", "large", "centre")], "gray"), 64)[0].save(picture)
-    compare, _, result, settings = client.predict(
-        "shapes-sd3", "Edit an image (inverted)", handle_file(str(picture)),
-        "a large red square in the centre, gray background", "a large green square in the centre, gray background",
-        "square", 1.0, 8, 1.0, 64, 64, 0, 0.1, api_name="/colour_edit")
+    _compare, _, result, settings = client.predict(
+        "shapes-sd3",
+        "Edit an image (inverted)",
+        handle_file(str(picture)),
+        "a large red square in the centre, gray background",
+        "a large green square in the centre, gray background",
+        "square",
+        1.0,
+        8,
+        1.0,
+        64,
+        64,
+        0,
+        0.1,
+        api_name="/colour_edit",
+    )
     assert settings["inversion_steps"] == 8
     assert Image.open(result).size == (64, 64)
 
 
 def test_layout_endpoint_generates_and_checks_boxes(running_app):
     client, output_dir = running_app
-    boxes = {"headers": ["caption", "x1", "y1", "x2", "y2"],
-             "data": [["a large red circle on the left, gray background", 0.0, 0.15, 0.5, 0.85],
-                      ["a large blue square on the right, gray background", 0.5, 0.15, 1.0, 0.85]]}
+    boxes = {
+        "headers": ["caption", "x1", "y1", "x2", "y2"],
+        "data": [
+            ["a large red circle on the left, gray background", 0.0, 0.15, 0.5, 0.85],
+            ["a large blue square on the right, gray background", 0.5, 0.15, 1.0, 0.85],
+        ],
+    }
     caption = "a large red circle on the left and a large blue square on the right, gray background"
-    result, settings = client.predict("shapes-flux", caption, boxes, 8, 3.0, 64, 64, 0, 4, 1, 0.2, True, "regional", 0.3,
-                                      api_name="/layout_generate")
+    result, settings = client.predict(
+        "shapes-flux", caption, boxes, 8, 3.0, 64, 64, 0, 4, 1, 0.2, True, "regional", 0.3, api_name="/layout_generate"
+    )
     assert Image.open(result).size == (512, 512)  # shown enlarged with its boxes drawn
     assert settings["method"] == "regional" and len(settings["regions"]) == 2
     saved = next(output_dir.glob("*layout-shapes-flux-0.png"))
     assert Image.open(saved).size == (64, 64) and '"regions"' in Image.open(saved).text["dit-studio"]
     empty_caption = {"headers": boxes["headers"], "data": [["", 0.1, 0.1, 0.5, 0.5]]}
     with pytest.raises(Exception, match="Box 1 has no caption"):
-        client.predict("shapes-flux", caption, empty_caption, 8, 3.0, 64, 64, 0, 4, 1, 0.2, True, "regional", 0.3,
-                       api_name="/layout_generate")
+        client.predict(
+            "shapes-flux",
+            caption,
+            empty_caption,
+            8,
+            3.0,
+            64,
+            64,
+            0,
+            4,
+            1,
+            0.2,
+            True,
+            "regional",
+            0.3,
+            api_name="/layout_generate",
+        )
     flat = {"headers": boxes["headers"], "data": [["a red circle", 0.1, 0.4, 0.5, 0.4]]}
     with pytest.raises(Exception, match="no area"):
-        client.predict("shapes-flux", caption, flat, 8, 3.0, 64, 64, 0, 4, 1, 0.2, True, "regional", 0.3,
-                       api_name="/layout_generate")
-    result, settings = client.predict("tiny-pixart-sigma", caption, boxes, 2, 4.5, 64, 64, 0, 1, 1, 0.2, False,
-                                      "regional", 0.3, api_name="/layout_generate")
+        client.predict(
+            "shapes-flux",
+            caption,
+            flat,
+            8,
+            3.0,
+            64,
+            64,
+            0,
+            4,
+            1,
+            0.2,
+            True,
+            "regional",
+            0.3,
+            api_name="/layout_generate",
+        )
+    result, settings = client.predict(
+        "tiny-pixart-sigma",
+        caption,
+        boxes,
+        2,
+        4.5,
+        64,
+        64,
+        0,
+        1,
+        1,
+        0.2,
+        False,
+        "regional",
+        0.3,
+        api_name="/layout_generate",
+    )
     assert Image.open(result).size == (64, 64) and settings["model"] == "tiny-pixart-sigma"
-    result, settings = client.predict("shapes-sd3-siamlayout", caption, boxes, 4, 3.0, 64, 64, 0, 4, 1, 0.2, False,
-                                      "siamlayout", 0.3, api_name="/layout_generate")
+    result, settings = client.predict(
+        "shapes-sd3-siamlayout",
+        caption,
+        boxes,
+        4,
+        3.0,
+        64,
+        64,
+        0,
+        4,
+        1,
+        0.2,
+        False,
+        "siamlayout",
+        0.3,
+        api_name="/layout_generate",
+    )
     assert Image.open(result).size == (64, 64) and settings["method_name"] == "CreatiLayout SiamLayout (SD3)"
     assert settings["grounding_fraction"] == 0.3
     with pytest.raises(Exception, match="SiamLayout branches"):
-        client.predict("shapes-flux", caption, boxes, 4, 3.0, 64, 64, 0, 4, 1, 0.2, False, "siamlayout", 0.3,
-                       api_name="/layout_generate")
+        client.predict(
+            "shapes-flux",
+            caption,
+            boxes,
+            4,
+            3.0,
+            64,
+            64,
+            0,
+            4,
+            1,
+            0.2,
+            False,
+            "siamlayout",
+            0.3,
+            api_name="/layout_generate",
+        )
     eleven = {"headers": boxes["headers"], "data": [["a red circle", 0.1, 0.1, 0.5, 0.5]] * 11}
     with pytest.raises(Exception, match="At most 10 boxes"):
-        client.predict("shapes-flux", caption, eleven, 8, 3.0, 64, 64, 0, 4, 1, 0.2, True, "regional", 0.3,
-                       api_name="/layout_generate")
+        client.predict(
+            "shapes-flux",
+            caption,
+            eleven,
+            8,
+            3.0,
+            64,
+            64,
+            0,
+            4,
+            1,
+            0.2,
+            True,
+            "regional",
+            0.3,
+            api_name="/layout_generate",
+        )
 
 
 def test_lora_upload_and_generate_with_it(running_app, tmp_path):
@@ -179,15 +367,31 @@ def test_lora_upload_and_generate_with_it(running_app, tmp_path):
 def test_image_set_endpoint_generates_panels_and_a_zip(running_app, tmp_path):
     import zipfile
 
-    client, output_dir = running_app
-    prompt = client.predict("couple-profile", "two shapes", "a red circle", "a blue square", "", "",
-                            api_name="/image_set_prompt")
+    client, _output_dir = running_app
+    prompt = client.predict(
+        "couple-profile", "two shapes", "a red circle", "a blue square", "", "", api_name="/image_set_prompt"
+    )
     assert value(prompt) == "This two-part image portrays two shapes [LEFT] a red circle [RIGHT] a blue square"
     reference = tmp_path / "left.png"
     Image.new("RGB", (64, 64), (200, 30, 30)).save(reference)
     whole, panels, archive, settings = client.predict(
-        "couple-profile", "tiny-flux-dev", True, [], 1.0, value(prompt), 2, 3.5, 128, 64, 0,
-        handle_file(str(reference)), None, None, None, api_name="/image_set_generate")
+        "couple-profile",
+        "tiny-flux-dev",
+        True,
+        [],
+        1.0,
+        value(prompt),
+        2,
+        3.5,
+        128,
+        64,
+        0,
+        handle_file(str(reference)),
+        None,
+        None,
+        None,
+        api_name="/image_set_generate",
+    )
     assert Image.open(whole).size == (128, 64) and len(panels) == 2
     left = np.asarray(Image.open(panels[0]["image"]).convert("RGB"))
     assert (left == (200, 30, 30)).all()  # the reference panel comes back unchanged
@@ -197,7 +401,7 @@ def test_image_set_endpoint_generates_panels_and_a_zip(running_app, tmp_path):
 
 
 def test_live_frame_endpoint_draws_from_a_sketch(running_app, tmp_path):
-    client, output_dir = running_app
+    client, _output_dir = running_app
     sketch = Image.new("RGBA", (128, 128), (0, 0, 0, 0))
     for x in range(20, 100):
         for y in range(60, 66):
@@ -205,23 +409,74 @@ def test_live_frame_endpoint_draws_from_a_sketch(running_app, tmp_path):
     sketch_path = tmp_path / "sketch.png"
     sketch.save(sketch_path)
     canvas = {"background": None, "layers": [], "composite": handle_file(str(sketch_path))}
-    image, control, latency = client.predict("tiny-flux-schnell|scribble|2", "a large red circle, gray background",
-                                             "sketch", canvas, None, 100, 200, 0, 1.0, 0.0, 1.0, 2,
-                                             api_name="/live_frame")
+    image, control, latency = client.predict(
+        "tiny-flux-schnell|scribble|2",
+        "a large red circle, gray background",
+        "sketch",
+        canvas,
+        None,
+        100,
+        200,
+        0,
+        1.0,
+        0.0,
+        1.0,
+        2,
+        api_name="/live_frame",
+    )
     result = Image.open(value(image))
     assert result.size == (320, 320)  # the 64x64 frame, enlarged for the eye
     control_image = np.asarray(Image.open(value(control)).convert("L").resize((64, 64)))
     assert control_image[31, 32] > 200 and control_image[5, 5] < 50  # the stroke, white on black
     assert " ms** per frame" in value(latency) and "prompt encoded" in value(latency)
-    _, _, again = client.predict("tiny-flux-schnell|scribble|2", "a large red circle, gray background", "sketch",
-                                 canvas, None, 100, 200, 0, 1.0, 0.0, 1.0, 2, api_name="/live_frame")
+    _, _, again = client.predict(
+        "tiny-flux-schnell|scribble|2",
+        "a large red circle, gray background",
+        "sketch",
+        canvas,
+        None,
+        100,
+        200,
+        0,
+        1.0,
+        0.0,
+        1.0,
+        2,
+        api_name="/live_frame",
+    )
     assert "prompt from cache" in value(again)
     with pytest.raises(Exception, match="Write a prompt first"):
-        client.predict("tiny-flux-schnell|scribble|2", " ", "sketch", canvas, None, 100, 200, 0, 1.0, 0.0, 1.0, 2,
-                       api_name="/live_frame")
+        client.predict(
+            "tiny-flux-schnell|scribble|2",
+            " ",
+            "sketch",
+            canvas,
+            None,
+            100,
+            200,
+            0,
+            1.0,
+            0.0,
+            1.0,
+            2,
+            api_name="/live_frame",
+        )
     with pytest.raises(Exception, match="Steps must be between 1 and 4"):
-        client.predict("tiny-flux-schnell|scribble|2", "a red circle", "sketch", canvas, None, 100, 200, 0, 1.0, 0.0,
-                       1.0, 24, api_name="/live_frame")
+        client.predict(
+            "tiny-flux-schnell|scribble|2",
+            "a red circle",
+            "sketch",
+            canvas,
+            None,
+            100,
+            200,
+            0,
+            1.0,
+            0.0,
+            1.0,
+            24,
+            api_name="/live_frame",
+        )
 
 
 def test_a_blank_canvas_is_no_drawing():

@@ -1,5 +1,6 @@
-import dataclasses
 """The attention-control toolkit on the built-in FLUX and SD3 models."""
+
+import dataclasses
 
 import pytest
 import torch
@@ -58,15 +59,19 @@ def test_processors_are_restored_after_an_error(registry):
     originals = dict(pipe.transformer.attn_processors)
     cache = BranchCache()  # empty: sharing from it fails inside the forward pass
     with pytest.raises(KeyError, match="did not pass"):
-        velocity_under(AttentionController([ShareKeysValues(source=cache)]), spec, pipe, model,
-                       flow.initial_noise(pipe, 0, 64, 64))
+        velocity_under(
+            AttentionController([ShareKeysValues(source=cache)]), spec, pipe, model, flow.initial_noise(pipe, 0, 64, 64)
+        )
     assert all(pipe.transformer.attn_processors[name] is processor for name, processor in originals.items())
 
 
 def test_flux_layer_groups(registry):
     transformer = registry.pipeline("shapes-flux").transformer
     assert joint_layers(transformer, "double") == ["transformer_blocks.0.attn", "transformer_blocks.1.attn"]
-    assert joint_layers(transformer, "single") == ["single_transformer_blocks.0.attn", "single_transformer_blocks.1.attn"]
+    assert joint_layers(transformer, "single") == [
+        "single_transformer_blocks.0.attn",
+        "single_transformer_blocks.1.attn",
+    ]
 
 
 @pytest.mark.parametrize("model_id", ["tiny-flux-dev", "tiny-sd3"])
@@ -86,11 +91,12 @@ def test_mask_blocks_attention_and_sharing_swaps_keys(registry, model_id):
     blocked_columns = torch.arange(total)[image][: image_tokens // 2]
     allowed[:, blocked_columns] = False
     masked = RecordAttention(keys="image", layers={layer})
-    velocity_under(AttentionController([MaskAttention(allowed=allowed, layers={layer}), masked]), spec, pipe, model,
-                   latents)
+    velocity_under(
+        AttentionController([MaskAttention(allowed=allowed, layers={layer}), masked]), spec, pipe, model, latents
+    )
     attention = masked.maps[0, layer]
     assert attention[..., : image_tokens // 2].abs().max() == 0
-    assert attention[..., image_tokens // 2:].sum(-1).min() > 0
+    assert attention[..., image_tokens // 2 :].sum(-1).min() > 0
 
     # A second prompt sharing the first's keys and values on every layer gives the first's output:
     # image tokens then see exactly what they saw under the first prompt. (The pooled vector,
@@ -113,8 +119,9 @@ def test_word_token_indices(registry, model_id):
     indices = word_token_indices(pipe, spec.family, prompt, "red", spec.max_sequence_length)
     for segment in spec.family.text_segments(pipe, spec.max_sequence_length):
         ids = segment.tokenizer(prompt, truncation=True, max_length=segment.length)["input_ids"]
-        expected = [segment.offset + i for i, token in enumerate(ids)
-                    if segment.tokenizer.decode([token]).strip() == "red"]
+        expected = [
+            segment.offset + i for i, token in enumerate(ids) if segment.tokenizer.decode([token]).strip() == "red"
+        ]
         assert len(expected) == 2  # both occurrences
         assert [i for i in indices if segment.offset <= i < segment.offset + segment.length] == expected
     with pytest.raises(InvalidRequest, match="not in the prompt"):
@@ -132,7 +139,7 @@ def test_a_word_split_into_several_tokens_gets_all_of_them(registry):
     clip_pieces = pipe.tokenizer.tokenize("zebra")
     assert len(clip_pieces) > 1
     assert indices[: len(clip_pieces)] == list(range(2, 2 + len(clip_pieces)))  # after <bos> and "a"
-    assert all(i >= 77 for i in indices[len(clip_pieces):])  # then T5's piece(s)
+    assert all(i >= 77 for i in indices[len(clip_pieces) :])  # then T5's piece(s)
 
 
 @pytest.mark.parametrize("model_id", ["tiny-pixart-sigma", "tiny-sana"])
@@ -156,7 +163,8 @@ def test_cross_attention_processors_match_the_originals(registry, model_id):
 
     expected = image()
     record = RecordAttention(keys=[0, 1])
-    torch.testing.assert_close(torch.tensor(image(AttentionController([record]))), torch.tensor(expected),
-                               rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        torch.tensor(image(AttentionController([record]))), torch.tensor(expected), rtol=1e-4, atol=1e-4
+    )
     assert {layer for _, layer in record.maps} == set(cross_layers(pipe.transformer))
     assert all(pipe.transformer.attn_processors[n] is p for n, p in originals.items())

@@ -19,16 +19,29 @@ pytestmark = [
 def page(tmp_path, free_port):
     from playwright.sync_api import sync_playwright
 
-    demo = build_app(create_studio(parse_args(["--offline", "--default-model", "shapes-flux",
-                                               "--output-dir", str(tmp_path)])))
-    demo.launch(server_name="127.0.0.1", server_port=free_port, prevent_thread_lock=True, inbrowser=False,
-                allowed_paths=[str(tmp_path)])
+    demo = build_app(
+        create_studio(parse_args(["--offline", "--default-model", "shapes-flux", "--output-dir", str(tmp_path)]))
+    )
+    demo.launch(
+        server_name="127.0.0.1",
+        server_port=free_port,
+        prevent_thread_lock=True,
+        inbrowser=False,
+        allowed_paths=[str(tmp_path)],
+    )
     try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(
-                executable_path=str(CHROMIUM), headless=True,
-                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                      "--disable-component-update", "--disable-sync", "--no-first-run"],
+                executable_path=str(CHROMIUM),
+                headless=True,
+                args=[
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--no-first-run",
+                ],
             )
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(f"http://127.0.0.1:{free_port}/")
@@ -45,11 +58,13 @@ def wait_for_image(page, fragment: str) -> None:
 
 def has_text_box(text: str) -> str:
     """A page function: true once some text box holds exactly `text`."""
-    return f"() => [...document.querySelectorAll('textarea, input')].filter(e => e.offsetParent).some(e => e.value === {text!r})"
+    visible = "[...document.querySelectorAll('textarea, input')].filter(e => e.offsetParent)"
+    return f"() => {visible}.some(e => e.value === {text!r})"
 
 
 def has_text_box_containing(text: str) -> str:
-    return f"() => [...document.querySelectorAll('textarea, input')].filter(e => e.offsetParent).some(e => e.value.includes({text!r}))"
+    visible = "[...document.querySelectorAll('textarea, input')].filter(e => e.offsetParent)"
+    return f"() => {visible}.some(e => e.value.includes({text!r}))"
 
 
 def generate(page) -> None:
@@ -81,9 +96,11 @@ def test_recolour_the_last_result(page, tmp_path, artifacts):
 
 def table_rows(page) -> list[list[str]]:
     # The Dataframe's grid rows (it also renders a hidden sizing table, not read here).
-    return page.evaluate("() => [...document.querySelectorAll('#layout-table [role=grid] [role=row][aria-rowindex]')]"
-                         ".map(r => [...r.querySelectorAll('[role=gridcell]')].map(c => c.textContent.trim()))"
-                         ".filter(r => r.some(c => c))")
+    return page.evaluate(
+        "() => [...document.querySelectorAll('#layout-table [role=grid] [role=row][aria-rowindex]')]"
+        ".map(r => [...r.querySelectorAll('[role=gridcell]')].map(c => c.textContent.trim()))"
+        ".filter(r => r.some(c => c))"
+    )
 
 
 def drag(page, stage, start: tuple[float, float], end: tuple[float, float]) -> None:
@@ -104,23 +121,31 @@ def test_draw_move_delete_boxes_and_generate_a_layout(page, tmp_path, artifacts)
     stage.wait_for(timeout=30_000)
     drag(page, stage, (0.05, 0.2), (0.5, 0.8))
     # The box lands in the table with the caption typed for it, at the corners dragged.
-    page.wait_for_function("() => [...document.querySelectorAll('#layout-table [role=gridcell]')]"
-                           ".some(e => e.textContent.includes('red circle on the left'))", timeout=30_000)
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#layout-table [role=gridcell]')]"
+        ".some(e => e.textContent.includes('red circle on the left'))",
+        timeout=30_000,
+    )
     rows = table_rows(page)
     assert len(rows) == 1
     x1, y1, x2, y2 = (float(cell) for cell in rows[0][-4:])
     assert abs(x1 - 0.05) < 0.02 and abs(y1 - 0.2) < 0.02 and abs(x2 - 0.5) < 0.02 and abs(y2 - 0.8) < 0.02
     # Dragging inside the box moves it; the table follows.
     drag(page, stage, (0.25, 0.5), (0.45, 0.4))
-    page.wait_for_function("() => [...document.querySelectorAll('#layout-table [role=gridcell]')]"
-                           ".some(e => e.textContent.trim() == '0.25')", timeout=30_000)
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#layout-table [role=gridcell]')]"
+        ".some(e => e.textContent.trim() == '0.25')",
+        timeout=30_000,
+    )
     x1, y1, x2, y2 = (float(cell) for cell in table_rows(page)[0][-4:])
     assert abs(x1 - 0.25) < 0.02 and abs(y1 - 0.1) < 0.02 and abs(x2 - 0.7) < 0.02 and abs(y2 - 0.7) < 0.02
     # A second box, then Delete removes the selected one.
     drag(page, stage, (0.75, 0.75), (0.95, 0.95))
     page.wait_for_function("() => document.querySelectorAll('#layout-editor .layout-box').length == 2", timeout=30_000)
-    page.wait_for_function("() => document.querySelectorAll('#layout-table [role=gridcell][aria-colindex=\"1\"]').length == 2",
-                           timeout=30_000)
+    page.wait_for_function(
+        "() => document.querySelectorAll('#layout-table [role=gridcell][aria-colindex=\"1\"]').length == 2",
+        timeout=30_000,
+    )
     page.keyboard.press("Delete")
     page.wait_for_function("() => document.querySelectorAll('#layout-editor .layout-box').length == 1", timeout=30_000)
     page.wait_for_timeout(1000)
@@ -163,7 +188,8 @@ def test_a_stroke_on_the_live_canvas_makes_an_image(page, artifacts):
     page.mouse.up()
     page.locator("#live-result img").first.wait_for(timeout=120_000)
     page.wait_for_function("() => document.querySelector('#live-result img').naturalWidth > 0")
-    page.wait_for_function("() => document.querySelector('#live-latency').innerText.includes('ms per frame')",
-                           timeout=30_000)
+    page.wait_for_function(
+        "() => document.querySelector('#live-latency').innerText.includes('ms per frame')", timeout=30_000
+    )
     page.locator("#live-control img").first.wait_for(timeout=30_000)
     page.screenshot(path=str(artifacts / "live-sketch.png"), full_page=True)

@@ -26,8 +26,20 @@ TARGET = "a large blue circle on the left, gray background"
 
 
 def settings_for(model, **changes):
-    return replace(ColourEditSettings(model=model, source_prompt=SOURCE, target_prompt=TARGET, word="circle",
-                                      steps=6, guidance=3.0, seed=1, width=64, height=64), **changes)
+    return replace(
+        ColourEditSettings(
+            model=model,
+            source_prompt=SOURCE,
+            target_prompt=TARGET,
+            word="circle",
+            steps=6,
+            guidance=3.0,
+            seed=1,
+            width=64,
+            height=64,
+        ),
+        **changes,
+    )
 
 
 @dataclass(kw_only=True)
@@ -82,7 +94,7 @@ def test_target_branch_takes_maps_and_values_from_the_source(registry, model_id)
 
     output, own_values, target_maps, target_values = edited(1.0)
     for key in source_maps.maps:
-        step, layer = key
+        _step, layer = key
         if layer in layers:
             torch.testing.assert_close(target_maps.maps[key], source_maps.maps[key], rtol=0, atol=1e-6)
         else:  # layers ColorCtrl leaves alone keep the target's own attention
@@ -116,7 +128,9 @@ def test_progress_and_cancel_restore_the_processors(registry):
     pipe = registry.pipeline("tiny-flux-dev")
     originals = dict(pipe.transformer.attn_processors)
     seen = []
-    colour_edit(registry, settings_for("tiny-flux-dev", steps=3), on_step=lambda done, total: seen.append((done, total)))
+    colour_edit(
+        registry, settings_for("tiny-flux-dev", steps=3), on_step=lambda done, total: seen.append((done, total))
+    )
     assert seen[0] == (0, 6) and seen[-1] == (6, 6)
     cancel = threading.Event()
 
@@ -164,8 +178,11 @@ def test_a_perfect_recolour_keeps_the_whole_mask():
     """The object's mask counts an anti-aliased rim pixel by its coverage, whatever the colour: a
     rendered scene and the same scene in the new colour (same geometry) score IoU 1. (A fixed
     distance from the background counted green's rim on white but not yellow's: IoU 0.875.)"""
-    for shape, old, new, background in (("square", "green", "yellow", "white"), ("circle", "purple", "red", "gray"),
-                                        ("triangle", "orange", "green", "white")):
+    for shape, old, new, background in (
+        ("square", "green", "yellow", "white"),
+        ("circle", "purple", "red", "gray"),
+        ("triangle", "orange", "green", "white"),
+    ):
         source, _ = render(make_scene([make_object(old, shape, "large", "left")], background))
         result, _ = render(make_scene([make_object(new, shape, "large", "left")], background))
         score = colour_eval.score(source, result, old, new, background)
@@ -180,14 +197,21 @@ def test_recolouring_shapes_keeps_the_object_and_background(registry):
     edited, swapped = [], []
     for caption, word, new in cases:
         old, background = colour_eval.caption_colour(caption, word), colour_eval.caption_background(caption)
-        settings = settings_for("shapes-flux", source_prompt=caption, word=word, steps=16,
-                                target_prompt=recolour_prompt(caption, word, new), seed=0)
+        settings = settings_for(
+            "shapes-flux",
+            source_prompt=caption,
+            word=word,
+            steps=16,
+            target_prompt=recolour_prompt(caption, word, new),
+            seed=0,
+        )
         edit = colour_edit(registry, settings)
         score = colour_eval.score(edit.source, edit.result, old, new, background)
         if score is not None:
             edited.append(score)
-            swapped.append(colour_eval.score(edit.source, colour_eval.plain_swap(registry, settings), old, new,
-                                             background))
+            swapped.append(
+                colour_eval.score(edit.source, colour_eval.plain_swap(registry, settings), old, new, background)
+            )
     assert len(edited) >= 16
     ours, theirs = colour_eval.summary(edited), colour_eval.summary(swapped)
     print("ColorCtrl", ours, "prompt swap", theirs)

@@ -40,8 +40,16 @@ def pixels(image: Image.Image) -> np.ndarray:
 
 def settings_for(registry, model: str, control: str, **changes) -> ControlSettings:
     spec = registry.catalogue.get(model)
-    base = ControlSettings(model=model, prompt=PROMPT, control=control, steps=spec.steps, guidance=spec.guidance_scale,
-                           width=64, height=64, seed=3)
+    base = ControlSettings(
+        model=model,
+        prompt=PROMPT,
+        control=control,
+        steps=spec.steps,
+        guidance=spec.guidance_scale,
+        width=64,
+        height=64,
+        seed=3,
+    )
     return replace(base, **changes)
 
 
@@ -66,9 +74,20 @@ def test_conditioning_scale_zero_is_the_plain_model(registry, model, control):
     assert np.array_equal(pixels(line), pixels(circle))
     if model.startswith("tiny-flux"):
         return  # FLUX's ControlNet pipeline draws the control latents from the seed's generator before the noise
-    plain = next(generate(registry, GenerationSettings(model=model, prompt=PROMPT, steps=settings.steps,
-                                                       guidance=settings.guidance, width=64, height=64,
-                                                       seed=settings.seed))).image
+    plain = next(
+        generate(
+            registry,
+            GenerationSettings(
+                model=model,
+                prompt=PROMPT,
+                steps=settings.steps,
+                guidance=settings.guidance,
+                width=64,
+                height=64,
+                seed=settings.seed,
+            ),
+        )
+    ).image
     assert np.abs(pixels(line) - pixels(plain)).max() <= 1.0
 
 
@@ -106,15 +125,20 @@ def test_pixart_has_no_controlnet_and_says_so(registry):
 
 def test_live_picks_the_fastest_way_to_draw_for_each_family(registry):
     # Trained weights first: the shapes-world FLUX with its trained scribble ControlNet...
-    assert live_targets(registry, "flux")[:2] == [LiveTarget("shapes-flux", "scribble", 8),
-                                                  LiveTarget("tiny-flux-schnell", "scribble", 2)]
+    assert live_targets(registry, "flux")[:2] == [
+        LiveTarget("shapes-flux", "scribble", 8),
+        LiveTarget("tiny-flux-schnell", "scribble", 2),
+    ]
     # ...then, among random built-ins, the one-step model before the standard ones.
     assert live_targets(registry, "sd3")[0] == LiveTarget("tiny-sd3-turbo", "scribble", 4)
     # SANA-Sprint has no ControlNet: its img2img redraws the sketch before SANA's 20-step ControlNet.
     assert live_targets(registry, "sana")[0] == LiveTarget("tiny-sana-sprint", "", 2)
     # Offline, hub models that are not cached are never offered.
-    assert all(registry.catalogue.get(t.model).builtin for family in ("flux", "sd3", "sana")
-               for t in live_targets(registry, family))
+    assert all(
+        registry.catalogue.get(t.model).builtin
+        for family in ("flux", "sd3", "sana")
+        for t in live_targets(registry, family)
+    )
 
 
 def test_sprint_img2img_draws_from_the_sketch(registry):
@@ -128,8 +152,11 @@ def test_sprint_img2img_draws_from_the_sketch(registry):
 
 def count_text_encoder_calls(pipe) -> list[int]:
     calls = [0]
-    encoders = [getattr(pipe, name) for name in ("text_encoder", "text_encoder_2", "text_encoder_3")
-                if getattr(pipe, name, None) is not None]
+    encoders = [
+        getattr(pipe, name)
+        for name in ("text_encoder", "text_encoder_2", "text_encoder_3")
+        if getattr(pipe, name, None) is not None
+    ]
     for encoder in encoders:
         encoder.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
     return calls
@@ -162,13 +189,19 @@ def test_cached_embeddings_give_the_pipelines_own_image(registry):
     settings = settings_for(registry, "tiny-sd3", "canny", guidance=3.0, negative_prompt="blurry")
     control = sketch_control("canny", strokes("circle"))
     cached = control_generate(registry, settings, control, renderer.prompts).image
-    with registry.use("tiny-sd3", "controlnet:canny") as pipe:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(settings.seed)
-            own = pipe(prompt=PROMPT, negative_prompt="blurry", control_image=control,
-                       num_inference_steps=settings.steps,
-                       guidance_scale=3.0, width=64, height=64, max_sequence_length=32,
-                       generator=torch.Generator().manual_seed(settings.seed)).images[0]
+    with registry.use("tiny-sd3", "controlnet:canny") as pipe, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings.seed)
+        own = pipe(
+            prompt=PROMPT,
+            negative_prompt="blurry",
+            control_image=control,
+            num_inference_steps=settings.steps,
+            guidance_scale=3.0,
+            width=64,
+            height=64,
+            max_sequence_length=32,
+            generator=torch.Generator().manual_seed(settings.seed),
+        ).images[0]
     assert np.array_equal(pixels(cached), pixels(own))
 
 
@@ -185,8 +218,14 @@ def test_a_control_transformer_takes_the_transformers_place(catalogue, tmp_path)
     torch.manual_seed(0)
     doubled = {**config, "in_channels": 2 * config["in_channels"], "out_channels": config["in_channels"]}
     FluxTransformer2DModel.from_config(doubled).save_pretrained(tmp_path / "transformer")
-    control = ControlSpec(name="canny-full", kind="canny", repo=str(tmp_path), subfolder="transformer",
-                          component="transformer", pipeline="FluxControlPipeline")
+    control = ControlSpec(
+        name="canny-full",
+        kind="canny",
+        repo=str(tmp_path),
+        subfolder="transformer",
+        component="transformer",
+        pipeline="FluxControlPipeline",
+    )
     registry = Registry(Catalogue([replace(spec, controlnets=(control,))]), offline_only=True)
     settings = settings_for(registry, spec.id, "canny-full", steps=2)
     edges = control_generate(registry, settings, sketch_control("canny", strokes("line"))).image

@@ -2,9 +2,9 @@ import threading
 
 import numpy as np
 import pytest
+from conftest import TINY_MODELS
 from PIL import Image
 
-from conftest import TINY_MODELS
 from studio.errors import Cancelled, InvalidRequest
 from studio.generation import GenerationSettings, call_arguments, generate, size_for_aspect, validate
 from studio.metadata import read_settings, save_png
@@ -12,9 +12,16 @@ from studio.metadata import read_settings, save_png
 
 def run(registry, **fields):
     spec = registry.catalogue.get(fields["model"])
-    settings = GenerationSettings(**{"prompt": "a large red circle on the left, gray background",
-                                     "steps": 2, "guidance": spec.guidance_scale,
-                                     "width": 64, "height": 64, **fields})
+    settings = GenerationSettings(
+        **{
+            "prompt": "a large red circle on the left, gray background",
+            "steps": 2,
+            "guidance": spec.guidance_scale,
+            "width": 64,
+            "height": 64,
+            **fields,
+        }
+    )
     return list(generate(registry, settings))
 
 
@@ -22,9 +29,12 @@ def pixels(result) -> np.ndarray:
     return np.asarray(result.image, dtype=np.int16)
 
 
-@pytest.mark.parametrize("model", TINY_MODELS + ["shapes-flux", "shapes-sd3"])
+@pytest.mark.parametrize("model", [*TINY_MODELS, "shapes-flux", "shapes-sd3"])
 def test_each_family_makes_the_requested_size_and_the_seed_decides(registry, model):
-    wide, tall = run(registry, model=model, width=96, height=64, seed=3)[0], run(registry, model=model, width=64, height=96, seed=3)[0]
+    wide, tall = (
+        run(registry, model=model, width=96, height=64, seed=3)[0],
+        run(registry, model=model, width=64, height=96, seed=3)[0],
+    )
     assert wide.image.size == (96, 64) and tall.image.size == (64, 96)
     again = run(registry, model=model, width=96, height=64, seed=3)[0]
     other = run(registry, model=model, width=96, height=64, seed=4)[0]
@@ -34,9 +44,15 @@ def test_each_family_makes_the_requested_size_and_the_seed_decides(registry, mod
 
 def test_several_images_take_consecutive_seeds_and_report_progress(registry):
     progress = []
-    results = list(generate(registry, GenerationSettings(model="tiny-sd3", prompt="a blue square", steps=3, guidance=5.0,
-                                                         width=64, height=64, seed=10, count=3),
-                            on_step=lambda done, total: progress.append((done, total))))
+    results = list(
+        generate(
+            registry,
+            GenerationSettings(
+                model="tiny-sd3", prompt="a blue square", steps=3, guidance=5.0, width=64, height=64, seed=10, count=3
+            ),
+            on_step=lambda done, total: progress.append((done, total)),
+        )
+    )
     assert [r.settings.seed for r in results] == [10, 11, 12]
     assert all(r.settings.count == 1 and r.seconds > 0 for r in results)
     assert progress == [(i, 9) for i in range(1, 10)]
@@ -46,8 +62,13 @@ def test_several_images_take_consecutive_seeds_and_report_progress(registry):
 
 def test_legacy_callback_pipelines_report_progress_too(registry):
     progress = []
-    list(generate(registry, GenerationSettings(model="tiny-pixart-sigma", prompt="a red circle", steps=4,
-                                               width=64, height=64), on_step=lambda d, t: progress.append(d)))
+    list(
+        generate(
+            registry,
+            GenerationSettings(model="tiny-pixart-sigma", prompt="a red circle", steps=4, width=64, height=64),
+            on_step=lambda d, t: progress.append(d),
+        )
+    )
     assert progress == [1, 2, 3, 4]
 
 
@@ -60,8 +81,12 @@ def test_cancel_stops_at_the_next_step_and_keeps_finished_images(registry):
             switch.set()
 
     with pytest.raises(Cancelled):
-        for result in generate(registry, GenerationSettings(model="tiny-sd3", prompt="a red circle", steps=5,
-                                                            width=64, height=64, count=3), on_step, switch):
+        for result in generate(
+            registry,
+            GenerationSettings(model="tiny-sd3", prompt="a red circle", steps=5, width=64, height=64, count=3),
+            on_step,
+            switch,
+        ):
             made.append(result)
     assert len(made) == 1
 
@@ -69,9 +94,14 @@ def test_cancel_stops_at_the_next_step_and_keeps_finished_images(registry):
 def test_bad_requests_are_refused_with_a_reason(registry):
     spec = registry.catalogue.get("tiny-sd3")
     base = GenerationSettings(model="tiny-sd3", prompt="x", steps=2, width=64, height=64)
-    cases = {"Write a prompt": dict(prompt="   "), "Steps must be": dict(steps=0),
-             "between 1 and 8 images": dict(count=9), "Width and height": dict(width=5000),
-             "seed must be": dict(seed=-1), "Guidance must be": dict(guidance=float("nan"))}
+    cases = {
+        "Write a prompt": dict(prompt="   "),
+        "Steps must be": dict(steps=0),
+        "between 1 and 8 images": dict(count=9),
+        "Width and height": dict(width=5000),
+        "seed must be": dict(seed=-1),
+        "Guidance must be": dict(guidance=float("nan")),
+    }
     for message, change in cases.items():
         with pytest.raises(InvalidRequest, match=message):
             validate(GenerationSettings(**{**base.__dict__, **change}), spec)
@@ -87,21 +117,37 @@ def test_sizes_snap_to_the_family_multiple_and_aspect_presets_keep_the_area(cata
 
 def test_guidance_kinds_map_to_each_pipeline_convention(registry):
     flux_dev = registry.pipeline("tiny-flux-dev")
-    arguments = call_arguments(flux_dev, registry.catalogue.get("tiny-flux-dev"),
-                               GenerationSettings(model="tiny-flux-dev", prompt="x", negative_prompt="y", guidance=3.5), None)
+    arguments = call_arguments(
+        flux_dev,
+        registry.catalogue.get("tiny-flux-dev"),
+        GenerationSettings(model="tiny-flux-dev", prompt="x", negative_prompt="y", guidance=3.5),
+        None,
+    )
     assert arguments["guidance_scale"] == 3.5 and "negative_prompt" not in arguments
     assert arguments["max_sequence_length"] == 32
     shapes = registry.catalogue.get("shapes-flux")
-    arguments = call_arguments(registry.pipeline("shapes-flux"), shapes,
-                               GenerationSettings(model="shapes-flux", prompt="x", negative_prompt="y", guidance=3.0), None)
+    arguments = call_arguments(
+        registry.pipeline("shapes-flux"),
+        shapes,
+        GenerationSettings(model="shapes-flux", prompt="x", negative_prompt="y", guidance=3.0),
+        None,
+    )
     assert arguments["true_cfg_scale"] == 3.0 and arguments["negative_prompt"] == "y"
     sd3 = registry.catalogue.get("tiny-sd3")
-    arguments = call_arguments(registry.pipeline("tiny-sd3"), sd3,
-                               GenerationSettings(model="tiny-sd3", prompt="x", negative_prompt="y", guidance=5.0), None)
+    arguments = call_arguments(
+        registry.pipeline("tiny-sd3"),
+        sd3,
+        GenerationSettings(model="tiny-sd3", prompt="x", negative_prompt="y", guidance=5.0),
+        None,
+    )
     assert arguments["negative_prompt"] == "y" and arguments["guidance_scale"] == 5.0
     schnell = registry.catalogue.get("tiny-flux-schnell")
-    assert validate(GenerationSettings(model="tiny-flux-schnell", prompt="x", steps=2, guidance=7, width=64, height=64),
-                    schnell).guidance == 0.0
+    assert (
+        validate(
+            GenerationSettings(model="tiny-flux-schnell", prompt="x", steps=2, guidance=7, width=64, height=64), schnell
+        ).guidance
+        == 0.0
+    )
 
 
 def test_png_settings_round_trip_remakes_the_same_image(registry, tmp_path):
@@ -109,7 +155,7 @@ def test_png_settings_round_trip_remakes_the_same_image(registry, tmp_path):
     path = save_png(first, tmp_path)
     settings = read_settings(path)
     assert settings == first.settings
-    remade = list(generate(registry, settings))[0]
+    remade = next(iter(generate(registry, settings)))
     assert np.array_equal(pixels(remade), np.asarray(Image.open(path), dtype=np.int16))
 
 

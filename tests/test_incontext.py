@@ -43,8 +43,10 @@ def test_every_set_validates_and_round_trips(set_id):
     made = panels(image_set.count, cell)
     grid = compose(made, image_set.rows, image_set.columns)
     assert grid.size == (image_set.width, image_set.height)
-    assert all(np.array_equal(np.asarray(a), np.asarray(b))
-               for a, b in zip(made, split(grid, image_set.rows, image_set.columns)))
+    assert all(
+        np.array_equal(np.asarray(a), np.asarray(b))
+        for a, b in zip(made, split(grid, image_set.rows, image_set.columns))
+    )
     prompt = image_set.prompt(image_set.caption, image_set.panels)
     assert all(tag in prompt for tag in image_set.tags) and prompt.startswith(image_set.intro)
 
@@ -65,9 +67,11 @@ def test_panel_tags_and_bad_grids():
 
 def test_a_broken_set_file_is_refused(tmp_path):
     broken = tmp_path / "sets.toml"
-    broken.write_text('[[set]]\nid = "x"\nlabel = "x"\nrepo = "r"\nfile = "f.safetensors"\nwidth = 1000\n'
-                      'height = 512\nrows = 1\ncolumns = 2\nintro = ""\ntags = ["[LEFT]", "[RIGHT]"]\n'
-                      'caption = "c"\npanels = ["a", "b"]\n')
+    broken.write_text(
+        '[[set]]\nid = "x"\nlabel = "x"\nrepo = "r"\nfile = "f.safetensors"\nwidth = 1000\n'
+        'height = 512\nrows = 1\ncolumns = 2\nintro = ""\ntags = ["[LEFT]", "[RIGHT]"]\n'
+        'caption = "c"\npanels = ["a", "b"]\n'
+    )
     with pytest.raises(InvalidRequest, match="multiples of 16"):
         load_sets(broken)
 
@@ -80,8 +84,15 @@ def test_mask_covers_exactly_the_generated_cells():
 
 
 def test_group_generation_splits_the_set(registry):
-    request = SetRequest(model="tiny-flux-dev", prompt="[LEFT] a red circle [RIGHT] a blue square", rows=1,
-                         columns=2, width=128, height=64, steps=2)
+    request = SetRequest(
+        model="tiny-flux-dev",
+        prompt="[LEFT] a red circle [RIGHT] a blue square",
+        rows=1,
+        columns=2,
+        width=128,
+        height=64,
+        steps=2,
+    )
     result = generate_set(registry, request)
     assert result.image.size == (128, 64) and [p.size for p in result.panels] == [(64, 64), (64, 64)]
     assert result.mask is None
@@ -89,15 +100,27 @@ def test_group_generation_splits_the_set(registry):
 
 def test_conditioned_generation_keeps_the_references(registry):
     reference = panels(1, (64, 64))[0]
-    request = SetRequest(model="tiny-flux-dev", prompt="[LEFT] a red circle [RIGHT] a blue square", rows=1,
-                         columns=2, width=128, height=64, steps=2, references={0: reference})
+    request = SetRequest(
+        model="tiny-flux-dev",
+        prompt="[LEFT] a red circle [RIGHT] a blue square",
+        rows=1,
+        columns=2,
+        width=128,
+        height=64,
+        steps=2,
+        references={0: reference},
+    )
     result = generate_set(registry, request)
     assert np.array_equal(np.asarray(result.panels[0]), np.asarray(reference))
     assert np.abs(np.asarray(result.panels[1], float) - 127).mean() > 2  # the other cell was generated
     assert (np.asarray(result.mask)[:, 64:] == 255).all() and (np.asarray(result.mask)[:, :64] == 0).all()
     with pytest.raises(InvalidRequest, match="at least one"):
-        generate_set(registry, SetRequest(model="tiny-flux-dev", prompt="x", rows=1, columns=1, width=64,
-                                          height=64, references={0: reference}))
+        generate_set(
+            registry,
+            SetRequest(
+                model="tiny-flux-dev", prompt="x", rows=1, columns=1, width=64, height=64, references={0: reference}
+            ),
+        )
 
 
 def test_a_users_own_set_uses_its_local_lora(tmp_path):
@@ -109,8 +132,20 @@ def test_a_users_own_set_uses_its_local_lora(tmp_path):
 
     registry = Registry(Catalogue.load(), device="cpu")
     lora = make_lora(registry, tmp_path / "mine.safetensors", 3)
-    mine = ImageSet(id="mine", label="Mine", repo="", file=str(lora), width=128, height=64, rows=1, columns=2,
-                    intro="", tags=("[LEFT]", "[RIGHT]"), caption="c", panels=("a", "b"))
+    mine = ImageSet(
+        id="mine",
+        label="Mine",
+        repo="",
+        file=str(lora),
+        width=128,
+        height=64,
+        rows=1,
+        columns=2,
+        intro="",
+        tags=("[LEFT]", "[RIGHT]"),
+        caption="c",
+        panels=("a", "b"),
+    )
     builtin = registry.catalogue.get("tiny-flux-dev")
     assert set_lora(registry, mine, builtin) == ()  # built-in models have no IC-LoRA
     as_if_from_the_hub = replace(builtin, builtin=None)

@@ -30,8 +30,15 @@ def test_euler_sampling_is_the_pipelines_own(registry, model_id):
         arguments = dict(latents=packed, guidance_scale=spec.guidance_scale)
     else:
         arguments = dict(latents=noise, guidance_scale=spec.guidance_scale, negative_prompt="")
-    theirs = pipe("a red circle", num_inference_steps=4, width=64, height=64, output_type="latent",
-                  max_sequence_length=spec.max_sequence_length, **arguments).images
+    theirs = pipe(
+        "a red circle",
+        num_inference_steps=4,
+        width=64,
+        height=64,
+        output_type="latent",
+        max_sequence_length=spec.max_sequence_length,
+        **arguments,
+    ).images
     if family.name == "flux":
         theirs = pipe._unpack_latents(theirs, 64, 64, pipe.vae_scale_factor)
     assert sigmas[0] == pytest.approx(1.0) and sigmas[-1] == 0.0 and len(sigmas) == 5
@@ -41,7 +48,7 @@ def test_euler_sampling_is_the_pipelines_own(registry, model_id):
 @pytest.mark.parametrize("model_id", FLOW_MODELS)
 def test_inversion_then_sampling_returns_the_latents(registry, model_id):
     """The round trip's error shrinks with steps (first order for Euler, second for FireFlow)."""
-    pipe, family, spec, model = flow_model(registry, model_id, guidance=1.0)
+    pipe, family, _spec, model = flow_model(registry, model_id, guidance=1.0)
     image = flow.decode(pipe, flow.initial_noise(pipe, seed=5, width=64, height=64))[0]
     latents = flow.encode_image(pipe, image, 64, 64)
     errors = {}

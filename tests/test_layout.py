@@ -31,13 +31,15 @@ def test_mask_is_exact_with_overlap_and_background(token_order):
     masks = region_token_masks([Region("a", (0.0, 0.0, 0.5, 1.0)), Region("b", (0.25, 0.0, 1.0, 0.5))], 2, 2)
     allowed = regional_attention_mask(masks, 1, token_order).int()
     #            g  a  b  p0 p1 p2 p3
-    expected = [[1, 0, 0, 1, 1, 1, 1],  # global caption: itself and the whole image
-                [0, 1, 0, 1, 0, 1, 0],  # region a's caption: itself and a's tokens (p0, p2)
-                [0, 0, 1, 1, 1, 0, 0],  # region b's caption: itself and b's tokens (p0, p1)
-                [0, 1, 1, 1, 1, 1, 0],  # p0 lies in a and b: both captions, both regions
-                [0, 0, 1, 1, 1, 0, 0],  # p1 in b only
-                [0, 1, 0, 1, 0, 1, 0],  # p2 in a only
-                [1, 1, 1, 1, 1, 1, 1]]  # p3, background: everything
+    expected = [
+        [1, 0, 0, 1, 1, 1, 1],  # global caption: itself and the whole image
+        [0, 1, 0, 1, 0, 1, 0],  # region a's caption: itself and a's tokens (p0, p2)
+        [0, 0, 1, 1, 1, 0, 0],  # region b's caption: itself and b's tokens (p0, p1)
+        [0, 1, 1, 1, 1, 1, 0],  # p0 lies in a and b: both captions, both regions
+        [0, 0, 1, 1, 1, 0, 0],  # p1 in b only
+        [0, 1, 0, 1, 0, 1, 0],  # p2 in a only
+        [1, 1, 1, 1, 1, 1, 1],
+    ]  # p3, background: everything
     expected = torch.tensor(expected)
     if token_order == "image-text":
         order = [3, 4, 5, 6, 0, 1, 2]
@@ -67,11 +69,19 @@ def test_box_validation_messages():
 
 
 def layout(model, **changes):
-    settings = LayoutSettings(model=model, caption="a large red circle on the left and a large blue square on the "
-                              "right, gray background",
-                              regions=(Region("a large red circle", (0.0, 0.2, 0.5, 0.8)),
-                                       Region("a large blue square", (0.5, 0.2, 1.0, 0.8))),
-                              steps=6, guidance=3.0, width=64, height=64, inject_steps=3)
+    settings = LayoutSettings(
+        model=model,
+        caption="a large red circle on the left and a large blue square on the right, gray background",
+        regions=(
+            Region("a large red circle", (0.0, 0.2, 0.5, 0.8)),
+            Region("a large blue square", (0.5, 0.2, 1.0, 0.8)),
+        ),
+        steps=6,
+        guidance=3.0,
+        width=64,
+        height=64,
+        inject_steps=3,
+    )
     return replace(settings, **changes)
 
 
@@ -142,10 +152,12 @@ def test_cross_attention_mask_is_exact():
     masks = region_token_masks([Region("a", (0.0, 0.0, 0.5, 1.0)), Region("b", (0.25, 0.0, 1.0, 0.5))], 2, 2)
     allowed = cross_attention_mask(masks, 2).int()
     #                 g  g  a  a  b  b   (two tokens per caption)
-    assert allowed.tolist() == [[1, 1, 1, 1, 1, 1],  # p0: in a and b
-                                [1, 1, 0, 0, 1, 1],  # p1: in b
-                                [1, 1, 1, 1, 0, 0],  # p2: in a
-                                [1, 1, 0, 0, 0, 0]]  # p3: background, the global caption only
+    assert allowed.tolist() == [
+        [1, 1, 1, 1, 1, 1],  # p0: in a and b
+        [1, 1, 0, 0, 1, 1],  # p1: in b
+        [1, 1, 1, 1, 0, 0],  # p2: in a
+        [1, 1, 0, 0, 0, 0],
+    ]  # p3: background, the global caption only
 
 
 @pytest.mark.parametrize("model_id", ["tiny-pixart-sigma", "tiny-sana"])

@@ -20,8 +20,10 @@ def make_lora(registry, path, seed):
     """A LoRA with random A and B on the built-in transformer, saved as diffusers saves LoRAs."""
     transformer = registry.pipeline(MODEL).transformer
     torch.manual_seed(seed)
-    transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
-                                       target_modules=["to_q", "to_k", "to_v", "to_out.0"]), adapter_name="maker")
+    transformer.add_adapter(
+        LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=["to_q", "to_k", "to_v", "to_out.0"]),
+        adapter_name="maker",
+    )
     with torch.no_grad():  # big enough to move the tiny model's output visibly
         for name, parameter in transformer.named_parameters():
             if "lora_B" in name:
@@ -36,12 +38,17 @@ def make_lora(registry, path, seed):
 def lora_registry(tmp_path):
     """A registry of its own: adapters must not leak into the session's shared models."""
     registry = Registry(Catalogue.load(), device="cpu")
-    return registry, make_lora(registry, tmp_path / "one.safetensors", 1), make_lora(registry, tmp_path / "two.safetensors", 2)
+    return (
+        registry,
+        make_lora(registry, tmp_path / "one.safetensors", 1),
+        make_lora(registry, tmp_path / "two.safetensors", 2),
+    )
 
 
 def image(registry, adapters=()):
-    settings = GenerationSettings(model=MODEL, prompt="a red circle", steps=2, guidance=3.5, width=64, height=64,
-                                  adapters=tuple(adapters))
+    settings = GenerationSettings(
+        model=MODEL, prompt="a red circle", steps=2, guidance=3.5, width=64, height=64, adapters=tuple(adapters)
+    )
     return np.asarray(next(generate(registry, settings)).image, dtype=float)
 
 

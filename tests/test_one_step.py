@@ -15,8 +15,9 @@ PROMPT = "a large red circle on the left, gray background"
 
 
 def settings_for(spec, steps: int) -> GenerationSettings:
-    return GenerationSettings(model=spec.id, prompt=PROMPT, steps=steps, guidance=spec.guidance_scale,
-                              width=64, height=64, seed=7)
+    return GenerationSettings(
+        model=spec.id, prompt=PROMPT, steps=steps, guidance=spec.guidance_scale, width=64, height=64, seed=7
+    )
 
 
 def test_every_family_has_a_built_in_one_step_model(catalogue):
@@ -70,11 +71,13 @@ def test_each_one_step_model_draws_at_one_step_and_at_its_most(registry, model, 
     assert progress == list(range(1, steps + 1))
 
 
-@pytest.mark.parametrize("model", ONE_STEP_BUILTINS + ["tiny-sd3"])
+@pytest.mark.parametrize("model", [*ONE_STEP_BUILTINS, "tiny-sd3"])
 def test_steps_beyond_the_models_most_are_refused_naming_its_range(catalogue, model):
     spec = catalogue.get(model)
     assert validate(settings_for(spec, spec.max_steps), spec).steps == spec.max_steps
-    with pytest.raises(InvalidRequest, match=re.escape(f"Steps must be between 1 and {spec.max_steps} for {spec.name}.")):
+    with pytest.raises(
+        InvalidRequest, match=re.escape(f"Steps must be between 1 and {spec.max_steps} for {spec.name}.")
+    ):
         validate(settings_for(spec, spec.max_steps + 1), spec)
 
 
@@ -94,11 +97,16 @@ def test_sana_sprint_runs_between_one_step_and_its_most(registry, steps):
 
 
 def test_the_catalogue_refuses_unbounded_or_misplaced_step_settings(tmp_path):
-    base = ('[[model]]\nid="x"\nname="x"\nfamily="flux"\npipeline="FluxPipeline"\nbuiltin="flux-random"\n'
-            'guidance="none"\nguidance_scale=0.0\nwidth=64\nheight=64\nsize_multiple=8\nmax_sequence_length=32\n'
-            'gated=false\nmemory_gb=0.01\nlicence="x"\nmode="one-step"\nsteps=2\n')
-    for extra, message in [("", "names its max_steps"), ("max_steps=1\n", "between 1 and max_steps"),
-                           ("max_steps=4\ncall_by_steps={ 5 = { a = 1 } }\n", "keyed by step counts from 1 to 4")]:
+    base = (
+        '[[model]]\nid="x"\nname="x"\nfamily="flux"\npipeline="FluxPipeline"\nbuiltin="flux-random"\n'
+        'guidance="none"\nguidance_scale=0.0\nwidth=64\nheight=64\nsize_multiple=8\nmax_sequence_length=32\n'
+        'gated=false\nmemory_gb=0.01\nlicence="x"\nmode="one-step"\nsteps=2\n'
+    )
+    for extra, message in [
+        ("", "names its max_steps"),
+        ("max_steps=1\n", "between 1 and max_steps"),
+        ("max_steps=4\ncall_by_steps={ 5 = { a = 1 } }\n", "keyed by step counts from 1 to 4"),
+    ]:
         path = tmp_path / "models.toml"
         path.write_text(base + extra)
         with pytest.raises(ValueError, match=message):

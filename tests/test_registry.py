@@ -43,8 +43,13 @@ def test_catalogue_lists_real_hub_models_with_defaults(catalogue):
         assert spec.repo == repo
         assert spec.steps > 0 and spec.width >= 512 and spec.memory_gb > 1
     assert catalogue.get("flux-dev").gated and not catalogue.get("flux-schnell").gated
-    assert {s.id for s in catalogue if s.mode == "one-step"} >= {"flux-schnell", "sd3.5-large-turbo", "pixart-lcm",
-                                                                  "sana-sprint-0.6b", "sana-sprint-1.6b"}
+    assert {s.id for s in catalogue if s.mode == "one-step"} >= {
+        "flux-schnell",
+        "sd3.5-large-turbo",
+        "pixart-lcm",
+        "sana-sprint-0.6b",
+        "sana-sprint-1.6b",
+    }
     assert catalogue.get("sana-sprint-0.6b").call_for(2)["intermediate_timesteps"] == 1.3
 
 

@@ -17,9 +17,11 @@ from studio.families.siamlayout import (
     attach_layout_branches,
     box_fourier_embedding,
     branch_state,
-    layout_tokens as project_layout,
     load_layout_weights,
     siamlayout_forward,
+)
+from studio.families.siamlayout import (
+    layout_tokens as project_layout,
 )
 from studio.methods.layout import LayoutSettings, Region, layout_tokens, regional_generate
 
@@ -39,10 +41,12 @@ def pipe(registry):
 def transformer_inputs(transformer, rows=2):
     generator = torch.Generator().manual_seed(0)
     config = transformer.config
-    return dict(hidden_states=torch.randn(rows, 16, 8, 8, generator=generator),
-                timestep=torch.full((rows,), 600.0),
-                encoder_hidden_states=torch.randn(rows, 20, config.joint_attention_dim, generator=generator),
-                pooled_projections=torch.randn(rows, config.pooled_projection_dim, generator=generator))
+    return dict(
+        hidden_states=torch.randn(rows, 16, 8, 8, generator=generator),
+        timestep=torch.full((rows,), 600.0),
+        encoder_hidden_states=torch.randn(rows, 20, config.joint_attention_dim, generator=generator),
+        pooled_projections=torch.randn(rows, config.pooled_projection_dim, generator=generator),
+    )
 
 
 def base_output(transformer, inputs):
@@ -52,8 +56,15 @@ def base_output(transformer, inputs):
 
 def layout_output(transformer, inputs, tokens, scale=1.0):
     with torch.no_grad():
-        return siamlayout_forward(transformer, inputs["hidden_states"], inputs["timestep"],
-                                  inputs["encoder_hidden_states"], inputs["pooled_projections"], tokens, scale)
+        return siamlayout_forward(
+            transformer,
+            inputs["hidden_states"],
+            inputs["timestep"],
+            inputs["encoder_hidden_states"],
+            inputs["pooled_projections"],
+            tokens,
+            scale,
+        )
 
 
 @pytest.fixture
@@ -75,8 +86,8 @@ def test_fourier_embedding_matches_its_formula():
     frequencies = 100 ** (torch.arange(8) / 8)
     # Laid out frequency-major: for frequency k, sin of (x1, y1, x2, y2) then cos of them.
     k = 3
-    assert torch.allclose(embedding[0, 0, k * 8:k * 8 + 4], torch.sin(frequencies[k] * boxes[0, 0]))
-    assert torch.allclose(embedding[0, 0, k * 8 + 4:k * 8 + 8], torch.cos(frequencies[k] * boxes[0, 0]))
+    assert torch.allclose(embedding[0, 0, k * 8 : k * 8 + 4], torch.sin(frequencies[k] * boxes[0, 0]))
+    assert torch.allclose(embedding[0, 0, k * 8 + 4 : k * 8 + 8], torch.cos(frequencies[k] * boxes[0, 0]))
 
 
 def test_fresh_branches_leave_the_base_output_unchanged(pipe):
@@ -134,8 +145,16 @@ def test_branches_act_only_in_the_grounding_steps(registry, monkeypatch):
         return original(transformer, hidden, timestep, context, pooled, tokens, scale)
 
     monkeypatch.setattr(layout_module, "siamlayout_forward", spy)
-    settings = LayoutSettings(model=MODEL, caption="a large red circle and a large blue square, gray background",
-                              regions=REGIONS, steps=10, guidance=3.0, width=64, height=64, method="siamlayout")
+    settings = LayoutSettings(
+        model=MODEL,
+        caption="a large red circle and a large blue square, gray background",
+        regions=REGIONS,
+        steps=10,
+        guidance=3.0,
+        width=64,
+        height=64,
+        method="siamlayout",
+    )
     grounded = np.asarray(regional_generate(registry, settings).image, float)
     assert scales == [1.0] * 3 + [0.0] * 7  # the paper's first 30% of the steps
     ungrounded = np.asarray(regional_generate(registry, replace(settings, grounding_fraction=0.0)).image, float)
@@ -145,8 +164,17 @@ def test_branches_act_only_in_the_grounding_steps(registry, monkeypatch):
 def test_without_grounding_steps_it_is_the_base_model(registry):
     """Branches off for every step: exactly the shapes-world SD3's own image from that noise."""
     caption = "a large red circle on the left, gray background"
-    settings = LayoutSettings(model=MODEL, caption=caption, regions=REGIONS[:1], steps=6, guidance=3.0, width=64,
-                              height=64, method="siamlayout", grounding_fraction=0.0)
+    settings = LayoutSettings(
+        model=MODEL,
+        caption=caption,
+        regions=REGIONS[:1],
+        steps=6,
+        guidance=3.0,
+        width=64,
+        height=64,
+        method="siamlayout",
+        grounding_fraction=0.0,
+    )
     siamlayout = np.asarray(regional_generate(registry, settings).image, float)
     base = registry.pipeline("shapes-sd3")
     spec = registry.catalogue.get("shapes-sd3")
@@ -163,14 +191,18 @@ def test_checkpoints_load_strictly(pipe, tmp_path):
     copy = type(source).from_config(source.config)
     attach_layout_branches(copy)
     load_layout_weights(copy, tmp_path)
-    assert torch.equal(copy.transformer_blocks[0].bbox_forward.weight, state["transformer_blocks.0.bbox_forward.weight"])
+    assert torch.equal(
+        copy.transformer_blocks[0].bbox_forward.weight, state["transformer_blocks.0.bbox_forward.weight"]
+    )
     assert torch.equal(copy.position_net.null_positive_feature, state["position_net.null_positive_feature"])
     # The branches alone (trained on a frozen base) load over the base's own weights.
     fresh = type(source).from_config(source.config)
     attach_layout_branches(fresh)
     base_weight = fresh.pos_embed.proj.weight.clone()
-    save_file({key: value for key, value in state.items() if key in branch_state(fresh)},
-              tmp_path / "diffusion_pytorch_model.safetensors")
+    save_file(
+        {key: value for key, value in state.items() if key in branch_state(fresh)},
+        tmp_path / "diffusion_pytorch_model.safetensors",
+    )
     load_layout_weights(fresh, tmp_path)
     assert torch.equal(fresh.position_net.null_positive_feature, state["position_net.null_positive_feature"])
     assert torch.equal(fresh.pos_embed.proj.weight, base_weight)
@@ -182,8 +214,15 @@ def test_checkpoints_load_strictly(pipe, tmp_path):
 
 
 def test_siamlayout_needs_a_model_with_branches(registry):
-    settings = LayoutSettings(model="shapes-sd3", caption="a red circle", regions=REGIONS[:1], steps=2, width=64,
-                              height=64, method="siamlayout")
+    settings = LayoutSettings(
+        model="shapes-sd3",
+        caption="a red circle",
+        regions=REGIONS[:1],
+        steps=2,
+        width=64,
+        height=64,
+        method="siamlayout",
+    )
     with pytest.raises(InvalidRequest, match="SiamLayout branches"):
         regional_generate(registry, settings)
     with pytest.raises(InvalidRequest, match="Unknown layout method"):

@@ -10,24 +10,42 @@ from studio import offline
 from studio.generation import GenerationSettings, generate
 from studio.toyworld.data import HELD_OUT, build_pool
 from studio.toyworld.measure import (
-    centroid, check_object, classify_shape, colour_mask, hue_distance, iou, mean_hue, nearest_position,
+    centroid,
+    check_object,
+    classify_shape,
+    colour_mask,
+    hue_distance,
+    iou,
+    mean_hue,
+    nearest_position,
 )
 from studio.toyworld.scene import (
-    BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZES, VOCABULARY, make_object, make_scene, random_scene, render,
+    BACKGROUNDS,
+    COLOURS,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    VOCABULARY,
+    make_object,
+    make_scene,
+    random_scene,
+    render,
 )
 
 
 def test_captions_describe_the_scene_in_the_world_vocabulary():
-    scene = make_scene([make_object("red", "circle", "large", "left"), make_object("blue", "square", "small", "bottom")],
-                       "gray")
+    scene = make_scene(
+        [make_object("red", "circle", "large", "left"), make_object("blue", "square", "small", "bottom")], "gray"
+    )
     assert scene.caption == "a large red circle on the left and a small blue square at the bottom, gray background"
     words = scene.caption.replace(",", " ,").split()
     assert set(words) <= set(VOCABULARY)
 
 
 def test_rendered_masks_are_the_objects_visible_pixels():
-    scene = make_scene([make_object("green", "square", "large", "centre"), make_object("red", "circle", "small", "centre")],
-                       "white")
+    scene = make_scene(
+        [make_object("green", "square", "large", "centre"), make_object("red", "circle", "small", "centre")], "white"
+    )
     image, masks = render(scene)
     assert image.size == (64, 64) and len(masks) == 2
     assert not np.logical_and(*masks).any()  # the circle covers part of the square
@@ -100,8 +118,9 @@ def test_the_trained_model_draws_the_asked_colour_at_the_asked_place(registry, m
     colour_hits = position_hits = total = 0
     for obj in TRAINED_PROMPTS:
         scene = make_scene([obj], "gray")
-        settings = GenerationSettings(model=model, prompt=scene.caption, steps=12, guidance=3.0,
-                                      width=64, height=64, seed=0, count=4)
+        settings = GenerationSettings(
+            model=model, prompt=scene.caption, steps=12, guidance=3.0, width=64, height=64, seed=0, count=4
+        )
         for result in generate(registry, settings):
             checks = check_object(result.image, obj)
             colour_hits += checks["colour"]
@@ -117,18 +136,40 @@ def test_the_trainer_writes_a_pipeline_the_registry_path_can_load(tmp_path, fami
 
     from studio.toyworld import train
 
-    train.main(["--family", family, "--scenes", "32", "--vae-steps", "2", "--transformer-steps", "2",
-                "--batch-size", "4", "--checkpoint-every", "0", "--output", str(tmp_path / "model")])
+    train.main(
+        [
+            "--family",
+            family,
+            "--scenes",
+            "32",
+            "--vae-steps",
+            "2",
+            "--transformer-steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--checkpoint-every",
+            "0",
+            "--output",
+            str(tmp_path / "model"),
+        ]
+    )
     from safetensors import safe_open
 
     with safe_open(tmp_path / "model" / "transformer" / "diffusion_pytorch_model.safetensors", "pt") as weights:
-        assert {weights.get_slice(name).get_dtype() for name in weights.keys()} == {"F16"}
+        assert {weights.get_slice(name).get_dtype() for name in weights} == {"F16"}
     pipeline_class = FluxPipeline if family == "flux" else StableDiffusion3Pipeline
-    pipe = pipeline_class.from_pretrained(tmp_path / "model", dtype=torch.float32, use_safetensors=True,
-                                          local_files_only=True)
+    pipe = pipeline_class.from_pretrained(
+        tmp_path / "model", dtype=torch.float32, use_safetensors=True, local_files_only=True
+    )
     assert pipe.vae.config.scaling_factor != 1.0  # latent normalisation taken from the data
-    image = pipe("a large red circle on the left, gray background", height=64, width=64, num_inference_steps=2,
-                 max_sequence_length=train.MAX_SEQUENCE_LENGTH).images[0]
+    image = pipe(
+        "a large red circle on the left, gray background",
+        height=64,
+        width=64,
+        num_inference_steps=2,
+        max_sequence_length=train.MAX_SEQUENCE_LENGTH,
+    ).images[0]
     assert image.size == (64, 64)
 
 

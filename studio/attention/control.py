@@ -72,14 +72,15 @@ class BranchCache:
         return (call.step if self.history else -1), call.layer
 
     def put(self, call: AttentionCall, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        self._entries[self._key(call)] = tuple(t.detach() for t in (q, k, v))
+        self._entries[self._key(call)] = (q.detach(), k.detach(), v.detach())
 
     def get(self, call: AttentionCall, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         try:
             entry = self._entries[self._key(call)]
         except KeyError:
             raise KeyError(f"the source branch did not pass layer {call.layer} at step {call.step}") from None
-        return tuple(t.to(like.device, like.dtype) for t in entry)
+        q, k, v = (t.to(like.device, like.dtype) for t in entry)
+        return q, k, v
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -139,7 +140,7 @@ class CopyImageMap(AttentionEdit):
 
     def on_probabilities(self, call, probabilities, heads):
         q, k, _ = self.source.get(call, probabilities)
-        scores = q[:, heads.start:heads.stop] @ k[:, heads.start:heads.stop].transpose(-1, -2) * q.shape[-1] ** -0.5
+        scores = q[:, heads.start : heads.stop] @ k[:, heads.start : heads.stop].transpose(-1, -2) * q.shape[-1] ** -0.5
         source_probabilities = scores.float().softmax(dim=-1).to(probabilities.dtype)
         probabilities = probabilities.clone()
         probabilities[self.batch, :, call.image, call.image] = source_probabilities[:, :, call.image, call.image]
@@ -203,7 +204,7 @@ class MaskAttention(AttentionEdit):
         return scores
 
     def on_probabilities(self, call, probabilities, heads):
-        if not self.base_ratio:
+        if not self.base_ratio or self._unmasked is None:
             return probabilities
         probabilities = probabilities.clone()
         blended = (1 - self.base_ratio) * probabilities[self.batch].float() + self.base_ratio * self._unmasked
@@ -248,7 +249,7 @@ class AttentionController:
         output = torch.empty_like(q)
         for start in range(0, heads, HEADS_PER_CHUNK):
             chunk = slice(start, min(start + HEADS_PER_CHUNK, heads))
-            scores = q[:, start:chunk.stop] @ k[:, start:chunk.stop].transpose(-1, -2) * q.shape[-1] ** -0.5
+            scores = q[:, start : chunk.stop] @ k[:, start : chunk.stop].transpose(-1, -2) * q.shape[-1] ** -0.5
             if mask is not None:
                 scores = scores + mask if mask.dtype != torch.bool else scores.masked_fill(~mask, float("-inf"))
             for edit in active:
@@ -256,5 +257,5 @@ class AttentionController:
             probabilities = scores.float().softmax(dim=-1).to(q.dtype)
             for edit in active:
                 probabilities = edit.on_probabilities(call, probabilities, chunk)
-            output[:, start:chunk.stop] = probabilities @ v[:, start:chunk.stop]
+            output[:, start : chunk.stop] = probabilities @ v[:, start : chunk.stop]
         return output

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+from diffusers import ModelMixin
+from diffusers.models.attention_processor import Attention
 from diffusers.models.embeddings import apply_rotary_emb
 
 from studio.attention.control import AttentionCall, AttentionController
@@ -31,7 +33,7 @@ class ControlledProcessor:
 
     def __call__(
         self,
-        attn: torch.nn.Module,
+        attn: Attention,
         hidden_states: torch.Tensor,
         encoder_hidden_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
@@ -43,15 +45,22 @@ class ControlledProcessor:
         q, k = attn.norm_q(q) if attn.norm_q is not None else q, attn.norm_k(k) if attn.norm_k is not None else k
         if encoder_hidden_states is not None:
             text_length = encoder_hidden_states.shape[1]
-            text_q, text_k, text_v = (_heads(projection(encoder_hidden_states), head_dim)
-                                      for projection in (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj))
+            text_q, text_k, text_v = (
+                _heads(projection(encoder_hidden_states), head_dim)
+                for projection in (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj)
+            )
             if attn.norm_added_q is not None:
                 text_q, text_k = attn.norm_added_q(text_q), attn.norm_added_k(text_k)
-            pair = (lambda text, image: torch.cat([text, image], dim=1)) if self.text_first else (
-                lambda text, image: torch.cat([image, text], dim=1))
+            pair = (
+                (lambda text, image: torch.cat([text, image], dim=1))
+                if self.text_first
+                else (lambda text, image: torch.cat([image, text], dim=1))
+            )
             q, k, v = pair(text_q, q), pair(text_k, k), pair(text_v, v)
         else:
             # A single-stream block: text and image arrive already joined, text first.
+            if self.controller.text_length is None:
+                raise RuntimeError("a single-stream block ran outside `controlled`: the text length is unknown")
             text_length = self.controller.text_length
         if image_rotary_emb is not None:
             q = apply_rotary_emb(q, image_rotary_emb, sequence_dim=1)
@@ -85,7 +94,7 @@ class ControlledCrossProcessor:
 
     def __call__(
         self,
-        attn: torch.nn.Module,
+        attn: Attention,
         hidden_states: torch.Tensor,
         encoder_hidden_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
@@ -115,22 +124,24 @@ class ControlledCrossProcessor:
         return output / attn.rescale_output_factor
 
 
-def cross_layers(transformer: torch.nn.Module) -> list[str]:
+def cross_layers(transformer: ModelMixin) -> list[str]:
     """Names of the transformer's text cross-attention layers ("transformer_blocks.3.attn2")."""
-    return [name.removesuffix(".processor") for name in transformer.attn_processors
-            if name.endswith(".attn2.processor")]
+    return [
+        name.removesuffix(".processor") for name in transformer.attn_processors if name.endswith(".attn2.processor")
+    ]
 
 
-def controllable_layers(transformer: torch.nn.Module, token_order: str) -> list[str]:
+def controllable_layers(transformer: ModelMixin, token_order: str) -> list[str]:
     """The layers the toolkit controls: joint attention, or text cross-attention."""
     return cross_layers(transformer) if token_order == "cross-attention" else joint_layers(transformer)
 
 
-def joint_layers(transformer: torch.nn.Module, kind: str = "all") -> list[str]:
+def joint_layers(transformer: ModelMixin, kind: str = "all") -> list[str]:
     """Names of the transformer's joint-attention layers ("transformer_blocks.3.attn"); kind
     "single" keeps FLUX's single-stream blocks, "double" the two-stream ones."""
-    names = [name.removesuffix(".processor") for name in transformer.attn_processors
-             if name.endswith(".attn.processor")]
+    names = [
+        name.removesuffix(".processor") for name in transformer.attn_processors if name.endswith(".attn.processor")
+    ]
     if kind == "single":
         return [name for name in names if name.startswith(SINGLE_STREAM_PREFIX)]
     if kind == "double":
@@ -139,7 +150,7 @@ def joint_layers(transformer: torch.nn.Module, kind: str = "all") -> list[str]:
 
 
 @contextmanager
-def controlled(transformer: torch.nn.Module, controller: AttentionController, token_order: str) -> Iterator[None]:
+def controlled(transformer: ModelMixin, controller: AttentionController, token_order: str) -> Iterator[None]:
     """Run the transformer's joint-attention layers through `controller`; the original processors
     come back afterwards whatever happens."""
     if token_order not in ("text-image", "image-text", "cross-attention"):
@@ -153,7 +164,8 @@ def controlled(transformer: torch.nn.Module, controller: AttentionController, to
         return ControlledProcessor(layer, controller, token_order)
 
     replacement = {
-        name: studio_processor(name.removesuffix(".processor")) if name.removesuffix(".processor") in layers
+        name: studio_processor(name.removesuffix(".processor"))
+        if name.removesuffix(".processor") in layers
         else processor
         for name, processor in originals.items()
     }

@@ -27,8 +27,9 @@ def word_token_indices(
         raise InvalidRequest(f"The word {word!r} is not in the prompt {prompt!r}.")
     indices = []
     for segment in family.text_segments(pipe, max_sequence_length):
-        encoded = segment.tokenizer(prompt, truncation=True, max_length=segment.length,
-                                    return_offsets_mapping=True, add_special_tokens=True)
+        encoded = segment.tokenizer(
+            prompt, truncation=True, max_length=segment.length, return_offsets_mapping=True, add_special_tokens=True
+        )
         for position, (start, end) in enumerate(encoded["offset_mapping"]):
             if end > start and any(start < span_end and end > span_start for span_start, span_end in spans):
                 indices.append(segment.offset + position)

@@ -7,9 +7,11 @@ import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import diffusers
 import torch
+from diffusers import ModelMixin
 
 
 @dataclass
@@ -29,21 +31,25 @@ class TextConditioning:
 
     def chunk(self, count: int) -> list[TextConditioning]:
         """The batch in `count` equal parts (rows in order)."""
-        return [TextConditioning(embeds, pooled, self.text_ids)
-                for embeds, pooled in zip(self.embeds.chunk(count), self.pooled.chunk(count))]
+        return [
+            TextConditioning(embeds, pooled, self.text_ids)
+            for embeds, pooled in zip(self.embeds.chunk(count), self.pooled.chunk(count))
+        ]
 
     @staticmethod
     def stack(parts: list[TextConditioning]) -> TextConditioning:
         """Batches one after another (they share the text position ids)."""
-        return TextConditioning(torch.cat([part.embeds for part in parts]), torch.cat([part.pooled for part in parts]),
-                                parts[0].text_ids)
+        return TextConditioning(
+            torch.cat([part.embeds for part in parts]), torch.cat([part.pooled for part in parts]), parts[0].text_ids
+        )
 
     @staticmethod
     def join(parts: list[TextConditioning]) -> TextConditioning:
         """Several captions' tokens as one sequence; the first caption gives the pooled vector."""
         if len(parts) == 1:
             return parts[0]
-        text_ids = None if parts[0].text_ids is None else torch.cat([part.text_ids for part in parts])
+        ids = [part.text_ids for part in parts if part.text_ids is not None]
+        text_ids = torch.cat(ids) if len(ids) == len(parts) else None
         return TextConditioning(torch.cat([part.embeds for part in parts], dim=1), parts[0].pooled, text_ids)
 
 
@@ -52,7 +58,7 @@ class TextSegment:
     """One tokenizer's share of the text tokens the transformer sees: positions
     offset .. offset + length of the text sequence."""
 
-    tokenizer: object
+    tokenizer: Any
     offset: int
     length: int
 
@@ -65,8 +71,9 @@ class FlowConvention:
     # (pipe, prompts, max_sequence_length) -> TextConditioning
     encode_text: Callable[[diffusers.DiffusionPipeline, list[str], int], TextConditioning]
     # (pipe, latents, sigma [B], text, embedded guidance or None) -> velocity (noise - data)
-    velocity: Callable[[diffusers.DiffusionPipeline, torch.Tensor, torch.Tensor, TextConditioning, float | None],
-                       torch.Tensor]
+    velocity: Callable[
+        [diffusers.DiffusionPipeline, torch.Tensor, torch.Tensor, TextConditioning, float | None], torch.Tensor
+    ]
     # The pipeline samples on linspace(1, 1/n, n) sigmas (FLUX) rather than the scheduler's own grid (SD3).
     linear_sigmas: bool
 
@@ -91,11 +98,15 @@ class Family:
     controlnet_pipeline: str | None = None
     # (the base model's transformer, seed) -> a small random ControlNet that fits it, for built-ins
     # (`small_controlnet` with the family's ControlNet class).
-    controlnet_builder: Callable[[torch.nn.Module, int], torch.nn.Module] | None = None
+    controlnet_builder: Callable[..., ModelMixin] | None = None
     # What the pipelines' `encode_prompt` returns, in order, as the call's argument names (None:
     # not a call argument), so a prompt can be encoded once and passed as embeddings.
-    prompt_outputs: tuple[str | None, ...] = ("prompt_embeds", "prompt_attention_mask", "negative_prompt_embeds",
-                                              "negative_prompt_attention_mask")
+    prompt_outputs: tuple[str | None, ...] = (
+        "prompt_embeds",
+        "prompt_attention_mask",
+        "negative_prompt_embeds",
+        "negative_prompt_attention_mask",
+    )
 
     def pipeline_class(self, t2i_class: str, task: str) -> type[diffusers.DiffusionPipeline]:
         if task == "t2i":
@@ -103,9 +114,10 @@ class Family:
         elif task == "controlnet" and self.controlnet_pipeline:
             name = self.controlnet_pipeline
         else:
-            name = self.task_variants.get(t2i_class, {}).get(task)
-            if name is None:
+            variant = self.task_variants.get(t2i_class, {}).get(task)
+            if variant is None:
                 raise KeyError(task)
+            name = variant
         return getattr(diffusers, name)
 
     def tasks(self, t2i_class: str) -> tuple[str, ...]:
@@ -118,8 +130,9 @@ def all_families() -> dict[str, Family]:
     return {module.FAMILY.name: module.FAMILY for module in (flux, sd3, pixart, sana)}
 
 
-def small_controlnet(transformer: torch.nn.Module, controlnet_class: type[torch.nn.Module], seed: int,
-                     **sizes: int) -> torch.nn.Module:
+def small_controlnet(
+    transformer: ModelMixin, controlnet_class: type[ModelMixin], seed: int, **sizes: int
+) -> ModelMixin:
     """A small ControlNet shaped like `transformer` (its config, with `sizes` overriding, such as
     fewer layers) and started from its weights, as InstantX's are; the base's config is copied,
     never changed (diffusers' SD3 `from_transformer` writes into it). Its zero-initialised layers

@@ -66,19 +66,30 @@ def build_random(target: Path, guidance_embeds: bool, timestep_distilled: bool =
         guidance_embeds=guidance_embeds,
         axes_dims_rope=(4, 6, 6),
     )
-    build_pipeline(transformer, offline.small_vae(16, (8, 16, 16)), clip_hidden=32, t5_d_model=32,
-                   timestep_distilled=timestep_distilled).save_pretrained(target)
+    build_pipeline(
+        transformer,
+        offline.small_vae(16, (8, 16, 16)),
+        clip_hidden=32,
+        t5_d_model=32,
+        timestep_distilled=timestep_distilled,
+    ).save_pretrained(target)
 
 
 def encode_text(pipe: FluxPipeline, prompts: list[str], max_sequence_length: int) -> TextConditioning:
-    embeds, pooled, text_ids = pipe.encode_prompt(prompts, prompt_2=None, device=pipe.transformer.device,
-                                                  max_sequence_length=max_sequence_length)
+    embeds, pooled, text_ids = pipe.encode_prompt(
+        prompts, prompt_2=None, device=pipe.transformer.device, max_sequence_length=max_sequence_length
+    )
     return TextConditioning(embeds, pooled, text_ids)
 
 
 def velocity(
-    pipe: FluxPipeline, latents: torch.Tensor, sigma: torch.Tensor, text: TextConditioning, guidance: float | None,
-    controlnet: FluxControlNetModel | None = None, control_latents: torch.Tensor | None = None,
+    pipe: FluxPipeline,
+    latents: torch.Tensor,
+    sigma: torch.Tensor,
+    text: TextConditioning,
+    guidance: float | None,
+    controlnet: FluxControlNetModel | None = None,
+    control_latents: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The transformer's velocity; with a ControlNet and the control image's (normalised, unpacked)
     latents, its residuals join the blocks as in FluxControlNetPipeline."""
@@ -116,8 +127,9 @@ FAMILY = Family(
     text_segments=lambda pipe, length: [TextSegment(pipe.tokenizer_2, 0, length)],
     flow=FlowConvention(encode_text=encode_text, velocity=velocity, linear_sigmas=True),
     controlnet_pipeline="FluxControlNetPipeline",
-    controlnet_builder=lambda transformer, seed: small_controlnet(transformer, FluxControlNetModel, seed,
-                                                                  num_layers=1, num_single_layers=1),
+    controlnet_builder=lambda transformer, seed: small_controlnet(
+        transformer, FluxControlNetModel, seed, num_layers=1, num_single_layers=1
+    ),
     prompt_outputs=("prompt_embeds", "pooled_prompt_embeds", None),
     builtin_builders={
         "flux-random": lambda target: build_random(target, guidance_embeds=True),

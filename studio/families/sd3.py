@@ -34,7 +34,9 @@ def build_pipeline(
         vae=vae,
         text_encoder=offline.clip_text_encoder(clip_tokenizer, hidden_size=clip_hidden, projection_dim=clip_projection),
         tokenizer=clip_tokenizer,
-        text_encoder_2=offline.clip_text_encoder(clip_tokenizer, hidden_size=clip_hidden, projection_dim=clip_projection),
+        text_encoder_2=offline.clip_text_encoder(
+            clip_tokenizer, hidden_size=clip_hidden, projection_dim=clip_projection
+        ),
         tokenizer_2=clip_tokenizer,
         text_encoder_3=offline.t5_text_encoder(t5_tokenizer, d_model=t5_d_model),
         tokenizer_3=t5_tokenizer,
@@ -57,23 +59,38 @@ def build_random(target: Path, qk_norm: str | None = None) -> None:
         pos_embed_max_size=32,
         qk_norm=qk_norm,
     )
-    build_pipeline(transformer, offline.small_vae(16, (8, 16, 16)), clip_hidden=16, clip_projection=32, t5_d_model=32).save_pretrained(target)
+    build_pipeline(
+        transformer, offline.small_vae(16, (8, 16, 16)), clip_hidden=16, clip_projection=32, t5_d_model=32
+    ).save_pretrained(target)
 
 
 def encode_text(pipe: StableDiffusion3Pipeline, prompts: list[str], max_sequence_length: int) -> TextConditioning:
-    embeds, _, pooled, _ = pipe.encode_prompt(prompts, None, None, device=pipe.transformer.device,
-                                              do_classifier_free_guidance=False,
-                                              max_sequence_length=max_sequence_length)
+    embeds, _, pooled, _ = pipe.encode_prompt(
+        prompts,
+        None,
+        None,
+        device=pipe.transformer.device,
+        do_classifier_free_guidance=False,
+        max_sequence_length=max_sequence_length,
+    )
     return TextConditioning(embeds, pooled)
 
 
 def velocity(
-    pipe: StableDiffusion3Pipeline, latents: torch.Tensor, sigma: torch.Tensor, text: TextConditioning,
+    pipe: StableDiffusion3Pipeline,
+    latents: torch.Tensor,
+    sigma: torch.Tensor,
+    text: TextConditioning,
     guidance: float | None,
 ) -> torch.Tensor:
     # SD3 has no embedded guidance (`guidance` is unused): classifier-free guidance doubles the batch.
-    return pipe.transformer(hidden_states=latents, timestep=sigma * 1000, encoder_hidden_states=text.embeds,
-                            pooled_projections=text.pooled, return_dict=False)[0]
+    return pipe.transformer(
+        hidden_states=latents,
+        timestep=sigma * 1000,
+        encoder_hidden_states=text.embeds,
+        pooled_projections=text.pooled,
+        return_dict=False,
+    )[0]
 
 
 FAMILY = Family(
@@ -87,8 +104,10 @@ FAMILY = Family(
     },
     token_order="image-text",
     # 77 CLIP positions (CLIP-L and CLIP-G side by side in the features), then T5's.
-    text_segments=lambda pipe, length: [TextSegment(pipe.tokenizer, 0, CLIP_LENGTH),
-                                        TextSegment(pipe.tokenizer_3, CLIP_LENGTH, length)],
+    text_segments=lambda pipe, length: [
+        TextSegment(pipe.tokenizer, 0, CLIP_LENGTH),
+        TextSegment(pipe.tokenizer_3, CLIP_LENGTH, length),
+    ],
     flow=FlowConvention(encode_text=encode_text, velocity=velocity, linear_sigmas=False),
     controlnet_pipeline="StableDiffusion3ControlNetPipeline",
     controlnet_builder=lambda transformer, seed: small_controlnet(transformer, SD3ControlNetModel, seed, num_layers=1),

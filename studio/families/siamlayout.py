@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 from diffusers import SD3Transformer2DModel
-from diffusers.models.attention import FeedForward
+from diffusers.models.attention import FeedForward, JointTransformerBlock
 from diffusers.models.attention_processor import Attention, JointAttnProcessor2_0
 from diffusers.models.normalization import AdaLayerNormContinuous, AdaLayerNormZero
 from safetensors.torch import load_file
@@ -104,15 +104,23 @@ def attach_layout_branches(transformer: SD3Transformer2DModel, max_boxes: int = 
         for index, block in enumerate(transformer.transformer_blocks):
             stream_ends = index == last  # the last block only reads the layout stream, as with text
             block.bbox_fuser_block = Attention(
-                query_dim=width, cross_attention_dim=None, added_kv_proj_dim=width,
-                dim_head=config.attention_head_dim, heads=config.num_attention_heads, out_dim=width,
-                context_pre_only=stream_ends, bias=True, processor=JointAttnProcessor2_0())
+                query_dim=width,
+                cross_attention_dim=None,
+                added_kv_proj_dim=width,
+                dim_head=config.attention_head_dim,
+                heads=config.num_attention_heads,
+                out_dim=width,
+                context_pre_only=stream_ends,
+                bias=True,
+                processor=JointAttnProcessor2_0(),
+            )
             block.bbox_forward = nn.Linear(width, width)
             nn.init.zeros_(block.bbox_forward.weight)
             nn.init.zeros_(block.bbox_forward.bias)
             if stream_ends:
-                block.norm1_bbox = AdaLayerNormContinuous(width, width, elementwise_affine=False, eps=1e-6, bias=True,
-                                                          norm_type="layer_norm")
+                block.norm1_bbox = AdaLayerNormContinuous(
+                    width, width, elementwise_affine=False, eps=1e-6, bias=True, norm_type="layer_norm"
+                )
             else:
                 block.norm1_bbox = AdaLayerNormZero(width)
                 block.norm2_bbox = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
@@ -132,8 +140,11 @@ def is_siamlayout(transformer: torch.nn.Module) -> bool:
 
 def branch_state(transformer: SD3Transformer2DModel) -> dict[str, torch.Tensor]:
     """The layout branches' and the layout-token projection's tensors, by state-dict name."""
-    return {name: tensor for name, tensor in transformer.state_dict().items()
-            if name.startswith("position_net.") or any(f".{module}." in name for module in BRANCH_MODULES)}
+    return {
+        name: tensor
+        for name, tensor in transformer.state_dict().items()
+        if name.startswith("position_net.") or any(f".{module}." in name for module in BRANCH_MODULES)
+    }
 
 
 def load_layout_weights(transformer: SD3Transformer2DModel, folder: Path) -> None:
@@ -156,8 +167,14 @@ def load_layout_weights(transformer: SD3Transformer2DModel, folder: Path) -> Non
         transformer.load_state_dict(state, strict=True)
 
 
-def _layout_block(block: nn.Module, hidden: torch.Tensor, context: torch.Tensor, temb: torch.Tensor,
-                  layout: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def _layout_block(
+    block: JointTransformerBlock,
+    hidden: torch.Tensor,
+    context: torch.Tensor,
+    temb: torch.Tensor,
+    layout: torch.Tensor,
+    scale: float,
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
     """A joint block with its layout branch (SD3's JointTransformerBlock plus the sibling attention)."""
     norm_hidden, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1(hidden, emb=temb)
     if block.context_pre_only:
@@ -172,29 +189,31 @@ def _layout_block(block: nn.Module, hidden: torch.Tensor, context: torch.Tensor,
         norm_layout = block.norm1_bbox(layout, temb)
     else:
         norm_layout, l_gate_msa, l_shift_mlp, l_scale_mlp, l_gate_mlp = block.norm1_bbox(layout, emb=temb)
-    image_from_layout, layout_attn_output = block.bbox_fuser_block(hidden_states=norm_hidden,
-                                                                    encoder_hidden_states=norm_layout)
+    image_from_layout, layout_attn_output = block.bbox_fuser_block(
+        hidden_states=norm_hidden, encoder_hidden_states=norm_layout
+    )
     attn_output = attn_output + scale * block.bbox_forward(image_from_layout)
-    if stream_ends:
-        layout = None
-    else:
+    next_layout: torch.Tensor | None = None
+    if not stream_ends:
         layout = layout + l_gate_msa.unsqueeze(1) * layout_attn_output
         norm_layout = block.norm2_bbox(layout) * (1 + l_scale_mlp[:, None]) + l_shift_mlp[:, None]
-        layout = layout + l_gate_mlp.unsqueeze(1) * block.ff_bbox(norm_layout)
+        next_layout = layout + l_gate_mlp.unsqueeze(1) * block.ff_bbox(norm_layout)
 
     hidden = hidden + attn_output
     norm_hidden = block.norm2(hidden) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
     hidden = hidden + gate_mlp.unsqueeze(1) * block.ff(norm_hidden)
     if block.context_pre_only:
-        return None, hidden, layout
+        return None, hidden, next_layout
     context = context + c_gate_msa.unsqueeze(1) * context_attn_output
     norm_context = block.norm2_context(context) * (1 + c_scale_mlp[:, None]) + c_shift_mlp[:, None]
-    return context + c_gate_mlp.unsqueeze(1) * block.ff_context(norm_context), hidden, layout
+    return context + c_gate_mlp.unsqueeze(1) * block.ff_context(norm_context), hidden, next_layout
 
 
 def layout_tokens(transformer: SD3Transformer2DModel, layout: LayoutTokens) -> torch.Tensor:
     parameter = next(transformer.parameters())
-    return transformer.position_net(layout.boxes.to(parameter), layout.masks.to(parameter), layout.phrases.to(parameter))
+    return transformer.position_net(
+        layout.boxes.to(parameter), layout.masks.to(parameter), layout.phrases.to(parameter)
+    )
 
 
 def siamlayout_forward(

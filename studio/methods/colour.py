@@ -29,12 +29,12 @@ from studio import flow
 from studio.attention import (
     AttentionController,
     AttentionEdit,
-    Rows,
     BranchCache,
     CaptureBranch,
     CopyImageMap,
     RecordAttention,
     ReplaceImageValues,
+    Rows,
     ScaleTokenScores,
     controlled,
     joint_layers,
@@ -50,10 +50,21 @@ MASK_THRESHOLD = 0.1
 SOURCE_CACHE_LIMIT_BYTES = 4 * 2**30
 # Named colours a recolour can ask for, with an sRGB value for the colour picker's nearest match.
 COLOUR_NAMES: dict[str, tuple[int, int, int]] = {
-    "red": (220, 40, 40), "orange": (245, 140, 30), "yellow": (235, 210, 40), "green": (40, 170, 60),
-    "cyan": (40, 200, 210), "blue": (40, 80, 220), "purple": (140, 50, 180), "pink": (240, 130, 180),
-    "brown": (130, 80, 40), "black": (20, 20, 20), "white": (245, 245, 245), "gray": (128, 128, 128),
-    "grey": (128, 128, 128), "gold": (212, 175, 55), "silver": (192, 192, 192),
+    "red": (220, 40, 40),
+    "orange": (245, 140, 30),
+    "yellow": (235, 210, 40),
+    "green": (40, 170, 60),
+    "cyan": (40, 200, 210),
+    "blue": (40, 80, 220),
+    "purple": (140, 50, 180),
+    "pink": (240, 130, 180),
+    "brown": (130, 80, 40),
+    "black": (20, 20, 20),
+    "white": (245, 245, 245),
+    "gray": (128, 128, 128),
+    "grey": (128, 128, 128),
+    "gold": (212, 175, 55),
+    "silver": (192, 192, 192),
 }
 
 StepCallback = Callable[[int, int], None]
@@ -95,13 +106,15 @@ def colour_name(colour: str) -> str:
         return colour
     try:
         if colour.startswith("#") and len(colour) == 7:
-            rgb = tuple(int(colour[i:i + 2], 16) for i in (1, 3, 5))
+            rgb = tuple(int(colour[i : i + 2], 16) for i in (1, 3, 5))
         elif colour.startswith("rgb"):
-            rgb = tuple(round(float(part)) for part in colour[colour.index("(") + 1:colour.index(")")].split(",")[:3])
+            rgb = tuple(round(float(part)) for part in colour[colour.index("(") + 1 : colour.index(")")].split(",")[:3])
         else:
             raise ValueError(colour)
     except ValueError:
-        raise InvalidRequest(f"{colour!r} is not a colour: give a name ({', '.join(COLOUR_NAMES)}) or #rrggbb.") from None
+        raise InvalidRequest(
+            f"{colour!r} is not a colour: give a name ({', '.join(COLOUR_NAMES)}) or #rrggbb."
+        ) from None
     return min(COLOUR_NAMES, key=lambda name: sum((a - b) ** 2 for a, b in zip(COLOUR_NAMES[name], rgb)))
 
 
@@ -111,7 +124,7 @@ def colour_before(prompt: str, word: str) -> tuple[list[str], int | None]:
     spans = word_spans(prompt, word)
     if not spans:
         raise InvalidRequest(f"The word {word!r} is not in the source prompt.")
-    before = prompt[:spans[0][0]].rstrip().split(" ")
+    before = prompt[: spans[0][0]].rstrip().split(" ")
     for back in (1, 2):
         if len(before) >= back and before[-back].lower().strip(",") in COLOUR_NAMES:
             return before, len(before) - back
@@ -127,7 +140,7 @@ def recolour_prompt(source_prompt: str, word: str, colour: str) -> str:
     if index is None:
         return source_prompt[:start] + colour + " " + source_prompt[start:]
     old = before[index]
-    before[index] = colour + old[len(old.rstrip(",")):]  # keep the punctuation after it
+    before[index] = colour + old[len(old.rstrip(",")) :]  # keep the punctuation after it
     return " ".join(before) + " " + source_prompt[start:]
 
 
@@ -229,37 +242,66 @@ def colour_edit(
 
     with registry.use(spec.id, "t2i") as pipe:
         guidance = flow.Guidance(spec.guidance, settings.guidance)
-        source = flow.FlowModel(pipe, family, [settings.source_prompt], guidance, spec.max_sequence_length)
-        target = flow.FlowModel(pipe, family, [settings.target_prompt], guidance, spec.max_sequence_length)
-        word_tokens = sorted({
-            index for word in mask_words(settings.source_prompt, settings.word)
-            for index in word_token_indices(pipe, family, settings.source_prompt, word, spec.max_sequence_length)
-        })
-        intensity_tokens = sorted({
-            index for word in intensity_words(settings.source_prompt, settings.target_prompt, settings.word)
-            for index in word_token_indices(pipe, family, settings.target_prompt, word, spec.max_sequence_length)
-        })
+        source = flow.FlowModel(pipe, family, [settings.source_prompt], guidance, spec.text_length)
+        target = flow.FlowModel(pipe, family, [settings.target_prompt], guidance, spec.text_length)
+        word_tokens = sorted(
+            {
+                index
+                for word in mask_words(settings.source_prompt, settings.word)
+                for index in word_token_indices(pipe, family, settings.source_prompt, word, spec.text_length)
+            }
+        )
+        intensity_tokens = sorted(
+            {
+                index
+                for word in intensity_words(settings.source_prompt, settings.target_prompt, settings.word)
+                for index in word_token_indices(pipe, family, settings.target_prompt, word, spec.text_length)
+            }
+        )
         if image is None:
             solver = "euler"  # the pipeline's own sampler: the source is the text-to-image result
             start = flow.initial_noise(pipe, settings.seed, settings.width, settings.height).to(pipe.transformer.device)
         else:
             solver = "fireflow"
-            start = invert_image(pipe, family, image, settings.source_prompt, settings.inversion_steps, settings.width,
-                                 settings.height, spec.max_sequence_length, solver, before_step=step).noise
+            start = invert_image(
+                pipe,
+                family,
+                image,
+                settings.source_prompt,
+                settings.inversion_steps,
+                settings.width,
+                settings.height,
+                spec.text_length,
+                solver,
+                before_step=step,
+            ).noise
         sigmas = flow.schedule(pipe, family, settings.steps, *start.shape[-2:])
         layers = edited_layers(pipe.transformer, spec)
+
+        def step_both(controller: AttentionController, index: int) -> None:
+            controller.set_step(index)
+            step(index)
 
         def run(model: flow.FlowModel, latents: torch.Tensor, edits: list[AttentionEdit]) -> torch.Tensor:
             controller = AttentionController(edits)
             with controlled(pipe.transformer, controller, family.token_order):
-                return flow.integrate(model.velocity, latents, sigmas, solver,
-                                      before_step=lambda i: (controller.set_step(i), step(i)))[-1]
+                return flow.integrate(
+                    model.velocity, latents, sigmas, solver, before_step=lambda i: step_both(controller, i)
+                )[-1]
 
-        text_tokens = sum(segment.length for segment in family.text_segments(pipe, spec.max_sequence_length))
+        text_tokens = sum(segment.length for segment in family.text_segments(pipe, spec.text_length))
         config = pipe.transformer.config
-        kept = source_cache_bytes(config.num_attention_heads * config.attention_head_dim, pipe.transformer.dtype.itemsize,
-                                  len(layers), settings.steps, len(source.text),
-                                  start.shape[-2] * start.shape[-1] // 4 + text_tokens) <= cache_limit_bytes
+        kept = (
+            source_cache_bytes(
+                config.num_attention_heads * config.attention_head_dim,
+                pipe.transformer.dtype.itemsize,
+                len(layers),
+                settings.steps,
+                len(source.text),
+                start.shape[-2] * start.shape[-1] // 4 + text_tokens,
+            )
+            <= cache_limit_bytes
+        )
         # The source pass records its attention to the edited words (and keeps its q, k, v when
         # a whole run's worth fits in memory).
         cache = BranchCache(history=kept)
@@ -272,15 +314,20 @@ def colour_edit(
 
         if kept:  # the target pass, steered by the cached source
             conditional = slice(len(target.text) // 2, None) if guidance.doubles_batch else None
-            target_latents = run(target, start, target_edits(cache, keep, layers, intensity_tokens,
-                                                             settings.intensity, None, conditional))
+            target_latents = run(
+                target,
+                start,
+                target_edits(cache, keep, layers, intensity_tokens, settings.intensity, None, conditional),
+            )
         else:  # the source again, in the same batch as the target: rows alternate source, target
             pair = source.beside(target)
             rows = len(pair.text)
             source_rows, target_rows = list(range(0, rows, 2)), list(range(1, rows, 2))
-            conditional = [row for row in target_rows if row >= rows // 2] if guidance.doubles_batch else None
-            edits = [CaptureBranch(cache=cache, layers=layers, rows=source_rows),
-                     *target_edits(cache, keep, layers, intensity_tokens, settings.intensity, target_rows, conditional)]
+            conditional_rows = [row for row in target_rows if row >= rows // 2] if guidance.doubles_batch else None
+            edits = [
+                CaptureBranch(cache=cache, layers=layers, rows=source_rows),
+                *target_edits(cache, keep, layers, intensity_tokens, settings.intensity, target_rows, conditional_rows),
+            ]
             target_latents = run(pair, torch.cat([start, start]), edits)[1:]
         source_image, result_image = flow.decode(pipe, torch.cat([source_latents, target_latents]))
     if on_step is not None:

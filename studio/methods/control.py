@@ -73,8 +73,9 @@ class ControlResult:
     encoded_prompt: bool
 
 
-def control_image_for(kind: str, image: Image.Image, canny_low: int = 100, canny_high: int = 200,
-                      offline: bool = True) -> Image.Image:
+def control_image_for(
+    kind: str, image: Image.Image, canny_low: int = 100, canny_high: int = 200, offline: bool = True
+) -> Image.Image:
     """The control image a ControlNet of `kind` reads, made from a photo or drawing."""
     if kind == "canny":
         return conditions.canny(image, canny_low, canny_high)
@@ -112,8 +113,9 @@ class PromptCache:
         self._entries: dict[tuple, dict[str, torch.Tensor]] = {}
         self._lock = threading.Lock()
 
-    def arguments(self, pipe, spec: ModelSpec, prompt: str, negative: str,
-                  guided: bool) -> tuple[dict[str, torch.Tensor], bool]:
+    def arguments(
+        self, pipe, spec: ModelSpec, prompt: str, negative: str, guided: bool
+    ) -> tuple[dict[str, torch.Tensor], bool]:
         """The call's prompt arguments, and whether they were encoded now."""
         key = (spec.id, prompt, negative, guided)
         with self._lock:
@@ -139,8 +141,13 @@ def encode_prompt_arguments(pipe, spec: ModelSpec, prompt: str, negative: str, g
     if "device" in accepted:
         kwargs["device"] = pipe._execution_device
     # Second and third prompts (SD3's CLIP-G and T5) default to the first one.
-    kwargs.update({name: None for name, parameter in accepted.items() if name.startswith("prompt_")
-                   and name[7:].isdigit() and parameter.default is inspect.Parameter.empty})
+    kwargs.update(
+        {
+            name: None
+            for name, parameter in accepted.items()
+            if name.startswith("prompt_") and name[7:].isdigit() and parameter.default is inspect.Parameter.empty
+        }
+    )
     separate_negative = guided and "do_classifier_free_guidance" not in accepted
     if "do_classifier_free_guidance" in accepted:
         kwargs.update(do_classifier_free_guidance=guided, negative_prompt=negative)
@@ -150,7 +157,7 @@ def encode_prompt_arguments(pipe, spec: ModelSpec, prompt: str, negative: str, g
             negatives = zip(spec.family.prompt_outputs, pipe.encode_prompt(negative, **kwargs))
             named.update({f"negative_{name}": value for name, value in negatives if name})
     call_accepts = inspect.signature(pipe.__call__).parameters
-    return {name: value for name, value in named.items() if name in call_accepts and value is not None}
+    return {name: value for name, value in named.items() if name and name in call_accepts and value is not None}
 
 
 def guided(spec: ModelSpec, guidance: float) -> bool:
@@ -170,10 +177,14 @@ def validate(settings: ControlSettings, spec: ModelSpec) -> ControlSettings:
     elif "img2img" not in spec.tasks:
         raise InvalidRequest(f"{spec.name} has no ControlNet and no img2img mode to draw from a sketch.")
     settings = validate_sampling(settings, spec)
-    return replace(settings, prompt=settings.prompt.strip(),
-                   negative_prompt=(settings.negative_prompt or "").strip() if spec.accepts_negative_prompt else "",
-                   conditioning_scale=float(settings.conditioning_scale), control_start=float(settings.control_start),
-                   control_end=float(settings.control_end))
+    return replace(
+        settings,
+        prompt=settings.prompt.strip(),
+        negative_prompt=(settings.negative_prompt or "").strip() if spec.accepts_negative_prompt else "",
+        conditioning_scale=float(settings.conditioning_scale),
+        control_start=float(settings.control_start),
+        control_end=float(settings.control_end),
+    )
 
 
 def control_generate(
@@ -193,12 +204,20 @@ def control_generate(
 
     with registry.use(spec.id, task) as pipe:
         started = time.perf_counter()
-        plain = GenerationSettings(model=spec.id, prompt=settings.prompt, negative_prompt=settings.negative_prompt,
-                                   steps=settings.steps, guidance=settings.guidance, width=settings.width,
-                                   height=settings.height, seed=settings.seed)
+        plain = GenerationSettings(
+            model=spec.id,
+            prompt=settings.prompt,
+            negative_prompt=settings.negative_prompt,
+            steps=settings.steps,
+            guidance=settings.guidance,
+            width=settings.width,
+            height=settings.height,
+            seed=settings.seed,
+        )
         arguments = call_arguments(pipe, spec, plain, None)
-        prompt_arguments, encoded = prompts.arguments(pipe, spec, settings.prompt, settings.negative_prompt,
-                                                      guided(spec, settings.guidance))
+        prompt_arguments, encoded = prompts.arguments(
+            pipe, spec, settings.prompt, settings.negative_prompt, guided(spec, settings.guidance)
+        )
         accepted = inspect.signature(pipe.__call__).parameters
         # The embeddings replace the texts (some pipelines default the negative text to "", not None).
         arguments.update({name: None for name in ("prompt", "negative_prompt") if name in accepted})
@@ -213,8 +232,9 @@ def control_generate(
         return ControlResult(image, control_image, settings, time.perf_counter() - started, encoded)
 
 
-def control_arguments(pipe, control: ControlSpec | None, settings: ControlSettings,
-                      control_image: Image.Image) -> dict[str, Any]:
+def control_arguments(
+    pipe, control: ControlSpec | None, settings: ControlSettings, control_image: Image.Image
+) -> dict[str, Any]:
     accepted = inspect.signature(pipe.__call__).parameters
     if control is None:
         return {"image": control_image, "strength": SKETCH_STRENGTH}
@@ -255,13 +275,17 @@ def live_targets(registry: Registry, family: str, kinds: tuple[str, ...] = STROK
         if spec.family.name != family or registry.state(spec.id) is ModelState.UNAVAILABLE:
             continue
         one_step = spec.mode == "one-step"
-        usable = [c for c in spec.controlnets
-                  if c.kind in kinds and registry.control_state(spec.id, c.name) is not ModelState.UNAVAILABLE]
+        usable = [
+            c
+            for c in spec.controlnets
+            if c.kind in kinds and registry.control_state(spec.id, c.name) is not ModelState.UNAVAILABLE
+        ]
         if usable:
             best = min(usable, key=lambda c: (c.random_weights, kinds.index(c.kind)))
             rank = (spec.random_weights or best.random_weights, not one_step, 0, spec.steps, kinds.index(best.kind))
-            ranked.append((rank, LiveTarget(spec.id, best.name, spec.steps if one_step else
-                                            min(spec.steps, LIVE_STANDARD_STEPS))))
+            ranked.append(
+                (rank, LiveTarget(spec.id, best.name, spec.steps if one_step else min(spec.steps, LIVE_STANDARD_STEPS)))
+            )
         elif one_step and "img2img" in spec.tasks:
             ranked.append(((spec.random_weights, False, 1, spec.steps, 0), LiveTarget(spec.id, "", spec.steps)))
     return [target for _, target in sorted(ranked, key=lambda pair: pair[0])]
@@ -295,8 +319,9 @@ class LiveRenderer:
         if control is None:
             return on_white(request.drawing)
         if request.from_photo:
-            return control_image_for(control.kind, request.drawing, request.canny_low, request.canny_high,
-                                     offline=self.registry.offline_only)
+            return control_image_for(
+                control.kind, request.drawing, request.canny_low, request.canny_high, offline=self.registry.offline_only
+            )
         return sketch_control(control.kind, request.drawing)
 
     def frame(self, request: LiveRequest) -> ControlResult:
@@ -304,9 +329,16 @@ class LiveRenderer:
         control = spec.controlnet(request.target.control) if request.target.control else None
         drawing = self.control_image(request, control)
         settings = ControlSettings(
-            model=spec.id, prompt=request.prompt, control=request.target.control, steps=request.target.steps,
-            guidance=spec.guidance_scale, width=request.width or spec.width, height=request.height or spec.height,
-            seed=request.seed, conditioning_scale=request.conditioning_scale, control_start=request.control_start,
+            model=spec.id,
+            prompt=request.prompt,
+            control=request.target.control,
+            steps=request.target.steps,
+            guidance=spec.guidance_scale,
+            width=request.width or spec.width,
+            height=request.height or spec.height,
+            seed=request.seed,
+            conditioning_scale=request.conditioning_scale,
+            control_start=request.control_start,
             control_end=request.control_end,
         )
         return control_generate(self.registry, settings, drawing, self.prompts)

@@ -11,13 +11,13 @@ from __future__ import annotations
 import math
 import threading
 import time
-import tomllib
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import tomllib
 import torch
 from PIL import Image
 
@@ -64,8 +64,10 @@ def set_canvas(image_set: ImageSet, spec: ModelSpec) -> tuple[int, int]:
     if not spec.builtin:
         return image_set.width, image_set.height
     scale = math.sqrt(spec.width * spec.height * image_set.count / (image_set.width * image_set.height))
-    return (snap(image_set.width * scale / image_set.columns, spec.size_multiple) * image_set.columns,
-            snap(image_set.height * scale / image_set.rows, spec.size_multiple) * image_set.rows)
+    return (
+        snap(image_set.width * scale / image_set.columns, spec.size_multiple) * image_set.columns,
+        snap(image_set.height * scale / image_set.rows, spec.size_multiple) * image_set.rows,
+    )
 
 
 def set_lora(registry: Registry, image_set: ImageSet, spec: ModelSpec) -> tuple[tuple[str, float], ...]:
@@ -147,8 +149,11 @@ def compose(panels: Sequence[Image.Image], rows: int, columns: int) -> Image.Ima
 
 def split(grid: Image.Image, rows: int, columns: int) -> list[Image.Image]:
     width, height = grid.width // columns, grid.height // rows
-    return [grid.crop((column * width, row * height, (column + 1) * width, (row + 1) * height))
-            for row in range(rows) for column in range(columns)]
+    return [
+        grid.crop((column * width, row * height, (column + 1) * width, (row + 1) * height))
+        for row in range(rows)
+        for column in range(columns)
+    ]
 
 
 def cells_mask(rows: int, columns: int, cell: tuple[int, int], generated: Sequence[int]) -> Image.Image:
@@ -157,7 +162,7 @@ def cells_mask(rows: int, columns: int, cell: tuple[int, int], generated: Sequen
     mask = np.zeros((rows * height, columns * width), dtype=np.uint8)
     for index in generated:
         row, column = divmod(index, columns)
-        mask[row * height:(row + 1) * height, column * width:(column + 1) * width] = 255
+        mask[row * height : (row + 1) * height, column * width : (column + 1) * width] = 255
     return Image.fromarray(mask, mode="L")
 
 
@@ -177,7 +182,8 @@ class SetRequest:
 
     def to_dict(self) -> dict:
         return {key: value for key, value in asdict(self).items() if key != "references"} | {
-            "reference_panels": sorted(self.references)}
+            "reference_panels": sorted(self.references)
+        }
 
 
 @dataclass
@@ -206,10 +212,19 @@ def generate_set(
     if len(request.references) == count:
         raise InvalidRequest("Every panel has a reference: leave at least one to generate.")
     cell = cell_size(request.width, request.height, request.rows, request.columns, spec.size_multiple)
-    settings = validate(GenerationSettings(model=request.model, prompt=request.prompt, steps=request.steps,
-                                           guidance=request.guidance, width=cell[0] * request.columns,
-                                           height=cell[1] * request.rows, seed=request.seed,
-                                           adapters=request.adapters), spec)
+    settings = validate(
+        GenerationSettings(
+            model=request.model,
+            prompt=request.prompt,
+            steps=request.steps,
+            guidance=request.guidance,
+            width=cell[0] * request.columns,
+            height=cell[1] * request.rows,
+            seed=request.seed,
+            adapters=request.adapters,
+        ),
+        spec,
+    )
     started = time.perf_counter()
 
     def step(done: int) -> None:
@@ -223,10 +238,15 @@ def generate_set(
     with registry.use(spec.id, task, dict(settings.adapters)) as pipe:
         arguments = call_arguments(pipe, spec, settings, step)
         if request.references:
-            references = {index: image.convert("RGB").resize(cell, Image.LANCZOS)
-                          for index, image in request.references.items()}
-            canvas = compose([references.get(index, Image.new("RGB", cell, (GREY,) * 3)) for index in range(count)],
-                             request.rows, request.columns)
+            references = {
+                index: image.convert("RGB").resize(cell, Image.Resampling.LANCZOS)
+                for index, image in request.references.items()
+            }
+            canvas = compose(
+                [references.get(index, Image.new("RGB", cell, (GREY,) * 3)) for index in range(count)],
+                request.rows,
+                request.columns,
+            )
             generated = [index for index in range(count) if index not in references]
             mask = cells_mask(request.rows, request.columns, cell, generated)
             arguments.update(image=canvas, mask_image=mask, strength=1.0)
@@ -236,8 +256,9 @@ def generate_set(
         for index, reference in references.items():
             row, column = divmod(index, request.columns)
             image.paste(reference, (column * cell[0], row * cell[1]))
-    return ImageSetResult(image, split(image, request.rows, request.columns), mask, request,
-                          time.perf_counter() - started)
+    return ImageSetResult(
+        image, split(image, request.rows, request.columns), mask, request, time.perf_counter() - started
+    )
 
 
 def write_panels(panels: Sequence[Image.Image], image_path: Path) -> Path:

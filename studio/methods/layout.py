@@ -160,8 +160,10 @@ def validate(settings: LayoutSettings, spec: ModelSpec) -> LayoutSettings:
     if settings.method not in METHODS:
         raise InvalidRequest(f"Unknown layout method {settings.method!r}; choose one of {', '.join(METHODS)}.")
     if settings.method == "siamlayout" and spec.layout_branch is None:
-        raise InvalidRequest(f"CreatiLayout needs a model with SiamLayout branches; {spec.name} has none. "
-                             "Pick a SiamLayout model, or the regional-attention method.")
+        raise InvalidRequest(
+            f"CreatiLayout needs a model with SiamLayout branches; {spec.name} has none. "
+            "Pick a SiamLayout model, or the regional-attention method."
+        )
     if not 0 <= float(settings.grounding_fraction) <= 1:
         raise InvalidRequest("The grounding fraction must be between 0 and 1.")
     if spec.family.token_order not in ("text-image", "image-text", "cross-attention"):
@@ -174,10 +176,15 @@ def validate(settings: LayoutSettings, spec: ModelSpec) -> LayoutSettings:
         raise InvalidRequest("The base ratio must be between 0 and 1.")
     if int(settings.inject_steps) < 0 or int(settings.block_stride) < 1:
         raise InvalidRequest("Mask steps must be 0 or more and the block stride at least 1.")
-    return replace(validate_sampling(settings, spec), caption=settings.caption.strip(),
-                   regions=validate_regions(settings.regions), inject_steps=int(settings.inject_steps),
-                   block_stride=int(settings.block_stride), base_ratio=float(settings.base_ratio),
-                   grounding_fraction=float(settings.grounding_fraction))
+    return replace(
+        validate_sampling(settings, spec),
+        caption=settings.caption.strip(),
+        regions=validate_regions(settings.regions),
+        inject_steps=int(settings.inject_steps),
+        block_stride=int(settings.block_stride),
+        base_ratio=float(settings.base_ratio),
+        grounding_fraction=float(settings.grounding_fraction),
+    )
 
 
 @dataclass
@@ -193,16 +200,22 @@ def plan(pipe, spec: ModelSpec, settings: LayoutSettings) -> RegionalPlan:
     """What a regional generation runs: the model with the joined captions, and the mask edit."""
     guidance = flow.Guidance(spec.guidance, settings.guidance)
     captions = [settings.caption, *(region.caption for region in settings.regions)]
-    model = flow.FlowModel(pipe, spec.family, [captions], guidance, spec.max_sequence_length)
+    model = flow.FlowModel(pipe, spec.family, [captions], guidance, spec.text_length)
     caption_length = model.text.embeds.shape[1] // len(captions)
     start = flow.initial_noise(pipe, settings.seed, settings.width, settings.height).to(pipe.transformer.device)
     rows, columns = start.shape[-2] // 2, start.shape[-1] // 2  # one image token per 2x2 latent patch
-    allowed = regional_attention_mask(region_token_masks(settings.regions, rows, columns), caption_length,
-                                      spec.family.token_order)
-    layers = set(joint_layers(pipe.transformer)[::settings.block_stride])
+    allowed = regional_attention_mask(
+        region_token_masks(settings.regions, rows, columns), caption_length, spec.family.token_order
+    )
+    layers = set(joint_layers(pipe.transformer)[:: settings.block_stride])
     conditional = slice(len(model.text) // 2, None) if guidance.doubles_batch else None
-    mask = MaskAttention(allowed=allowed, base_ratio=settings.base_ratio, layers=layers,
-                         steps=range(settings.inject_steps), rows=conditional)
+    mask = MaskAttention(
+        allowed=allowed,
+        base_ratio=settings.base_ratio,
+        layers=layers,
+        steps=range(settings.inject_steps),
+        rows=conditional,
+    )
     sigmas = flow.schedule(pipe, spec.family, settings.steps, *start.shape[-2:])
     return RegionalPlan(model, [mask], caption_length, start, sigmas)
 
@@ -234,45 +247,77 @@ def regional_generate(
             regional = plan(pipe, spec, settings)
             controller = AttentionController(regional.edits)
             with controlled(pipe.transformer, controller, spec.family.token_order):
-                latents = flow.integrate(regional.model.velocity, regional.start, regional.sigmas,
-                                         before_step=lambda index: report(index, controller))[-1]
+                latents = flow.integrate(
+                    regional.model.velocity,
+                    regional.start,
+                    regional.sigmas,
+                    before_step=lambda index: report(index, controller),
+                )[-1]
             image = flow.decode(pipe, latents)[0]
     if on_step is not None:
         on_step(settings.steps, settings.steps)
     return LayoutResult(image, settings, time.perf_counter() - started)
 
 
-def cross_attention_generate(pipe, spec: ModelSpec, settings: LayoutSettings,
-                             report: Callable[[int, AttentionController], None]) -> Image.Image:
+def cross_attention_generate(
+    pipe, spec: ModelSpec, settings: LayoutSettings, report: Callable[[int, AttentionController], None]
+) -> Image.Image:
     """PixArt / SANA: the captions' encodings joined along the tokens, through the pipeline, with
     the regional mask on the text cross-attention."""
-    generation = GenerationSettings(model=spec.id, prompt=settings.caption, steps=settings.steps,
-                                    guidance=settings.guidance, width=settings.width, height=settings.height,
-                                    seed=settings.seed)
+    generation = GenerationSettings(
+        model=spec.id,
+        prompt=settings.caption,
+        steps=settings.steps,
+        guidance=settings.guidance,
+        width=settings.width,
+        height=settings.height,
+        seed=settings.seed,
+    )
     arguments = call_arguments(pipe, spec, generation, None)
     encoding = inspect.signature(pipe.encode_prompt).parameters
-    options = {name: value for name, value in arguments.items()
-               if name in encoding and name in ("clean_caption", "max_sequence_length", "complex_human_instruction")}
+    options = {
+        name: value
+        for name, value in arguments.items()
+        if name in encoding and name in ("clean_caption", "max_sequence_length", "complex_human_instruction")
+    }
     with_guidance = settings.guidance > 1
     with torch.no_grad():
-        parts = [pipe.encode_prompt(caption, do_classifier_free_guidance=with_guidance, negative_prompt="",
-                                    device=pipe.transformer.device, **options)
-                 for caption in (settings.caption, *(region.caption for region in settings.regions))]
+        parts = [
+            pipe.encode_prompt(
+                caption,
+                do_classifier_free_guidance=with_guidance,
+                negative_prompt="",
+                device=pipe.transformer.device,
+                **options,
+            )
+            for caption in (settings.caption, *(region.caption for region in settings.regions))
+        ]
     embeds, mask, negative_embeds, negative_mask = (
-        None if parts[0][index] is None else torch.cat([part[index] for part in parts], dim=1) for index in range(4))
+        None if parts[0][index] is None else torch.cat([part[index] for part in parts], dim=1) for index in range(4)
+    )
     caption_length = parts[0][0].shape[1]
 
     scale = pipe.vae_scale_factor * pipe.transformer.config.patch_size
     masks = region_token_masks(settings.regions, settings.height // scale, settings.width // scale)
-    layers = set(controllable_layers(pipe.transformer, "cross-attention")[::settings.block_stride])
-    edit = MaskAttention(allowed=cross_attention_mask(masks, caption_length), base_ratio=settings.base_ratio,
-                         layers=layers, steps=range(settings.inject_steps),
-                         rows=slice(1, None) if with_guidance else None)  # [negative, prompt] with CFG
+    layers = set(controllable_layers(pipe.transformer, "cross-attention")[:: settings.block_stride])
+    edit = MaskAttention(
+        allowed=cross_attention_mask(masks, caption_length),
+        base_ratio=settings.base_ratio,
+        layers=layers,
+        steps=range(settings.inject_steps),
+        rows=slice(1, None) if with_guidance else None,
+    )  # [negative, prompt] with CFG
     controller = AttentionController([edit])
     report(0, controller)
-    arguments = {**call_arguments(pipe, spec, generation, lambda done: report(done, controller)),
-                 "prompt": None, "negative_prompt": None, "prompt_embeds": embeds, "prompt_attention_mask": mask,
-                 "negative_prompt_embeds": negative_embeds, "negative_prompt_attention_mask": negative_mask}
+    arguments = {
+        **call_arguments(pipe, spec, generation, lambda done: report(done, controller)),
+        "prompt": None,
+        "negative_prompt": None,
+        "prompt_embeds": embeds,
+        "prompt_attention_mask": mask,
+        "negative_prompt_embeds": negative_embeds,
+        "negative_prompt_attention_mask": negative_mask,
+    }
     with controlled(pipe.transformer, controller, "cross-attention"):
         return pipe(**arguments).images[0]
 
@@ -285,23 +330,31 @@ def layout_tokens(pipe, regions: Sequence[Region], unconditional_half: bool) -> 
     pooled = []
     with torch.no_grad():
         for tokenizer, encoder in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)):
-            ids = tokenizer(captions, padding="max_length", max_length=pipe.tokenizer_max_length, truncation=True,
-                            return_tensors="pt").input_ids
+            ids = tokenizer(
+                captions,
+                padding="max_length",
+                max_length=pipe.tokenizer_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids
             pooled.append(encoder(ids.to(encoder.device))[0].float().cpu())
     phrases = torch.cat(pooled, dim=-1)
     boxes = torch.zeros(1, MAX_BOXES, 4)
     embeddings = torch.zeros(1, MAX_BOXES, phrases.shape[-1])
     masks = torch.zeros(1, MAX_BOXES)
-    boxes[0, :len(regions)] = torch.tensor([region.box for region in regions])
-    embeddings[0, :len(regions)] = phrases
-    masks[0, :len(regions)] = 1
+    boxes[0, : len(regions)] = torch.tensor([region.box for region in regions])
+    embeddings[0, : len(regions)] = phrases
+    masks[0, : len(regions)] = 1
     if unconditional_half:
-        boxes, embeddings, masks = torch.cat([boxes] * 2), torch.cat([embeddings] * 2), torch.cat([torch.zeros_like(masks), masks])
+        boxes, embeddings, masks = (
+            torch.cat([boxes] * 2),
+            torch.cat([embeddings] * 2),
+            torch.cat([torch.zeros_like(masks), masks]),
+        )
     return LayoutTokens(boxes, embeddings, masks)
 
 
-def siamlayout_generate(pipe, spec: ModelSpec, settings: LayoutSettings,
-                        report: Callable[[int], None]) -> Image.Image:
+def siamlayout_generate(pipe, spec: ModelSpec, settings: LayoutSettings, report: Callable[[int], None]) -> Image.Image:
     """CreatiLayout's sampling: the global caption as the prompt, the layout branches on for the
     first `grounding_fraction` of the steps and off afterwards."""
     guidance = flow.Guidance(spec.guidance, settings.guidance)
@@ -310,15 +363,17 @@ def siamlayout_generate(pipe, spec: ModelSpec, settings: LayoutSettings,
     branch = {"scale": 1.0}
 
     def velocity(pipe, latents, sigma, text, embedded_guidance):
-        return siamlayout_forward(pipe.transformer, latents, sigma * 1000, text.embeds, text.pooled, tokens,
-                                  branch["scale"])
+        return siamlayout_forward(
+            pipe.transformer, latents, sigma * 1000, text.embeds, text.pooled, tokens, branch["scale"]
+        )
 
     def before_step(index: int) -> None:
         report(index)
         branch["scale"] = 1.0 if index < grounding_steps else 0.0
 
+    assert spec.family.flow is not None  # SiamLayout models are SD3
     family = replace(spec.family, flow=replace(spec.family.flow, velocity=velocity))
-    model = flow.FlowModel(pipe, family, [settings.caption], guidance, spec.max_sequence_length)
+    model = flow.FlowModel(pipe, family, [settings.caption], guidance, spec.text_length)
     start = flow.initial_noise(pipe, settings.seed, settings.width, settings.height).to(pipe.transformer.device)
     sigmas = flow.schedule(pipe, spec.family, settings.steps, *start.shape[-2:])
     latents = flow.integrate(model.velocity, start, sigmas, before_step=before_step)[-1]

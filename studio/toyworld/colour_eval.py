@@ -86,7 +86,7 @@ def score(source: Image.Image, result: Image.Image, old: str, new: str, backgrou
     edited = metrics.dilate(before | after, 2)
     return RecolourScore(
         iou=iou(before, after),
-        hue_error=180.0 if hue is None else hue_distance(hue, target_hue),
+        hue_error=180.0 if hue is None or target_hue is None else hue_distance(hue, target_hue),
         background_psnr=min(metrics.background_psnr(source, result, edited), 99.0),
         canny_ssim=metrics.canny_ssim(source, result),
     )
@@ -103,8 +103,13 @@ def caption_background(caption: str) -> str:
 def plain_swap(registry: Registry, settings: ColourEditSettings) -> Image.Image:
     spec = registry.catalogue.get(settings.model)
     with registry.use(spec.id) as pipe:
-        model = flow.FlowModel(pipe, spec.family, [settings.target_prompt],
-                               flow.Guidance(spec.guidance, settings.guidance), spec.max_sequence_length)
+        model = flow.FlowModel(
+            pipe,
+            spec.family,
+            [settings.target_prompt],
+            flow.Guidance(spec.guidance, settings.guidance),
+            spec.text_length,
+        )
         noise = flow.initial_noise(pipe, settings.seed, settings.width, settings.height)
         sigmas = flow.schedule(pipe, spec.family, settings.steps, *noise.shape[-2:])
         return flow.decode(pipe, flow.integrate(model.velocity, noise, sigmas)[-1])[0]
@@ -114,14 +119,25 @@ def evaluate(registry: Registry, model: str, seeds: int, steps: int, guidance: f
     scores: dict[str, list[RecolourScore]] = {"ColorCtrl": [], "prompt swap": []}
     for (caption, word, new), seed in itertools.product(recolour_cases(), range(seeds)):
         old, background = caption_colour(caption, word), caption_background(caption)
-        settings = ColourEditSettings(model=model, source_prompt=caption, target_prompt=recolour_prompt(caption, word, new),
-                                      word=word, steps=steps, guidance=guidance, seed=seed, width=64, height=64)
+        settings = ColourEditSettings(
+            model=model,
+            source_prompt=caption,
+            target_prompt=recolour_prompt(caption, word, new),
+            word=word,
+            steps=steps,
+            guidance=guidance,
+            seed=seed,
+            width=64,
+            height=64,
+        )
         edit = colour_edit(registry, settings)
         edited = score(edit.source, edit.result, old, new, background)
         if edited is None:
             continue
         scores["ColorCtrl"].append(edited)
-        scores["prompt swap"].append(score(edit.source, plain_swap(registry, settings), old, new, background))
+        swapped = score(edit.source, plain_swap(registry, settings), old, new, background)
+        if swapped is not None:  # the same source as ColorCtrl's, which has the object
+            scores["prompt swap"].append(swapped)
     return scores
 
 
@@ -142,15 +158,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=16)
     args = parser.parse_args(argv)
     registry = Registry(Catalogue.load())
-    print("| model | method | edits | success | median IoU | median hue error | median background PSNR "
-          "| median Canny-SSIM |")
+    print(
+        "| model | method | edits | success | median IoU | median hue error | median background PSNR "
+        "| median Canny-SSIM |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for model in args.model or ["shapes-flux", "shapes-sd3"]:
         guidance = registry.catalogue.get(model).guidance_scale
         for method, scores in evaluate(registry, model, args.seeds, args.steps, guidance).items():
             s = summary(scores)
-            print(f"| {model} | {method} | {len(scores)} | {s['success']:.2f} | {s['iou']:.3f} | "
-                  f"{s['hue_error']:.1f}° | {s['background_psnr']:.1f} dB | {s['canny_ssim']:.3f} |")
+            print(
+                f"| {model} | {method} | {len(scores)} | {s['success']:.2f} | {s['iou']:.3f} | "
+                f"{s['hue_error']:.1f}° | {s['background_psnr']:.1f} dB | {s['canny_ssim']:.3f} |"
+            )
 
 
 if __name__ == "__main__":

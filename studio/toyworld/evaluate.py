@@ -14,7 +14,6 @@ import argparse
 import itertools
 import random
 import time
-
 from pathlib import Path
 
 from PIL import Image
@@ -24,7 +23,17 @@ from studio.generation import GenerationSettings, generate
 from studio.registry import Registry
 from studio.toyworld.data import HELD_OUT
 from studio.toyworld.measure import check_object
-from studio.toyworld.scene import BACKGROUNDS, SIZES, Scene, make_object, make_scene, random_scene
+from studio.toyworld.scene import (
+    BACKGROUNDS,
+    COLOURS,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    Scene,
+    make_object,
+    make_scene,
+    overlap,
+)
 
 ATTRIBUTES = ("colour", "position", "size", "shape")
 
@@ -37,25 +46,37 @@ def single_object_scenes() -> list[Scene]:
 
 
 def two_object_scenes(count: int, seed: int = 1) -> list[Scene]:
+    """Two objects of different colours at two different named places, each named in the caption."""
     rng = random.Random(seed)
-    scenes = []
+    scenes: list[Scene] = []
     while len(scenes) < count:
-        scene = random_scene(rng, max_objects=2, jitter=0.0)
-        if len(scene.objects) == 2 and scene.objects[0].colour != scene.objects[1].colour:
-            scenes.append(scene)
+        places = rng.sample(list(POSITIONS), 2)
+        colours = rng.sample(list(COLOURS), 2)
+        objects = [
+            make_object(colour, rng.choice(SHAPES), rng.choice(("medium", "large")), place)
+            for colour, place in zip(colours, places)
+        ]
+        if overlap(*objects) <= 0.1:
+            scenes.append(make_scene(objects, rng.choice(list(BACKGROUNDS))))
     return scenes
 
 
 def evaluate(
-    registry: Registry, model: str, scenes: list[Scene], seeds: int, guidance: float, steps: int,
+    registry: Registry,
+    model: str,
+    scenes: list[Scene],
+    seeds: int,
+    guidance: float,
+    steps: int,
     samples: list[Image.Image] | None = None,
 ) -> dict:
     """Fractions of images that hold what was asked; `samples` collects the images made."""
     hits = {name: 0 for name in (*ATTRIBUTES, "all", "binding")}
     total = 0
     for scene in scenes:
-        settings = GenerationSettings(model=model, prompt=scene.caption, steps=steps, guidance=guidance,
-                                      width=64, height=64, seed=0, count=seeds)
+        settings = GenerationSettings(
+            model=model, prompt=scene.caption, steps=steps, guidance=guidance, width=64, height=64, seed=0, count=seeds
+        )
         for result in generate(registry, settings):
             if samples is not None:
                 samples.append(result.image)
@@ -99,15 +120,22 @@ def main(argv: list[str] | None = None) -> None:
         single = evaluate(registry, args.model, single_object_scenes(), args.seeds, guidance, args.steps, samples)
         if args.grid:
             save_grid(samples, args.grid.with_name(f"{args.grid.stem}-cfg{guidance:g}{args.grid.suffix}"))
-        double = evaluate(registry, args.model, two_object_scenes(args.two_object_prompts), args.seeds, guidance, args.steps)
+        double = evaluate(
+            registry, args.model, two_object_scenes(args.two_object_prompts), args.seeds, guidance, args.steps
+        )
         rows.append((guidance, single, double, time.perf_counter() - started))
     print(f"\nShapes world evaluation: {args.model}, {args.steps} steps, held-out single-object prompts\n")
-    print("| CFG | colour | position | size | shape | all four | images || two objects: both colours | both positions | binding | images |")
+    print(
+        "| CFG | colour | position | size | shape | all four | images "
+        "|| two objects: both colours | both positions | binding | images |"
+    )
     print("|---|---|---|---|---|---|---||---|---|---|---|")
     for guidance, single, double, _ in rows:
-        print(f"| {guidance:g} | {single['colour']:.2f} | {single['position']:.2f} | {single['size']:.2f} | "
-              f"{single['shape']:.2f} | {single['all']:.2f} | {single['images']} || {double['colour']:.2f} | "
-              f"{double['position']:.2f} | {double['binding']:.2f} | {double['images']} |")
+        print(
+            f"| {guidance:g} | {single['colour']:.2f} | {single['position']:.2f} | {single['size']:.2f} | "
+            f"{single['shape']:.2f} | {single['all']:.2f} | {single['images']} || {double['colour']:.2f} | "
+            f"{double['position']:.2f} | {double['binding']:.2f} | {double['images']} |"
+        )
     print("\nchance: shape 0.33, position 0.20, colour 0.17")
 
 

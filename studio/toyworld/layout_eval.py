@@ -23,45 +23,65 @@ from studio.methods.layout import LayoutSettings, Region, regional_generate
 from studio.registry import Registry
 from studio.toyworld.measure import centroid, colour_mask, largest_blob
 
-BOXES = {"left": (0.0, 0.15, 0.5, 0.85), "right": (0.5, 0.15, 1.0, 0.85),
-         "top": (0.15, 0.0, 0.85, 0.5), "bottom": (0.15, 0.5, 0.85, 1.0)}
+BOXES = {
+    "left": (0.0, 0.15, 0.5, 0.85),
+    "right": (0.5, 0.15, 1.0, 0.85),
+    "top": (0.15, 0.0, 0.85, 0.5),
+    "bottom": (0.15, 0.5, 0.85, 1.0),
+}
 PHRASES = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom"}
-LAYOUTS = [(("red", "circle", "left"), ("blue", "square", "right")),
-           (("green", "triangle", "top"), ("purple", "circle", "bottom")),
-           (("yellow", "square", "right"), ("orange", "circle", "left")),
-           (("blue", "circle", "bottom"), ("red", "square", "top"))]
+LAYOUTS = [
+    (("red", "circle", "left"), ("blue", "square", "right")),
+    (("green", "triangle", "top"), ("purple", "circle", "bottom")),
+    (("yellow", "square", "right"), ("orange", "circle", "left")),
+    (("blue", "circle", "bottom"), ("red", "square", "top")),
+]
 
 
-def layout_settings(model: str, seed: int, method: str = "regional",
-                    grounding_fraction: float = 0.3) -> list[tuple[LayoutSettings, list[tuple[str, tuple]]]]:
+def layout_settings(
+    model: str, seed: int, method: str = "regional", grounding_fraction: float = 0.3
+) -> list[tuple[LayoutSettings, list[tuple[str, tuple]]]]:
     """Each layout's settings and its (colour, box) pairs to check."""
     cases = []
     for objects in LAYOUTS:
         if method == "regional":
             phrases = [f"a large {colour} {shape} {PHRASES[where]}" for colour, shape, where in objects]
-            regions = tuple(Region(f"{phrase}, gray background", BOXES[where])
-                            for phrase, (_, _, where) in zip(phrases, objects))
+            regions = tuple(
+                Region(f"{phrase}, gray background", BOXES[where]) for phrase, (_, _, where) in zip(phrases, objects)
+            )
         else:
             phrases = [f"a large {colour} {shape}" for colour, shape, _ in objects]
             regions = tuple(Region(phrase, BOXES[where]) for phrase, (_, _, where) in zip(phrases, objects))
-        settings = LayoutSettings(model=model, caption=" and ".join(phrases) + ", gray background", regions=regions,
-                                  steps=16, guidance=3.0, seed=seed, width=64, height=64, inject_steps=8,
-                                  base_ratio=0.2, method=method,
-                                  grounding_fraction=grounding_fraction)
+        settings = LayoutSettings(
+            model=model,
+            caption=" and ".join(phrases) + ", gray background",
+            regions=regions,
+            steps=16,
+            guidance=3.0,
+            seed=seed,
+            width=64,
+            height=64,
+            inject_steps=8,
+            base_ratio=0.2,
+            method=method,
+            grounding_fraction=grounding_fraction,
+        )
         cases.append((settings, [(colour, BOXES[where]) for colour, _, where in objects]))
     return cases
 
 
 def in_box(image: Image.Image, colour: str, box: tuple[float, float, float, float]) -> bool:
     blob = largest_blob(colour_mask(image, colour))
-    if blob.sum() < 20:
+    where = centroid(blob)
+    if blob.sum() < 20 or where is None:
         return False
-    x, y = centroid(blob)
+    x, y = where
     return box[0] <= x <= box[2] and box[1] <= y <= box[3]
 
 
-def placement_rates(registry: Registry, model: str, seeds: int, method: str = "regional",
-                    grounding_fraction: float = 0.3) -> dict[str, float]:
+def placement_rates(
+    registry: Registry, model: str, seeds: int, method: str = "regional", grounding_fraction: float = 0.3
+) -> dict[str, float]:
     """Fraction of images with every object in its box: the method, and the global caption alone
     (no masked steps, or no grounding steps) from the same noise."""
     hits = {method: 0, "global caption only": 0}
@@ -81,8 +101,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", action="append", help="default: shapes-flux and shapes-sd3")
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--method", choices=["regional", "siamlayout"], default="regional")
-    parser.add_argument("--grounding-fraction", type=float, default=None,
-                        help="SiamLayout: the share of the steps its branches act in (default: the model's own)")
+    parser.add_argument(
+        "--grounding-fraction",
+        type=float,
+        default=None,
+        help="SiamLayout: the share of the steps its branches act in (default: the model's own)",
+    )
     args = parser.parse_args(argv)
     registry = Registry(Catalogue.load())
     print(f"| model | images | {args.method} | global caption only |\n|---|---|---|---|")

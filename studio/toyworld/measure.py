@@ -118,7 +118,7 @@ def check_object(image: Image.Image | np.ndarray, obj: SceneObject) -> dict[str,
     return {
         "colour": True,
         # An object asked for at no named place is wherever it is.
-        "position": obj.position is None or nearest_position(point) == obj.position,
+        "position": obj.position is None or (point is not None and nearest_position(point) == obj.position),
         "size": size_name(side) == obj.size,
         "shape": classify_shape(mask) == obj.shape,
     }

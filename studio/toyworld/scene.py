@@ -69,25 +69,101 @@ POSITION_VARIANTS: dict[str, tuple[str, ...]] = {
     "right": ("on the right", "at the right", "to the right", "on the right side", "right"),
     "top": ("at the top", "on the top", "on top", "at the top side", "top"),
     "bottom": ("at the bottom", "on the bottom", "at the bottom side", "bottom"),
-    "centre": ("in the centre", "in the center", "in the middle", "at the centre", "at the center", "centered",
-               "in the center of the image", "in the middle of the picture"),
-    **{corner: (f"at the {corner}", f"in the {corner}", f"in the {corner} corner", f"at the {corner} corner",
-                f"{corner}") for corner in ("top left", "top right", "bottom left", "bottom right")},
+    "centre": (
+        "in the centre",
+        "in the center",
+        "in the middle",
+        "at the centre",
+        "at the center",
+        "centered",
+        "in the center of the image",
+        "in the middle of the picture",
+    ),
+    **{
+        corner: (
+            f"at the {corner}",
+            f"in the {corner}",
+            f"in the {corner} corner",
+            f"at the {corner} corner",
+            f"{corner}",
+        )
+        for corner in ("top left", "top right", "bottom left", "bottom right")
+    },
 }
 BACKGROUND_WORDS: dict[str, tuple[str, ...]] = {"gray": ("gray", "grey"), "white": ("white",), "black": ("black",)}
 # An object whose centre lies within this distance (canvas fractions) of a named place is named
 # by it; a scene object elsewhere has no position words.
 PLACE_RADIUS = 0.1
 COUNT_WORDS = ("one", "two", "three")
-LEAD_INS = ("", "", "", "a picture of ", "an image of ", "draw ", "show ", "make ", "generate ", "create ",
-            "please draw ", "there is ")
+LEAD_INS = (
+    "",
+    "",
+    "",
+    "a picture of ",
+    "an image of ",
+    "draw ",
+    "show ",
+    "make ",
+    "generate ",
+    "create ",
+    "please draw ",
+    "there is ",
+)
 
 VOCABULARY: tuple[str, ...] = tuple(
     dict.fromkeys(
-        ["a", "an", "the", "and", ",", ":", "background", "with", "of", "on", "in", "at", "to", "image", "picture",
-         "shape", "side", "corner", "centered", "please", "draw", "show", "make", "generate", "create", "there",
-         "is", "are", "one", "two", "three", "four", "both", "other", "same", "another", "colour", "color",
-         "colours", "colors", "place", "places", ";", ".", "each", "images", "panel", "panels", "set", "sheet"]
+        [
+            "a",
+            "an",
+            "the",
+            "and",
+            ",",
+            ":",
+            "background",
+            "with",
+            "of",
+            "on",
+            "in",
+            "at",
+            "to",
+            "image",
+            "picture",
+            "shape",
+            "side",
+            "corner",
+            "centered",
+            "please",
+            "draw",
+            "show",
+            "make",
+            "generate",
+            "create",
+            "there",
+            "is",
+            "are",
+            "one",
+            "two",
+            "three",
+            "four",
+            "both",
+            "other",
+            "same",
+            "another",
+            "colour",
+            "color",
+            "colours",
+            "colors",
+            "place",
+            "places",
+            ";",
+            ".",
+            "each",
+            "images",
+            "panel",
+            "panels",
+            "set",
+            "sheet",
+        ]
         # In-context set tags ([LEFT], [PANEL-2], [FOUR-PANEL]) as the In-Context LoRA papers write them.
         + ["[", "]", "-", "LEFT", "RIGHT", "TOP", "BOTTOM", "PANEL", "TWO", "THREE", "FOUR", "1", "2", "3", "4"]
         + list(COLOURS)
@@ -152,7 +228,9 @@ def object_at(colour: str, shape: str, side: float, centre: tuple[float, float])
     half = side / 2
     cx = min(max(centre[0], half), 1 - half)
     cy = min(max(centre[1], half), 1 - half)
-    return SceneObject(colour, shape, size_name(side), place_name((cx, cy)), (cx - half, cy - half, cx + half, cy + half))
+    return SceneObject(
+        colour, shape, size_name(side), place_name((cx, cy)), (cx - half, cy - half, cx + half, cy + half)
+    )
 
 
 def make_object(
@@ -220,6 +298,7 @@ def random_scene(
 def varied_caption(scene: Scene, rng: random.Random) -> str:
     """A caption of the scene as a person might write it: synonyms for places and colours,
     optional sizes and background, a lead-in, and counted plurals where objects are alike."""
+
     def place(obj: SceneObject) -> str:
         return rng.choice(POSITION_VARIANTS[obj.position]) if obj.position else ""
 
@@ -228,8 +307,12 @@ def varied_caption(scene: Scene, rng: random.Random) -> str:
         words += [obj.colour, obj.shape]
         if article:
             first = words[0]
-            words.insert(0, rng.choice(("a", "a", "one", "the")) if first[0] not in "aeiou"
-                         else rng.choice(("an", "an", "one", "the")))
+            words.insert(
+                0,
+                rng.choice(("a", "a", "one", "the"))
+                if first[0] not in "aeiou"
+                else rng.choice(("an", "an", "one", "the")),
+            )
         return " ".join(words)
 
     objects = scene.objects

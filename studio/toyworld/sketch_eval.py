@@ -42,7 +42,8 @@ def sketch(shape: str, position: str, size: str = "large") -> tuple[Image.Image,
 def evaluate(registry: Registry, model: str, seeds: int) -> dict[str, dict[str, float]]:
     target = next(t for t in live_targets(registry, registry.catalogue.get(model).family.name) if t.model == model)
     renderer = LiveRenderer(registry)
-    results = {"ControlNet": {"placed": 0, "ious": []}, "scale 0 (no control)": {"placed": 0, "ious": []}}
+    placed = {"ControlNet": 0, "scale 0 (no control)": 0}
+    ious: dict[str, list[float]] = {name: [] for name in placed}
     cases = 0
     for seed in range(seeds):
         for index, (shape, position) in enumerate((s, p) for s in SHAPES for p in POSITIONS):
@@ -54,10 +55,12 @@ def evaluate(registry: Registry, model: str, seeds: int) -> dict[str, dict[str, 
                 image = renderer.frame(replace(request, conditioning_scale=scale)).image
                 blob = largest_blob(colour_mask(image, colour))
                 where = centroid(blob)
-                results[name]["placed"] += where is not None and nearest_position(where) == position
-                results[name]["ious"].append(iou(blob, wanted))
-    return {name: {"placed": value["placed"] / cases, "median IoU": statistics.median(value["ious"]), "images": cases}
-            for name, value in results.items()}
+                placed[name] += where is not None and nearest_position(where) == position
+                ious[name].append(iou(blob, wanted))
+    return {
+        name: {"placed": placed[name] / cases, "median IoU": statistics.median(ious[name]), "images": cases}
+        for name in placed
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -78,7 +78,9 @@ def new_pipeline(family: str, vae: AutoencoderKL) -> DiffusionPipeline:
     return sd3.build_pipeline(sd3_transformer(), vae, clip_hidden=64, clip_projection=64, t5_d_model=128)
 
 
-def predict_velocity(pipe: DiffusionPipeline, noisy: torch.Tensor, sigma: torch.Tensor, texts: list[str]) -> torch.Tensor:
+def predict_velocity(
+    pipe: DiffusionPipeline, noisy: torch.Tensor, sigma: torch.Tensor, texts: list[str]
+) -> torch.Tensor:
     """The transformer's velocity for `noisy` latents, called as the family's pipeline calls it."""
     flow = (flux if isinstance(pipe, FluxPipeline) else sd3).FAMILY.flow
     return flow.velocity(pipe, noisy, sigma, flow.encode_text(pipe, texts, MAX_SEQUENCE_LENGTH), None)
@@ -115,19 +117,20 @@ def train_vae(pool: ScenePool, steps: int, batch_size: int, device: str, seed: i
 
 @torch.no_grad()
 def encode_pool(vae: AutoencoderKL, pool: ScenePool, device: str) -> torch.Tensor:
-    latents = []
+    parts = []
     for start in range(0, len(pool), 256):
         images, _ = pool.batch(torch.arange(start, min(start + 256, len(pool))))
-        latents.append(vae.encode(images.to(device)).latent_dist.mode().cpu())
-    latents = torch.cat(latents)
+        parts.append(vae.encode(images.to(device)).latent_dist.mode().cpu())
+    latents = torch.cat(parts)
     if vae.config.shift_factor == 0.0 and vae.config.scaling_factor == 1.0:
         # FLUX normalises latents as (z - shift) * scale; a fresh VAE takes both from the data.
         vae.register_to_config(shift_factor=float(latents.mean()), scaling_factor=float(1 / latents.std()))
     return latents
 
 
-def noised(x0: torch.Tensor, shift: float,
-           generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def noised(
+    x0: torch.Tensor, shift: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A rectified-flow training sample: logit-normal sigmas moved by the same shift the sampler
     uses, the noisy latents at those sigmas, and the velocity to predict (noise - x0)."""
     noise = torch.randn(x0.shape, generator=generator).to(x0.device)
@@ -137,8 +140,9 @@ def noised(x0: torch.Tensor, shift: float,
     return noisy, sigma, noise - x0
 
 
-def optimise(loss: torch.Tensor, optimiser: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LRScheduler,
-             parameters) -> None:
+def optimise(
+    loss: torch.Tensor, optimiser: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LRScheduler, parameters
+) -> None:
     """One optimiser step on `loss`, gradients clipped to norm 1."""
     optimiser.zero_grad(set_to_none=True)
     loss.backward()
@@ -232,9 +236,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", choices=["flux", "sd3"], default="flux")
     parser.add_argument("--output", type=Path, default=None, help="default: assets/models/shapes-FAMILY")
-    parser.add_argument("--vae-from", type=Path, default=None,
-                        help="a saved shapes-world model whose VAE to use instead of training one "
-                             "(the SD3 twin always shares one: default assets/models/shapes-flux)")
+    parser.add_argument(
+        "--vae-from",
+        type=Path,
+        default=None,
+        help="a saved shapes-world model whose VAE to use instead of training one "
+        "(the SD3 twin always shares one: default assets/models/shapes-flux)",
+    )
     parser.add_argument("--scenes", type=int, default=32768)
     parser.add_argument("--vae-steps", type=int, default=1300)
     parser.add_argument("--transformer-steps", type=int, default=5000)
@@ -265,13 +273,23 @@ def main(argv: list[str] | None = None) -> None:
         latents = encode_pool(vae, pool, args.device)
         torch.manual_seed(args.seed)
         pipe = new_pipeline(args.family, vae)
-    pipe = train_transformer(pipe, latents, pool, args.transformer_steps, args.batch_size, args.device, args.seed,
-                             output, args.checkpoint_every, args.learning_rate)
+    pipe = train_transformer(
+        pipe,
+        latents,
+        pool,
+        args.transformer_steps,
+        args.batch_size,
+        args.device,
+        args.seed,
+        output,
+        args.checkpoint_every,
+        args.learning_rate,
+    )
     pipe.to("cpu", torch.float16).save_pretrained(output, safe_serialization=True)
-    parameters = sum(p.numel() for m in pipe.components.values() if isinstance(m, torch.nn.Module)
-                     for p in m.parameters())
-    print(f"saved {parameters / 1e6:.2f} M parameters to {output} "
-          f"after {(time.perf_counter() - started) / 60:.1f} min")
+    parameters = sum(
+        p.numel() for m in pipe.components.values() if isinstance(m, torch.nn.Module) for p in m.parameters()
+    )
+    print(f"saved {parameters / 1e6:.2f} M parameters to {output} after {(time.perf_counter() - started) / 60:.1f} min")
 
 
 if __name__ == "__main__":

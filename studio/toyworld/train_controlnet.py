@@ -45,7 +45,7 @@ def outline(masks: list[np.ndarray], width: int) -> Image.Image:
     kernel = np.ones((width + 1, width + 1), np.uint8)
     lines = np.zeros(masks[0].shape, np.uint8)
     for mask in masks:
-        lines |= cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_GRADIENT, kernel)
+        lines |= cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_GRADIENT, kernel).astype(np.uint8)
     return Image.fromarray(lines * 255).convert("RGB")
 
 
@@ -56,7 +56,7 @@ def control_latents(pipe: FluxPipeline, controls: list[Image.Image], seed: int) 
     generator = torch.Generator().manual_seed(seed)
     encoded = []
     for start in range(0, len(controls), 256):
-        batch = pipe.image_processor.preprocess(controls[start:start + 256])
+        batch = pipe.image_processor.preprocess(controls[start : start + 256])
         encoded.append(pipe.vae.encode(batch).latent_dist.sample(generator))
     latents = torch.cat(encoded)
     return (latents - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor
@@ -76,16 +76,22 @@ def main(argv: list[str] | None = None) -> None:
         controlnet = FluxControlNetModel.from_pretrained(args.resume, dtype=torch.float32)
     else:
         controlnet = FluxControlNetModel.from_transformer(
-            pipe.transformer, num_layers=config.num_layers, num_single_layers=config.num_single_layers,
-            attention_head_dim=config.attention_head_dim, num_attention_heads=config.num_attention_heads)
+            pipe.transformer,
+            num_layers=config.num_layers,
+            num_single_layers=config.num_single_layers,
+            attention_head_dim=config.attention_head_dim,
+            num_attention_heads=config.num_attention_heads,
+        )
     controlnet.train()
     pool = build_pool(args.scenes, seed=args.seed + 2)
     rng = np.random.default_rng(args.seed)
     controls = [outline(render(scene, 64)[1], int(rng.integers(1, 4))) for scene in pool.scenes]
     latents = (encode_pool(pipe.vae, pool, "cpu") - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor
     conditions = control_latents(pipe, controls, args.seed)
-    captions = [scene.caption if keep else unplaced_caption(scene)
-                for scene, keep in zip(pool.scenes, rng.random(len(pool.scenes)) < 0.5)]
+    captions = [
+        scene.caption if keep else unplaced_caption(scene)
+        for scene, keep in zip(pool.scenes, rng.random(len(pool.scenes)) < 0.5)
+    ]
     shift = sigma_shift((latents.shape[-2] // 2) * (latents.shape[-1] // 2), pipe.scheduler.config)
     optimiser = torch.optim.AdamW(controlnet.parameters(), lr=args.learning_rate, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: warmup_cosine(s, args.steps, 100))
@@ -102,8 +108,10 @@ def main(argv: list[str] | None = None) -> None:
         optimise(loss, optimiser, schedule, controlnet.parameters())
         bar.set_postfix(loss=f"{loss.item():.4f}")
     controlnet.eval().to(torch.float16).save_pretrained(args.output, safe_serialization=True)
-    print(f"saved a {sum(p.numel() for p in controlnet.parameters()) / 1e6:.2f} M parameter ControlNet to "
-          f"{args.output} after {(time.perf_counter() - started) / 60:.1f} min")
+    print(
+        f"saved a {sum(p.numel() for p in controlnet.parameters()) / 1e6:.2f} M parameter ControlNet to "
+        f"{args.output} after {(time.perf_counter() - started) / 60:.1f} min"
+    )
 
 
 if __name__ == "__main__":

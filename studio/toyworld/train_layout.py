@@ -49,8 +49,9 @@ def phrase_embeddings(pipe: StableDiffusion3Pipeline, phrases: list[str]) -> dic
     """Each phrase's pooled CLIP-L and CLIP-G embeddings side by side, as the layout tokens take them."""
     pooled = []
     for tokenizer, encoder in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)):
-        ids = tokenizer(phrases, padding="max_length", max_length=pipe.tokenizer_max_length, truncation=True,
-                        return_tensors="pt").input_ids
+        ids = tokenizer(
+            phrases, padding="max_length", max_length=pipe.tokenizer_max_length, truncation=True, return_tensors="pt"
+        ).input_ids
         pooled.append(encoder(ids)[0])
     return dict(zip(phrases, torch.cat(pooled, dim=-1)))
 
@@ -105,8 +106,10 @@ def main(argv: list[str] | None = None) -> None:
     args.output.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.to(torch.float16).contiguous() for name, tensor in branch_state(transformer).items()}
     save_file(state, args.output / "diffusion_pytorch_model.safetensors")
-    print(f"saved {sum(t.numel() for t in state.values()) / 1e6:.2f} M branch parameters to {args.output} "
-          f"after {(time.perf_counter() - started) / 60:.1f} min")
+    print(
+        f"saved {sum(t.numel() for t in state.values()) / 1e6:.2f} M branch parameters to {args.output} "
+        f"after {(time.perf_counter() - started) / 60:.1f} min"
+    )
 
 
 if __name__ == "__main__":
