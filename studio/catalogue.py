@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,35 +88,14 @@ class ModelSpec:
     call: dict[str, Any] = field(default_factory=dict)
     # Call arguments for particular step counts (step count -> arguments), over `call`.
     call_by_steps: dict[int, dict[str, Any]] = field(default_factory=dict)
-    # CreatiLayout SiamLayout branches on an SD3 transformer: {repo, subfolder} of their weights,
-    # {path} of a built-in's trained branches, or {} for fresh ones (zero-initialised fuse layers).
-    layout_branch: dict[str, Any] | None = None
     controlnets: tuple[ControlSpec, ...] = ()
+    # What the family attaches after loading, by catalogue table (see families.Extension).
+    extensions: dict[str, Any] = field(default_factory=dict)
 
     @property
     def random_weights(self) -> bool:
         """A built-in without trained weights: it runs the code path and draws noise."""
         return self.builtin is not None and not (self.path is not None and (self.path / "model_index.json").is_file())
-
-    @property
-    def layout_repo(self) -> str | None:
-        return (self.layout_branch or {}).get("repo")
-
-    @property
-    def layout_path(self) -> Path | None:
-        """The folder of a built-in's trained branches."""
-        path = (self.layout_branch or {}).get("path")
-        return PROJECT_ROOT / path if path else None
-
-    @property
-    def layout_grounding(self) -> float:
-        """The share of the steps the layout branches act in by default (the paper's 30%)."""
-        return float((self.layout_branch or {}).get("grounding_fraction", 0.3))
-
-    def layout_file(self, name: str) -> str:
-        """`name` inside the layout weights' subfolder, as a hub path."""
-        subfolder = (self.layout_branch or {}).get("subfolder", "")
-        return f"{subfolder}/{name}" if subfolder else name
 
     def controlnet(self, name: str) -> ControlSpec:
         for control in self.controlnets:
@@ -175,62 +155,125 @@ class Catalogue:
     @classmethod
     def load(cls, path: Path = DEFAULT_CATALOGUE) -> Catalogue:
         families = all_families()
-        with open(path, "rb") as handle:
-            entries = tomllib.load(handle)["model"]
-        specs = []
-        for entry in entries:
-            entry = dict(entry)
-            family = families[entry.pop("family")]
-            if entry["guidance"] not in GUIDANCE_KINDS or entry["mode"] not in MODES:
-                raise ValueError(f"catalogue entry {entry['id']}: unknown guidance or mode")
-            if ("repo" in entry) == ("builtin" in entry):
-                raise ValueError(f"catalogue entry {entry['id']}: give exactly one of repo and builtin")
-            if "builtin" in entry and entry["builtin"] not in family.builtin_builders:
-                raise ValueError(f"catalogue entry {entry['id']}: unknown built-in {entry['builtin']}")
-            layout_keys = {"repo", "subfolder", "path", "grounding_fraction"}
-            if "layout_branch" in entry and (family.name != "sd3" or set(entry["layout_branch"]) - layout_keys):
-                raise ValueError(
-                    f"catalogue entry {entry['id']}: layout_branch is for SD3, with repo and "
-                    "subfolder, or path (and grounding_fraction)"
-                )
-            if "path" in entry:
-                entry["path"] = PROJECT_ROOT / entry["path"]
-            entry["call_by_steps"] = step_table(entry)
-            entry["controlnets"] = tuple(
-                parse_controlnet(entry["id"], family, control) for control in entry.get("controlnets", ())
-            )
-            if len({control.name for control in entry["controlnets"]}) != len(entry["controlnets"]):
-                raise ValueError(f"catalogue entry {entry['id']}: two ControlNets share a name")
-            specs.append(ModelSpec(family=family, **entry))
+        try:
+            with open(path, "rb") as handle:
+                entries = tomllib.load(handle).get("model", [])
+        except (OSError, tomllib.TOMLDecodeError) as error:
+            raise CatalogueError(f"{path.name}: cannot be read as TOML: {error}") from None
+        specs = [parse_model(path, index, entry, families) for index, entry in enumerate(entries)]
+        seen: set[str] = set()
+        for spec in specs:
+            if spec.id in seen:
+                raise CatalogueError(f"{path.name}: model '{spec.id}', field 'id': another entry has this id")
+            seen.add(spec.id)
         return cls(specs)
+
+
+class CatalogueError(ValueError):
+    """A catalogue or preset entry that cannot be used, named by file, entry and field."""
+
+
+# The type a catalogue field's TOML value must have (None: any table or list, checked elsewhere).
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "str": (str,),
+    "int": (int,),
+    "float": (int, float),
+    "bool": (bool,),
+    "str | None": (str,),
+    "int | None": (int,),
+    "Path | None": (str,),
+}
+
+
+def parse_model(path: Path, index: int, entry: dict[str, Any], families: dict[str, Family]) -> ModelSpec:
+    """One [[model]] table as a ModelSpec, or CatalogueError naming the file, entry and field."""
+    entry = dict(entry)
+    model_id = str(entry.get("id") or f"#{index + 1}")
+
+    def problem(field_name: str, text: str) -> CatalogueError:
+        return CatalogueError(f"{path.name}: model '{model_id}', field '{field_name}': {text}")
+
+    family_name = entry.pop("family", None)
+    if family_name not in families:
+        raise problem("family", f"{family_name!r} is not a family (there are {', '.join(families)})")
+    family = families[family_name]
+    spec_fields = {f.name: f for f in dataclasses.fields(ModelSpec)}
+    extension_fields = {extension.field: extension for extension in family.extensions}
+    for name, value in entry.items():
+        if name in extension_fields:
+            continue
+        if name not in spec_fields or name in ("family", "extensions"):
+            raise problem(name, "is not a catalogue field for this family")
+        expected = _FIELD_TYPES.get(str(spec_fields[name].type))
+        if expected is not None and (not isinstance(value, expected) or isinstance(value, bool) != (bool in expected)):
+            raise problem(name, f"{value!r} should be {str(spec_fields[name].type).replace(' | None', '')}")
+    required = [
+        name
+        for name, f in spec_fields.items()
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and name != "family"
+    ]
+    for name in required:
+        if name not in entry:
+            raise problem(name, "is missing")
+    if entry["guidance"] not in GUIDANCE_KINDS:
+        raise problem("guidance", f"must be one of {', '.join(GUIDANCE_KINDS)}")
+    if entry["mode"] not in MODES:
+        raise problem("mode", f"must be one of {', '.join(MODES)}")
+    if ("repo" in entry) == ("builtin" in entry):
+        raise problem("repo", "give exactly one of repo and builtin")
+    if "builtin" in entry and entry["builtin"] not in family.builtin_builders:
+        raise problem("builtin", f"{family.label} has no built-in {entry['builtin']!r}")
+    extensions = {}
+    for name, extension in extension_fields.items():
+        if name in entry:
+            try:
+                extensions[name] = extension.parse(entry.pop(name), PROJECT_ROOT)
+            except ValueError as error:
+                raise problem(name, str(error)) from None
+    if "path" in entry:
+        entry["path"] = PROJECT_ROOT / entry["path"]
+    try:
+        entry["call_by_steps"] = step_table(entry)
+        controls = tuple(parse_controlnet(family, control) for control in entry.get("controlnets", ()))
+    except ValueError as error:
+        field_name, _, text = str(error).partition(": ")
+        raise problem(field_name, text) from None
+    if len({control.name for control in controls}) != len(controls):
+        raise problem("controlnets", "two ControlNets share a name")
+    entry["controlnets"] = controls
+    return ModelSpec(family=family, extensions=extensions, **entry)
 
 
 def step_table(entry: dict[str, Any]) -> dict[int, dict[str, Any]]:
     """An entry's call_by_steps with step counts as numbers, after checking its step fields. A
     one-step entry must name its max_steps: the standard ceiling would offer a distilled model
-    step counts it was never trained for."""
+    step counts it was never trained for. Errors read "field: problem"."""
     if entry["mode"] == "one-step" and "max_steps" not in entry:
-        raise ValueError(f"catalogue entry {entry['id']}: a one-step model names its max_steps")
+        raise ValueError("max_steps: a one-step model names its max_steps")
     max_steps = entry.get("max_steps", STANDARD_MAX_STEPS)
     if not 1 <= entry["steps"] <= max_steps:
-        raise ValueError(f"catalogue entry {entry['id']}: steps must be between 1 and max_steps ({max_steps})")
+        raise ValueError(f"steps: must be between 1 and max_steps ({max_steps})")
     table = entry.get("call_by_steps", {})
     if not all(key.isdigit() and 1 <= int(key) <= max_steps for key in table):
-        raise ValueError(f"catalogue entry {entry['id']}: call_by_steps is keyed by step counts from 1 to {max_steps}")
+        raise ValueError(f"call_by_steps: keyed by step counts from 1 to {max_steps}")
     return {int(key): arguments for key, arguments in table.items()}
 
 
-def parse_controlnet(model_id: str, family: Family, entry: dict[str, Any]) -> ControlSpec:
+def parse_controlnet(family: Family, entry: dict[str, Any]) -> ControlSpec:
+    """One ControlNet table; errors read "controlnets: problem"."""
     entry = dict(entry)
     entry.setdefault("name", entry.get("kind"))
+    known = {f.name for f in dataclasses.fields(ControlSpec)}
+    if set(entry) - known:
+        raise ValueError(f"controlnets: {', '.join(sorted(set(entry) - known))} is not a ControlNet field")
     if entry.get("kind") not in CONTROL_KINDS:
-        raise ValueError(f"catalogue entry {model_id}: ControlNet kind must be one of {', '.join(CONTROL_KINDS)}")
+        raise ValueError(f"controlnets: kind must be one of {', '.join(CONTROL_KINDS)}")
     if ("repo" in entry) == bool(entry.get("builtin")):
-        raise ValueError(f"catalogue entry {model_id}: a ControlNet has a repo or is built-in")
+        raise ValueError("controlnets: a ControlNet has a repo or is built-in")
     if "path" in entry:
         if not entry.get("builtin"):
-            raise ValueError(f"catalogue entry {model_id}: a ControlNet path names a built-in's trained weights")
+            raise ValueError("controlnets: a ControlNet path names a built-in's trained weights")
         entry["path"] = PROJECT_ROOT / entry["path"]
     if entry.get("pipeline") is None and family.controlnet_pipeline is None:
-        raise ValueError(f"catalogue entry {model_id}: {family.label} has no ControlNet pipeline in diffusers")
+        raise ValueError(f"controlnets: {family.label} has no ControlNet pipeline in diffusers")
     return ControlSpec(**entry)

@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw
 from studio.catalogue import ModelSpec
 from studio.context import StudioContext
 from studio.errors import Cancelled, InvalidRequest
+from studio.families import siamlayout
 from studio.gpu import gpu_task
 from studio.metadata import save_image
 from studio.methods.layout import (
@@ -75,7 +76,7 @@ EDITOR_CSS = """
 
 def serves(spec: ModelSpec, method: str = "regional") -> bool:
     if method == "siamlayout":
-        return spec.layout_branch is not None
+        return siamlayout.layout_branch(spec) is not None
     return spec.family.token_order in ("text-image", "image-text", "cross-attention")
 
 
@@ -189,7 +190,7 @@ def build(studio: StudioContext) -> None:
                     grounding = gr.Slider(
                         0,
                         1,
-                        value=default.layout_grounding,
+                        value=siamlayout.default_grounding(default),
                         step=0.05,
                         label="Layout branches act in the first … of the steps",
                     )
@@ -292,7 +293,13 @@ def build(studio: StudioContext) -> None:
 
     def on_model(model_id):
         spec = registry.catalogue.get(model_id)
-        return spec.width, spec.height, spec.guidance_scale, steps_update(spec, LAYOUT_STEPS), spec.layout_grounding
+        return (
+            spec.width,
+            spec.height,
+            spec.guidance_scale,
+            steps_update(spec, LAYOUT_STEPS),
+            siamlayout.default_grounding(spec),
+        )
 
     model.change(on_model, model, [width, height, guidance, steps, grounding], api_visibility="private")
     editor.input(on_editor_input, [editor, new_caption, width, height], [table, editor], api_visibility="private")

@@ -4,6 +4,7 @@ import dataclasses
 
 import pytest
 import torch
+from support import pipeline_of
 
 from studio import flow
 from studio.attention import (
@@ -24,7 +25,7 @@ JOINT_MODELS = ["tiny-flux-dev", "tiny-sd3", "shapes-flux", "shapes-sd3"]
 
 def model_for(registry, model_id, prompts=("a red circle on the left",)):
     spec = registry.catalogue.get(model_id)
-    pipe = registry.pipeline(model_id)
+    pipe = pipeline_of(registry, model_id)
     guidance = flow.Guidance(spec.guidance, spec.guidance_scale)
     return spec, pipe, flow.FlowModel(pipe, spec.family, list(prompts), guidance, spec.max_sequence_length)
 
@@ -66,7 +67,7 @@ def test_processors_are_restored_after_an_error(registry):
 
 
 def test_flux_layer_groups(registry):
-    transformer = registry.pipeline("shapes-flux").transformer
+    transformer = pipeline_of(registry, "shapes-flux").transformer
     assert joint_layers(transformer, "double") == ["transformer_blocks.0.attn", "transformer_blocks.1.attn"]
     assert joint_layers(transformer, "single") == [
         "single_transformer_blocks.0.attn",
@@ -114,7 +115,7 @@ def test_mask_blocks_attention_and_sharing_swaps_keys(registry, model_id):
 @pytest.mark.parametrize("model_id", ["tiny-flux-dev", "tiny-sd3", "tiny-pixart-sigma", "tiny-sana"])
 def test_word_token_indices(registry, model_id):
     spec = registry.catalogue.get(model_id)
-    pipe = registry.pipeline(model_id)
+    pipe = pipeline_of(registry, model_id)
     prompt = "a large red circle on the left and a red square"
     indices = word_token_indices(pipe, spec.family, prompt, "red", spec.max_sequence_length)
     for segment in spec.family.text_segments(pipe, spec.max_sequence_length):
@@ -133,7 +134,7 @@ def test_word_token_indices(registry, model_id):
 
 def test_a_word_split_into_several_tokens_gets_all_of_them(registry):
     spec = registry.catalogue.get("tiny-sd3")
-    pipe = registry.pipeline("tiny-sd3")
+    pipe = pipeline_of(registry, "tiny-sd3")
     prompt = "a zebra circle"  # "zebra" is outside the built-in vocabulary: CLIP spells it out
     indices = word_token_indices(pipe, spec.family, prompt, "zebra", spec.max_sequence_length)
     clip_pieces = pipe.tokenizer.tokenize("zebra")
@@ -147,7 +148,7 @@ def test_cross_attention_processors_match_the_originals(registry, model_id):
     from studio.attention import cross_layers
 
     spec = registry.catalogue.get(model_id)
-    pipe = registry.pipeline(model_id)
+    pipe = pipeline_of(registry, model_id)
     originals = dict(pipe.transformer.attn_processors)
 
     from studio.generation import GenerationSettings, call_arguments

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pytest
 import torch
+from support import pipeline_of
 
 from studio import flow, metrics
 from studio.attention import AttentionController, AttentionEdit, BranchCache, CaptureBranch, RecordAttention, controlled
@@ -53,17 +54,17 @@ class ValueProbe(AttentionEdit):
 
 @pytest.mark.parametrize("model_id", ["tiny-flux-dev", "tiny-sd3", "shapes-flux", "shapes-sd3"])
 def test_same_prompt_returns_the_source_exactly(registry, model_id):
-    originals = dict(registry.pipeline(model_id).transformer.attn_processors)
+    originals = dict(pipeline_of(registry, model_id).transformer.attn_processors)
     edit = colour_edit(registry, settings_for(model_id, target_prompt=SOURCE, steps=4))
     assert np.array_equal(np.asarray(edit.source), np.asarray(edit.result))
     assert edit.mask.shape == (64, 64) and edit.mask.dtype == bool
-    assert all(registry.pipeline(model_id).transformer.attn_processors[n] is p for n, p in originals.items())
+    assert all(pipeline_of(registry, model_id).transformer.attn_processors[n] is p for n, p in originals.items())
 
 
 @pytest.mark.parametrize("model_id", ["tiny-flux-dev", "tiny-sd3"])
 def test_target_branch_takes_maps_and_values_from_the_source(registry, model_id):
     spec = registry.catalogue.get(model_id)
-    pipe = registry.pipeline(model_id)
+    pipe = pipeline_of(registry, model_id)
     guidance = flow.Guidance(spec.guidance, spec.guidance_scale)
     source = flow.FlowModel(pipe, spec.family, [SOURCE], guidance, spec.max_sequence_length)
     target = flow.FlowModel(pipe, spec.family, [TARGET], guidance, spec.max_sequence_length)
@@ -125,7 +126,7 @@ def test_intensity_changes_the_edit(registry):
 
 
 def test_progress_and_cancel_restore_the_processors(registry):
-    pipe = registry.pipeline("tiny-flux-dev")
+    pipe = pipeline_of(registry, "tiny-flux-dev")
     originals = dict(pipe.transformer.attn_processors)
     seen = []
     colour_edit(

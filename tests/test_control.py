@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
+from support import pipeline_of
 
 from studio.errors import InvalidRequest, UnknownModel
 from studio.generation import GenerationSettings, generate
@@ -93,13 +94,13 @@ def test_conditioning_scale_zero_is_the_plain_model(registry, model, control):
 
 def test_controlnet_variants_share_the_base_models_components(registry):
     spec = registry.catalogue.get("tiny-flux-schnell")
-    base = registry.pipeline(spec.id)
+    base = pipeline_of(registry, spec.id)
     with registry.use(spec.id, "controlnet:scribble") as pipe:
         assert type(pipe).__name__ == "FluxControlNetPipeline"
         for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
             assert getattr(pipe, name) is getattr(base, name)
-        assert pipe.controlnet is registry.pipeline(spec.id, "controlnet:scribble").controlnet
-        assert pipe.controlnet is not registry.pipeline(spec.id, "controlnet:canny").controlnet
+        assert pipe.controlnet is pipeline_of(registry, spec.id, "controlnet:scribble").controlnet
+        assert pipe.controlnet is not pipeline_of(registry, spec.id, "controlnet:canny").controlnet
     assert "controlnet:scribble" in spec.tasks
 
 
@@ -167,7 +168,7 @@ def test_the_live_loop_encodes_a_prompt_once_until_it_changes(registry, catalogu
     from studio.registry import Registry
 
     own = Registry(catalogue, device="cpu")  # hooks stay on this registry's encoders
-    calls = count_text_encoder_calls(own.pipeline("tiny-flux-schnell"))
+    calls = count_text_encoder_calls(pipeline_of(own, "tiny-flux-schnell"))
     renderer = LiveRenderer(own, cache_prompts=cache_prompts)
     target = LiveTarget("tiny-flux-schnell", "scribble", 2)
     frames = [renderer.frame(LiveRequest(target, PROMPT, strokes(shape))) for shape in ("line", "circle", "line")]
@@ -214,7 +215,7 @@ def test_a_control_transformer_takes_the_transformers_place(catalogue, tmp_path)
     from studio.registry import Registry
 
     spec = catalogue.get("tiny-flux-dev")
-    config = dict(Registry(catalogue).pipeline(spec.id).transformer.config)
+    config = dict(pipeline_of(Registry(catalogue), spec.id).transformer.config)
     torch.manual_seed(0)
     doubled = {**config, "in_channels": 2 * config["in_channels"], "out_channels": config["in_channels"]}
     FluxTransformer2DModel.from_config(doubled).save_pretrained(tmp_path / "transformer")
@@ -234,7 +235,7 @@ def test_a_control_transformer_takes_the_transformers_place(catalogue, tmp_path)
     with registry.use(spec.id, control.task) as pipe:
         assert type(pipe).__name__ == "FluxControlPipeline"
         assert pipe.transformer.config.in_channels == 2 * config["in_channels"]
-        base = registry.pipeline(spec.id)
+        base = pipeline_of(registry, spec.id)
         assert pipe.vae is base.vae and pipe.transformer is not base.transformer
     with pytest.raises(InvalidRequest, match="no conditioning scale"):
         control_generate(registry, replace(settings, conditioning_scale=0.5), strokes("line"))
@@ -297,7 +298,7 @@ def test_a_controlnet_from_a_local_folder_loads_by_its_config(catalogue, registr
 def test_building_a_small_controlnet_leaves_the_base_as_it_was(registry, model):
     """diffusers' SD3 `from_transformer` writes num_layers into the base's own config; the
     built-in builder must copy it instead."""
-    transformer = registry.pipeline(model).transformer
+    transformer = pipeline_of(registry, model).transformer
     config, weights = dict(transformer.config), {k: v.clone() for k, v in transformer.state_dict().items()}
     controlnet = registry.catalogue.get(model).family.controlnet_builder(transformer, 0)
     assert dict(transformer.config) == config
@@ -309,13 +310,13 @@ def test_a_controlnet_gets_room_under_the_budget_as_a_model_does(catalogue):
     from studio.registry import GIB, Registry
 
     probe = Registry(catalogue)
-    probe.pipeline("tiny-sd3")
-    probe.pipeline("tiny-flux-schnell")
+    pipeline_of(probe, "tiny-sd3")
+    pipeline_of(probe, "tiny-flux-schnell")
     budget = probe.used_bytes() + 1024
     registry = Registry(catalogue, memory_budget_gb=budget / GIB)
-    registry.pipeline("tiny-sd3")
-    registry.pipeline("tiny-flux-schnell")
+    pipeline_of(registry, "tiny-sd3")
+    pipeline_of(registry, "tiny-flux-schnell")
     assert registry.loaded_ids() == ["tiny-sd3", "tiny-flux-schnell"]
-    registry.pipeline("tiny-flux-schnell", "controlnet:scribble")
+    pipeline_of(registry, "tiny-flux-schnell", "controlnet:scribble")
     assert registry.loaded_ids() == ["tiny-flux-schnell"]  # the least recently used model made room
     assert registry.used_bytes() <= budget

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from conftest import TINY_MODELS
 from PIL import Image
+from support import pipeline_of
 
 from studio.errors import Cancelled, InvalidRequest
 from studio.generation import GenerationSettings, call_arguments, generate, size_for_aspect, validate
@@ -116,7 +117,7 @@ def test_sizes_snap_to_the_family_multiple_and_aspect_presets_keep_the_area(cata
 
 
 def test_guidance_kinds_map_to_each_pipeline_convention(registry):
-    flux_dev = registry.pipeline("tiny-flux-dev")
+    flux_dev = pipeline_of(registry, "tiny-flux-dev")
     arguments = call_arguments(
         flux_dev,
         registry.catalogue.get("tiny-flux-dev"),
@@ -127,7 +128,7 @@ def test_guidance_kinds_map_to_each_pipeline_convention(registry):
     assert arguments["max_sequence_length"] == 32
     shapes = registry.catalogue.get("shapes-flux")
     arguments = call_arguments(
-        registry.pipeline("shapes-flux"),
+        pipeline_of(registry, "shapes-flux"),
         shapes,
         GenerationSettings(model="shapes-flux", prompt="x", negative_prompt="y", guidance=3.0),
         None,
@@ -135,7 +136,7 @@ def test_guidance_kinds_map_to_each_pipeline_convention(registry):
     assert arguments["true_cfg_scale"] == 3.0 and arguments["negative_prompt"] == "y"
     sd3 = registry.catalogue.get("tiny-sd3")
     arguments = call_arguments(
-        registry.pipeline("tiny-sd3"),
+        pipeline_of(registry, "tiny-sd3"),
         sd3,
         GenerationSettings(model="tiny-sd3", prompt="x", negative_prompt="y", guidance=5.0),
         None,

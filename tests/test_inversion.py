@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from support import pipeline_of
 
 from studio import flow
 from studio.inversion import invert_latents
@@ -12,7 +13,7 @@ FLOW_MODELS = ["tiny-flux-dev", "tiny-sd3", "shapes-flux", "shapes-sd3"]
 def flow_model(registry, model_id, prompt="a red circle", guidance=None):
     spec = registry.catalogue.get(model_id)
     family = spec.family
-    pipe = registry.pipeline(model_id)
+    pipe = pipeline_of(registry, model_id)
     scale = spec.guidance_scale if guidance is None else guidance
     model = flow.FlowModel(pipe, family, [prompt], flow.Guidance(spec.guidance, scale), spec.max_sequence_length)
     return pipe, family, spec, model

@@ -5,6 +5,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from support import pipeline_of
 
 from studio import flow
 from studio.attention import AttentionController, RecordAttention, controlled
@@ -88,7 +89,7 @@ def layout(model, **changes):
 @pytest.mark.parametrize("model_id", ["tiny-flux-dev", "tiny-sd3"])
 def test_outside_tokens_ignore_a_region_caption_while_masked(registry, model_id):
     spec = registry.catalogue.get(model_id)
-    pipe = registry.pipeline(model_id)
+    pipe = pipeline_of(registry, model_id)
     settings = layout(model_id, base_ratio=0.0)
     regional = plan(pipe, spec, settings)
     length = regional.caption_length
@@ -115,7 +116,7 @@ def test_one_full_box_with_the_global_caption_is_the_plain_path(registry, model_
     caption = "a large red circle on the left, gray background"
     settings = layout(model_id, caption=caption, regions=(Region(caption, (0, 0, 1, 1)),), base_ratio=0.0)
     regional = np.asarray(regional_generate(registry, settings).image, float)
-    pipe = registry.pipeline(model_id)
+    pipe = pipeline_of(registry, model_id)
     model = flow.FlowModel(pipe, spec.family, [caption], flow.Guidance(spec.guidance, 3.0), spec.max_sequence_length)
     start = flow.initial_noise(pipe, 0, 64, 64)
     plain = flow.integrate(model.velocity, start, flow.schedule(pipe, spec.family, 6, *start.shape[-2:]))[-1]
@@ -177,7 +178,9 @@ def test_cross_attention_families_get_regional_masks(registry, model_id, monkeyp
     settings = layout(model_id, steps=4, guidance=4.5, inject_steps=2, base_ratio=0.0)
     regional = np.asarray(regional_generate(registry, settings).image, float)
     record = recorders[-1]
-    scale = registry.pipeline(model_id).vae_scale_factor * registry.pipeline(model_id).transformer.config.patch_size
+    scale = (
+        pipeline_of(registry, model_id).vae_scale_factor * pipeline_of(registry, model_id).transformer.config.patch_size
+    )
     masks = region_token_masks(settings.regions, 64 // scale, 64 // scale)
     outside_a = ~masks[0]
     steps = sorted({step for step, _ in record.maps})

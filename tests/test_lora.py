@@ -7,6 +7,7 @@ import pytest
 import torch
 from diffusers import FluxPipeline
 from peft import LoraConfig, get_peft_model_state_dict
+from support import pipeline_of
 
 from studio.catalogue import Catalogue
 from studio.errors import InvalidRequest
@@ -18,7 +19,7 @@ MODEL = "tiny-flux-dev"
 
 def make_lora(registry, path, seed):
     """A LoRA with random A and B on the built-in transformer, saved as diffusers saves LoRAs."""
-    transformer = registry.pipeline(MODEL).transformer
+    transformer = pipeline_of(registry, MODEL).transformer
     torch.manual_seed(seed)
     transformer.add_adapter(
         LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=["to_q", "to_k", "to_v", "to_out.0"]),

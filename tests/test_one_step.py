@@ -5,6 +5,7 @@ import re
 import numpy as np
 import pytest
 from diffusers import FlowMatchEulerDiscreteScheduler, LCMScheduler, SCMScheduler
+from support import pipeline_of
 
 from studio.catalogue import Catalogue
 from studio.errors import InvalidRequest
@@ -45,17 +46,17 @@ def test_real_one_step_entries_follow_their_model_cards(catalogue):
 
 
 def test_built_ins_carry_the_real_models_schedulers_and_guidance_inputs(registry):
-    schnell = registry.pipeline("tiny-flux-schnell")
+    schnell = pipeline_of(registry, "tiny-flux-schnell")
     assert isinstance(schnell.scheduler, FlowMatchEulerDiscreteScheduler)
     assert schnell.scheduler.config.shift == 1.0 and not schnell.scheduler.config.use_dynamic_shifting
     assert not schnell.transformer.config.guidance_embeds
-    turbo = registry.pipeline("tiny-sd3-turbo")
+    turbo = pipeline_of(registry, "tiny-sd3-turbo")
     assert isinstance(turbo.scheduler, FlowMatchEulerDiscreteScheduler) and turbo.scheduler.config.shift == 3.0
     assert turbo.transformer.config.qk_norm == "rms_norm"
-    lcm = registry.pipeline("tiny-pixart-lcm")
+    lcm = pipeline_of(registry, "tiny-pixart-lcm")
     assert type(lcm).__name__ == "PixArtAlphaPipeline" and isinstance(lcm.scheduler, LCMScheduler)
     assert lcm.scheduler.config.beta_schedule == "linear"
-    sprint = registry.pipeline("tiny-sana-sprint")
+    sprint = pipeline_of(registry, "tiny-sana-sprint")
     assert isinstance(sprint.scheduler, SCMScheduler) and sprint.transformer.config.guidance_embeds
 
 
@@ -83,7 +84,7 @@ def test_steps_beyond_the_models_most_are_refused_naming_its_range(catalogue, mo
 
 def test_sana_sprint_gets_intermediate_timesteps_at_two_steps_only(registry):
     spec = registry.catalogue.get("tiny-sana-sprint")
-    pipe = registry.pipeline(spec.id)
+    pipe = pipeline_of(registry, spec.id)
     for steps in range(1, spec.max_steps + 1):
         arguments = call_arguments(pipe, spec, settings_for(spec, steps), None)
         assert arguments["max_timesteps"] == 1.5708

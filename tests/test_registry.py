@@ -3,10 +3,12 @@ import time
 
 import pytest
 import torch
+from support import pipeline_of
 
 from studio.catalogue import Catalogue
 from studio.errors import LoadFailed, ModelUnavailable, StudioError, UnknownModel
-from studio.registry import ModelState, Registry, load_pipeline, pipeline_bytes
+from studio.loading import load_pipeline, pipeline_bytes
+from studio.registry import ModelState, Registry
 
 ISSUE_ENTRIES = {
     "flux-dev": "black-forest-labs/FLUX.1-dev",
@@ -54,21 +56,21 @@ def test_catalogue_lists_real_hub_models_with_defaults(catalogue):
 
 
 def test_task_variants_share_the_same_tensors(registry):
-    base = registry.pipeline("tiny-flux-dev", "t2i")
-    img2img = registry.pipeline("tiny-flux-dev", "img2img")
-    inpaint = registry.pipeline("tiny-flux-dev", "inpaint")
+    base = pipeline_of(registry, "tiny-flux-dev", "t2i")
+    img2img = pipeline_of(registry, "tiny-flux-dev", "img2img")
+    inpaint = pipeline_of(registry, "tiny-flux-dev", "inpaint")
     assert type(img2img).__name__ == "FluxImg2ImgPipeline" and type(inpaint).__name__ == "FluxInpaintPipeline"
     for variant in (img2img, inpaint):
         assert variant.transformer is base.transformer and variant.vae is base.vae
         base_weights = dict(base.transformer.named_parameters())
         for name, parameter in variant.transformer.named_parameters():
             assert parameter.data_ptr() == base_weights[name].data_ptr()
-    assert registry.pipeline("tiny-flux-dev", "img2img") is img2img
+    assert pipeline_of(registry, "tiny-flux-dev", "img2img") is img2img
 
 
 def test_a_task_the_model_lacks_is_a_clear_error(registry):
     with pytest.raises(StudioError, match="has no 'img2img' mode"):
-        registry.pipeline("tiny-pixart-sigma", "img2img")
+        pipeline_of(registry, "tiny-pixart-sigma", "img2img")
 
 
 def test_least_recently_used_model_is_evicted_under_the_budget(catalogue):
@@ -77,10 +79,10 @@ def test_least_recently_used_model_is_evicted_under_the_budget(catalogue):
         sizes[model_id] = pipeline_bytes(load_pipeline(catalogue.get(model_id), torch.float32, True))
     budget = (sizes["tiny-flux-dev"] + sizes["tiny-sd3"] + sizes["tiny-sana"] - 1) / 1024**3
     registry = Registry(catalogue, device="cpu", memory_budget_gb=budget)
-    registry.pipeline("tiny-flux-dev")
-    registry.pipeline("tiny-sd3")
-    registry.pipeline("tiny-flux-dev")  # now tiny-sd3 is the least recently used
-    registry.pipeline("tiny-sana")
+    pipeline_of(registry, "tiny-flux-dev")
+    pipeline_of(registry, "tiny-sd3")
+    pipeline_of(registry, "tiny-flux-dev")  # now tiny-sd3 is the least recently used
+    pipeline_of(registry, "tiny-sana")
     assert registry.loaded_ids() == ["tiny-flux-dev", "tiny-sana"]
     assert registry.state("tiny-sd3") is ModelState.BUILTIN
     assert registry.used_bytes() <= registry.budget_bytes
@@ -89,7 +91,7 @@ def test_least_recently_used_model_is_evicted_under_the_budget(catalogue):
 def test_a_model_in_use_is_not_evicted(catalogue):
     registry = Registry(catalogue, device="cpu", memory_budget_gb=1e-9)
     with registry.use("tiny-flux-dev") as in_use:
-        registry.pipeline("tiny-sd3")
+        pipeline_of(registry, "tiny-sd3")
         assert "tiny-flux-dev" in registry.loaded_ids()
         assert in_use.transformer is not None
 
@@ -98,7 +100,7 @@ def test_concurrent_requests_load_a_model_once(catalogue):
     loads: list[str] = []
     registry = Registry(catalogue, device="cpu", loader=counting_loader(loads, delay=0.3))
     results = []
-    threads = [threading.Thread(target=lambda: results.append(registry.pipeline("tiny-sd3"))) for _ in range(4)]
+    threads = [threading.Thread(target=lambda: results.append(pipeline_of(registry, "tiny-sd3"))) for _ in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -110,21 +112,21 @@ def test_concurrent_requests_load_a_model_once(catalogue):
 def test_a_failing_load_leaves_the_registry_unchanged(catalogue):
     loads: list[str] = []
     registry = Registry(catalogue, device="cpu", loader=counting_loader(loads, fail_for="tiny-sana"))
-    kept = registry.pipeline("tiny-flux-dev")
+    kept = pipeline_of(registry, "tiny-flux-dev")
     before = (registry.loaded_ids(), registry.used_bytes())
     with pytest.raises(LoadFailed, match="Tiny SANA .* could not be loaded: OSError: disk read error"):
-        registry.pipeline("tiny-sana")
+        pipeline_of(registry, "tiny-sana")
     assert (registry.loaded_ids(), registry.used_bytes()) == before
-    assert registry.pipeline("tiny-flux-dev") is kept
+    assert pipeline_of(registry, "tiny-flux-dev") is kept
     assert registry.state("tiny-sana") is ModelState.BUILTIN
 
 
 def test_unknown_and_unavailable_models_raise_clear_errors(registry):
     with pytest.raises(UnknownModel, match="no model 'flux-ultra'"):
-        registry.pipeline("flux-ultra")
+        pipeline_of(registry, "flux-ultra")
     assert registry.state("flux-dev") is ModelState.UNAVAILABLE
     with pytest.raises(ModelUnavailable, match="offline") as raised:
-        registry.pipeline("flux-dev")
+        pipeline_of(registry, "flux-dev")
     assert "hf download black-forest-labs/FLUX.1-dev" in str(raised.value)
     assert "flux-dev" not in registry.loaded_ids()
 

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
+from support import pipeline_of
 
 from studio import flow
 from studio.errors import InvalidRequest
+from studio.families import siamlayout
 from studio.families.siamlayout import (
     MAX_BOXES,
     attach_layout_branches,
@@ -32,7 +34,7 @@ REGIONS = (Region("a large red circle", (0.0, 0.2, 0.5, 0.8)), Region("a large b
 @pytest.fixture(scope="module")
 def pipe(registry):
     """The shapes-world SD3 with fresh branches on a copy of its transformer (components shared)."""
-    base = registry.pipeline("shapes-sd3")
+    base = pipeline_of(registry, "shapes-sd3")
     transformer = copy.deepcopy(base.transformer)
     attach_layout_branches(transformer)
     return type(base).from_pipe(base, transformer=transformer)
@@ -176,7 +178,7 @@ def test_without_grounding_steps_it_is_the_base_model(registry):
         grounding_fraction=0.0,
     )
     siamlayout = np.asarray(regional_generate(registry, settings).image, float)
-    base = registry.pipeline("shapes-sd3")
+    base = pipeline_of(registry, "shapes-sd3")
     spec = registry.catalogue.get("shapes-sd3")
     model = flow.FlowModel(base, spec.family, [caption], flow.Guidance("cfg", 3.0), spec.max_sequence_length)
     start = flow.initial_noise(base, 0, 64, 64)
@@ -234,7 +236,9 @@ def test_trained_branches_put_each_object_in_its_box(registry):
     from studio.toyworld.layout_eval import in_box, layout_settings
 
     spec = registry.catalogue.get(MODEL)
-    settings, checks = layout_settings(MODEL, seed=0, method="siamlayout", grounding_fraction=spec.layout_grounding)[0]
+    settings, checks = layout_settings(
+        MODEL, seed=0, method="siamlayout", grounding_fraction=siamlayout.default_grounding(spec)
+    )[0]
     placed = regional_generate(registry, settings).image
     assert all(in_box(placed, colour, box) for colour, box in checks)
     alone = regional_generate(registry, replace(settings, grounding_fraction=0.0)).image

@@ -157,7 +157,7 @@ def test_the_trainer_writes_a_pipeline_the_registry_path_can_load(tmp_path, fami
     from safetensors import safe_open
 
     with safe_open(tmp_path / "model" / "transformer" / "diffusion_pytorch_model.safetensors", "pt") as weights:
-        assert {weights.get_slice(name).get_dtype() for name in weights} == {"F16"}
+        assert {weights.get_slice(name).get_dtype() for name in weights.keys()} == {"F16"}  # noqa: SIM118 (safe_open is no dict)
     pipeline_class = FluxPipeline if family == "flux" else StableDiffusion3Pipeline
     pipe = pipeline_class.from_pretrained(
         tmp_path / "model", dtype=torch.float32, use_safetensors=True, local_files_only=True

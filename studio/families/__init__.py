@@ -79,6 +79,22 @@ class FlowConvention:
 
 
 @dataclass(frozen=True)
+class Extension:
+    """Weights a family attaches to some of its models after they load, named by a table of the
+    model's catalogue entry (SD3's CreatiLayout SiamLayout branches). The registry and catalogue
+    know extensions only through this: a family's specifics stay in its own module."""
+
+    # The catalogue table that names the extension.
+    field: str
+    # (the table, the project root for relative paths) -> parsed options; ValueError says what is wrong
+    parse: Callable[[dict[str, Any], Path], Any]
+    # options -> [(hub repo, a file whose presence in the cache says it is there)]
+    repos: Callable[[Any], list[tuple[str, str]]]
+    # (the loaded pipeline, options, offline only) -> None
+    attach: Callable[[diffusers.DiffusionPipeline, Any, bool], None]
+
+
+@dataclass(frozen=True)
 class Family:
     name: str
     label: str
@@ -101,6 +117,8 @@ class Family:
     controlnet_builder: Callable[..., ModelMixin] | None = None
     # What the pipelines' `encode_prompt` returns, in order, as the call's argument names (None:
     # not a call argument), so a prompt can be encoded once and passed as embeddings.
+    # What the family attaches to some models after loading (by catalogue table).
+    extensions: tuple[Extension, ...] = ()
     prompt_outputs: tuple[str | None, ...] = (
         "prompt_embeds",
         "prompt_attention_mask",
@@ -125,9 +143,16 @@ class Family:
 
 
 def all_families() -> dict[str, Family]:
-    from studio.families import flux, pixart, sana, sd3
+    """Every module of this package that defines a FAMILY: a new family is a new module."""
+    import importlib
+    import pkgutil
 
-    return {module.FAMILY.name: module.FAMILY for module in (flux, sd3, pixart, sana)}
+    families = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda info: info.name):
+        family = getattr(importlib.import_module(f"{__name__}.{info.name}"), "FAMILY", None)
+        if isinstance(family, Family):
+            families[family.name] = family
+    return families
 
 
 def small_controlnet(

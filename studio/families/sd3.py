@@ -15,7 +15,7 @@ from diffusers import (
 )
 
 from studio import offline
-from studio.families import Family, FlowConvention, TextConditioning, TextSegment, small_controlnet
+from studio.families import Family, FlowConvention, TextConditioning, TextSegment, siamlayout, small_controlnet
 
 CLIP_LENGTH = 77
 
@@ -103,6 +103,7 @@ FAMILY = Family(
         }
     },
     token_order="image-text",
+    extensions=(siamlayout.EXTENSION,),
     # 77 CLIP positions (CLIP-L and CLIP-G side by side in the features), then T5's.
     text_segments=lambda pipe, length: [
         TextSegment(pipe.tokenizer, 0, CLIP_LENGTH),

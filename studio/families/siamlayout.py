@@ -28,6 +28,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from studio.errors import InvalidRequest
+from studio.families import Extension
 
 MAX_BOXES = 10
 BRANCH_MODULES = ("bbox_fuser_block", "bbox_forward", "norm1_bbox", "norm2_bbox", "ff_bbox")
@@ -243,3 +244,70 @@ def siamlayout_forward(
     hidden = hidden.reshape(hidden.shape[0], rows, columns, patch, patch, transformer.out_channels)
     hidden = torch.einsum("nhwpqc->nchpwq", hidden)
     return hidden.reshape(hidden.shape[0], transformer.out_channels, rows * patch, columns * patch)
+
+
+# --- The catalogue extension --------------------------------------------------------------------
+BRANCH_FIELDS = ("repo", "subfolder", "path", "grounding_fraction")
+
+
+@dataclass(frozen=True)
+class LayoutBranch:
+    """A catalogue model's SiamLayout branches: `repo` and `subfolder` of their safetensors (the
+    whole transformer, as CreatiLayout ships them), `path` of a built-in's trained branches, or
+    neither for fresh ones (zero-initialised fuse layers); `grounding_fraction`: the share of the
+    steps the branches act in by default (the paper's 30%)."""
+
+    repo: str | None = None
+    subfolder: str = ""
+    path: Path | None = None
+    grounding_fraction: float = 0.3
+
+    def file(self, name: str) -> str:
+        """`name` inside the weights' subfolder, as a hub path."""
+        return f"{self.subfolder}/{name}" if self.subfolder else name
+
+
+def parse_branch(table: dict, root: Path) -> LayoutBranch:
+    unknown = sorted(set(table) - set(BRANCH_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown key {', '.join(unknown)} (it takes {', '.join(BRANCH_FIELDS)})")
+    path = table.get("path")
+    return LayoutBranch(
+        repo=table.get("repo"),
+        subfolder=table.get("subfolder", ""),
+        path=root / path if path else None,
+        grounding_fraction=float(table.get("grounding_fraction", 0.3)),
+    )
+
+
+def branch_repos(branch: LayoutBranch) -> list[tuple[str, str]]:
+    return [(branch.repo, branch.file("config.json"))] if branch.repo else []
+
+
+def attach_branch(pipe, branch: LayoutBranch, offline_only: bool) -> None:
+    attach_layout_branches(pipe.transformer)
+    if branch.path is not None:
+        load_layout_weights(pipe.transformer, branch.path)
+    elif branch.repo:
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(
+            branch.repo,
+            local_files_only=offline_only,
+            allow_patterns=[branch.file("*.safetensors*"), branch.file("*.json")],
+        )
+        load_layout_weights(pipe.transformer, Path(folder, branch.file("")))
+
+
+EXTENSION = Extension("layout_branch", parse_branch, branch_repos, attach_branch)
+
+
+def layout_branch(spec) -> LayoutBranch | None:
+    """The model's SiamLayout branches, if its catalogue entry has them."""
+    return spec.extensions.get(EXTENSION.field)
+
+
+def default_grounding(spec) -> float:
+    """The share of the steps the model's branches act in by default (the paper's 30%)."""
+    branch = layout_branch(spec)
+    return branch.grounding_fraction if branch is not None else 0.3

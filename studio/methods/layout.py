@@ -44,6 +44,7 @@ from studio.attention import (
 )
 from studio.catalogue import ModelSpec
 from studio.errors import Cancelled, InvalidRequest
+from studio.families import siamlayout
 from studio.families.siamlayout import MAX_BOXES, LayoutTokens, siamlayout_forward
 from studio.generation import GenerationSettings, call_arguments, validate_sampling
 from studio.registry import Registry
@@ -159,7 +160,7 @@ def cross_attention_mask(image_masks: torch.Tensor, caption_length: int) -> torc
 def validate(settings: LayoutSettings, spec: ModelSpec) -> LayoutSettings:
     if settings.method not in METHODS:
         raise InvalidRequest(f"Unknown layout method {settings.method!r}; choose one of {', '.join(METHODS)}.")
-    if settings.method == "siamlayout" and spec.layout_branch is None:
+    if settings.method == "siamlayout" and siamlayout.layout_branch(spec) is None:
         raise InvalidRequest(
             f"CreatiLayout needs a model with SiamLayout branches; {spec.name} has none. "
             "Pick a SiamLayout model, or the regional-attention method."

@@ -19,6 +19,7 @@ from dataclasses import replace
 from PIL import Image
 
 from studio.catalogue import Catalogue
+from studio.families import siamlayout
 from studio.methods.layout import LayoutSettings, Region, regional_generate
 from studio.registry import Registry
 from studio.toyworld.measure import centroid, colour_mask, largest_blob
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     for model in args.model or default:
         grounding = args.grounding_fraction
         if grounding is None:
-            grounding = registry.catalogue.get(model).layout_grounding
+            grounding = siamlayout.default_grounding(registry.catalogue.get(model))
         rates = placement_rates(registry, model, args.seeds, args.method, grounding)
         print(f"| {model} | {rates['images']} | {rates[args.method]:.2f} | {rates['global caption only']:.2f} |")
 
