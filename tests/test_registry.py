@@ -140,3 +140,60 @@ def test_catalogue_rejects_an_entry_with_both_repo_and_builtin(tmp_path):
     )
     with pytest.raises(ValueError, match="exactly one of repo and builtin"):
         Catalogue.load(bad)
+
+
+GOOD_ENTRY = {
+    "id": '"x"',
+    "name": '"x"',
+    "family": '"flux"',
+    "pipeline": '"FluxPipeline"',
+    "builtin": '"flux-random"',
+    "mode": '"standard"',
+    "guidance": '"cfg"',
+    "steps": "1",
+    "guidance_scale": "1.0",
+    "width": "64",
+    "height": "64",
+    "size_multiple": "8",
+    "max_sequence_length": "8",
+    "gated": "false",
+    "memory_gb": "1.0",
+    "licence": '"x"',
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"stepz": "4"}, "model 'x', field 'stepz': is not a catalogue field"),
+        ({"steps": '"many"'}, "model 'x', field 'steps': 'many' should be int"),
+        ({"family": '"dalle"'}, "model 'x', field 'family': 'dalle' is not a family"),
+        ({"licence": None}, "model 'x', field 'licence': is missing"),
+        ({"layout_branch": '{ repo = "a/b" }'}, "model 'x', field 'layout_branch': is not a catalogue field"),
+        ({"controlnets": '[{ kind = "doodle", builtin = true }]'}, "model 'x', field 'controlnets': kind must be"),
+    ],
+)
+def test_catalogue_errors_name_the_file_the_entry_and_the_field(tmp_path, change, message):
+    entry = {**GOOD_ENTRY, **change}
+    bad = tmp_path / "models.toml"
+    bad.write_text("[[model]]\n" + "".join(f"{key} = {value}\n" for key, value in entry.items() if value))
+    with pytest.raises(ValueError, match=f"^models.toml: {message}"):
+        Catalogue.load(bad)
+
+
+def test_an_sd3_entry_takes_layout_branches_from_its_family(tmp_path):
+    entry = {
+        **GOOD_ENTRY,
+        "family": '"sd3"',
+        "pipeline": '"StableDiffusion3Pipeline"',
+        "builtin": '"sd3-random"',
+        "layout_branch": '{ repo = "a/b", subfolder = "s", grounding_fraction = 0.5 }',
+    }
+    good = tmp_path / "models.toml"
+    good.write_text("[[model]]\n" + "".join(f"{key} = {value}\n" for key, value in entry.items()))
+    from studio.families.siamlayout import LayoutBranch, layout_branch
+
+    assert layout_branch(Catalogue.load(good).get("x")) == LayoutBranch("a/b", "s", None, 0.5)
+    good.write_text(good.read_text().replace('subfolder = "s"', 'subfolder = "s", colour = 1'))
+    with pytest.raises(ValueError, match="field 'layout_branch': unknown key colour"):
+        Catalogue.load(good)
