@@ -120,8 +120,11 @@ def integrate(
     sigmas: Sequence[float],
     solver: str = "euler",
     before_step: Callable[[int], None] | None = None,
+    after_step: Callable[[int], None] | None = None,
 ) -> list[torch.Tensor]:
     """Follow the flow along `sigmas` (descending samples, ascending inverts); returns every state.
+    `before_step(index)` prepares a step (attention control's step counter), `after_step(index)`
+    follows it (progress and cancel).
 
     "fireflow" is FireFlow's second-order step at one velocity per step: each step moves with the
     velocity at its midpoint, and that midpoint velocity stands in for the next step's start.
@@ -141,6 +144,8 @@ def integrate(
         else:
             latents = latents + delta * start_velocity
         states.append(latents)
+        if after_step is not None:
+            after_step(index)
     return states
 
 

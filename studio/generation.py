@@ -11,41 +11,31 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
 
 from studio.catalogue import ModelSpec
-from studio.errors import Cancelled, InvalidRequest
+from studio.errors import InvalidRequest
+from studio.params import MAX_SEED, SamplingSettings, StepCallback, StepReporter, checked, setting
 from studio.registry import Registry
 
-MAX_SEED = 2**32 - 1
-MAX_SIDE = 4096
+S = TypeVar("S", bound=SamplingSettings)
+
 MAX_IMAGES = 8
 ASPECT_RATIOS = {"1:1": 1.0, "4:3": 4 / 3, "3:4": 3 / 4, "3:2": 3 / 2, "2:3": 2 / 3, "16:9": 16 / 9, "9:16": 9 / 16}
 
-StepCallback = Callable[[int, int], None]
 
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    model: str
+@dataclass(frozen=True, kw_only=True)
+class GenerationSettings(SamplingSettings):
     prompt: str
     negative_prompt: str = ""
-    steps: int = 20
-    guidance: float = 4.5
-    width: int = 1024
-    height: int = 1024
-    seed: int = 0
-    count: int = 1
+    count: int = setting("Images", 1, 1, MAX_IMAGES, 1)
     # LoRA adapters registered with the registry, as (name, scale) pairs.
     adapters: tuple[tuple[str, float], ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -67,50 +57,32 @@ def size_for_aspect(spec: ModelSpec, ratio: str) -> tuple[int, int]:
     return snap(math.sqrt(area * aspect), spec.size_multiple), snap(math.sqrt(area / aspect), spec.size_multiple)
 
 
-def defaults_for(spec: ModelSpec, prompt: str = "") -> GenerationSettings:
-    return GenerationSettings(
-        model=spec.id,
-        prompt=prompt,
-        steps=spec.steps,
-        guidance=spec.guidance_scale,
-        width=spec.width,
-        height=spec.height,
-    )
-
-
 def validate(settings: GenerationSettings, spec: ModelSpec) -> GenerationSettings:
     """The settings made safe to run, or InvalidRequest saying what is wrong."""
     if not settings.prompt or not settings.prompt.strip():
         raise InvalidRequest("Write a prompt first.")
-    if not 1 <= int(settings.count) <= MAX_IMAGES:
-        raise InvalidRequest(f"Ask for between 1 and {MAX_IMAGES} images.")
     return replace(
         validate_sampling(settings, spec),
         prompt=settings.prompt.strip(),
         negative_prompt=(settings.negative_prompt or "").strip() if spec.accepts_negative_prompt else "",
-        count=int(settings.count),
     )
 
 
-def validate_sampling(settings: Any, spec: ModelSpec) -> Any:
-    """Any settings dataclass with steps, seed, guidance, width and height, checked and normalised
-    for the model (sizes snapped to its multiple, guidance 0 where it has none)."""
-    if not 1 <= int(settings.steps) <= spec.max_steps:
+def validate_sampling(settings: S, spec: ModelSpec) -> S:
+    """Any method's settings with every declared setting in its range (`params.checked`), then
+    fitted to the model: at most its steps, sizes snapped to its multiple, guidance 0 where it
+    has none."""
+    # The model's own ceiling is the one to name (a one-step model takes 1 to 4, not 1 to 100).
+    if isinstance(settings.steps, (int, float)) and not 1 <= settings.steps <= spec.max_steps:
         raise InvalidRequest(f"Steps must be between 1 and {spec.max_steps} for {spec.name}.")
-    if not 0 <= int(settings.seed) <= MAX_SEED:
-        raise InvalidRequest(f"The seed must be between 0 and {MAX_SEED}.")
-    for side in (settings.width, settings.height):
-        if not spec.size_multiple <= int(side) <= MAX_SIDE:
-            raise InvalidRequest(f"Width and height must be between {spec.size_multiple} and {MAX_SIDE} pixels.")
-    if not math.isfinite(float(settings.guidance)) or not 0 <= float(settings.guidance) <= 50:
-        raise InvalidRequest("Guidance must be between 0 and 50.")
+    settings = checked(settings)
+    if min(settings.width, settings.height) < spec.size_multiple:
+        raise InvalidRequest(f"Width and height must be at least {spec.size_multiple} pixels for {spec.name}.")
     return replace(
         settings,
-        steps=int(settings.steps),
-        seed=int(settings.seed),
-        guidance=0.0 if spec.guidance == "none" else float(settings.guidance),
-        width=snap(int(settings.width), spec.size_multiple),
-        height=snap(int(settings.height), spec.size_multiple),
+        guidance=0.0 if spec.guidance == "none" else settings.guidance,
+        width=snap(settings.width, spec.size_multiple),
+        height=snap(settings.height, spec.size_multiple),
     )
 
 
@@ -158,19 +130,11 @@ def generate(
     steps over the whole batch; setting `cancel` stops at the next step with Cancelled."""
     spec = registry.catalogue.get(settings.model)
     settings = validate(settings, spec)
-    total = settings.steps * settings.count
+    reporter = StepReporter(settings.steps * settings.count, on_step, cancel)
     with registry.use(spec.id, "t2i", dict(settings.adapters)) as pipe:
         for index in range(settings.count):
             single = replace(settings, seed=(settings.seed + index) % (MAX_SEED + 1), count=1)
-
-            def step_done(step: int, offset: int = index * settings.steps) -> None:
-                if cancel is not None and cancel.is_set():
-                    raise Cancelled("Generation cancelled.")
-                if on_step is not None:
-                    on_step(offset + step, total)
-
-            if cancel is not None and cancel.is_set():
-                raise Cancelled("Generation cancelled.")
+            reporter.check()
             started = time.perf_counter()
-            image = pipe(**call_arguments(pipe, spec, single, step_done)).images[0]
+            image = pipe(**call_arguments(pipe, spec, single, reporter.step)).images[0]
             yield GeneratedImage(image, single, time.perf_counter() - started)

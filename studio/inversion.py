@@ -30,11 +30,11 @@ def invert_latents(
     latents: torch.Tensor,
     sigmas: list[float],
     solver: str,
-    before_step: Callable[[int], None] | None = None,
+    after_step: Callable[[int], None] | None = None,
 ) -> Inversion:
     """Invert normalised latents along `sigmas` (as sampled: descending, ending at 0)."""
     ascending = list(reversed(sigmas))
-    return Inversion(ascending, flow.integrate(model.velocity, latents, ascending, solver, before_step))
+    return Inversion(ascending, flow.integrate(model.velocity, latents, ascending, solver, after_step=after_step))
 
 
 def invert_image(
@@ -47,7 +47,7 @@ def invert_image(
     height: int,
     max_sequence_length: int,
     solver: str = "fireflow",
-    before_step: Callable[[int], None] | None = None,
+    after_step: Callable[[int], None] | None = None,
 ) -> Inversion:
     """The image (resized to width x height) inverted under `prompt` on the pipeline's own schedule."""
     latents = flow.encode_image(pipe, image, width, height)
@@ -55,4 +55,4 @@ def invert_image(
     guidance = flow.Guidance("embedded" if pipe.transformer.config.get("guidance_embeds") else "none", 1.0)
     model = flow.FlowModel(pipe, family, [prompt], guidance, max_sequence_length)
     sigmas = flow.schedule(pipe, family, steps, latents.shape[-2], latents.shape[-1])
-    return invert_latents(model, latents, sigmas, solver, before_step)
+    return invert_latents(model, latents, sigmas, solver, after_step)

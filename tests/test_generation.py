@@ -93,19 +93,22 @@ def test_cancel_stops_at_the_next_step_and_keeps_finished_images(registry):
 
 
 def test_bad_requests_are_refused_with_a_reason(registry):
-    spec = registry.catalogue.get("tiny-sd3")
     base = GenerationSettings(model="tiny-sd3", prompt="x", steps=2, width=64, height=64)
     cases = {
         "Write a prompt": dict(prompt="   "),
-        "Steps must be": dict(steps=0),
-        "between 1 and 8 images": dict(count=9),
-        "Width and height": dict(width=5000),
-        "seed must be": dict(seed=-1),
-        "Guidance must be": dict(guidance=float("nan")),
+        "Steps must be between 1 and 100 for Tiny SD3": dict(steps=0),
+        "Steps must be a number": dict(steps=None),
+        "Steps must be between 1 and 4 for Tiny SD3.5 Large Turbo": dict(model="tiny-sd3-turbo", steps=5),
+        "Images must be between 1 and 8": dict(count=9),
+        "Width must be between 16 and 4096": dict(width=5000),
+        "Height must be a number": dict(height="tall"),
+        "Seed must be between 0 and 4294967295": dict(seed=-1),
+        "Guidance must be between 0 and 50": dict(guidance=float("nan")),
     }
     for message, change in cases.items():
+        settings = GenerationSettings(**{**base.__dict__, **change})
         with pytest.raises(InvalidRequest, match=message):
-            validate(GenerationSettings(**{**base.__dict__, **change}), spec)
+            validate(settings, registry.catalogue.get(settings.model))
 
 
 def test_sizes_snap_to_the_family_multiple_and_aspect_presets_keep_the_area(catalogue):

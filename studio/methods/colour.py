@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -41,9 +40,10 @@ from studio.attention import (
 )
 from studio.attention.tokens import word_spans, word_token_indices
 from studio.catalogue import ModelSpec
-from studio.errors import Cancelled, InvalidRequest
+from studio.errors import InvalidRequest
 from studio.generation import validate_sampling
 from studio.inversion import invert_image
+from studio.params import SamplingSettings, StepCallback, StepReporter, redefault, setting
 from studio.registry import Registry
 
 MASK_THRESHOLD = 0.1
@@ -67,26 +67,19 @@ COLOUR_NAMES: dict[str, tuple[int, int, int]] = {
     "silver": (192, 192, 192),
 }
 
-StepCallback = Callable[[int, int], None]
 
-
-@dataclass(frozen=True)
-class ColourEditSettings:
-    model: str
+@dataclass(frozen=True, kw_only=True)
+class ColourEditSettings(SamplingSettings):
     source_prompt: str
     target_prompt: str
     word: str  # the edited object's word in the source prompt: its attention makes the mask
-    intensity: float = 1.0
-    steps: int = 28
-    guidance: float = 7.0
-    seed: int = 42
-    width: int = 1024
-    height: int = 1024
-    threshold: float = MASK_THRESHOLD
-    inversion_steps: int = 0  # >0 when the source is an uploaded image (FireFlow inversion)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    intensity: float = setting("Intensity of the new colour word", 1.0, 0.2, 3.0, 0.05)
+    steps: int = redefault("steps", 28)
+    guidance: float = redefault("guidance", 7.0)
+    seed: int = redefault("seed", 42)
+    threshold: float = setting("Mask threshold ε", MASK_THRESHOLD, 0.0, 0.9, 0.01)
+    # >0 when the source is an uploaded image (FireFlow inversion)
+    inversion_steps: int = setting("Inversion steps", 0, 0, 100, 1)
 
 
 @dataclass
@@ -166,17 +159,11 @@ def validate(settings: ColourEditSettings, spec: ModelSpec) -> ColourEditSetting
             raise InvalidRequest(f"Write a {name} prompt first.")
     if not settings.word or not settings.word.strip():
         raise InvalidRequest("Name the object to recolour (a word of the source prompt).")
-    if not 0 < float(settings.intensity) <= 10:
-        raise InvalidRequest("Intensity must be above 0 and at most 10.")
-    if not 0 <= float(settings.threshold) < 1:
-        raise InvalidRequest("The mask threshold must be between 0 and 1.")
     return replace(
         validate_sampling(settings, spec),
         source_prompt=settings.source_prompt.strip(),
         target_prompt=settings.target_prompt.strip(),
         word=settings.word.strip(),
-        intensity=float(settings.intensity),
-        threshold=float(settings.threshold),
     )
 
 
@@ -229,16 +216,10 @@ def colour_edit(
         settings = replace(settings, inversion_steps=settings.steps)
     started = time.perf_counter()
     family = spec.family
-    total = 2 * settings.steps + (settings.inversion_steps if image is not None else 0)
-    done = 0
-
-    def step(_index: int) -> None:
-        nonlocal done
-        if cancel is not None and cancel.is_set():
-            raise Cancelled("Colour edit cancelled.")
-        if on_step is not None:
-            on_step(done, total)
-        done += 1
+    reporter = StepReporter(
+        2 * settings.steps + (settings.inversion_steps if image is not None else 0), on_step, cancel
+    )
+    step = reporter.step
 
     with registry.use(spec.id, "t2i") as pipe:
         guidance = flow.Guidance(spec.guidance, settings.guidance)
@@ -273,20 +254,16 @@ def colour_edit(
                 settings.height,
                 spec.text_length,
                 solver,
-                before_step=step,
+                after_step=step,
             ).noise
         sigmas = flow.schedule(pipe, family, settings.steps, *start.shape[-2:])
         layers = edited_layers(pipe.transformer, spec)
-
-        def step_both(controller: AttentionController, index: int) -> None:
-            controller.set_step(index)
-            step(index)
 
         def run(model: flow.FlowModel, latents: torch.Tensor, edits: list[AttentionEdit]) -> torch.Tensor:
             controller = AttentionController(edits)
             with controlled(pipe.transformer, controller, family.token_order):
                 return flow.integrate(
-                    model.velocity, latents, sigmas, solver, before_step=lambda i: step_both(controller, i)
+                    model.velocity, latents, sigmas, solver, before_step=controller.set_step, after_step=step
                 )[-1]
 
         text_tokens = sum(segment.length for segment in family.text_segments(pipe, spec.text_length))
@@ -330,8 +307,6 @@ def colour_edit(
             ]
             target_latents = run(pair, torch.cat([start, start]), edits)[1:]
         source_image, result_image = flow.decode(pipe, torch.cat([source_latents, target_latents]))
-    if on_step is not None:
-        on_step(total, total)
     grid = (start.shape[-2] // 2, start.shape[-1] // 2)  # one image token per 2x2 latent patch
     return ColourEdit(
         source=source_image,

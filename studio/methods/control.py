@@ -19,7 +19,7 @@ from __future__ import annotations
 import inspect
 import threading
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -29,6 +29,7 @@ from studio import conditions
 from studio.catalogue import ControlSpec, ModelSpec
 from studio.errors import InvalidRequest
 from studio.generation import GenerationSettings, call_arguments, validate_sampling
+from studio.params import SamplingSettings, redefault, setting
 from studio.registry import ModelState, Registry
 
 # ControlNets that read line drawings, best first: strokes are scribbles, then soft edges, then edges.
@@ -43,24 +44,17 @@ LIVE_STANDARD_STEPS = 8
 SKETCH_STRENGTH = 0.5
 
 
-@dataclass(frozen=True)
-class ControlSettings:
-    model: str
+@dataclass(frozen=True, kw_only=True)
+class ControlSettings(SamplingSettings):
     prompt: str
     # The model's ControlNet (its catalogue name), or "" for the img2img fallback.
     control: str
     negative_prompt: str = ""
-    steps: int = 4
-    guidance: float = 0.0
-    width: int = 1024
-    height: int = 1024
-    seed: int = 0
-    conditioning_scale: float = 1.0
-    control_start: float = 0.0
-    control_end: float = 1.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    steps: int = redefault("steps", 4)
+    guidance: float = redefault("guidance", 0.0)
+    conditioning_scale: float = setting("Conditioning scale", 1.0, 0.0, 2.0, 0.05)
+    control_start: float = setting("Control start", 0.0, 0.0, 1.0, 0.05, "share of the steps before control acts")
+    control_end: float = setting("Control end", 1.0, 0.0, 1.0, 0.05, "share of the steps after which it stops")
 
 
 @dataclass(frozen=True)
@@ -168,22 +162,17 @@ def guided(spec: ModelSpec, guidance: float) -> bool:
 def validate(settings: ControlSettings, spec: ModelSpec) -> ControlSettings:
     if not settings.prompt or not settings.prompt.strip():
         raise InvalidRequest("Write a prompt first.")
-    if not 0.0 <= float(settings.conditioning_scale) <= 2.0:
-        raise InvalidRequest("The conditioning scale must be between 0 and 2.")
-    if not 0.0 <= float(settings.control_start) < float(settings.control_end) <= 1.0:
-        raise InvalidRequest("Control must start before it ends, both between 0 and 1 of the steps.")
+    settings = validate_sampling(settings, spec)
+    if settings.control_start >= settings.control_end:
+        raise InvalidRequest("Control must start before it ends.")
     if settings.control:
         spec.controlnet(settings.control)
     elif "img2img" not in spec.tasks:
         raise InvalidRequest(f"{spec.name} has no ControlNet and no img2img mode to draw from a sketch.")
-    settings = validate_sampling(settings, spec)
     return replace(
         settings,
         prompt=settings.prompt.strip(),
         negative_prompt=(settings.negative_prompt or "").strip() if spec.accepts_negative_prompt else "",
-        conditioning_scale=float(settings.conditioning_scale),
-        control_start=float(settings.control_start),
-        control_end=float(settings.control_end),
     )
 
 
@@ -298,12 +287,12 @@ class LiveRequest:
     # Strokes on a canvas, or a photo that the ControlNet's preprocessor reads.
     drawing: Image.Image
     from_photo: bool = False
-    canny_low: int = 100
-    canny_high: int = 200
-    seed: int = 0
-    conditioning_scale: float = 1.0
-    control_start: float = 0.0
-    control_end: float = 1.0
+    canny_low: int = setting("Canny low threshold", 100, 0, 255, 1)
+    canny_high: int = setting("Canny high threshold", 200, 0, 255, 1)
+    seed: int = redefault("seed", 0)
+    conditioning_scale: float = redefault("conditioning_scale", 1.0, ControlSettings)
+    control_start: float = redefault("control_start", 0.0, ControlSettings)
+    control_end: float = redefault("control_end", 1.0, ControlSettings)
     width: int | None = None
     height: int | None = None
 

@@ -12,7 +12,7 @@ import math
 import threading
 import time
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,14 +22,14 @@ import torch
 from PIL import Image
 
 from studio.catalogue import PROJECT_ROOT, ModelSpec
-from studio.errors import Cancelled, InvalidRequest
+from studio.errors import InvalidRequest
 from studio.generation import GenerationSettings, call_arguments, snap, validate
+from studio.params import SamplingSettings, StepCallback, StepReporter, redefault
 from studio.registry import Registry
 
 SETS_FILE = PROJECT_ROOT / "presets" / "ic_lora_sets.toml"
 MAX_PANELS = 12
 GREY = 127  # the value unknown cells start from, as In-Context LoRA's conditioned sets use
-StepCallback = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -166,17 +166,15 @@ def cells_mask(rows: int, columns: int, cell: tuple[int, int], generated: Sequen
     return Image.fromarray(mask, mode="L")
 
 
-@dataclass(frozen=True)
-class SetRequest:
-    model: str
+@dataclass(frozen=True, kw_only=True)
+class SetRequest(SamplingSettings):
+    """A set of panels; width and height are the whole grid's."""
+
     prompt: str
     rows: int
     columns: int
-    width: int  # the whole grid
-    height: int
-    steps: int = 20
-    guidance: float = 3.5
-    seed: int = 0
+    steps: int = redefault("steps", 20)
+    guidance: float = redefault("guidance", 3.5)
     adapters: tuple[tuple[str, float], ...] = ()
     references: dict[int, Image.Image] = field(default_factory=dict)  # panel index -> image
 
@@ -226,13 +224,7 @@ def generate_set(
         spec,
     )
     started = time.perf_counter()
-
-    def step(done: int) -> None:
-        if cancel is not None and cancel.is_set():
-            raise Cancelled("Image set cancelled.")
-        if on_step is not None:
-            on_step(done, settings.steps)
-
+    step = StepReporter(settings.steps, on_step, cancel).step
     mask = None
     task = "inpaint" if request.references else "t2i"
     with registry.use(spec.id, task, dict(settings.adapters)) as pipe:

@@ -27,8 +27,8 @@ import inspect
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import torch
 from PIL import Image
@@ -43,15 +43,15 @@ from studio.attention import (
     joint_layers,
 )
 from studio.catalogue import ModelSpec
-from studio.errors import Cancelled, InvalidRequest
+from studio.errors import InvalidRequest
 from studio.families import siamlayout
 from studio.families.siamlayout import MAX_BOXES, LayoutTokens, siamlayout_forward
 from studio.generation import GenerationSettings, call_arguments, validate_sampling
+from studio.params import SamplingSettings, StepCallback, StepReporter, redefault, setting
 from studio.registry import Registry
 
 MAX_REGIONS = MAX_BOXES
 METHODS = {"regional": "Regional attention (training-free)", "siamlayout": "CreatiLayout SiamLayout (SD3)"}
-StepCallback = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -60,24 +60,20 @@ class Region:
     box: tuple[float, float, float, float]  # x1, y1, x2, y2 as fractions of width and height
 
 
-@dataclass(frozen=True)
-class LayoutSettings:
-    model: str
+@dataclass(frozen=True, kw_only=True)
+class LayoutSettings(SamplingSettings):
     caption: str
     regions: tuple[Region, ...]
-    steps: int = 24
-    guidance: float = 3.5
-    seed: int = 0
-    width: int = 1024
-    height: int = 1024
-    inject_steps: int = 8  # the reference's mask_inject_steps
-    block_stride: int = 1  # mask every k-th joint block
-    base_ratio: float = 0.2
+    steps: int = redefault("steps", 24)
+    guidance: float = redefault("guidance", 3.5)
+    # The reference's mask_inject_steps.
+    inject_steps: int = setting("Mask steps", 8, 0, 100, 1, "steps whose attention is masked by the boxes")
+    block_stride: int = setting("Block stride", 1, 1, 8, 1, "mask every k-th joint block")
+    base_ratio: float = setting("Base ratio", 0.2, 0.0, 1.0, 0.05, "share of the unmasked attention kept")
     method: str = "regional"  # a key of METHODS
-    grounding_fraction: float = 0.3  # SiamLayout: the share of steps the layout branches act in
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    grounding_fraction: float = setting(
+        "Grounding fraction", 0.3, 0.0, 1.0, 0.05, "SiamLayout: the share of steps the layout branches act in"
+    )
 
 
 @dataclass
@@ -165,26 +161,16 @@ def validate(settings: LayoutSettings, spec: ModelSpec) -> LayoutSettings:
             f"CreatiLayout needs a model with SiamLayout branches; {spec.name} has none. "
             "Pick a SiamLayout model, or the regional-attention method."
         )
-    if not 0 <= float(settings.grounding_fraction) <= 1:
-        raise InvalidRequest("The grounding fraction must be between 0 and 1.")
     if spec.family.token_order not in ("text-image", "image-text", "cross-attention"):
         raise InvalidRequest(f"Regional attention has no way into {spec.family.label} models.")
     if not settings.caption or not settings.caption.strip():
         raise InvalidRequest("Write a global caption first.")
     if not settings.regions:
         raise InvalidRequest("Draw at least one box.")
-    if not 0 <= float(settings.base_ratio) <= 1:
-        raise InvalidRequest("The base ratio must be between 0 and 1.")
-    if int(settings.inject_steps) < 0 or int(settings.block_stride) < 1:
-        raise InvalidRequest("Mask steps must be 0 or more and the block stride at least 1.")
     return replace(
         validate_sampling(settings, spec),
         caption=settings.caption.strip(),
         regions=validate_regions(settings.regions),
-        inject_steps=int(settings.inject_steps),
-        block_stride=int(settings.block_stride),
-        base_ratio=float(settings.base_ratio),
-        grounding_fraction=float(settings.grounding_fraction),
     )
 
 
@@ -230,20 +216,12 @@ def regional_generate(
     spec = registry.catalogue.get(settings.model)
     settings = validate(settings, spec)
     started = time.perf_counter()
-
-    def report(done: int, controller: AttentionController | None = None) -> None:
-        if cancel is not None and cancel.is_set():
-            raise Cancelled("Layout generation cancelled.")
-        if on_step is not None:
-            on_step(done, settings.steps)
-        if controller is not None:
-            controller.set_step(done)
-
+    reporter = StepReporter(settings.steps, on_step, cancel)
     with registry.use(spec.id) as pipe:
         if settings.method == "siamlayout":
-            image = siamlayout_generate(pipe, spec, settings, report)
+            image = siamlayout_generate(pipe, spec, settings, reporter)
         elif spec.family.token_order == "cross-attention":
-            image = cross_attention_generate(pipe, spec, settings, report)
+            image = cross_attention_generate(pipe, spec, settings, reporter)
         else:
             regional = plan(pipe, spec, settings)
             controller = AttentionController(regional.edits)
@@ -252,17 +230,14 @@ def regional_generate(
                     regional.model.velocity,
                     regional.start,
                     regional.sigmas,
-                    before_step=lambda index: report(index, controller),
+                    before_step=controller.set_step,
+                    after_step=reporter.step,
                 )[-1]
             image = flow.decode(pipe, latents)[0]
-    if on_step is not None:
-        on_step(settings.steps, settings.steps)
     return LayoutResult(image, settings, time.perf_counter() - started)
 
 
-def cross_attention_generate(
-    pipe, spec: ModelSpec, settings: LayoutSettings, report: Callable[[int, AttentionController], None]
-) -> Image.Image:
+def cross_attention_generate(pipe, spec: ModelSpec, settings: LayoutSettings, reporter: StepReporter) -> Image.Image:
     """PixArt / SANA: the captions' encodings joined along the tokens, through the pipeline, with
     the regional mask on the text cross-attention."""
     generation = GenerationSettings(
@@ -309,9 +284,13 @@ def cross_attention_generate(
         rows=slice(1, None) if with_guidance else None,
     )  # [negative, prompt] with CFG
     controller = AttentionController([edit])
-    report(0, controller)
+
+    def step_done(done: int) -> None:
+        reporter.step()
+        controller.set_step(done)
+
     arguments = {
-        **call_arguments(pipe, spec, generation, lambda done: report(done, controller)),
+        **call_arguments(pipe, spec, generation, step_done),
         "prompt": None,
         "negative_prompt": None,
         "prompt_embeds": embeds,
@@ -355,7 +334,7 @@ def layout_tokens(pipe, regions: Sequence[Region], unconditional_half: bool) -> 
     return LayoutTokens(boxes, embeddings, masks)
 
 
-def siamlayout_generate(pipe, spec: ModelSpec, settings: LayoutSettings, report: Callable[[int], None]) -> Image.Image:
+def siamlayout_generate(pipe, spec: ModelSpec, settings: LayoutSettings, reporter: StepReporter) -> Image.Image:
     """CreatiLayout's sampling: the global caption as the prompt, the layout branches on for the
     first `grounding_fraction` of the steps and off afterwards."""
     guidance = flow.Guidance(spec.guidance, settings.guidance)
@@ -369,7 +348,6 @@ def siamlayout_generate(pipe, spec: ModelSpec, settings: LayoutSettings, report:
         )
 
     def before_step(index: int) -> None:
-        report(index)
         branch["scale"] = 1.0 if index < grounding_steps else 0.0
 
     assert spec.family.flow is not None  # SiamLayout models are SD3
@@ -377,5 +355,5 @@ def siamlayout_generate(pipe, spec: ModelSpec, settings: LayoutSettings, report:
     model = flow.FlowModel(pipe, family, [settings.caption], guidance, spec.text_length)
     start = flow.initial_noise(pipe, settings.seed, settings.width, settings.height).to(pipe.transformer.device)
     sigmas = flow.schedule(pipe, spec.family, settings.steps, *start.shape[-2:])
-    latents = flow.integrate(model.velocity, start, sigmas, before_step=before_step)[-1]
+    latents = flow.integrate(model.velocity, start, sigmas, before_step=before_step, after_step=reporter.step)[-1]
     return flow.decode(pipe, latents)[0]
