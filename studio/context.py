@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from studio.registry import Registry
+from studio.runner import LocalRunner
 
 
 class Cancellations:
@@ -36,3 +37,8 @@ class StudioContext:
     output_dir: Path
     default_model: str
     cancellations: Cancellations = field(default_factory=Cancellations)
+    # Where the tabs send their jobs (method, settings, inputs).
+    runner: LocalRunner = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.runner = LocalRunner(self.registry)

@@ -22,6 +22,7 @@ from studio.catalogue import ModelSpec
 from studio.errors import InvalidRequest
 from studio.params import MAX_SEED, SamplingSettings, StepCallback, StepReporter, checked, setting
 from studio.registry import Registry
+from studio.runner import Method, register
 
 S = TypeVar("S", bound=SamplingSettings)
 
@@ -138,3 +139,13 @@ def generate(
             started = time.perf_counter()
             image = pipe(**call_arguments(pipe, spec, single, reporter.step)).images[0]
             yield GeneratedImage(image, single, time.perf_counter() - started)
+
+
+register(
+    Method(
+        "generate",
+        GenerationSettings,
+        lambda registry, settings, inputs, on_step, cancel: generate(registry, settings, on_step, cancel),
+        "text to image: `count` images from one prompt (seeds seed, seed+1, ...), one at a time",
+    )
+)

@@ -40,9 +40,9 @@ class Param:
 
     def describe(self) -> str:
         """One line for API and tool descriptions."""
-        bounds = (
-            f" ({self.minimum:g} to {self.maximum:g})" if self.minimum is not None and self.maximum is not None else ""
-        )
+        bounds = ""
+        if self.minimum is not None and self.maximum is not None:
+            bounds = f" ({plain(self.minimum)} to {plain(self.maximum)})"
         return f"{self.label}{bounds}, default {self.default!r}" + (f": {self.info}" if self.info else "")
 
 

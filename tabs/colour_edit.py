@@ -8,18 +8,21 @@ from PIL import Image
 
 from studio.catalogue import ModelSpec
 from studio.context import StudioContext
-from studio.errors import Cancelled, InvalidRequest
+from studio.errors import InvalidRequest
 from studio.gpu import gpu_task
 from studio.metadata import read_settings, save_image
-from studio.methods.colour import COLOUR_NAMES, ColourEditSettings, colour_edit, recolour_prompt
+from studio.methods.colour import COLOUR_NAMES, ColourEditSettings, recolour_prompt
 from studio.presets import example_rows
 from tabs.common import (
     cancel_handler,
+    default_model,
     model_choices,
+    progress_callback,
     run_and_cancel,
+    run_job,
     sampling_controls,
-    session_of,
-    steps_update,
+    sampling_updates,
+    setting_slider,
     user_errors,
 )
 
@@ -41,8 +44,7 @@ def mask_overlay(image: Image.Image, mask: np.ndarray) -> Image.Image:
 def build(studio: StudioContext, text_to_image_history: gr.State) -> None:
     registry = studio.registry
     choices = model_choices(studio, serves)
-    default_id = studio.default_model if serves(registry.catalogue.get(studio.default_model)) else choices[0][1]
-    default = registry.catalogue.get(default_id)
+    default = default_model(studio, serves)
     with gr.Row():
         with gr.Column(scale=2):
             model = gr.Dropdown(choices, value=default.id, label="Model (SD3 and FLUX)")
@@ -62,10 +64,10 @@ def build(studio: StudioContext, text_to_image_history: gr.State) -> None:
                 )
                 picker = gr.ColorPicker(label="…or pick one", value="#2850dc")
             target_prompt = gr.Textbox(label="Target prompt (built from the above; edit freely)", lines=2)
-            intensity = gr.Slider(0.2, 3.0, value=1.0, step=0.05, label="Intensity of the new colour word")
+            intensity = setting_slider(ColourEditSettings, "intensity")
             with gr.Accordion("Sampling", open=False):
-                sampling = sampling_controls(default, default.steps, seed=42)
-                threshold = gr.Slider(0.0, 0.9, value=0.1, step=0.01, label="Mask threshold ε")
+                sampling = sampling_controls(ColourEditSettings, default, steps=default.steps)
+                threshold = setting_slider(ColourEditSettings, "threshold")
             steps, guidance, width, height, seed = sampling.components()
             run, cancel = run_and_cancel("Recolour")
             gr.Examples(
@@ -122,20 +124,18 @@ def build(studio: StudioContext, text_to_image_history: gr.State) -> None:
             height=int(h),
             threshold=float(epsilon),
         )
-        cancel_switch = studio.cancellations.start(session_of(request))
-        with user_errors("Colour edit"):
-            try:
-                progress((0, 2 * settings.steps), desc="Loading model")
-                edit = colour_edit(
-                    registry,
-                    settings,
-                    source_image if mode == UPLOAD else None,
-                    lambda done, total: progress((done, total), desc="Source, then target"),
-                    cancel_switch,
-                )
-            except Cancelled:
-                gr.Warning("Colour edit cancelled.")
-                return gr.update(), gr.update(), gr.update(), gr.update()
+        inputs = {"image": source_image} if mode == UPLOAD else {}
+        progress((0, 2 * settings.steps), desc="Loading model")
+        edit = run_job(
+            studio,
+            request,
+            "Colour edit",
+            lambda cancel: studio.runner.run(
+                "colour_edit", settings, inputs, progress_callback(progress, "Source, then target"), cancel
+            ),
+        )
+        if edit is None:
+            return gr.update(), gr.update(), gr.update(), gr.update()
         before = source_image.convert("RGB").resize(edit.result.size) if mode == UPLOAD else edit.source
         payload = {
             "method": "ColorCtrl",
@@ -183,12 +183,7 @@ def build(studio: StudioContext, text_to_image_history: gr.State) -> None:
 
     def on_model_picked(model_id: str):
         spec = registry.catalogue.get(model_id)
-        return (
-            steps_update(spec, spec.steps),
-            gr.update(value=spec.guidance_scale, interactive=spec.guidance != "none"),
-            gr.update(value=spec.width, step=spec.size_multiple),
-            gr.update(value=spec.height, step=spec.size_multiple),
-        )
+        return sampling_updates(spec, spec.steps)
 
     gr.on(
         [source_prompt.change, word.change, colour.change],

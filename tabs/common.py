@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import gradio as gr
 
 from studio.catalogue import ModelSpec
 from studio.context import StudioContext
-from studio.errors import StudioError
-from studio.generation import MAX_SEED
+from studio.errors import Cancelled, StudioError
+from studio.params import SamplingSettings, param
+from studio.registry import ModelState
 
 log = logging.getLogger(__name__)
 
@@ -70,23 +73,98 @@ def steps_within(spec: ModelSpec, preferred: int) -> int:
     return preferred if preferred <= spec.max_steps else spec.steps
 
 
-def steps_update(spec: ModelSpec, preferred: int) -> dict:
-    """The step slider for a newly picked model: its range and a count it accepts."""
-    return gr.update(value=steps_within(spec, preferred), maximum=spec.max_steps)
+def setting_slider(settings_type: type, name: str, **overrides: Any) -> gr.Slider:
+    """A slider for a declared setting: its range, step, default and label from the one spec."""
+    spec = param(settings_type, name)
+    options: dict[str, Any] = {
+        "minimum": spec.minimum,
+        "maximum": spec.maximum,
+        "value": spec.default,
+        "step": spec.step,
+        "label": spec.label,
+    }
+    if spec.info:
+        options["info"] = spec.info
+    return gr.Slider(**(options | overrides))
 
 
-def sampling_controls(spec: ModelSpec, steps: int, seed: int) -> SamplingControls:
-    """Steps, guidance, size and seed sliders for a model's defaults, laid out in rows."""
+def sampling_controls(
+    settings_type: type[SamplingSettings],
+    spec: ModelSpec,
+    steps: int | None = None,
+    seed: int | None = None,
+    guidance_display: dict[str, Any] | None = None,
+) -> SamplingControls:
+    """Steps, guidance, size and seed for a model's defaults, laid out in rows; ranges and labels
+    from the method's settings type, bounds that depend on the model from the model."""
+    preferred = steps if steps is not None else param(settings_type, "steps").default
+    seed_spec = param(settings_type, "seed")
     with gr.Row():
-        step_slider = gr.Slider(1, spec.max_steps, value=steps_within(spec, steps), step=1, label="Steps")
-        guidance = gr.Slider(
-            0, 20, value=spec.guidance_scale, step=0.1, label="Guidance", interactive=spec.guidance != "none"
+        step_slider = setting_slider(
+            settings_type, "steps", minimum=1, maximum=spec.max_steps, value=steps_within(spec, preferred)
+        )
+        guidance = setting_slider(
+            settings_type,
+            "guidance",
+            value=spec.guidance_scale,
+            **(guidance_display or {"interactive": spec.guidance != "none"}),
         )
     with gr.Row():
-        width = gr.Slider(spec.size_multiple, 2048, value=spec.width, step=spec.size_multiple, label="Width")
-        height = gr.Slider(spec.size_multiple, 2048, value=spec.height, step=spec.size_multiple, label="Height")
-        seed_box = gr.Number(value=seed, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
+        width, height = (
+            setting_slider(settings_type, side, minimum=spec.size_multiple, value=value, step=spec.size_multiple)
+            for side, value in (("width", spec.width), ("height", spec.height))
+        )
+        seed_box = gr.Number(
+            value=seed_spec.default if seed is None else seed,
+            precision=0,
+            minimum=seed_spec.minimum,
+            maximum=seed_spec.maximum,
+            label=seed_spec.label,
+        )
     return SamplingControls(step_slider, guidance, width, height, seed_box)
+
+
+def sampling_updates(spec: ModelSpec, preferred_steps: int) -> tuple[dict, dict, dict, dict]:
+    """Steps, guidance, width and height for a newly picked model: its defaults, its step range,
+    its size multiple."""
+    return (
+        gr.update(value=steps_within(spec, preferred_steps), maximum=spec.max_steps),
+        gr.update(value=spec.guidance_scale, interactive=spec.guidance != "none"),
+        gr.update(value=spec.width, minimum=spec.size_multiple, step=spec.size_multiple),
+        gr.update(value=spec.height, minimum=spec.size_multiple, step=spec.size_multiple),
+    )
+
+
+def default_model(studio: StudioContext, serves: Callable[[ModelSpec], bool]) -> ModelSpec:
+    """The model a tab opens on: the studio's default where it serves the tab, else the first
+    model that serves it and can run here."""
+    catalogue = studio.registry.catalogue
+    if serves(catalogue.get(studio.default_model)):
+        return catalogue.get(studio.default_model)
+    serving = [spec for spec in catalogue if serves(spec)]
+    runnable = [spec for spec in serving if studio.registry.state(spec.id) is not ModelState.UNAVAILABLE]
+    return (runnable or serving)[0]
+
+
+def progress_callback(progress: gr.Progress, phase: str) -> Callable[[int, int], None]:
+    return lambda done, total: progress((done, total), desc=phase)
+
+
+T = TypeVar("T")
+
+
+def run_job(
+    studio: StudioContext, request: gr.Request | None, task: str, work: Callable[[threading.Event], T]
+) -> T | None:
+    """Run a tab's job with a fresh cancel switch for the session; a StudioError reaches the user
+    as one sentence, a cancel as a notice (None is returned: the outputs stay as they were)."""
+    cancel = studio.cancellations.start(session_of(request))
+    with user_errors(task):
+        try:
+            return work(cancel)
+        except Cancelled:
+            gr.Info(f"{task} cancelled.")
+            return None
 
 
 def cancel_handler(studio: StudioContext) -> Callable[[gr.Request], None]:

@@ -7,19 +7,21 @@ import gradio as gr
 
 from studio.catalogue import ModelSpec
 from studio.context import StudioContext
-from studio.errors import Cancelled
 from studio.gpu import gpu_task
 from studio.metadata import save_image
-from studio.methods.incontext import SetRequest, generate_set, load_sets, set_canvas, set_lora, write_panels
+from studio.methods.incontext import SetRequest, load_sets, set_canvas, set_lora, write_panels
+from studio.params import param
 from tabs.common import (
     LoraControls,
     cancel_handler,
+    default_model,
     lora_controls,
     model_choices,
+    progress_callback,
     run_and_cancel,
+    run_job,
     sampling_controls,
-    session_of,
-    steps_update,
+    sampling_updates,
     user_errors,
 )
 
@@ -30,17 +32,11 @@ def serves(spec: ModelSpec) -> bool:
     return spec.family.name == "flux" and "inpaint" in spec.tasks
 
 
-# In-Context LoRA's own sampling: 20 steps.
-SET_STEPS = 20
-
-
 def build(studio: StudioContext) -> None:
     registry = studio.registry
     sets = load_sets()
     choices = model_choices(studio, serves)
-    default = registry.catalogue.get(
-        studio.default_model if serves(registry.catalogue.get(studio.default_model)) else choices[0][1]
-    )
+    default = default_model(studio, serves)
     first = next(iter(sets.values()))
     width0, height0 = set_canvas(first, default)
     with gr.Row():
@@ -69,7 +65,7 @@ def build(studio: StudioContext) -> None:
                 ]
             lora = lora_controls()
             with gr.Accordion("Sampling", open=False):
-                sampling = sampling_controls(default, SET_STEPS, seed=0)
+                sampling = sampling_controls(SetRequest, default)
                 sampling.width.value, sampling.height.value = width0, height0
             steps, guidance, width, height, seed = sampling.components()
             run, cancel = run_and_cancel("Generate set")
@@ -122,7 +118,6 @@ def build(studio: StudioContext) -> None:
     ):
         image_set = sets[set_id]
         spec = registry.catalogue.get(model_id)
-        cancel_switch = studio.cancellations.start(session_of(request))
         with user_errors("Image set"):
             adapters = set_lora(registry, image_set, spec) if apply_lora else ()
             if apply_lora and not adapters:
@@ -141,13 +136,16 @@ def build(studio: StudioContext) -> None:
                 adapters=adapters,
                 references={i: picture for i, picture in enumerate(pictures[: image_set.count]) if picture is not None},
             )
-            try:
-                made = generate_set(
-                    registry, set_request, lambda done, total: progress((done, total), desc="Denoising"), cancel_switch
-                )
-            except Cancelled:
-                gr.Warning("Image set cancelled.")
-                return gr.update(), gr.update(), gr.update(), gr.update()
+        made = run_job(
+            studio,
+            request,
+            "Image set",
+            lambda cancel: studio.runner.run(
+                "image_set", set_request, {}, progress_callback(progress, "Denoising"), cancel
+            ),
+        )
+        if made is None:
+            return gr.update(), gr.update(), gr.update(), gr.update()
         payload = {
             "method": "in-context set",
             "set": set_id,
@@ -170,7 +168,8 @@ def build(studio: StudioContext) -> None:
 
     def on_model(set_id, model_id):
         spec = registry.catalogue.get(model_id)
-        return (*(gr.update(value=side) for side in set_canvas(sets[set_id], spec)), steps_update(spec, SET_STEPS))
+        steps_now = sampling_updates(spec, param(SetRequest, "steps").default)[0]
+        return (*(gr.update(value=side) for side in set_canvas(sets[set_id], spec)), steps_now)
 
     model.input(on_model, [chosen, model], [width, height, steps], api_visibility="private")
     lora.wire(studio, model, api_name="image_set_add_adapter")

@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 
 from studio.catalogue import ModelSpec
 from studio.context import StudioContext
-from studio.errors import Cancelled, InvalidRequest
+from studio.errors import InvalidRequest
 from studio.families import siamlayout
 from studio.gpu import gpu_task
 from studio.metadata import save_image
@@ -20,18 +20,20 @@ from studio.methods.layout import (
     METHODS,
     LayoutSettings,
     Region,
-    regional_generate,
     validate_regions,
 )
+from studio.params import param
 from studio.presets import layout_examples
-from studio.registry import ModelState
 from tabs.common import (
     cancel_handler,
+    default_model,
     model_choices,
+    progress_callback,
     run_and_cancel,
+    run_job,
     sampling_controls,
-    session_of,
-    steps_update,
+    sampling_updates,
+    setting_slider,
     user_errors,
 )
 
@@ -95,10 +97,6 @@ def regions_from_table(rows: list[list]) -> tuple[Region, ...]:
     return validate_regions(regions)
 
 
-def table_from_regions(regions: tuple[Region, ...]) -> list[list]:
-    return [[region.caption, *(round(value, 3) for value in region.box)] for region in regions]
-
-
 def draw_boxes(image: Image.Image, regions: tuple[Region, ...]) -> Image.Image:
     """The image with each box outlined in its colour and labelled with its number and caption."""
     canvas = image.convert("RGB").copy()
@@ -143,14 +141,12 @@ def rows_from_editor(value: str | None, next_caption: str) -> list[list]:
 
 
 # Regional attention masks the first 8 steps (the reference's 24-step schedule).
-LAYOUT_STEPS = 24
 
 
 def build(studio: StudioContext) -> None:
     registry = studio.registry
     choices = model_choices(studio, serves)
-    default_id = studio.default_model if serves(registry.catalogue.get(studio.default_model)) else choices[0][1]
-    default = registry.catalogue.get(default_id)
+    default = default_model(studio, serves)
     examples = layout_examples()
     with gr.Row():
         with gr.Column(scale=2):
@@ -181,18 +177,14 @@ def build(studio: StudioContext) -> None:
             )
             clear = gr.Button("Clear boxes", size="sm")
             with gr.Accordion("Sampling and method settings", open=False):
-                sampling = sampling_controls(default, LAYOUT_STEPS, seed=0)
+                sampling = sampling_controls(LayoutSettings, default)
                 with gr.Row(visible=True) as regional_options:
-                    inject_steps = gr.Slider(0, 50, value=8, step=1, label="Masked steps (first N)")
-                    block_stride = gr.Slider(1, 4, value=1, step=1, label="Mask every k-th block")
-                    base_ratio = gr.Slider(0, 1, value=0.2, step=0.05, label="Base ratio")
+                    inject_steps = setting_slider(LayoutSettings, "inject_steps")
+                    block_stride = setting_slider(LayoutSettings, "block_stride")
+                    base_ratio = setting_slider(LayoutSettings, "base_ratio")
                 with gr.Row(visible=False) as siamlayout_options:
-                    grounding = gr.Slider(
-                        0,
-                        1,
-                        value=siamlayout.default_grounding(default),
-                        step=0.05,
-                        label="Layout branches act in the first … of the steps",
+                    grounding = setting_slider(
+                        LayoutSettings, "grounding_fraction", value=siamlayout.default_grounding(default)
                     )
             steps, guidance, width, height, seed = sampling.components()
             run, cancel = run_and_cancel("Generate layout")
@@ -222,9 +214,9 @@ def build(studio: StudioContext) -> None:
     def on_method(chosen, current):
         options = model_choices(studio, lambda spec: serves(spec, chosen))
         ids = [model_id for _, model_id in options]
-        usable = [model_id for model_id in ids if registry.state(model_id) is not ModelState.UNAVAILABLE] or ids
+        picked = current if current in ids else default_model(studio, lambda spec: serves(spec, chosen)).id
         return (
-            gr.update(choices=options, value=current if current in ids else usable[0]),
+            gr.update(choices=options, value=picked),
             gr.update(visible=chosen == "regional"),
             gr.update(visible=chosen == "siamlayout"),
         )
@@ -259,7 +251,6 @@ def build(studio: StudioContext) -> None:
         request: gr.Request,
         progress=gr.Progress(),
     ):
-        cancel_switch = studio.cancellations.start(session_of(request))
         with user_errors("Layout generation"):
             settings = LayoutSettings(
                 model=model_id,
@@ -276,13 +267,14 @@ def build(studio: StudioContext) -> None:
                 method=chosen_method or "regional",
                 grounding_fraction=float(grounding_fraction),
             )
-            try:
-                made = regional_generate(
-                    registry, settings, lambda done, total: progress((done, total), desc="Denoising"), cancel_switch
-                )
-            except Cancelled:
-                gr.Warning("Layout generation cancelled.")
-                return gr.update(), gr.update(), gr.update()
+        made = run_job(
+            studio,
+            request,
+            "Layout generation",
+            lambda cancel: studio.runner.run("layout", settings, {}, progress_callback(progress, "Denoising"), cancel),
+        )
+        if made is None:
+            return gr.update(), gr.update(), gr.update()
         payload = {
             **made.settings.to_dict(),
             "method_name": METHODS[made.settings.method],
@@ -293,13 +285,8 @@ def build(studio: StudioContext) -> None:
 
     def on_model(model_id):
         spec = registry.catalogue.get(model_id)
-        return (
-            spec.width,
-            spec.height,
-            spec.guidance_scale,
-            steps_update(spec, LAYOUT_STEPS),
-            siamlayout.default_grounding(spec),
-        )
+        steps_now, guidance_now, width_now, height_now = sampling_updates(spec, param(LayoutSettings, "steps").default)
+        return width_now, height_now, guidance_now, steps_now, siamlayout.default_grounding(spec)
 
     model.change(on_model, model, [width, height, guidance, steps, grounding], api_visibility="private")
     editor.input(on_editor_input, [editor, new_caption, width, height], [table, editor], api_visibility="private")

@@ -11,6 +11,7 @@ from PIL import Image
 
 from studio.context import StudioContext
 from studio.errors import InvalidRequest
+from studio.families import Family, all_families
 from studio.gpu import gpu_task
 from studio.metadata import save_image
 from studio.methods.control import (
@@ -23,7 +24,6 @@ from studio.methods.control import (
 )
 from tabs.common import user_errors
 
-FAMILIES = (("FLUX", "flux"), ("SD3", "sd3"), ("SANA", "sana"), ("PixArt", "pixart"))
 PHOTO_KINDS = (("Canny edges", "canny"), ("Soft edges", "softedge"), ("Depth", "depth"))
 CANVAS_SIDE = 512
 # Small frames (the built-ins make 64x64) are enlarged for the eye; saved frames keep their size.
@@ -47,14 +47,10 @@ def parse_target(value: str | None) -> LiveTarget:
         raise InvalidRequest("Pick a live model first.") from None
 
 
-def unavailable_message(family: str) -> str:
-    if family == "pixart":
-        return (
-            "ControlNet is not available for PixArt: diffusers has no PixArt ControlNet with safetensors "
-            "weights (PixArt-δ's ControlNet-Transformer exists only as a research checkpoint), and PixArt "
-            "has no img2img pipeline to draw from a sketch."
-        )
-    return "No model of this family can draw from a sketch here (offline, and none is in the local cache)."
+def unavailable_message(family: Family) -> str:
+    return family.no_control_reason or (
+        "No model of this family can draw from a sketch here (offline, and none is in the local cache)."
+    )
 
 
 def strokes_of(value: Any) -> Image.Image | None:
@@ -90,7 +86,9 @@ def build(studio: StudioContext) -> None:
     )
     with gr.Row():
         with gr.Column():
-            family = gr.Radio(list(FAMILIES), value="flux", label="Family")
+            family = gr.Radio(
+                [(item.label, item.name) for item in all_families().values()], value="flux", label="Family"
+            )
             target = gr.Dropdown(first, value=first[0][1] if first else None, label="Live model")
             prompt = gr.Textbox(label="Live prompt", value="a large red circle, gray background")
             source = gr.Radio([("Sketch", "sketch"), ("Photo", "photo")], value="sketch", label="Draw from")
@@ -132,7 +130,7 @@ def build(studio: StudioContext) -> None:
     def on_family(chosen_family, chosen_source, chosen_kind):
         options = choices(chosen_family, chosen_source, chosen_kind)
         if not options:
-            gr.Warning(unavailable_message(chosen_family))
+            gr.Warning(unavailable_message(all_families()[chosen_family]))
         return gr.update(choices=options, value=options[0][1] if options else None)
 
     @gpu_task(duration=30)

@@ -10,7 +10,7 @@ import gradio as gr
 from studio.catalogue import ModelSpec
 from studio.context import StudioContext
 from studio.errors import Cancelled
-from studio.generation import ASPECT_RATIOS, MAX_IMAGES, MAX_SEED, GenerationSettings, generate, size_for_aspect
+from studio.generation import ASPECT_RATIOS, MAX_SEED, GenerationSettings, size_for_aspect
 from studio.gpu import gpu_task
 from studio.metadata import read_settings, save_png
 from studio.presets import example_prompts
@@ -20,8 +20,12 @@ from tabs.common import (
     cancel_handler,
     lora_controls,
     model_choices,
+    progress_callback,
     run_and_cancel,
+    sampling_controls,
+    sampling_updates,
     session_of,
+    setting_slider,
     user_errors,
 )
 
@@ -50,12 +54,12 @@ def guidance_display(spec: ModelSpec) -> dict[str, Any]:
 
 def control_updates(spec: ModelSpec) -> tuple[Any, ...]:
     """Steps, guidance, width, height, negative prompt and aspect controls for a model's defaults."""
-    size_max = max(2048, spec.width * 2)
+    steps, _, width, height = sampling_updates(spec, spec.steps)
     return (
-        gr.update(value=spec.steps, maximum=spec.max_steps),
+        steps,
         gr.update(value=spec.guidance_scale, **guidance_display(spec)),
-        gr.update(value=spec.width, step=spec.size_multiple, minimum=spec.size_multiple, maximum=size_max),
-        gr.update(value=spec.height, step=spec.size_multiple, minimum=spec.size_multiple, maximum=size_max),
+        width,
+        height,
         gr.update(visible=spec.accepts_negative_prompt),
         gr.update(value="1:1"),
     )
@@ -70,29 +74,14 @@ def build(studio: StudioContext) -> gr.State:
             model = gr.Dropdown(model_choices(studio), value=default.id, label="Model")
             prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a large red circle on the left, gray background")
             negative = gr.Textbox(label="Negative prompt", visible=default.accepts_negative_prompt)
-            with gr.Row():
-                steps = gr.Slider(1, default.max_steps, value=default.steps, step=1, label="Steps")
-                guidance = gr.Slider(0, 20, value=default.guidance_scale, step=0.1, **guidance_display(default))
+            sampling = sampling_controls(
+                GenerationSettings, default, steps=default.steps, guidance_display=guidance_display(default)
+            )
+            steps, guidance, width, height, seed = sampling.components()
             with gr.Row():
                 aspect = gr.Dropdown(list(ASPECT_RATIOS), value="1:1", label="Aspect ratio")
-                width = gr.Slider(
-                    default.size_multiple,
-                    max(2048, default.width * 2),
-                    value=default.width,
-                    step=default.size_multiple,
-                    label="Width",
-                )
-                height = gr.Slider(
-                    default.size_multiple,
-                    max(2048, default.height * 2),
-                    value=default.height,
-                    step=default.size_multiple,
-                    label="Height",
-                )
-            with gr.Row():
-                seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
                 dice = gr.Button("Random seed", size="sm")
-                count = gr.Slider(1, MAX_IMAGES, value=1, step=1, label="Images")
+                count = setting_slider(GenerationSettings, "count")
             run, cancel = run_and_cancel("Generate")
             lora = lora_controls()
             reuse = gr.File(label="Reuse settings: drop a PNG made by the studio", file_types=[".png"])
@@ -119,7 +108,7 @@ def build(studio: StudioContext) -> gr.State:
         request: gr.Request = None,
         progress=gr.Progress(),
     ):
-        cancel_switch = studio.cancellations.start(session_of(request))
+        cancel = studio.cancellations.start(session_of(request))
         made: list[tuple[str, str]] = []
 
         def shown():
@@ -141,14 +130,14 @@ def build(studio: StudioContext) -> gr.State:
         with user_errors("Generation"):
             try:
                 progress((0, settings.steps * settings.count), desc="Loading model")
-                for result in generate(
-                    registry, settings, lambda done, total: progress((done, total), desc="Denoising"), cancel_switch
+                for result in studio.runner.run(
+                    "generate", settings, {}, progress_callback(progress, "Denoising"), cancel
                 ):
                     path = save_png(result, studio.output_dir)
                     made.append((str(path), describe(result.settings, result.seconds)))
                     yield shown(), "\n\n".join(caption for _, caption in made), shown()
             except Cancelled:
-                gr.Warning(f"Cancelled; kept the {len(made)} finished image(s).")
+                gr.Info(f"Cancelled; kept the {len(made)} finished image(s).")
                 yield shown(), "\n\n".join(caption for _, caption in made), shown()
 
     def on_model_picked(model_id: str):

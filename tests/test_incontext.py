@@ -13,6 +13,7 @@ from studio.methods.incontext import (
     compose,
     generate_set,
     grid_shape,
+    load_set_defaults,
     load_sets,
     panel_tags,
     split,
@@ -72,8 +73,26 @@ def test_a_broken_set_file_is_refused(tmp_path):
         'height = 512\nrows = 1\ncolumns = 2\nintro = ""\ntags = ["[LEFT]", "[RIGHT]"]\n'
         'caption = "c"\npanels = ["a", "b"]\n'
     )
-    with pytest.raises(InvalidRequest, match="multiples of 16"):
+    with pytest.raises(InvalidRequest, match="^sets.toml: Set x: width and height must be multiples of 16"):
         load_sets(broken)
+
+
+def test_set_file_errors_name_the_file_the_set_and_the_field(tmp_path):
+    broken = tmp_path / "sets.toml"
+    broken.write_text('[[set]]\nid = "x"\nlabel = "x"\n')
+    with pytest.raises(InvalidRequest, match="^sets.toml: set 'x', field 'caption': missing"):
+        load_sets(broken)
+    broken.write_text("[defaults]\nsteps = 12\nstepz = 3\n")
+    with pytest.raises(InvalidRequest, match="^sets.toml: \\[defaults\\], field 'stepz'"):
+        load_set_defaults(broken)
+    broken.write_text("[defaults]\nsteps = 12\n")
+    assert load_set_defaults(broken).steps == 12
+
+
+def test_the_set_requests_defaults_are_the_files():
+    defaults = load_set_defaults()
+    request = SetRequest(model="m", prompt="p", rows=1, columns=2)
+    assert (request.steps, request.guidance) == (defaults.steps, defaults.guidance)
 
 
 def test_mask_covers_exactly_the_generated_cells():

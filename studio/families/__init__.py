@@ -117,6 +117,8 @@ class Family:
     controlnet_builder: Callable[..., ModelMixin] | None = None
     # What the pipelines' `encode_prompt` returns, in order, as the call's argument names (None:
     # not a call argument), so a prompt can be encoded once and passed as embeddings.
+    # Why no model of the family can draw from a sketch, where that is so (said in the live tab).
+    no_control_reason: str = ""
     # What the family attaches to some models after loading (by catalogue table).
     extensions: tuple[Extension, ...] = ()
     prompt_outputs: tuple[str | None, ...] = (

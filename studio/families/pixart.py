@@ -57,6 +57,11 @@ def build_random(target: Path, one_step: bool) -> None:
 FAMILY = Family(
     name="pixart",
     label="PixArt",
+    no_control_reason=(
+        "ControlNet is not available for PixArt: diffusers has no PixArt ControlNet with safetensors "
+        "weights (PixArt-δ's ControlNet-Transformer exists only as a research checkpoint), and PixArt "
+        "has no img2img pipeline to draw from a sketch."
+    ),
     task_variants={},
     token_order="cross-attention",
     builtin_builders={

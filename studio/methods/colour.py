@@ -45,6 +45,7 @@ from studio.generation import validate_sampling
 from studio.inversion import invert_image
 from studio.params import SamplingSettings, StepCallback, StepReporter, redefault, setting
 from studio.registry import Registry
+from studio.runner import Method, register
 
 MASK_THRESHOLD = 0.1
 SOURCE_CACHE_LIMIT_BYTES = 4 * 2**30
@@ -323,3 +324,16 @@ def upsample(grid: np.ndarray, width: int, height: int) -> np.ndarray:
     rows = np.arange(height) * grid.shape[0] // height
     columns = np.arange(width) * grid.shape[1] // width
     return grid[rows][:, columns]
+
+
+register(
+    Method(
+        "colour_edit",
+        ColourEditSettings,
+        lambda registry, settings, inputs, on_step, cancel: colour_edit(
+            registry, settings, inputs.get("image"), on_step, cancel
+        ),
+        "recolour one object (ColorCtrl): the word's object takes the target prompt's colour, the rest is kept",
+        {"image": "an image to edit (inverted); without it the source is generated from the source prompt"},
+    )
+)

@@ -31,6 +31,7 @@ from studio.errors import InvalidRequest
 from studio.generation import GenerationSettings, call_arguments, validate_sampling
 from studio.params import SamplingSettings, redefault, setting
 from studio.registry import ModelState, Registry
+from studio.runner import Method, register
 
 # ControlNets that read line drawings, best first: strokes are scribbles, then soft edges, then edges.
 STROKE_KINDS = ("scribble", "softedge", "canny")
@@ -331,3 +332,16 @@ class LiveRenderer:
             control_end=request.control_end,
         )
         return control_generate(self.registry, settings, drawing, self.prompts)
+
+
+register(
+    Method(
+        "control",
+        ControlSettings,
+        lambda registry, settings, inputs, on_step, cancel: control_generate(
+            registry, settings, inputs["control_image"]
+        ),
+        "one image from a control image (a ControlNet's edges, scribble or depth; or img2img from a sketch)",
+        {"control_image": "the preprocessed control image (white structure on black) or the sketch"},
+    )
+)

@@ -8,6 +8,7 @@ components; the references come back pixel for pixel).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
@@ -26,6 +27,7 @@ from studio.errors import InvalidRequest
 from studio.generation import GenerationSettings, call_arguments, snap, validate
 from studio.params import SamplingSettings, StepCallback, StepReporter, redefault
 from studio.registry import Registry
+from studio.runner import Method, register
 
 SETS_FILE = PROJECT_ROOT / "presets" / "ic_lora_sets.toml"
 MAX_PANELS = 12
@@ -80,19 +82,60 @@ def set_lora(registry: Registry, image_set: ImageSet, spec: ModelSpec) -> tuple[
             registry.fetch_adapter(spec.id, image_set.id, image_set.repo, image_set.file)
         else:  # a set of the user's own, with a local LoRA file
             registry.add_adapter(spec.id, image_set.id, Path(image_set.file).expanduser())
-    return ((image_set.id, 1.0),)
+    return ((image_set.id, SET_DEFAULTS.lora_scale),)
+
+
+@dataclass(frozen=True)
+class SetDefaults:
+    """The sets file's [defaults]: In-Context LoRA's recommended sampling."""
+
+    steps: int = 20
+    guidance: float = 3.5
+    lora_scale: float = 1.0
+    base_model: str = "flux-dev"
+
+
+def read_sets_file(path: Path) -> dict:
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise InvalidRequest(f"{path.name}: cannot be read as TOML: {error}") from None
+
+
+def load_set_defaults(path: Path = SETS_FILE) -> SetDefaults:
+    table = read_sets_file(path).get("defaults", {})
+    known = {f.name for f in dataclasses.fields(SetDefaults)}
+    for name in table:
+        if name not in known:
+            raise InvalidRequest(
+                f"{path.name}: [defaults], field '{name}': not a default (there are {', '.join(known)})."
+            )
+    return SetDefaults(**table)
 
 
 def load_sets(path: Path = SETS_FILE) -> dict[str, ImageSet]:
-    """The sets in a presets file, each checked (InvalidRequest names the first problem)."""
-    with open(path, "rb") as handle:
-        data = tomllib.load(handle)
+    """The sets in a presets file, each checked; InvalidRequest names the file, set and problem."""
     sets = {}
-    for entry in data.get("set", []):
+    fields_needed = {f.name for f in dataclasses.fields(ImageSet)}
+    for index, entry in enumerate(read_sets_file(path).get("set", [])):
+        name = entry.get("id", f"#{index + 1}")
+        unknown, missing = set(entry) - fields_needed, fields_needed - set(entry)
+        if unknown or missing:
+            field_name = sorted(unknown or missing)[0]
+            raise InvalidRequest(
+                f"{path.name}: set '{name}', field '{field_name}': {'unknown' if unknown else 'missing'}."
+            )
         image_set = ImageSet(**{**entry, "tags": tuple(entry["tags"]), "panels": tuple(entry["panels"])})
-        check_set(image_set)
+        try:
+            check_set(image_set)
+        except InvalidRequest as error:
+            raise InvalidRequest(f"{path.name}: {error}") from None
         sets[image_set.id] = image_set
     return sets
+
+
+SET_DEFAULTS = load_set_defaults()
 
 
 def check_set(image_set: ImageSet) -> None:
@@ -173,8 +216,8 @@ class SetRequest(SamplingSettings):
     prompt: str
     rows: int
     columns: int
-    steps: int = redefault("steps", 20)
-    guidance: float = redefault("guidance", 3.5)
+    steps: int = redefault("steps", SET_DEFAULTS.steps)
+    guidance: float = redefault("guidance", SET_DEFAULTS.guidance)
     adapters: tuple[tuple[str, float], ...] = ()
     references: dict[int, Image.Image] = field(default_factory=dict)  # panel index -> image
 
@@ -262,3 +305,13 @@ def write_panels(panels: Sequence[Image.Image], image_path: Path) -> Path:
             panel.save(panel_path)
             bundle.write(panel_path, panel_path.name)
     return archive
+
+
+register(
+    Method(
+        "image_set",
+        SetRequest,
+        lambda registry, settings, inputs, on_step, cancel: generate_set(registry, settings, on_step, cancel),
+        "an in-context image set: panels on one grid from one tagged prompt, some panels optionally given",
+    )
+)

@@ -49,6 +49,7 @@ from studio.families.siamlayout import MAX_BOXES, LayoutTokens, siamlayout_forwa
 from studio.generation import GenerationSettings, call_arguments, validate_sampling
 from studio.params import SamplingSettings, StepCallback, StepReporter, redefault, setting
 from studio.registry import Registry
+from studio.runner import Method, register
 
 MAX_REGIONS = MAX_BOXES
 METHODS = {"regional": "Regional attention (training-free)", "siamlayout": "CreatiLayout SiamLayout (SD3)"}
@@ -357,3 +358,13 @@ def siamlayout_generate(pipe, spec: ModelSpec, settings: LayoutSettings, reporte
     sigmas = flow.schedule(pipe, spec.family, settings.steps, *start.shape[-2:])
     latents = flow.integrate(model.velocity, start, sigmas, before_step=before_step, after_step=reporter.step)[-1]
     return flow.decode(pipe, latents)[0]
+
+
+register(
+    Method(
+        "layout",
+        LayoutSettings,
+        lambda registry, settings, inputs, on_step, cancel: regional_generate(registry, settings, on_step, cancel),
+        "layout to image: a global caption and boxes with their own captions (regional attention or SiamLayout)",
+    )
+)

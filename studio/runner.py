@@ -1,0 +1,109 @@
+"""One way to run a job: a tab (or the agent, or an API client) submits (method, settings, inputs)
+to a runner, which streams progress through `on_step(done, total)` and honours `cancel`.
+
+Today the only runner is `LocalRunner`, in-process on the registry. It is the seam where a remote
+runner (replicas that each hold models, for deployments that outgrow one GPU) plugs in without
+touching tabs or methods: settings are dataclasses of plain values (`to_dict`), inputs and results
+are images and numbers, never live pipelines or tensors.
+
+A method declares itself once with `register(Method(...))` in its own module; the table is read
+from every module of `studio.methods` (and `studio.generation`), so a new method touches only
+its own module.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, Protocol
+
+from studio.errors import InvalidRequest
+from studio.params import SamplingSettings, StepCallback, params
+from studio.registry import Registry
+
+# (registry, settings, inputs, on_step, cancel) -> the method's result
+MethodCall = Callable[[Registry, Any, Mapping[str, Any], StepCallback | None, threading.Event | None], Any]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    settings_type: type[SamplingSettings]
+    call: MethodCall
+    # What it does, for API and tool descriptions.
+    summary: str
+    # Inputs beside the settings (images), by name, with what each is.
+    inputs: Mapping[str, str] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """The method and every declared setting, one line each."""
+        lines = [f"{self.name}: {self.summary}"]
+        declared = params(self.settings_type)
+        for item in fields(self.settings_type):
+            if item.name in declared:
+                lines.append(f"- {item.name}: {declared[item.name].describe()}")
+            elif item.default is MISSING and item.default_factory is MISSING:
+                lines.append(f"- {item.name}: required")
+        lines += [f"- {name} (input): {what}" for name, what in self.inputs.items()]
+        return "\n".join(lines)
+
+
+_METHODS: dict[str, Method] = {}
+_loaded = threading.Lock()
+
+
+def register(method: Method) -> Method:
+    _METHODS[method.name] = method
+    return method
+
+
+def methods() -> dict[str, Method]:
+    """Every registered method (importing the method modules once)."""
+    with _loaded:
+        if not _METHODS:
+            import studio.methods
+
+            importlib.import_module("studio.generation")
+            for info in pkgutil.iter_modules(studio.methods.__path__):
+                importlib.import_module(f"studio.methods.{info.name}")
+    return dict(_METHODS)
+
+
+class Runner(Protocol):
+    def run(
+        self,
+        method: str,
+        settings: SamplingSettings,
+        inputs: Mapping[str, Any] | None = None,
+        on_step: StepCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Any: ...
+
+
+class LocalRunner:
+    """Runs jobs in this process, on this registry."""
+
+    def __init__(self, registry: Registry):
+        self.registry = registry
+
+    def run(
+        self,
+        method: str,
+        settings: SamplingSettings,
+        inputs: Mapping[str, Any] | None = None,
+        on_step: StepCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Any:
+        table = methods()
+        if method not in table:
+            raise InvalidRequest(f"There is no method {method!r}; there are {', '.join(sorted(table))}.")
+        chosen = table[method]
+        if not isinstance(settings, chosen.settings_type):
+            raise InvalidRequest(f"{method} takes {chosen.settings_type.__name__}, not {type(settings).__name__}.")
+        unknown = set(inputs or {}) - set(chosen.inputs)
+        if unknown:
+            raise InvalidRequest(f"{method} takes no input {', '.join(sorted(unknown))}.")
+        return chosen.call(self.registry, settings, dict(inputs or {}), on_step, cancel)
