@@ -11,7 +11,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any, TypeVar
 
 import torch
@@ -37,6 +37,13 @@ class GenerationSettings(SamplingSettings):
     count: int = setting("Images", 1, 1, MAX_IMAGES, 1)
     # LoRA adapters registered with the registry, as (name, scale) pairs.
     adapters: tuple[tuple[str, float], ...] = ()
+
+    @classmethod
+    def sampled_as(cls, settings: SamplingSettings, prompt: str, **changes: Any) -> GenerationSettings:
+        """A plain generation that samples as another method's settings do (its model, steps,
+        guidance, size and seed), for a method that calls the pipeline itself."""
+        shared = {item.name: getattr(settings, item.name) for item in fields(SamplingSettings)}
+        return cls(**(shared | changes), prompt=prompt)
 
 
 @dataclass(frozen=True)
@@ -119,6 +126,40 @@ def call_arguments(
         elif "callback" in accepted:  # PixArt still has the older per-step callback
             arguments.update(callback=lambda index, _t, _latents: on_step(index + 1), callback_steps=1)
     return {name: value for name, value in arguments.items() if name in accepted}
+
+
+def encode_prompt_arguments(pipe, spec: ModelSpec, prompt: str, negative: str, guided: bool) -> dict[str, torch.Tensor]:
+    """Run the pipeline's own `encode_prompt` once and name its outputs as its call takes them
+    (prompt_embeds and companions). Families whose encoder has no notion of guidance (FLUX's true
+    CFG) get the negative prompt encoded the same way."""
+    accepted = inspect.signature(pipe.encode_prompt).parameters
+    options = {"max_sequence_length": spec.max_sequence_length, **spec.call}
+    kwargs = {name: value for name, value in options.items() if name in accepted and value is not None}
+    if "device" in accepted:
+        kwargs["device"] = pipe._execution_device
+    # Second and third prompts (SD3's CLIP-G and T5) default to the first one.
+    kwargs.update(
+        {
+            name: None
+            for name, parameter in accepted.items()
+            if name.startswith("prompt_") and name[7:].isdigit() and parameter.default is inspect.Parameter.empty
+        }
+    )
+    separate_negative = guided and "do_classifier_free_guidance" not in accepted
+    if "do_classifier_free_guidance" in accepted:
+        kwargs.update(do_classifier_free_guidance=guided, negative_prompt=negative)
+    with torch.no_grad():
+        named = dict(zip(spec.family.prompt_outputs, pipe.encode_prompt(prompt, **kwargs)))
+        if separate_negative:
+            negatives = zip(spec.family.prompt_outputs, pipe.encode_prompt(negative, **kwargs))
+            named.update({f"negative_{name}": value for name, value in negatives if name})
+    call_accepts = inspect.signature(pipe.__call__).parameters
+    return {name: value for name, value in named.items() if name and name in call_accepts and value is not None}
+
+
+def guided(spec: ModelSpec, guidance: float) -> bool:
+    """Whether the pipeline will run classifier-free guidance (and so needs negative embeddings)."""
+    return spec.accepts_negative_prompt and guidance > 1.0
 
 
 def generate(

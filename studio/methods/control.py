@@ -28,7 +28,7 @@ from PIL import Image
 from studio import conditions
 from studio.catalogue import ControlSpec, ModelSpec
 from studio.errors import InvalidRequest
-from studio.generation import GenerationSettings, call_arguments, validate_sampling
+from studio.generation import GenerationSettings, call_arguments, encode_prompt_arguments, guided, validate_sampling
 from studio.params import SamplingSettings, redefault, setting
 from studio.registry import ModelState, Registry
 from studio.runner import Method, register
@@ -126,40 +126,6 @@ class PromptCache:
         return encoded, True
 
 
-def encode_prompt_arguments(pipe, spec: ModelSpec, prompt: str, negative: str, guided: bool) -> dict[str, torch.Tensor]:
-    """Run the pipeline's own `encode_prompt` once and name its outputs as its call takes them
-    (prompt_embeds and companions). Families whose encoder has no notion of guidance (FLUX's true
-    CFG) get the negative prompt encoded the same way."""
-    accepted = inspect.signature(pipe.encode_prompt).parameters
-    options = {"max_sequence_length": spec.max_sequence_length, **spec.call}
-    kwargs = {name: value for name, value in options.items() if name in accepted and value is not None}
-    if "device" in accepted:
-        kwargs["device"] = pipe._execution_device
-    # Second and third prompts (SD3's CLIP-G and T5) default to the first one.
-    kwargs.update(
-        {
-            name: None
-            for name, parameter in accepted.items()
-            if name.startswith("prompt_") and name[7:].isdigit() and parameter.default is inspect.Parameter.empty
-        }
-    )
-    separate_negative = guided and "do_classifier_free_guidance" not in accepted
-    if "do_classifier_free_guidance" in accepted:
-        kwargs.update(do_classifier_free_guidance=guided, negative_prompt=negative)
-    with torch.no_grad():
-        named = dict(zip(spec.family.prompt_outputs, pipe.encode_prompt(prompt, **kwargs)))
-        if separate_negative:
-            negatives = zip(spec.family.prompt_outputs, pipe.encode_prompt(negative, **kwargs))
-            named.update({f"negative_{name}": value for name, value in negatives if name})
-    call_accepts = inspect.signature(pipe.__call__).parameters
-    return {name: value for name, value in named.items() if name and name in call_accepts and value is not None}
-
-
-def guided(spec: ModelSpec, guidance: float) -> bool:
-    """Whether the pipeline will run classifier-free guidance (and so needs negative embeddings)."""
-    return spec.accepts_negative_prompt and guidance > 1.0
-
-
 def validate(settings: ControlSettings, spec: ModelSpec) -> ControlSettings:
     if not settings.prompt or not settings.prompt.strip():
         raise InvalidRequest("Write a prompt first.")
@@ -194,16 +160,7 @@ def control_generate(
 
     with registry.use(spec.id, task) as pipe:
         started = time.perf_counter()
-        plain = GenerationSettings(
-            model=spec.id,
-            prompt=settings.prompt,
-            negative_prompt=settings.negative_prompt,
-            steps=settings.steps,
-            guidance=settings.guidance,
-            width=settings.width,
-            height=settings.height,
-            seed=settings.seed,
-        )
+        plain = GenerationSettings.sampled_as(settings, settings.prompt, negative_prompt=settings.negative_prompt)
         arguments = call_arguments(pipe, spec, plain, None)
         prompt_arguments, encoded = prompts.arguments(
             pipe, spec, settings.prompt, settings.negative_prompt, guided(spec, settings.guidance)

@@ -254,14 +254,11 @@ def generate_set(
         raise InvalidRequest("Every panel has a reference: leave at least one to generate.")
     cell = cell_size(request.width, request.height, request.rows, request.columns, spec.size_multiple)
     settings = validate(
-        GenerationSettings(
-            model=request.model,
-            prompt=request.prompt,
-            steps=request.steps,
-            guidance=request.guidance,
+        GenerationSettings.sampled_as(
+            request,
+            request.prompt,
             width=cell[0] * request.columns,
             height=cell[1] * request.rows,
-            seed=request.seed,
             adapters=request.adapters,
         ),
         spec,

@@ -23,7 +23,6 @@ and the unconditional half of classifier-free guidance sees only null layout tok
 
 from __future__ import annotations
 
-import inspect
 import math
 import threading
 import time
@@ -46,7 +45,7 @@ from studio.catalogue import ModelSpec
 from studio.errors import InvalidRequest
 from studio.families import siamlayout
 from studio.families.siamlayout import MAX_BOXES, LayoutTokens, siamlayout_forward
-from studio.generation import GenerationSettings, call_arguments, validate_sampling
+from studio.generation import GenerationSettings, call_arguments, encode_prompt_arguments, guided, validate_sampling
 from studio.params import SamplingSettings, StepCallback, StepReporter, redefault, setting
 from studio.registry import Registry
 from studio.runner import Method, register
@@ -241,38 +240,14 @@ def regional_generate(
 def cross_attention_generate(pipe, spec: ModelSpec, settings: LayoutSettings, reporter: StepReporter) -> Image.Image:
     """PixArt / SANA: the captions' encodings joined along the tokens, through the pipeline, with
     the regional mask on the text cross-attention."""
-    generation = GenerationSettings(
-        model=spec.id,
-        prompt=settings.caption,
-        steps=settings.steps,
-        guidance=settings.guidance,
-        width=settings.width,
-        height=settings.height,
-        seed=settings.seed,
-    )
-    arguments = call_arguments(pipe, spec, generation, None)
-    encoding = inspect.signature(pipe.encode_prompt).parameters
-    options = {
-        name: value
-        for name, value in arguments.items()
-        if name in encoding and name in ("clean_caption", "max_sequence_length", "complex_human_instruction")
-    }
-    with_guidance = settings.guidance > 1
-    with torch.no_grad():
-        parts = [
-            pipe.encode_prompt(
-                caption,
-                do_classifier_free_guidance=with_guidance,
-                negative_prompt="",
-                device=pipe.transformer.device,
-                **options,
-            )
-            for caption in (settings.caption, *(region.caption for region in settings.regions))
-        ]
-    embeds, mask, negative_embeds, negative_mask = (
-        None if parts[0][index] is None else torch.cat([part[index] for part in parts], dim=1) for index in range(4)
-    )
-    caption_length = parts[0][0].shape[1]
+    generation = GenerationSettings.sampled_as(settings, settings.caption)
+    with_guidance = guided(spec, settings.guidance)
+    parts = [
+        encode_prompt_arguments(pipe, spec, caption, "", with_guidance)
+        for caption in (settings.caption, *(region.caption for region in settings.regions))
+    ]
+    joined = {name: torch.cat([part[name] for part in parts], dim=1) for name in parts[0]}
+    caption_length = parts[0]["prompt_embeds"].shape[1]
 
     scale = pipe.vae_scale_factor * pipe.transformer.config.patch_size
     masks = region_token_masks(settings.regions, settings.height // scale, settings.width // scale)
@@ -290,15 +265,7 @@ def cross_attention_generate(pipe, spec: ModelSpec, settings: LayoutSettings, re
         reporter.step()
         controller.set_step(done)
 
-    arguments = {
-        **call_arguments(pipe, spec, generation, step_done),
-        "prompt": None,
-        "negative_prompt": None,
-        "prompt_embeds": embeds,
-        "prompt_attention_mask": mask,
-        "negative_prompt_embeds": negative_embeds,
-        "negative_prompt_attention_mask": negative_mask,
-    }
+    arguments = {**call_arguments(pipe, spec, generation, step_done), "prompt": None, "negative_prompt": None, **joined}
     with controlled(pipe.transformer, controller, "cross-attention"):
         return pipe(**arguments).images[0]
 
