@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 import torch
+from diffusers import DiffusionPipeline
 from PIL import Image
 
 from studio import flow
@@ -197,6 +200,104 @@ def source_cache_bytes(width: int, itemsize: int, layers: int, steps: int, rows:
     return 3 * layers * steps * rows * tokens * width * itemsize
 
 
+@dataclass
+class Sampler:
+    """One edit's sampling: the same start, schedule, solver and edited layers for every branch."""
+
+    pipe: DiffusionPipeline
+    token_order: str
+    start: torch.Tensor
+    sigmas: list[float]
+    solver: str
+    layers: set[str]
+    step: Callable[[int], None]
+
+    def run(self, model: flow.FlowModel, latents: torch.Tensor, edits: list[AttentionEdit]) -> torch.Tensor:
+        controller = AttentionController(edits)
+        with controlled(self.pipe.transformer, controller, self.token_order):
+            return flow.integrate(
+                model.velocity, latents, self.sigmas, self.solver, before_step=controller.set_step, after_step=self.step
+            )[-1]
+
+
+def token_indices(pipe: DiffusionPipeline, spec: ModelSpec, prompt: str, words: list[str]) -> list[int]:
+    return sorted(
+        {index for word in words for index in word_token_indices(pipe, spec.family, prompt, word, spec.text_length)}
+    )
+
+
+def sampler_for(
+    pipe: DiffusionPipeline,
+    spec: ModelSpec,
+    settings: ColourEditSettings,
+    image: Image.Image | None,
+    step: Callable[[int], None],
+) -> Sampler:
+    """The pipeline's own sampler from the seed's noise, or FireFlow from the inverted image."""
+    if image is None:
+        solver = "euler"
+        start = flow.initial_noise(pipe, settings.seed, settings.width, settings.height).to(pipe.transformer.device)
+    else:
+        solver = "fireflow"
+        inversion = invert_image(
+            pipe,
+            spec.family,
+            image,
+            settings.source_prompt,
+            settings.inversion_steps,
+            settings.width,
+            settings.height,
+            spec.text_length,
+            solver,
+            after_step=step,
+        )
+        start = inversion.noise
+    sigmas = flow.schedule(pipe, spec.family, settings.steps, *start.shape[-2:])
+    layers = edited_layers(pipe.transformer, spec)
+    return Sampler(pipe, spec.family.token_order, start, sigmas, solver, layers, step)
+
+
+def source_fits(sampler: Sampler, spec: ModelSpec, rows: int, steps: int, limit_bytes: int) -> bool:
+    """Whether the source's q, k, v of a whole run fit in `limit_bytes`."""
+    pipe, config = sampler.pipe, sampler.pipe.transformer.config
+    text_tokens = sum(segment.length for segment in spec.family.text_segments(pipe, spec.text_length))
+    image_tokens = sampler.start.shape[-2] * sampler.start.shape[-1] // 4
+    width = config.num_attention_heads * config.attention_head_dim
+    itemsize = pipe.transformer.dtype.itemsize
+    needed = source_cache_bytes(width, itemsize, len(sampler.layers), steps, rows, image_tokens + text_tokens)
+    return needed <= limit_bytes
+
+
+def edit_mask(record: RecordAttention, threshold: float) -> torch.Tensor:
+    """The source's attention to the edited words (conditional row), min-max normalised, above ε."""
+    attention = record.mean_map(row=-1)
+    attention = (attention - attention.min()) / (attention.max() - attention.min()).clamp_min(1e-12)
+    return attention > threshold
+
+
+def target_pass(
+    sampler: Sampler,
+    source: flow.FlowModel,
+    target: flow.FlowModel,
+    cache: BranchCache,
+    edits: Callable[[Rows, Rows], list[AttentionEdit]],
+    cached: bool,
+) -> torch.Tensor:
+    """The target branch steered by the source: from the cache, or (`cached` False) with the
+    source run again in the same batch, rows alternating source, target."""
+    doubles = target.guidance.doubles_batch
+    if cached:
+        conditional = slice(len(target.text) // 2, None) if doubles else None
+        return sampler.run(target, sampler.start, edits(None, conditional))
+    pair = source.beside(target)
+    rows = len(pair.text)
+    source_rows, target_rows = list(range(0, rows, 2)), list(range(1, rows, 2))
+    conditional_rows = [row for row in target_rows if row >= rows // 2] if doubles else None
+    capture = CaptureBranch(cache=cache, layers=sampler.layers, rows=source_rows)
+    both = torch.cat([sampler.start, sampler.start])
+    return sampler.run(pair, both, [capture, *edits(target_rows, conditional_rows)])[1:]
+
+
 def colour_edit(
     registry: Registry,
     settings: ColourEditSettings,
@@ -216,99 +317,31 @@ def colour_edit(
     if image is not None and settings.inversion_steps < 1:
         settings = replace(settings, inversion_steps=settings.steps)
     started = time.perf_counter()
-    family = spec.family
-    reporter = StepReporter(
-        2 * settings.steps + (settings.inversion_steps if image is not None else 0), on_step, cancel
-    )
-    step = reporter.step
-
+    inversion_steps = settings.inversion_steps if image is not None else 0
+    step = StepReporter(2 * settings.steps + inversion_steps, on_step, cancel).step
     with registry.use(spec.id, "t2i") as pipe:
         guidance = flow.Guidance(spec.guidance, settings.guidance)
-        source = flow.FlowModel(pipe, family, [settings.source_prompt], guidance, spec.text_length)
-        target = flow.FlowModel(pipe, family, [settings.target_prompt], guidance, spec.text_length)
-        word_tokens = sorted(
-            {
-                index
-                for word in mask_words(settings.source_prompt, settings.word)
-                for index in word_token_indices(pipe, family, settings.source_prompt, word, spec.text_length)
-            }
+        source = flow.FlowModel(pipe, spec.family, [settings.source_prompt], guidance, spec.text_length)
+        target = flow.FlowModel(pipe, spec.family, [settings.target_prompt], guidance, spec.text_length)
+        word_tokens = token_indices(
+            pipe, spec, settings.source_prompt, mask_words(settings.source_prompt, settings.word)
         )
-        intensity_tokens = sorted(
-            {
-                index
-                for word in intensity_words(settings.source_prompt, settings.target_prompt, settings.word)
-                for index in word_token_indices(pipe, family, settings.target_prompt, word, spec.text_length)
-            }
-        )
-        if image is None:
-            solver = "euler"  # the pipeline's own sampler: the source is the text-to-image result
-            start = flow.initial_noise(pipe, settings.seed, settings.width, settings.height).to(pipe.transformer.device)
-        else:
-            solver = "fireflow"
-            start = invert_image(
-                pipe,
-                family,
-                image,
-                settings.source_prompt,
-                settings.inversion_steps,
-                settings.width,
-                settings.height,
-                spec.text_length,
-                solver,
-                after_step=step,
-            ).noise
-        sigmas = flow.schedule(pipe, family, settings.steps, *start.shape[-2:])
-        layers = edited_layers(pipe.transformer, spec)
-
-        def run(model: flow.FlowModel, latents: torch.Tensor, edits: list[AttentionEdit]) -> torch.Tensor:
-            controller = AttentionController(edits)
-            with controlled(pipe.transformer, controller, family.token_order):
-                return flow.integrate(
-                    model.velocity, latents, sigmas, solver, before_step=controller.set_step, after_step=step
-                )[-1]
-
-        text_tokens = sum(segment.length for segment in family.text_segments(pipe, spec.text_length))
-        config = pipe.transformer.config
-        kept = (
-            source_cache_bytes(
-                config.num_attention_heads * config.attention_head_dim,
-                pipe.transformer.dtype.itemsize,
-                len(layers),
-                settings.steps,
-                len(source.text),
-                start.shape[-2] * start.shape[-1] // 4 + text_tokens,
-            )
-            <= cache_limit_bytes
-        )
+        added = intensity_words(settings.source_prompt, settings.target_prompt, settings.word)
+        intensity_tokens = token_indices(pipe, spec, settings.target_prompt, added)
+        sampler = sampler_for(pipe, spec, settings, image, step)
+        kept = source_fits(sampler, spec, len(source.text), settings.steps, cache_limit_bytes)
         # The source pass records its attention to the edited words (and keeps its q, k, v when
         # a whole run's worth fits in memory).
         cache = BranchCache(history=kept)
-        record = RecordAttention(keys=word_tokens, layers=layers)
-        source_latents = run(source, start, [record, *([CaptureBranch(cache=cache, layers=layers)] if kept else [])])
+        record = RecordAttention(keys=word_tokens, layers=sampler.layers)
+        captures = [CaptureBranch(cache=cache, layers=sampler.layers)] if kept else []
+        source_latents = sampler.run(source, sampler.start, [record, *captures])
+        keep = edit_mask(record, settings.threshold)
 
-        attention = record.mean_map(row=-1)  # the conditional row
-        attention = (attention - attention.min()) / (attention.max() - attention.min()).clamp_min(1e-12)
-        keep = attention > settings.threshold
-
-        if kept:  # the target pass, steered by the cached source
-            conditional = slice(len(target.text) // 2, None) if guidance.doubles_batch else None
-            target_latents = run(
-                target,
-                start,
-                target_edits(cache, keep, layers, intensity_tokens, settings.intensity, None, conditional),
-            )
-        else:  # the source again, in the same batch as the target: rows alternate source, target
-            pair = source.beside(target)
-            rows = len(pair.text)
-            source_rows, target_rows = list(range(0, rows, 2)), list(range(1, rows, 2))
-            conditional_rows = [row for row in target_rows if row >= rows // 2] if guidance.doubles_batch else None
-            edits = [
-                CaptureBranch(cache=cache, layers=layers, rows=source_rows),
-                *target_edits(cache, keep, layers, intensity_tokens, settings.intensity, target_rows, conditional_rows),
-            ]
-            target_latents = run(pair, torch.cat([start, start]), edits)[1:]
+        edits = partial(target_edits, cache, keep, sampler.layers, intensity_tokens, settings.intensity)
+        target_latents = target_pass(sampler, source, target, cache, edits, kept)
         source_image, result_image = flow.decode(pipe, torch.cat([source_latents, target_latents]))
-    grid = (start.shape[-2] // 2, start.shape[-1] // 2)  # one image token per 2x2 latent patch
+    grid = (sampler.start.shape[-2] // 2, sampler.start.shape[-1] // 2)  # one image token per 2x2 latent patch
     return ColourEdit(
         source=source_image,
         result=result_image,
