@@ -66,39 +66,18 @@ def bare_pipeline(spec, device: str, dtype: torch.dtype):
     return pipe.to(device)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=BUILTIN_MODELS)
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--device", default=None)
-    parser.add_argument(
-        "--full-size",
-        action="store_true",
-        help="only the full-size SANA-Sprint 0.6B and SANA-600M ControlNet architectures, random weights",
-    )
-    args = parser.parse_args(argv)
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.disable_progress_bar()
-    device, dtype = choose_device(args.device)
-    if args.full_size:
-        full_size_sana(device, dtype, args.size if args.size != 64 else 1024, args.runs)
-        return
-    catalogue = Catalogue.load()
-    registry = Registry(catalogue, device=device, dtype=dtype)
+def studio_overhead(registry: Registry, args: argparse.Namespace, device: str, dtype: torch.dtype) -> None:
+    """Seconds per image through bare diffusers and through the studio's path (PNG saved)."""
     output = Path(tempfile.mkdtemp(prefix="dit-studio-bench-"))
-
-    print(
-        f"device {device}, dtype {str(dtype).removeprefix('torch.')}, {args.size}x{args.size}, median of {args.runs}\n"
-    )
     print("| model | steps | bare diffusers (s) | studio path (s) | ratio |")
     print("|---|---|---|---|---|")
     for model_id in args.models:
-        spec = catalogue.get(model_id)
+        spec = registry.catalogue.get(model_id)
+        prompt = "a large red circle on the left, gray background"
         settings = validate(
             GenerationSettings(
                 model=model_id,
-                prompt="a large red circle on the left, gray background",
+                prompt=prompt,
                 steps=spec.steps,
                 guidance=spec.guidance_scale,
                 width=args.size,
@@ -122,7 +101,10 @@ def main(argv: list[str] | None = None) -> None:
             f"| {model_id} | {settings.steps} | {bare_time:.4f} | {studio_time:.4f} | {studio_time / bare_time:.3f} |"
         )
 
-    first, second = args.models[0], args.models[1 % len(args.models)]
+
+def hot_swap(catalogue: Catalogue, models: list[str], device: str, dtype: torch.dtype) -> None:
+    """A cold load, a swap between resident models, a swap under a budget that holds one."""
+    first, second = models[0], models[1 % len(models)]
     print("\n| hot swap | seconds |\n|---|---|")
     cold = Registry(catalogue, device=device, dtype=dtype)
     started = time.perf_counter()
@@ -139,6 +121,33 @@ def main(argv: list[str] | None = None) -> None:
     warm(one_slot, first)
     where = "freed, reloaded from disk" if device == "cpu" else "from host memory"
     print(f"| swap {second} -> {first}, budget holds one ({where}) | {time.perf_counter() - started:.3f} |")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=BUILTIN_MODELS)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--device", default=None)
+    parser.add_argument(
+        "--full-size",
+        action="store_true",
+        help="only the full-size SANA-Sprint 0.6B and SANA-600M ControlNet architectures, random weights",
+    )
+    args = parser.parse_args(argv)
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    device, dtype = choose_device(args.device)
+    if args.full_size:
+        full_size_sana(device, dtype, args.size if args.size != 64 else 1024, args.runs)
+        return
+    catalogue = Catalogue.load()
+    registry = Registry(catalogue, device=device, dtype=dtype)
+    print(
+        f"device {device}, dtype {str(dtype).removeprefix('torch.')}, {args.size}x{args.size}, median of {args.runs}\n"
+    )
+    studio_overhead(registry, args, device, dtype)
+    hot_swap(catalogue, args.models, device, dtype)
     colour_editing(registry, [m for m in args.models if catalogue.get(m).family.flow is not None], args)
     live_loop(registry, args)
 

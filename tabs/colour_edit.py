@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
 import gradio as gr
 import numpy as np
 from PIL import Image
@@ -14,6 +18,8 @@ from studio.metadata import read_settings, save_image
 from studio.methods.colour import COLOUR_NAMES, ColourEditSettings, recolour_prompt
 from studio.presets import example_rows
 from tabs.common import (
+    Form,
+    SamplingControls,
     cancel_handler,
     default_model,
     model_choices,
@@ -41,13 +47,29 @@ def mask_overlay(image: Image.Image, mask: np.ndarray) -> Image.Image:
     return Image.fromarray(tinted.clip(0, 255).astype(np.uint8))
 
 
-def build(studio: StudioContext, text_to_image_history: gr.State) -> None:
-    registry = studio.registry
-    choices = model_choices(studio, serves)
+@dataclass
+class ColourTab:
+    model: gr.Dropdown
+    source_mode: gr.Radio
+    image: gr.Image
+    use_last: gr.Button
+    source_prompt: gr.Textbox
+    word: gr.Textbox
+    colour: gr.Dropdown
+    picker: gr.ColorPicker
+    target_prompt: gr.Textbox
+    sampling: SamplingControls
+    form: Form
+    run: gr.Button
+    cancel: gr.Button
+    outputs: list[Any]
+
+
+def layout(studio: StudioContext) -> ColourTab:
     default = default_model(studio, serves)
     with gr.Row():
         with gr.Column(scale=2):
-            model = gr.Dropdown(choices, value=default.id, label="Model (SD3 and FLUX)")
+            model = gr.Dropdown(model_choices(studio, serves), value=default.id, label="Model (SD3 and FLUX)")
             source_mode = gr.Radio([GENERATE, UPLOAD], value=GENERATE, label="Source")
             image = gr.Image(type="pil", label="Image to edit", visible=False, sources=["upload", "clipboard"])
             use_last = gr.Button("Use the last text-to-image result", size="sm")
@@ -68,7 +90,6 @@ def build(studio: StudioContext, text_to_image_history: gr.State) -> None:
             with gr.Accordion("Sampling", open=False):
                 sampling = sampling_controls(ColourEditSettings, default, steps=default.steps)
                 threshold = setting_slider(ColourEditSettings, "threshold")
-            steps, guidance, width, height, seed = sampling.components()
             run, cancel = run_and_cancel("Recolour")
             gr.Examples(
                 example_rows("colour_edit", ["source", "word", "colour"]),
@@ -81,58 +102,67 @@ def build(studio: StudioContext, text_to_image_history: gr.State) -> None:
                 mask_view = gr.Image(label="Edit mask (tinted: takes the new colour)", type="pil", height=256)
                 result = gr.Image(label="Result", type="pil", format="png", height=256)
             info = gr.JSON(label="Settings of this result")
+    steps, guidance, width, height, seed = sampling.components()
+    form = Form(
+        ColourEditSettings,
+        {
+            "source_prompt": source_prompt,
+            "target_prompt": target_prompt,
+            "word": word,
+            "intensity": intensity,
+            "steps": steps,
+            "guidance": guidance,
+            "width": width,
+            "height": height,
+            "seed": seed,
+            "threshold": threshold,
+        },
+    )
+    return ColourTab(
+        model,
+        source_mode,
+        image,
+        use_last,
+        source_prompt,
+        word,
+        colour,
+        picker,
+        target_prompt,
+        sampling,
+        form,
+        run,
+        cancel,
+        [compare, mask_view, result, info],
+    )
 
-    def on_target(source_text: str, object_word: str, new_colour: str) -> str:
-        if not (source_text or "").strip() or not (object_word or "").strip() or not (new_colour or "").strip():
-            return gr.update()
-        try:
-            return recolour_prompt(source_text, object_word, new_colour)
-        except InvalidRequest as error:
-            gr.Warning(str(error))
-            return gr.update()
 
+def on_target(source_text: str, object_word: str, new_colour: str) -> str | dict:
+    if not (source_text or "").strip() or not (object_word or "").strip() or not (new_colour or "").strip():
+        return gr.update()
+    try:
+        return recolour_prompt(source_text, object_word, new_colour)
+    except InvalidRequest as error:
+        gr.Warning(str(error))
+        return gr.update()
+
+
+def edit_handler(studio: StudioContext, form: Form) -> Callable:
     @gpu_task()
-    def on_edit(
-        model_id,
-        mode,
-        source_image,
-        source_text,
-        target_text,
-        object_word,
-        strength,
-        step_count,
-        guidance_scale,
-        w,
-        h,
-        seed_value,
-        epsilon,
-        request: gr.Request,
-        progress=gr.Progress(),
-    ):
+    # Gradio passes its request and progress only to parameters before a *values one.
+    def on_edit(request: gr.Request, progress=gr.Progress(), *values):
+        model_id, mode, source_image, *fields = values
         if mode == UPLOAD and source_image is None:
             raise gr.Error("Upload the image to edit, or choose to generate it from the source prompt.")
-        settings = ColourEditSettings(
-            model=model_id,
-            source_prompt=source_text or "",
-            target_prompt=target_text or "",
-            word=object_word or "",
-            intensity=float(strength),
-            steps=int(step_count),
-            guidance=float(guidance_scale),
-            seed=int(seed_value or 0),
-            width=int(w),
-            height=int(h),
-            threshold=float(epsilon),
-        )
+        with user_errors("Colour edit"):
+            settings = form.read(tuple(fields), model=model_id)
         inputs = {"image": source_image} if mode == UPLOAD else {}
         progress((0, 2 * settings.steps), desc="Loading model")
+        phase = progress_callback(progress, "Source, then target")
         edit = run_job(
             studio,
             request,
             "Colour edit",
-            lambda cancel: studio.runner.run(
-                "colour_edit", settings, inputs, progress_callback(progress, "Source, then target"), cancel
-            ),
+            lambda cancel: studio.runner.run("colour_edit", settings, inputs, phase, cancel),
         )
         if edit is None:
             return gr.update(), gr.update(), gr.update(), gr.update()
@@ -146,19 +176,26 @@ def build(studio: StudioContext, text_to_image_history: gr.State) -> None:
         path = save_image(edit.result, payload, studio.output_dir, f"colour-{settings.model}-{settings.seed}")
         return (before, edit.result), mask_overlay(edit.source, edit.mask), str(path), payload
 
+    return on_edit
+
+
+def use_last_handler(studio: StudioContext) -> Callable:
+    catalogue = studio.registry.catalogue
+
     def on_use_last(history: list, model_id: str):
         if not history:
             raise gr.Error("Make an image in the text-to-image tab first.")
         path = history[0][0]
         with user_errors("Reading the last result"):
             made = read_settings(path)
-        spec = registry.catalogue.get(made.model)
+        spec = catalogue.get(made.model)
         if serves(spec):
             gr.Info(f"Remade exactly from its seed with {spec.name}: no inversion needed.")
+            hidden = gr.update(visible=False)
             return (
                 made.model,
                 GENERATE,
-                gr.update(visible=False),
+                hidden,
                 made.prompt,
                 made.steps,
                 made.guidance,
@@ -169,58 +206,45 @@ def build(studio: StudioContext, text_to_image_history: gr.State) -> None:
         gr.Info(f"{spec.name} cannot edit colours; its image will be inverted with the chosen model.")
         with Image.open(path) as opened:
             picture = opened.convert("RGB")
-        return (
-            model_id,
-            UPLOAD,
-            gr.update(value=picture, visible=True),
-            made.prompt,
-            gr.update(),
-            gr.update(),
-            made.width,
-            made.height,
-            gr.update(),
-        )
+        shown, same = gr.update(value=picture, visible=True), gr.update()
+        return model_id, UPLOAD, shown, made.prompt, same, same, made.width, made.height, same
 
-    def on_model_picked(model_id: str):
-        spec = registry.catalogue.get(model_id)
-        return sampling_updates(spec, spec.steps)
+    return on_use_last
 
+
+def build(studio: StudioContext, text_to_image_history: gr.State) -> None:
+    ui = layout(studio)
+    catalogue = studio.registry.catalogue
+    steps, guidance, width, height, seed = ui.sampling.components()
     gr.on(
-        [source_prompt.change, word.change, colour.change],
+        [ui.source_prompt.change, ui.word.change, ui.colour.change],
         on_target,
-        [source_prompt, word, colour],
-        target_prompt,
+        [ui.source_prompt, ui.word, ui.colour],
+        ui.target_prompt,
         api_name="colour_target_prompt",
     )
-    picker.input(lambda value: value, picker, colour, api_visibility="private")
-    source_mode.change(lambda mode: gr.update(visible=mode == UPLOAD), source_mode, image, api_visibility="private")
-    model.input(on_model_picked, model, [steps, guidance, width, height], api_name="colour_model_defaults")
-    use_last.click(
-        on_use_last,
-        [text_to_image_history, model],
-        [model, source_mode, image, source_prompt, steps, guidance, width, height, seed],
+    ui.picker.input(lambda value: value, ui.picker, ui.colour, api_visibility="private")
+    ui.source_mode.change(
+        lambda mode: gr.update(visible=mode == UPLOAD), ui.source_mode, ui.image, api_visibility="private"
+    )
+    ui.model.input(
+        lambda model_id: sampling_updates(catalogue.get(model_id), catalogue.get(model_id).steps),
+        ui.model,
+        [steps, guidance, width, height],
+        api_name="colour_model_defaults",
+    )
+    ui.use_last.click(
+        use_last_handler(studio),
+        [text_to_image_history, ui.model],
+        [ui.model, ui.source_mode, ui.image, ui.source_prompt, steps, guidance, width, height, seed],
         api_visibility="private",
     )
-    run.click(
-        on_edit,
-        [
-            model,
-            source_mode,
-            image,
-            source_prompt,
-            target_prompt,
-            word,
-            intensity,
-            steps,
-            guidance,
-            width,
-            height,
-            seed,
-            threshold,
-        ],
-        [compare, mask_view, result, info],
+    ui.run.click(
+        edit_handler(studio, ui.form),
+        [ui.model, ui.source_mode, ui.image, *ui.form.inputs],
+        ui.outputs,
         api_name="colour_edit",
         concurrency_limit=1,
         concurrency_id="gpu",
     )
-    cancel.click(cancel_handler(studio), None, None, api_name="colour_cancel")
+    ui.cancel.click(cancel_handler(studio), None, None, api_name="colour_cancel")

@@ -14,7 +14,7 @@ import gradio as gr
 from studio.catalogue import ModelSpec
 from studio.context import StudioContext
 from studio.errors import Cancelled, StudioError
-from studio.params import SamplingSettings, param
+from studio.params import SamplingSettings, param, params
 from studio.registry import ModelState
 
 log = logging.getLogger(__name__)
@@ -229,3 +229,26 @@ def lora_controls() -> LoraControls:
                 name = gr.Textbox(label="Adapter name", placeholder="my-style")
         add = gr.Button("Add adapter to this model", size="sm")
     return LoraControls(active, scale, upload, hub, name, add)
+
+
+@dataclass
+class Form:
+    """The components that hold a settings type's fields, in the order a handler receives their
+    values: `read` turns those values into the settings (an emptied box reads as the field's
+    declared default; `checked` does the rest)."""
+
+    settings_type: type
+    fields: dict[str, Any]
+
+    @property
+    def inputs(self) -> list[Any]:
+        return list(self.fields.values())
+
+    def read(self, values: tuple[Any, ...], **extra: Any) -> Any:
+        declared = params(self.settings_type)
+        data = {}
+        for name, value in zip(self.fields, values):
+            if value is None or (isinstance(value, str) and name in declared and not value.strip()):
+                value = declared[name].default if name in declared else ""
+            data[name] = value
+        return self.settings_type(**(data | extra))

@@ -3,16 +3,22 @@ studio.methods.incontext."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
 import gradio as gr
 
 from studio.catalogue import ModelSpec
 from studio.context import StudioContext
 from studio.gpu import gpu_task
 from studio.metadata import save_image
-from studio.methods.incontext import SetRequest, load_sets, set_canvas, set_lora, write_panels
+from studio.methods.incontext import ImageSet, SetRequest, load_sets, set_canvas, set_lora, write_panels
 from studio.params import param
 from tabs.common import (
+    Form,
     LoraControls,
+    SamplingControls,
     cancel_handler,
     default_model,
     lora_controls,
@@ -32,27 +38,42 @@ def serves(spec: ModelSpec) -> bool:
     return spec.family.name == "flux" and "inpaint" in spec.tasks
 
 
-def build(studio: StudioContext) -> None:
-    registry = studio.registry
-    sets = load_sets()
-    choices = model_choices(studio, serves)
+@dataclass
+class SetsTab:
+    chosen: gr.Dropdown
+    model: gr.Dropdown
+    use_lora: gr.Checkbox
+    caption: gr.Textbox
+    panel_texts: list[gr.Textbox]
+    prompt: gr.Textbox
+    references: list[gr.Image]
+    lora: LoraControls
+    sampling: SamplingControls
+    run: gr.Button
+    cancel: gr.Button
+    outputs: list[Any]
+
+
+def panel_text(image_set: ImageSet, index: int) -> dict[str, Any]:
+    """A panel box's value, visibility and label for a set (boxes past its panels hide)."""
+    inside = index < image_set.count
+    return {
+        "value": image_set.panels[index] if inside else "",
+        "visible": inside,
+        "label": f"Panel {index + 1} {image_set.tags[index] if inside else ''}",
+    }
+
+
+def layout(studio: StudioContext, sets: dict[str, ImageSet]) -> SetsTab:
     default = default_model(studio, serves)
     first = next(iter(sets.values()))
-    width0, height0 = set_canvas(first, default)
     with gr.Row():
         with gr.Column(scale=2):
             chosen = gr.Dropdown([(s.label, s.id) for s in sets.values()], value=first.id, label="Image set")
-            model = gr.Dropdown(choices, value=default.id, label="Model (FLUX)")
+            model = gr.Dropdown(model_choices(studio, serves), value=default.id, label="Model (FLUX)")
             use_lora = gr.Checkbox(value=True, label="Apply the set's In-Context LoRA (FLUX.1-dev; downloads once)")
             caption = gr.Textbox(value=first.caption, label="Overall caption")
-            panel_texts = [
-                gr.Textbox(
-                    value=first.panels[i] if i < first.count else "",
-                    visible=i < first.count,
-                    label=f"Panel {i + 1} {first.tags[i] if i < first.count else ''}",
-                )
-                for i in range(PANEL_BOXES)
-            ]
+            panel_texts = [gr.Textbox(**panel_text(first, i)) for i in range(PANEL_BOXES)]
             prompt = gr.Textbox(
                 value=first.prompt(first.caption, first.panels),
                 lines=4,
@@ -66,56 +87,50 @@ def build(studio: StudioContext) -> None:
             lora = lora_controls()
             with gr.Accordion("Sampling", open=False):
                 sampling = sampling_controls(SetRequest, default)
-                sampling.width.value, sampling.height.value = width0, height0
-            steps, guidance, width, height, seed = sampling.components()
+                sampling.width.value, sampling.height.value = set_canvas(first, default)
             run, cancel = run_and_cancel("Generate set")
         with gr.Column(scale=3):
             result = gr.Image(label="The set", type="pil", format="png", height=480, elem_id="image-set-result")
             gallery = gr.Gallery(label="Panels", columns=4, height="auto", format="png")
             archive = gr.File(label="Panels as a zip")
             info = gr.JSON(label="Settings of this set")
+    return SetsTab(
+        chosen,
+        model,
+        use_lora,
+        caption,
+        panel_texts,
+        prompt,
+        references,
+        lora,
+        sampling,
+        run,
+        cancel,
+        [result, gallery, archive, info],
+    )
 
+
+def set_picked(studio: StudioContext, sets: dict[str, ImageSet]) -> Callable:
     def on_set(set_id: str, model_id: str):
         image_set = sets[set_id]
-        w, h = set_canvas(image_set, registry.catalogue.get(model_id))
-        texts = [
-            gr.update(
-                value=image_set.panels[i] if i < image_set.count else "",
-                visible=i < image_set.count,
-                label=f"Panel {i + 1} {image_set.tags[i] if i < image_set.count else ''}",
-            )
-            for i in range(PANEL_BOXES)
-        ]
+        w, h = set_canvas(image_set, studio.registry.catalogue.get(model_id))
+        texts = [gr.update(**panel_text(image_set, i)) for i in range(PANEL_BOXES)]
         pictures = [gr.update(value=None, visible=i < image_set.count) for i in range(PANEL_BOXES)]
-        return (
-            image_set.caption,
-            *texts,
-            image_set.prompt(image_set.caption, image_set.panels),
-            *pictures,
-            gr.update(value=w),
-            gr.update(value=h),
-        )
+        full = image_set.prompt(image_set.caption, image_set.panels)
+        return image_set.caption, *texts, full, *pictures, gr.update(value=w), gr.update(value=h)
 
-    def on_compose(set_id: str, overall: str, *texts: str) -> str:
-        return sets[set_id].prompt(overall or "", texts[: sets[set_id].count])
+    return on_set
 
+
+def generate_handler(studio: StudioContext, sets: dict[str, ImageSet]) -> Callable:
+    registry = studio.registry
+
+    # Gradio passes its request and progress only to parameters before a *values one.
     @gpu_task()
-    def on_generate(
-        set_id,
-        model_id,
-        apply_lora,
-        extra_adapters,
-        extra_scale,
-        full_prompt,
-        step_count,
-        guidance_scale,
-        w,
-        h,
-        seed_value,
-        *pictures,
-        request: gr.Request = None,
-        progress=gr.Progress(),
-    ):
+    def on_generate(request: gr.Request, progress=gr.Progress(), *values):
+        set_id, model_id, apply_lora, extra_adapters, extra_scale, full_prompt, *sampled = values[:11]
+        steps, guidance, width, height, seed = sampled
+        pictures = values[11:]
         image_set = sets[set_id]
         spec = registry.catalogue.get(model_id)
         with user_errors("Image set"):
@@ -123,26 +138,20 @@ def build(studio: StudioContext) -> None:
             if apply_lora and not adapters:
                 gr.Info(f"The {image_set.label} LoRA is made for FLUX.1-dev; {spec.name} runs without it.")
             adapters += LoraControls.requested(extra_adapters, extra_scale)
-            set_request = SetRequest(
+            given = {i: picture for i, picture in enumerate(pictures[: image_set.count]) if picture is not None}
+            form = Form(SetRequest, dict.fromkeys(("steps", "guidance", "width", "height", "seed")))
+            set_request = form.read(
+                (steps, guidance, width, height, seed),
                 model=model_id,
                 prompt=full_prompt or "",
                 rows=image_set.rows,
                 columns=image_set.columns,
-                width=int(w),
-                height=int(h),
-                steps=int(step_count),
-                guidance=float(guidance_scale),
-                seed=int(seed_value or 0),
                 adapters=adapters,
-                references={i: picture for i, picture in enumerate(pictures[: image_set.count]) if picture is not None},
+                references=given,
             )
+        phase = progress_callback(progress, "Denoising")
         made = run_job(
-            studio,
-            request,
-            "Image set",
-            lambda cancel: studio.runner.run(
-                "image_set", set_request, {}, progress_callback(progress, "Denoising"), cancel
-            ),
+            studio, request, "Image set", lambda cancel: studio.runner.run("image_set", set_request, {}, phase, cancel)
         )
         if made is None:
             return gr.update(), gr.update(), gr.update(), gr.update()
@@ -155,30 +164,54 @@ def build(studio: StudioContext) -> None:
         path = save_image(made.image, payload, studio.output_dir, f"set-{set_id}-{model_id}-{set_request.seed}")
         return made.image, made.panels, str(write_panels(made.panels, path)), payload
 
-    chosen.input(
-        on_set, [chosen, model], [caption, *panel_texts, prompt, *references, width, height], api_visibility="private"
+    return on_generate
+
+
+def build(studio: StudioContext) -> None:
+    sets = load_sets()
+    ui = layout(studio, sets)
+    catalogue = studio.registry.catalogue
+    steps, guidance, width, height, seed = ui.sampling.components()
+    ui.chosen.input(
+        set_picked(studio, sets),
+        [ui.chosen, ui.model],
+        [ui.caption, *ui.panel_texts, ui.prompt, *ui.references, width, height],
+        api_visibility="private",
     )
     gr.on(
-        [caption.input, *(text.input for text in panel_texts)],
-        on_compose,
-        [chosen, caption, *panel_texts],
-        prompt,
+        [ui.caption.input, *(text.input for text in ui.panel_texts)],
+        lambda set_id, overall, *texts: sets[set_id].prompt(overall or "", texts[: sets[set_id].count]),
+        [ui.chosen, ui.caption, *ui.panel_texts],
+        ui.prompt,
         api_name="image_set_prompt",
     )
 
     def on_model(set_id, model_id):
-        spec = registry.catalogue.get(model_id)
+        spec = catalogue.get(model_id)
         steps_now = sampling_updates(spec, param(SetRequest, "steps").default)[0]
         return (*(gr.update(value=side) for side in set_canvas(sets[set_id], spec)), steps_now)
 
-    model.input(on_model, [chosen, model], [width, height, steps], api_visibility="private")
-    lora.wire(studio, model, api_name="image_set_add_adapter")
-    run.click(
-        on_generate,
-        [chosen, model, use_lora, lora.active, lora.scale, prompt, steps, guidance, width, height, seed, *references],
-        [result, gallery, archive, info],
+    ui.model.input(on_model, [ui.chosen, ui.model], [width, height, steps], api_visibility="private")
+    ui.lora.wire(studio, ui.model, api_name="image_set_add_adapter")
+    ui.run.click(
+        generate_handler(studio, sets),
+        [
+            ui.chosen,
+            ui.model,
+            ui.use_lora,
+            ui.lora.active,
+            ui.lora.scale,
+            ui.prompt,
+            steps,
+            guidance,
+            width,
+            height,
+            seed,
+            *ui.references,
+        ],
+        ui.outputs,
         api_name="image_set_generate",
         concurrency_limit=1,
         concurrency_id="gpu",
     )
-    cancel.click(cancel_handler(studio), None, None, api_name="image_set_cancel")
+    ui.cancel.click(cancel_handler(studio), None, None, api_name="image_set_cancel")
