@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
@@ -16,7 +18,9 @@ from studio.metadata import read_settings, save_png
 from studio.presets import example_prompts
 from studio.registry import ModelState
 from tabs.common import (
+    Form,
     LoraControls,
+    SamplingControls,
     cancel_handler,
     lora_controls,
     model_choices,
@@ -30,6 +34,7 @@ from tabs.common import (
 )
 
 HISTORY_LIMIT = 48
+SAMPLED = ("steps", "guidance", "width", "height", "seed")
 GUIDANCE_LABELS = {
     "cfg": "Guidance (CFG)",
     "true-cfg": "Guidance (true CFG)",
@@ -65,10 +70,25 @@ def control_updates(spec: ModelSpec) -> tuple[Any, ...]:
     )
 
 
-def build(studio: StudioContext) -> gr.State:
-    """The tab; returns its session history ([(png path, caption)], newest first) for other tabs."""
-    registry = studio.registry
-    default = registry.catalogue.get(studio.default_model)
+@dataclass
+class TextToImageTab:
+    model: gr.Dropdown
+    prompt: gr.Textbox
+    negative: gr.Textbox
+    sampling: SamplingControls
+    aspect: gr.Dropdown
+    dice: gr.Button
+    count: gr.Slider
+    run: gr.Button
+    cancel: gr.Button
+    lora: LoraControls
+    reuse: gr.File
+    gallery: gr.Gallery
+    info: gr.Markdown
+
+
+def layout(studio: StudioContext) -> TextToImageTab:
+    default = studio.registry.catalogue.get(studio.default_model)
     with gr.Row():
         with gr.Column(scale=2):
             model = gr.Dropdown(model_choices(studio), value=default.id, label="Model")
@@ -77,7 +97,6 @@ def build(studio: StudioContext) -> gr.State:
             sampling = sampling_controls(
                 GenerationSettings, default, steps=default.steps, guidance_display=guidance_display(default)
             )
-            steps, guidance, width, height, seed = sampling.components()
             with gr.Row():
                 aspect = gr.Dropdown(list(ASPECT_RATIOS), value="1:1", label="Aspect ratio")
                 dice = gr.Button("Random seed", size="sm")
@@ -89,8 +108,12 @@ def build(studio: StudioContext) -> gr.State:
         with gr.Column(scale=3):
             gallery = gr.Gallery(label="Results", columns=3, height="auto", format="png", show_label=True)
             info = gr.Markdown(label="Settings of these results")
-    history = gr.State([])
+    return TextToImageTab(
+        model, prompt, negative, sampling, aspect, dice, count, run, cancel, lora, reuse, gallery, info
+    )
 
+
+def generate_handler(studio: StudioContext) -> Callable:
     @gpu_task()
     def on_generate(
         model_id,
@@ -114,25 +137,15 @@ def build(studio: StudioContext) -> gr.State:
         def shown():
             return (made[::-1] + past)[:HISTORY_LIMIT]
 
-        # Gradio has checked the sliders' types; an emptied seed box means seed 0.
-        settings = GenerationSettings(
-            model=model_id,
-            prompt=prompt_text or "",
-            negative_prompt=negative_text or "",
-            steps=int(step_count),
-            guidance=float(guidance_scale),
-            width=int(w),
-            height=int(h),
-            seed=int(seed_value or 0),
-            count=int(image_count),
-            adapters=LoraControls.requested(active_adapters, adapter_scale),
-        )
+        form = Form(GenerationSettings, dict.fromkeys(("prompt", "negative_prompt", *SAMPLED, "count")))
+        adapters = LoraControls.requested(active_adapters, adapter_scale)
+        values = (prompt_text, negative_text, step_count, guidance_scale, w, h, seed_value, image_count)
         with user_errors("Generation"):
+            settings = form.read(values, model=model_id, adapters=adapters)
             try:
                 progress((0, settings.steps * settings.count), desc="Loading model")
-                for result in studio.runner.run(
-                    "generate", settings, {}, progress_callback(progress, "Denoising"), cancel
-                ):
+                phase = progress_callback(progress, "Denoising")
+                for result in studio.runner.run("generate", settings, {}, phase, cancel):
                     path = save_png(result, studio.output_dir)
                     made.append((str(path), describe(result.settings, result.seconds)))
                     yield shown(), "\n\n".join(caption for _, caption in made), shown()
@@ -140,23 +153,20 @@ def build(studio: StudioContext) -> gr.State:
                 gr.Info(f"Cancelled; kept the {len(made)} finished image(s).")
                 yield shown(), "\n\n".join(caption for _, caption in made), shown()
 
-    def on_model_picked(model_id: str):
-        spec = registry.catalogue.get(model_id)
-        if registry.state(model_id) is ModelState.UNAVAILABLE:
-            gr.Warning(f"{spec.name} is not in the local cache and the studio is offline; it cannot run here.")
-        return control_updates(spec)
+    return on_generate
 
-    def on_aspect(model_id: str, ratio: str):
-        return size_for_aspect(registry.catalogue.get(model_id), ratio)
+
+def reuse_handler(studio: StudioContext) -> Callable:
+    catalogue = studio.registry.catalogue
 
     def on_reuse(path: str | None):
         if not path:
             return (gr.update(),) * 9
         with user_errors("Reading settings"):
             settings = read_settings(path)
-        if settings.model not in registry.catalogue:
+        if settings.model not in catalogue:
             raise gr.Error(f"That image was made with '{settings.model}', which this studio's catalogue lacks.")
-        spec = registry.catalogue.get(settings.model)
+        spec = catalogue.get(settings.model)
         return (
             gr.update(value=settings.model),
             settings.prompt,
@@ -169,27 +179,53 @@ def build(studio: StudioContext) -> gr.State:
             1,
         )
 
-    inputs = [model, prompt, negative, steps, guidance, width, height, seed, count, history, lora.active, lora.scale]
+    return on_reuse
+
+
+def build(studio: StudioContext) -> gr.State:
+    """The tab; returns its session history ([(png path, caption)], newest first) for other tabs."""
+    registry = studio.registry
+    ui = layout(studio)
+    history = gr.State([])
+    steps, guidance, width, height, seed = ui.sampling.components()
+
+    def on_model_picked(model_id: str):
+        spec = registry.catalogue.get(model_id)
+        if registry.state(model_id) is ModelState.UNAVAILABLE:
+            gr.Warning(f"{spec.name} is not in the local cache and the studio is offline; it cannot run here.")
+        return control_updates(spec)
+
+    inputs = [ui.model, ui.prompt, ui.negative, steps, guidance, width, height, seed, ui.count, history]
     gr.on(
-        [run.click, prompt.submit],
-        on_generate,
-        inputs,
-        [gallery, info, history],
+        [ui.run.click, ui.prompt.submit],
+        generate_handler(studio),
+        [*inputs, ui.lora.active, ui.lora.scale],
+        [ui.gallery, ui.info, history],
         api_name="generate",
         concurrency_limit=1,
         concurrency_id="gpu",
     ).then(
-        lambda current: gr.update(choices=model_choices(studio), value=current), model, model, api_visibility="private"
+        lambda current: gr.update(choices=model_choices(studio), value=current),
+        ui.model,
+        ui.model,
+        api_visibility="private",
     )
-    cancel.click(cancel_handler(studio), None, None, api_name="cancel")
-    model.input(on_model_picked, model, [steps, guidance, width, height, negative, aspect], api_name="model_defaults")
-    lora.wire(studio, model, api_name="add_adapter")
-    aspect.input(on_aspect, [model, aspect], [width, height], api_name="aspect_size")
-    dice.click(lambda: random.randint(0, MAX_SEED), None, seed, api_name="random_seed")
-    reuse.upload(
-        on_reuse,
-        reuse,
-        [model, prompt, negative, steps, guidance, width, height, seed, count],
+    ui.cancel.click(cancel_handler(studio), None, None, api_name="cancel")
+    ui.model.input(
+        on_model_picked, ui.model, [steps, guidance, width, height, ui.negative, ui.aspect], api_name="model_defaults"
+    )
+    ui.lora.wire(studio, ui.model, api_name="add_adapter")
+    ui.aspect.input(
+        lambda model_id, ratio: size_for_aspect(registry.catalogue.get(model_id), ratio),
+        [ui.model, ui.aspect],
+        [width, height],
+        api_name="aspect_size",
+    )
+    ui.dice.click(lambda: random.randint(0, MAX_SEED), None, seed, api_name="random_seed")
+    ui.reuse.upload(
+        reuse_handler(studio),
+        ui.reuse,
+        [ui.model, ui.prompt, ui.negative, steps, guidance, width, height, seed, ui.count],
         api_name="reuse_settings",
     )
     return history
