@@ -3,7 +3,8 @@ fastest ControlNet the chosen family has (or SANA-Sprint img2img), with its late
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import gradio as gr
@@ -16,13 +17,14 @@ from studio.gpu import gpu_task
 from studio.metadata import save_image
 from studio.methods.control import (
     STROKE_KINDS,
+    ControlSettings,
     LiveRenderer,
     LiveRequest,
     LiveTarget,
     live_targets,
     on_white,
 )
-from tabs.common import user_errors
+from tabs.common import setting_slider, user_errors
 
 PHOTO_KINDS = (("Canny edges", "canny"), ("Soft edges", "softedge"), ("Depth", "depth"))
 CANVAS_SIDE = 512
@@ -67,18 +69,41 @@ def strokes_of(value: Any) -> Image.Image | None:
     return drawing
 
 
-def build(studio: StudioContext) -> None:
-    registry = studio.registry
-    renderer = LiveRenderer(registry)
+@dataclass
+class LiveTab:
+    family: gr.Radio
+    target: gr.Dropdown
+    prompt: gr.Textbox
+    source: gr.Radio
+    sketch: gr.Sketchpad
+    photo_group: gr.Group
+    photo: gr.Image
+    kind: gr.Radio
+    low: gr.Slider
+    high: gr.Slider
+    steps: gr.Slider
+    scale: gr.Slider
+    start: gr.Slider
+    end: gr.Slider
+    seed: gr.Number
+    result: gr.Image
+    control: gr.Image
+    latency: gr.Markdown
+    keep: gr.Button
 
-    def choices(family: str, source: str, kind: str) -> list[tuple[str, str]]:
-        kinds = STROKE_KINDS if source == "sketch" else (kind,)
-        return [
-            (target.describe(registry.catalogue.get(target.model)), target_value(target))
-            for target in live_targets(registry, family, kinds)
-        ]
 
-    first = choices("flux", "sketch", "canny")
+def target_choices(studio: StudioContext, family: str, source: str, kind: str) -> list[tuple[str, str]]:
+    kinds = STROKE_KINDS if source == "sketch" else (kind,)
+    catalogue = studio.registry.catalogue
+    return [
+        (target.describe(catalogue.get(target.model)), target_value(target))
+        for target in live_targets(studio.registry, family, kinds)
+    ]
+
+
+def layout(studio: StudioContext) -> LiveTab:
+    first = target_choices(studio, "flux", "sketch", "canny")
+    first_target = parse_target(first[0][1]) if first else None
     gr.Markdown(
         "Pick the brush beside the canvas and draw: the image follows every stroke. The fastest model of the "
         "family that can read a drawing is picked for you: one-step with a ControlNet, else SANA-Sprint "
@@ -103,21 +128,20 @@ def build(studio: StudioContext) -> None:
                 photo = gr.Image(label="Photo", type="pil", sources=["upload", "clipboard"])
                 kind = gr.Radio(list(PHOTO_KINDS), value="canny", label="Preprocessor")
                 with gr.Row():
-                    low = gr.Slider(0, 255, value=100, step=1, label="Canny low threshold")
-                    high = gr.Slider(0, 255, value=200, step=1, label="Canny high threshold")
+                    low = setting_slider(LiveRequest, "canny_low")
+                    high = setting_slider(LiveRequest, "canny_high")
             with gr.Accordion("Control", open=False):
-                first_target = parse_target(first[0][1]) if first else None
-                steps = gr.Slider(
-                    1,
-                    registry.catalogue.get(first_target.model).max_steps if first_target else 4,
+                steps = setting_slider(
+                    ControlSettings,
+                    "steps",
+                    maximum=studio.registry.catalogue.get(first_target.model).max_steps if first_target else 4,
                     value=first_target.steps if first_target else 1,
-                    step=1,
                     label="Steps (fewer: faster frames)",
                 )
-                scale = gr.Slider(0, 2, value=1.0, step=0.05, label="Conditioning scale")
+                scale = setting_slider(LiveRequest, "conditioning_scale")
                 with gr.Row():
-                    start = gr.Slider(0, 1, value=0.0, step=0.05, label="Control starts at (fraction of steps)")
-                    end = gr.Slider(0, 1, value=1.0, step=0.05, label="Control ends at")
+                    start = setting_slider(LiveRequest, "control_start")
+                    end = setting_slider(LiveRequest, "control_end")
                 seed = gr.Number(value=0, precision=0, minimum=0, label="Seed (fixed: frames stay stable)")
         with gr.Column():
             with gr.Row():
@@ -125,20 +149,31 @@ def build(studio: StudioContext) -> None:
                 control = gr.Image(label="Control image", type="pil", format="png", height=320, elem_id="live-control")
             latency = gr.Markdown("Draw on the canvas to start.", elem_id="live-latency")
             keep = gr.Button("Save this frame", size="sm")
-    last = gr.State(None)
+    return LiveTab(
+        family,
+        target,
+        prompt,
+        source,
+        sketch,
+        photo_group,
+        photo,
+        kind,
+        low,
+        high,
+        steps,
+        scale,
+        start,
+        end,
+        seed,
+        result,
+        control,
+        latency,
+        keep,
+    )
 
-    def on_family(chosen_family, chosen_source, chosen_kind):
-        options = choices(chosen_family, chosen_source, chosen_kind)
-        if not options:
-            gr.Warning(unavailable_message(all_families()[chosen_family]))
-        return gr.update(choices=options, value=options[0][1] if options else None)
 
-    @gpu_task(duration=30)
-    def on_target(target_id):
-        if not target_id:
-            return gr.update()
-        chosen = parse_target(target_id)
-        return gr.update(value=chosen.steps, maximum=registry.catalogue.get(chosen.model).max_steps)
+def frame_handler(studio: StudioContext) -> Callable:
+    renderer = LiveRenderer(studio.registry)
 
     def on_frame(
         target_id,
@@ -173,7 +208,7 @@ def build(studio: StudioContext) -> None:
                     control_end=float(control_end),
                 )
             )
-        spec = registry.catalogue.get(frame.settings.model)
+        spec = studio.registry.catalogue.get(frame.settings.model)
         text_note = "prompt encoded" if frame.encoded_prompt else "prompt from cache"
         note = (
             f"**{frame.seconds * 1000:.0f} ms** per frame · {chosen.describe(spec)} · "
@@ -181,6 +216,11 @@ def build(studio: StudioContext) -> None:
         )
         return preview(frame.image), preview(frame.control_image), note, frame
 
+    # The GPU work is the frame (a ZeroGPU slot for each; 30 s is ample for one).
+    return gpu_task(duration=30)(on_frame)
+
+
+def keep_handler(studio: StudioContext) -> Callable:
     def on_keep(frame):
         if frame is None:
             raise gr.Error("Draw something first: there is no frame to save.")
@@ -192,40 +232,64 @@ def build(studio: StudioContext) -> None:
         )
         gr.Info(f"Saved {path.name}.")
 
-    family.input(on_family, [family, source, kind], target, api_visibility="private")
-    gr.on([source.input, kind.input], on_family, [family, source, kind], target, api_visibility="private")
-    source.input(
+    return on_keep
+
+
+def build(studio: StudioContext) -> None:
+    ui = layout(studio)
+    catalogue = studio.registry.catalogue
+    last = gr.State(None)
+
+    def on_family(chosen_family, chosen_source, chosen_kind):
+        options = target_choices(studio, chosen_family, chosen_source, chosen_kind)
+        if not options:
+            gr.Warning(unavailable_message(all_families()[chosen_family]))
+        return gr.update(choices=options, value=options[0][1] if options else None)
+
+    def on_target(target_id):
+        if not target_id:
+            return gr.update()
+        chosen = parse_target(target_id)
+        return gr.update(value=chosen.steps, maximum=catalogue.get(chosen.model).max_steps)
+
+    ui.family.input(on_family, [ui.family, ui.source, ui.kind], ui.target, api_visibility="private")
+    gr.on(
+        [ui.source.input, ui.kind.input],
+        on_family,
+        [ui.family, ui.source, ui.kind],
+        ui.target,
+        api_visibility="private",
+    )
+    ui.source.input(
         lambda chosen: (gr.update(visible=chosen == "sketch"), gr.update(visible=chosen == "photo")),
-        source,
-        [sketch, photo_group],
+        ui.source,
+        [ui.sketch, ui.photo_group],
         api_visibility="private",
     )
     # The newest drawing always wins: a frame still running is followed only by the latest change,
     # and every live frame shares the one GPU slot with the other tabs' runs.
-    frame_inputs = [target, prompt, source, sketch, photo, low, high, seed, scale, start, end, steps]
-    frame_outputs = [result, control, latency, last]
+    frame_inputs = [
+        ui.target,
+        ui.prompt,
+        ui.source,
+        ui.sketch,
+        ui.photo,
+        ui.low,
+        ui.high,
+        ui.seed,
+        ui.scale,
+        ui.start,
+        ui.end,
+        ui.steps,
+    ]
+    frame_outputs = [ui.result, ui.control, ui.latency, last]
     live = dict(trigger_mode="always_last", concurrency_limit=1, concurrency_id="gpu", show_progress="hidden")
-    gr.on(
-        [
-            sketch.change,
-            photo.change,
-            prompt.change,
-            scale.release,
-            start.release,
-            end.release,
-            seed.change,
-            low.release,
-            high.release,
-            steps.release,
-        ],
-        on_frame,
-        frame_inputs,
-        frame_outputs,
-        api_name="live_frame",
-        **live,
-    )
+    on_frame = frame_handler(studio)
+    changes = [ui.sketch.change, ui.photo.change, ui.prompt.change, ui.seed.change]
+    releases = [slider.release for slider in (ui.scale, ui.start, ui.end, ui.low, ui.high, ui.steps)]
+    gr.on([*changes, *releases], on_frame, frame_inputs, frame_outputs, api_name="live_frame", **live)
     # A new model first sets its own step count, then draws.
-    target.change(on_target, target, steps, api_visibility="private").then(
+    ui.target.change(on_target, ui.target, ui.steps, api_visibility="private").then(
         on_frame, frame_inputs, frame_outputs, api_visibility="private", **live
     )
-    keep.click(on_keep, last, None, api_name="live_save")
+    ui.keep.click(keep_handler(studio), last, None, api_name="live_save")
