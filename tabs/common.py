@@ -245,10 +245,16 @@ class Form:
         return list(self.fields.values())
 
     def read(self, values: tuple[Any, ...], **extra: Any) -> Any:
-        declared = params(self.settings_type)
-        data = {}
-        for name, value in zip(self.fields, values):
-            if value is None or (isinstance(value, str) and name in declared and not value.strip()):
-                value = declared[name].default if name in declared else ""
-            data[name] = value
-        return self.settings_type(**(data | extra))
+        return settings_from(self.settings_type, tuple(self.fields), values, **extra)
+
+
+def settings_from(settings_type: type, names: tuple[str, ...], values: tuple[Any, ...], **extra: Any) -> Any:
+    """Settings from UI values named by field; an emptied box reads as the field's declared
+    default (`checked` validates the rest when the method runs)."""
+    declared = params(settings_type)
+    data = {}
+    for name, value in zip(names, values):
+        if value is None or (isinstance(value, str) and name in declared and not value.strip()):
+            value = declared[name].default if name in declared else ""
+        data[name] = value
+    return settings_type(**(data | extra))

@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 from PIL import Image, ImageDraw
@@ -25,6 +28,7 @@ from studio.methods.layout import (
 from studio.params import param
 from studio.presets import layout_examples
 from tabs.common import (
+    SamplingControls,
     cancel_handler,
     default_model,
     model_choices,
@@ -34,6 +38,7 @@ from tabs.common import (
     sampling_controls,
     sampling_updates,
     setting_slider,
+    settings_from,
     user_errors,
 )
 
@@ -74,6 +79,9 @@ EDITOR_CSS = """
 .layout-tools { display: flex; justify-content: space-between; align-items: center; gap: 8px; margin-top: 4px;
                 font-size: 13px; }
 """
+
+
+SAMPLED = ("steps", "guidance", "width", "height", "seed")
 
 
 def serves(spec: ModelSpec, method: str = "regional") -> bool:
@@ -140,18 +148,33 @@ def rows_from_editor(value: str | None, next_caption: str) -> list[list]:
     return rows
 
 
-# Regional attention masks the first 8 steps (the reference's 24-step schedule).
+@dataclass
+class LayoutTab:
+    method: gr.Radio
+    model: gr.Dropdown
+    caption: gr.Textbox
+    new_caption: gr.Textbox
+    editor: gr.HTML
+    table: gr.Dataframe
+    clear: gr.Button
+    sampling: SamplingControls
+    regional_options: gr.Row
+    siamlayout_options: gr.Row
+    method_settings: list[gr.Slider]  # mask steps, block stride, base ratio; grounding fraction
+    run: gr.Button
+    cancel: gr.Button
+    example: gr.Dropdown
+    overlay: gr.Checkbox
+    result: gr.Image
+    info: gr.JSON
 
 
-def build(studio: StudioContext) -> None:
-    registry = studio.registry
-    choices = model_choices(studio, serves)
+def layout(studio: StudioContext, examples: list[dict]) -> LayoutTab:
     default = default_model(studio, serves)
-    examples = layout_examples()
     with gr.Row():
         with gr.Column(scale=2):
             method = gr.Radio([(label, key) for key, label in METHODS.items()], value="regional", label="Method")
-            model = gr.Dropdown(choices, value=default.id, label="Model")
+            model = gr.Dropdown(model_choices(studio, serves), value=default.id, label="Model")
             caption = gr.Textbox(label="Global caption", lines=2)
             new_caption = gr.Textbox(
                 label="Caption for the next box", placeholder="a large red circle on the left, gray background"
@@ -186,7 +209,6 @@ def build(studio: StudioContext) -> None:
                     grounding = setting_slider(
                         LayoutSettings, "grounding_fraction", value=siamlayout.default_grounding(default)
                     )
-            steps, guidance, width, height, seed = sampling.components()
             run, cancel = run_and_cancel("Generate layout")
             example = gr.Dropdown(
                 [(scene["caption"], index) for index, scene in enumerate(examples)],
@@ -197,20 +219,90 @@ def build(studio: StudioContext) -> None:
             overlay = gr.Checkbox(value=True, label="Show the boxes over the result")
             result = gr.Image(label="Result", type="pil", format="png", height=512, elem_id="layout-result")
             info = gr.JSON(label="Settings of this result")
-    last_image = gr.State(None)
+    return LayoutTab(
+        method,
+        model,
+        caption,
+        new_caption,
+        editor,
+        table,
+        clear,
+        sampling,
+        regional_options,
+        siamlayout_options,
+        [inject_steps, block_stride, base_ratio, grounding],
+        run,
+        cancel,
+        example,
+        overlay,
+        result,
+        info,
+    )
 
-    def on_editor_input(value, next_caption, w, h):
-        with user_errors("Editing the boxes"):
-            rows = rows_from_editor(value, next_caption)
-        return rows, editor_value(rows, int(w), int(h))
 
-    def on_example(index, w, h):
-        if index is None:
+def on_editor_input(value: str, next_caption: str, w: float, h: float) -> tuple[list[list], str]:
+    with user_errors("Editing the boxes"):
+        rows = rows_from_editor(value, next_caption)
+    return rows, editor_value(rows, int(w), int(h))
+
+
+def show(image: Image.Image | None, settings: LayoutSettings | None, with_boxes: bool) -> Any:
+    if image is None or settings is None:
+        return gr.update()
+    if not with_boxes:
+        return image
+    # Small results are enlarged first so the captions stay legible.
+    scale = max(1, PREVIEW_SIDE // max(image.size))
+    enlarged = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
+    return draw_boxes(enlarged, settings.regions)
+
+
+NUMBERS = (*SAMPLED, "inject_steps", "block_stride", "base_ratio", "grounding_fraction")
+
+
+def generate_handler(studio: StudioContext) -> Callable:
+    # Gradio passes its request and progress only to parameters before a *values one.
+    @gpu_task()
+    def on_generate(request: gr.Request, progress=gr.Progress(), *values):
+        model_id, global_caption, rows, *sampled = values[:8]
+        masked_steps, stride, ratio, with_boxes, chosen_method, grounding = values[8:]
+        with user_errors("Layout generation"):
+            settings = settings_from(
+                LayoutSettings,
+                NUMBERS,
+                (*sampled, masked_steps, stride, ratio, grounding),
+                model=model_id,
+                caption=global_caption or "",
+                regions=regions_from_table(rows),
+                method=chosen_method or "regional",
+            )
+        phase = progress_callback(progress, "Denoising")
+        made = run_job(
+            studio,
+            request,
+            "Layout generation",
+            lambda cancel: studio.runner.run("layout", settings, {}, phase, cancel),
+        )
+        if made is None:
             return gr.update(), gr.update(), gr.update()
-        scene = examples[int(index)]
-        rows = [[region["caption"], *region["box"]] for region in scene["regions"]]
-        return scene["caption"], rows, editor_value(rows, int(w), int(h))
+        payload = {**made.settings.to_dict(), "method_name": METHODS[made.settings.method]}
+        payload["seconds"] = round(made.seconds, 3)
+        save_image(made.image, payload, studio.output_dir, f"layout-{settings.model}-{settings.seed}")
+        return show(made.image, made.settings, with_boxes), payload, (made.image, made.settings)
 
+    return on_generate
+
+
+def model_picked(studio: StudioContext) -> Callable:
+    def on_model(model_id):
+        spec = studio.registry.catalogue.get(model_id)
+        steps_now, guidance_now, width_now, height_now = sampling_updates(spec, param(LayoutSettings, "steps").default)
+        return width_now, height_now, guidance_now, steps_now, siamlayout.default_grounding(spec)
+
+    return on_model
+
+
+def method_picked(studio: StudioContext) -> Callable:
     def on_method(chosen, current):
         options = model_choices(studio, lambda spec: serves(spec, chosen))
         ids = [model_id for _, model_id in options]
@@ -221,99 +313,52 @@ def build(studio: StudioContext) -> None:
             gr.update(visible=chosen == "siamlayout"),
         )
 
-    def show(image, settings, with_boxes):
-        if image is None:
-            return gr.update()
-        if not with_boxes:
-            return image
-        # Small results are enlarged first so the captions stay legible.
-        scale = max(1, PREVIEW_SIDE // max(image.size))
-        return draw_boxes(
-            image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST), settings.regions
-        )
+    return on_method
 
-    @gpu_task()
-    def on_generate(
-        model_id,
-        global_caption,
-        rows,
-        step_count,
-        guidance_scale,
-        w,
-        h,
-        seed_value,
-        masked_steps,
-        stride,
-        ratio,
-        with_boxes,
-        chosen_method,
-        grounding_fraction,
-        request: gr.Request,
-        progress=gr.Progress(),
-    ):
-        with user_errors("Layout generation"):
-            settings = LayoutSettings(
-                model=model_id,
-                caption=global_caption or "",
-                regions=regions_from_table(rows),
-                steps=int(step_count),
-                guidance=float(guidance_scale),
-                seed=int(seed_value or 0),
-                width=int(w),
-                height=int(h),
-                inject_steps=int(masked_steps),
-                block_stride=int(stride),
-                base_ratio=float(ratio),
-                method=chosen_method or "regional",
-                grounding_fraction=float(grounding_fraction),
-            )
-        made = run_job(
-            studio,
-            request,
-            "Layout generation",
-            lambda cancel: studio.runner.run("layout", settings, {}, progress_callback(progress, "Denoising"), cancel),
-        )
-        if made is None:
+
+def build(studio: StudioContext) -> None:
+    examples = layout_examples()
+    ui = layout(studio, examples)
+    steps, guidance, width, height, seed = ui.sampling.components()
+    inject_steps, block_stride, base_ratio, grounding = ui.method_settings
+    last_image = gr.State(None)
+
+    def on_example(index, w, h):
+        if index is None:
             return gr.update(), gr.update(), gr.update()
-        payload = {
-            **made.settings.to_dict(),
-            "method_name": METHODS[made.settings.method],
-            "seconds": round(made.seconds, 3),
-        }
-        save_image(made.image, payload, studio.output_dir, f"layout-{settings.model}-{settings.seed}")
-        return show(made.image, made.settings, with_boxes), payload, (made.image, made.settings)
+        scene = examples[int(index)]
+        rows = [[region["caption"], *region["box"]] for region in scene["regions"]]
+        return scene["caption"], rows, editor_value(rows, int(w), int(h))
 
-    def on_model(model_id):
-        spec = registry.catalogue.get(model_id)
-        steps_now, guidance_now, width_now, height_now = sampling_updates(spec, param(LayoutSettings, "steps").default)
-        return width_now, height_now, guidance_now, steps_now, siamlayout.default_grounding(spec)
-
-    model.change(on_model, model, [width, height, guidance, steps, grounding], api_visibility="private")
-    editor.input(on_editor_input, [editor, new_caption, width, height], [table, editor], api_visibility="private")
+    private = {"api_visibility": "private"}
+    ui.model.change(model_picked(studio), ui.model, [width, height, guidance, steps, grounding], **private)
+    ui.editor.input(on_editor_input, [ui.editor, ui.new_caption, width, height], [ui.table, ui.editor], **private)
     gr.on(
-        [table.input, width.change, height.change],
+        [ui.table.input, width.change, height.change],
         lambda rows, w, h: editor_value(rows, int(w), int(h)),
-        [table, width, height],
-        editor,
-        api_visibility="private",
+        [ui.table, width, height],
+        ui.editor,
+        **private,
     )
-    clear.click(
-        lambda w, h: ([], editor_value([], int(w), int(h))), [width, height], [table, editor], api_visibility="private"
+    ui.clear.click(
+        lambda w, h: ([], editor_value([], int(w), int(h))), [width, height], [ui.table, ui.editor], **private
     )
-    example.input(on_example, [example, width, height], [caption, table, editor], api_visibility="private")
-    method.input(on_method, [method, model], [model, regional_options, siamlayout_options], api_visibility="private")
-    overlay.change(
+    ui.example.input(on_example, [ui.example, width, height], [ui.caption, ui.table, ui.editor], **private)
+    ui.method.input(
+        method_picked(studio), [ui.method, ui.model], [ui.model, ui.regional_options, ui.siamlayout_options], **private
+    )
+    ui.overlay.change(
         lambda made, with_boxes: show(made[0], made[1], with_boxes) if made else gr.update(),
-        [last_image, overlay],
-        result,
-        api_visibility="private",
+        [last_image, ui.overlay],
+        ui.result,
+        **private,
     )
-    run.click(
-        on_generate,
+    ui.run.click(
+        generate_handler(studio),
         [
-            model,
-            caption,
-            table,
+            ui.model,
+            ui.caption,
+            ui.table,
             steps,
             guidance,
             width,
@@ -322,13 +367,13 @@ def build(studio: StudioContext) -> None:
             inject_steps,
             block_stride,
             base_ratio,
-            overlay,
-            method,
+            ui.overlay,
+            ui.method,
             grounding,
         ],
-        [result, info, last_image],
+        [ui.result, ui.info, last_image],
         api_name="layout_generate",
         concurrency_limit=1,
         concurrency_id="gpu",
     )
-    cancel.click(cancel_handler(studio), None, None, api_name="layout_cancel")
+    ui.cancel.click(cancel_handler(studio), None, None, api_name="layout_cancel")
