@@ -293,6 +293,17 @@ def generate_handler(studio: StudioContext) -> Callable:
     return on_generate
 
 
+def example_loader(examples: list[dict]) -> Callable:
+    def on_example(index, w, h):
+        if index is None:
+            return gr.update(), gr.update(), gr.update()
+        scene = examples[int(index)]
+        rows = [[region["caption"], *region["box"]] for region in scene["regions"]]
+        return scene["caption"], rows, editor_value(rows, int(w), int(h))
+
+    return on_example
+
+
 def model_picked(studio: StudioContext) -> Callable:
     def on_model(model_id):
         spec = studio.registry.catalogue.get(model_id)
@@ -323,13 +334,6 @@ def build(studio: StudioContext) -> None:
     inject_steps, block_stride, base_ratio, grounding = ui.method_settings
     last_image = gr.State(None)
 
-    def on_example(index, w, h):
-        if index is None:
-            return gr.update(), gr.update(), gr.update()
-        scene = examples[int(index)]
-        rows = [[region["caption"], *region["box"]] for region in scene["regions"]]
-        return scene["caption"], rows, editor_value(rows, int(w), int(h))
-
     private = {"api_visibility": "private"}
     ui.model.change(model_picked(studio), ui.model, [width, height, guidance, steps, grounding], **private)
     ui.editor.input(on_editor_input, [ui.editor, ui.new_caption, width, height], [ui.table, ui.editor], **private)
@@ -343,7 +347,9 @@ def build(studio: StudioContext) -> None:
     ui.clear.click(
         lambda w, h: ([], editor_value([], int(w), int(h))), [width, height], [ui.table, ui.editor], **private
     )
-    ui.example.input(on_example, [ui.example, width, height], [ui.caption, ui.table, ui.editor], **private)
+    ui.example.input(
+        example_loader(examples), [ui.example, width, height], [ui.caption, ui.table, ui.editor], **private
+    )
     ui.method.input(
         method_picked(studio), [ui.method, ui.model], [ui.model, ui.regional_options, ui.siamlayout_options], **private
     )
