@@ -16,16 +16,6 @@ from studio.catalogue import Catalogue  # noqa: E402
 from studio.registry import Registry  # noqa: E402
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
-TINY_MODELS = [
-    "tiny-flux-dev",
-    "tiny-flux-schnell",
-    "tiny-sd3",
-    "tiny-sd3-turbo",
-    "tiny-pixart-sigma",
-    "tiny-pixart-lcm",
-    "tiny-sana",
-    "tiny-sana-sprint",
-]
 
 
 @pytest.fixture(scope="session")
@@ -33,9 +23,10 @@ def catalogue() -> Catalogue:
     return Catalogue.load()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def registry(catalogue) -> Registry:
-    """One registry for the whole run, as the studio has: built-in models load once."""
+    """A registry for each test module, so no module depends on what another left loaded or
+    registered (adapters, ControlNets); within a module built-in models load once."""
     return Registry(catalogue, device="cpu")
 
 

@@ -1,10 +1,59 @@
-"""Helpers the test modules share."""
+"""Helpers the test modules share: models chosen by what they can do (so a new model or family
+in the catalogue gets the tests of its capabilities), and a pipeline to inspect."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from diffusers import DiffusionPipeline
 
+from studio.catalogue import Catalogue, ModelSpec
 from studio.registry import Registry
+
+CATALOGUE = Catalogue.load()
+Capability = Callable[[ModelSpec], bool]
+
+
+def joint(spec: ModelSpec) -> bool:
+    """Text and image tokens in one attention (FLUX, SD3)."""
+    return spec.family.token_order in ("text-image", "image-text")
+
+
+def cross(spec: ModelSpec) -> bool:
+    """Text read through cross-attention (PixArt, SANA)."""
+    return spec.family.token_order == "cross-attention"
+
+
+def controllable(spec: ModelSpec) -> bool:
+    return bool(spec.controlnets)
+
+
+def everything(spec: ModelSpec) -> bool:
+    return True
+
+
+def random_per_family(capability: Capability = everything) -> list[str]:
+    """One random-weight, standard-mode built-in of each family that has the capability: the
+    cheapest model that runs each family's code path."""
+    chosen: dict[str, str] = {}
+    for spec in CATALOGUE:
+        if spec.random_weights and spec.mode == "standard" and capability(spec):
+            chosen.setdefault(spec.family.name, spec.id)
+    return list(chosen.values())
+
+
+def trained(capability: Capability = everything) -> list[str]:
+    """The built-ins with trained weights (the shapes world) that have the capability, without
+    extensions (a SiamLayout model has its own tests)."""
+    return [
+        spec.id
+        for spec in CATALOGUE
+        if spec.builtin and not spec.random_weights and not spec.extensions and capability(spec)
+    ]
+
+
+def builtins(capability: Capability = everything) -> list[str]:
+    return [spec.id for spec in CATALOGUE if spec.builtin and not spec.extensions and capability(spec)]
 
 
 def pipeline_of(registry: Registry, model_id: str, task: str = "t2i") -> DiffusionPipeline:

@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 import torch
-from support import pipeline_of
+from support import cross, joint, pipeline_of, random_per_family, trained
 
 from studio import flow
 from studio.attention import (
@@ -20,7 +20,7 @@ from studio.attention import (
 )
 from studio.errors import InvalidRequest
 
-JOINT_MODELS = ["tiny-flux-dev", "tiny-sd3", "shapes-flux", "shapes-sd3"]
+JOINT_MODELS = [*random_per_family(joint), *trained(joint)]
 
 
 def model_for(registry, model_id, prompts=("a red circle on the left",)):
@@ -75,7 +75,7 @@ def test_flux_layer_groups(registry):
     ]
 
 
-@pytest.mark.parametrize("model_id", ["tiny-flux-dev", "tiny-sd3"])
+@pytest.mark.parametrize("model_id", random_per_family(joint))
 def test_mask_blocks_attention_and_sharing_swaps_keys(registry, model_id):
     spec, pipe, model = model_for(registry, model_id)
     latents = flow.initial_noise(pipe, 1, 64, 64)
@@ -112,7 +112,7 @@ def test_mask_blocks_attention_and_sharing_swaps_keys(registry, model_id):
     torch.testing.assert_close(shared, first, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("model_id", ["tiny-flux-dev", "tiny-sd3", "tiny-pixart-sigma", "tiny-sana"])
+@pytest.mark.parametrize("model_id", random_per_family())
 def test_word_token_indices(registry, model_id):
     spec = registry.catalogue.get(model_id)
     pipe = pipeline_of(registry, model_id)
@@ -143,7 +143,7 @@ def test_a_word_split_into_several_tokens_gets_all_of_them(registry):
     assert all(i >= 77 for i in indices[len(clip_pieces) :])  # then T5's piece(s)
 
 
-@pytest.mark.parametrize("model_id", ["tiny-pixart-sigma", "tiny-sana"])
+@pytest.mark.parametrize("model_id", random_per_family(cross))
 def test_cross_attention_processors_match_the_originals(registry, model_id):
     from studio.attention import cross_layers
 

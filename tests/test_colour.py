@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pytest
 import torch
-from support import pipeline_of
+from support import joint, pipeline_of, random_per_family, trained
 
 from studio import flow, metrics
 from studio.attention import AttentionController, AttentionEdit, BranchCache, CaptureBranch, RecordAttention, controlled
@@ -52,7 +52,7 @@ class ValueProbe(AttentionEdit):
         return q, k, v
 
 
-@pytest.mark.parametrize("model_id", ["tiny-flux-dev", "tiny-sd3", "shapes-flux", "shapes-sd3"])
+@pytest.mark.parametrize("model_id", [*random_per_family(joint), *trained(joint)])
 def test_same_prompt_returns_the_source_exactly(registry, model_id):
     originals = dict(pipeline_of(registry, model_id).transformer.attn_processors)
     edit = colour_edit(registry, settings_for(model_id, target_prompt=SOURCE, steps=4))
@@ -61,7 +61,7 @@ def test_same_prompt_returns_the_source_exactly(registry, model_id):
     assert all(pipeline_of(registry, model_id).transformer.attn_processors[n] is p for n, p in originals.items())
 
 
-@pytest.mark.parametrize("model_id", ["tiny-flux-dev", "tiny-sd3"])
+@pytest.mark.parametrize("model_id", random_per_family(joint))
 def test_target_branch_takes_maps_and_values_from_the_source(registry, model_id):
     spec = registry.catalogue.get(model_id)
     pipe = pipeline_of(registry, model_id)
@@ -220,7 +220,7 @@ def test_recolouring_shapes_keeps_the_object_and_background(registry):
     assert ours["iou"] >= theirs["iou"] + 0.02 and ours["success"] > theirs["success"]
 
 
-@pytest.mark.parametrize("model_id", ["tiny-flux-dev", "tiny-sd3", "shapes-flux"])
+@pytest.mark.parametrize("model_id", [*random_per_family(joint), *trained(joint)[:1]])
 def test_source_beside_the_target_equals_the_cached_source(registry, model_id):
     """Too big to cache (full-size models at 1024²): the source runs again in the target's batch,
     with the same result."""

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
-from support import pipeline_of
+from support import controllable, pipeline_of, random_per_family
 
 from studio.errors import InvalidRequest, UnknownModel
 from studio.generation import GenerationSettings, generate
@@ -294,7 +294,7 @@ def test_a_controlnet_from_a_local_folder_loads_by_its_config(catalogue, registr
         control_generate(broken, settings_for(broken, spec.id, "canny"), strokes("line"))
 
 
-@pytest.mark.parametrize("model", ["tiny-flux-dev", "tiny-sd3", "tiny-sana"])
+@pytest.mark.parametrize("model", random_per_family(controllable))
 def test_building_a_small_controlnet_leaves_the_base_as_it_was(registry, model):
     """diffusers' SD3 `from_transformer` writes num_layers into the base's own config; the
     built-in builder must copy it instead."""

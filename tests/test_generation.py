@@ -2,9 +2,8 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import TINY_MODELS
 from PIL import Image
-from support import pipeline_of
+from support import builtins, pipeline_of
 
 from studio.errors import Cancelled, InvalidRequest
 from studio.generation import GenerationSettings, call_arguments, generate, size_for_aspect, validate
@@ -30,7 +29,7 @@ def pixels(result) -> np.ndarray:
     return np.asarray(result.image, dtype=np.int16)
 
 
-@pytest.mark.parametrize("model", [*TINY_MODELS, "shapes-flux", "shapes-sd3"])
+@pytest.mark.parametrize("model", builtins())
 def test_each_family_makes_the_requested_size_and_the_seed_decides(registry, model):
     wide, tall = (
         run(registry, model=model, width=96, height=64, seed=3)[0],

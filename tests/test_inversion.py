@@ -2,12 +2,12 @@
 
 import pytest
 import torch
-from support import pipeline_of
+from support import joint, pipeline_of, random_per_family, trained
 
 from studio import flow
 from studio.inversion import invert_latents
 
-FLOW_MODELS = ["tiny-flux-dev", "tiny-sd3", "shapes-flux", "shapes-sd3"]
+FLOW_MODELS = [*random_per_family(joint), *trained(joint)]
 
 
 def flow_model(registry, model_id, prompt="a red circle", guidance=None):
@@ -19,7 +19,7 @@ def flow_model(registry, model_id, prompt="a red circle", guidance=None):
     return pipe, family, spec, model
 
 
-@pytest.mark.parametrize("model_id", ["tiny-flux-dev", "tiny-sd3"])
+@pytest.mark.parametrize("model_id", random_per_family(joint))
 def test_euler_sampling_is_the_pipelines_own(registry, model_id):
     pipe, family, spec, model = flow_model(registry, model_id)
     noise = flow.initial_noise(pipe, seed=3, width=64, height=64)
@@ -75,7 +75,7 @@ def test_unknown_solver_is_a_clear_error(registry):
         flow.integrate(model.velocity, torch.zeros(1, 16, 8, 8), [1.0, 0.0], solver="heun")
 
 
-@pytest.mark.parametrize("model_id", ["tiny-flux-dev", "tiny-sd3"])
+@pytest.mark.parametrize("model_id", random_per_family(joint))
 def test_two_models_beside_each_other_give_each_ones_velocity(registry, model_id):
     """`beside` batches two encoded models without encoding again: the same velocities as each alone."""
     _, _, _, red = flow_model(registry, model_id, "a red circle")

@@ -5,7 +5,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from support import pipeline_of
+from support import cross, joint, pipeline_of, random_per_family
 
 from studio import flow
 from studio.attention import AttentionController, RecordAttention, controlled
@@ -86,7 +86,7 @@ def layout(model, **changes):
     return replace(settings, **changes)
 
 
-@pytest.mark.parametrize("model_id", ["tiny-flux-dev", "tiny-sd3"])
+@pytest.mark.parametrize("model_id", random_per_family(joint))
 def test_outside_tokens_ignore_a_region_caption_while_masked(registry, model_id):
     spec = registry.catalogue.get(model_id)
     pipe = pipeline_of(registry, model_id)
@@ -110,7 +110,7 @@ def test_outside_tokens_ignore_a_region_caption_while_masked(registry, model_id)
             assert to_a > 0, (step, layer)
 
 
-@pytest.mark.parametrize("model_id", ["tiny-flux-dev", "tiny-sd3"])
+@pytest.mark.parametrize("model_id", random_per_family(joint))
 def test_one_full_box_with_the_global_caption_is_the_plain_path(registry, model_id):
     spec = registry.catalogue.get(model_id)
     caption = "a large red circle on the left, gray background"
@@ -161,7 +161,7 @@ def test_cross_attention_mask_is_exact():
     ]  # p3: background, the global caption only
 
 
-@pytest.mark.parametrize("model_id", ["tiny-pixart-sigma", "tiny-sana"])
+@pytest.mark.parametrize("model_id", random_per_family(cross))
 def test_cross_attention_families_get_regional_masks(registry, model_id, monkeypatch):
     import studio.methods.layout as layout_module
 

@@ -4,6 +4,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from support import trained
 from transformers import CLIPTokenizer, GemmaTokenizer, T5Tokenizer
 
 from studio import offline
@@ -112,7 +113,7 @@ TRAINED_PROMPTS = [
 ]
 
 
-@pytest.mark.parametrize("model", ["shapes-flux", "shapes-sd3"])
+@pytest.mark.parametrize("model", trained())
 def test_the_trained_model_draws_the_asked_colour_at_the_asked_place(registry, model):
     assert registry.catalogue.get(model).path.joinpath("model_index.json").is_file()
     colour_hits = position_hits = total = 0
