@@ -1,5 +1,5 @@
 # Two entry points: `make demo` opens the studio on its built-in offline models, `make test` runs
-# the tests. Each creates .venv on first use.
+# the tests (linters, type check, then pytest). Each creates .venv on first use.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -19,6 +19,9 @@ demo: $(STAMP)
 	$(BIN)/dit-studio --offline
 
 test: $(STAMP)
+	$(BIN)/ruff check studio tabs tests
+	$(BIN)/ruff format --check studio tabs tests
+	$(BIN)/mypy
 	bash scripts/ensure-chromium.sh
 	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(BIN)/python -m pytest
 

@@ -489,3 +489,32 @@ def test_a_blank_canvas_is_no_drawing():
     drawn = Image.new("RGBA", (8, 8), (255, 255, 255, 255))
     drawn.putpixel((3, 3), (0, 0, 0, 255))
     assert strokes_of({"composite": drawn}) is drawn
+
+
+def test_every_handler_in_the_gpu_slot_is_a_gpu_task_and_gets_its_request(tmp_path):
+    """ZeroGPU gives the GPU only to decorated handlers; Gradio gives a handler its request and
+    progress only through parameters before a *values one (after it they stay at their defaults:
+    cancel keyed to no session, a progress bar that never moves)."""
+    import inspect
+
+    import gradio as gr
+
+    from studio.cli import create_studio, parse_args
+    from studio.gpu import GPU_MARK
+    from tabs.app import build_app
+
+    demo = build_app(create_studio(parse_args(["--offline", "--output-dir", str(tmp_path)])))
+    in_slot = [block.fn for block in demo.fns.values() if block.concurrency_id == "gpu"]
+    assert len(in_slot) >= 6
+    assert [fn.__qualname__ for fn in in_slot if not hasattr(fn, GPU_MARK)] == []
+    for block in demo.fns.values():
+        if block.fn is None:
+            continue
+        parameters = list(inspect.signature(block.fn).parameters.values())
+        variadic = [i for i, p in enumerate(parameters) if p.kind is p.VAR_POSITIONAL]
+        special = [
+            i
+            for i, p in enumerate(parameters)
+            if isinstance(p.default, gr.Progress) or p.annotation in (gr.Request, "gr.Request", "gr.Request | None")
+        ]
+        assert not variadic or all(i < variadic[0] for i in special), block.fn.__qualname__
