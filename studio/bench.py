@@ -289,22 +289,9 @@ def full_size_sana(device: str, dtype: torch.dtype, size: int, runs: int) -> Non
         return decoder.decode(x / DC_AE_F32C32["scaling_factor"]).sample
 
     def controlnet_image():
-        blocks = controlnet(
-            latents,
-            encoder_hidden_states=text,
-            encoder_attention_mask=mask,
-            timestep=step,
-            controlnet_cond=latents,
-            return_dict=False,
-        )[0]
-        x = sana(
-            latents,
-            encoder_hidden_states=text,
-            encoder_attention_mask=mask,
-            timestep=step,
-            controlnet_block_samples=blocks,
-            return_dict=False,
-        )[0]
+        conditioning = {"encoder_hidden_states": text, "encoder_attention_mask": mask, "timestep": step}
+        blocks = controlnet(latents, controlnet_cond=latents, return_dict=False, **conditioning)[0]
+        x = sana(latents, controlnet_block_samples=blocks, return_dict=False, **conditioning)[0]
         return decoder.decode(x / DC_AE_F32C32["scaling_factor"]).sample
 
     print(f"device {device}, dtype {str(dtype).removeprefix('torch.')}, {size}x{size}, median of {runs}\n")

@@ -72,15 +72,17 @@ def methods() -> dict[str, Method]:
     return dict(_METHODS)
 
 
+@dataclass(frozen=True)
+class Job:
+    """What a tab submits: a method's name, its settings and its inputs (images), plain data."""
+
+    method: str
+    settings: SamplingSettings
+    inputs: Mapping[str, Any] = field(default_factory=dict)
+
+
 class Runner(Protocol):
-    def run(
-        self,
-        method: str,
-        settings: SamplingSettings,
-        inputs: Mapping[str, Any] | None = None,
-        on_step: StepCallback | None = None,
-        cancel: threading.Event | None = None,
-    ) -> Any: ...
+    def run(self, job: Job, on_step: StepCallback | None = None, cancel: threading.Event | None = None) -> Any: ...
 
 
 class LocalRunner:
@@ -89,21 +91,16 @@ class LocalRunner:
     def __init__(self, registry: Registry):
         self.registry = registry
 
-    def run(
-        self,
-        method: str,
-        settings: SamplingSettings,
-        inputs: Mapping[str, Any] | None = None,
-        on_step: StepCallback | None = None,
-        cancel: threading.Event | None = None,
-    ) -> Any:
+    def run(self, job: Job, on_step: StepCallback | None = None, cancel: threading.Event | None = None) -> Any:
         table = methods()
-        if method not in table:
-            raise InvalidRequest(f"There is no method {method!r}; there are {', '.join(sorted(table))}.")
-        chosen = table[method]
-        if not isinstance(settings, chosen.settings_type):
-            raise InvalidRequest(f"{method} takes {chosen.settings_type.__name__}, not {type(settings).__name__}.")
-        unknown = set(inputs or {}) - set(chosen.inputs)
+        if job.method not in table:
+            raise InvalidRequest(f"There is no method {job.method!r}; there are {', '.join(sorted(table))}.")
+        chosen = table[job.method]
+        if not isinstance(job.settings, chosen.settings_type):
+            raise InvalidRequest(
+                f"{job.method} takes {chosen.settings_type.__name__}, not {type(job.settings).__name__}."
+            )
+        unknown = set(job.inputs) - set(chosen.inputs)
         if unknown:
-            raise InvalidRequest(f"{method} takes no input {', '.join(sorted(unknown))}.")
-        return chosen.call(self.registry, settings, dict(inputs or {}), on_step, cancel)
+            raise InvalidRequest(f"{job.method} takes no input {', '.join(sorted(unknown))}.")
+        return chosen.call(self.registry, job.settings, dict(job.inputs), on_step, cancel)

@@ -17,20 +17,8 @@ from studio.gpu import gpu_task
 from studio.metadata import read_settings, save_image
 from studio.methods.colour import COLOUR_NAMES, ColourEditSettings, recolour_prompt
 from studio.presets import example_rows
-from tabs.common import (
-    Form,
-    SamplingControls,
-    cancel_handler,
-    default_model,
-    model_choices,
-    progress_callback,
-    run_and_cancel,
-    run_job,
-    sampling_controls,
-    sampling_updates,
-    setting_slider,
-    user_errors,
-)
+from studio.runner import Job
+from tabs import common
 
 GENERATE, UPLOAD = "Generate it from the source prompt", "Edit an image (inverted)"
 MASK_TINT = np.array([255, 60, 200], dtype=np.float32)
@@ -58,18 +46,18 @@ class ColourTab:
     colour: gr.Dropdown
     picker: gr.ColorPicker
     target_prompt: gr.Textbox
-    sampling: SamplingControls
-    form: Form
+    sampling: common.SamplingControls
+    form: common.Form
     run: gr.Button
     cancel: gr.Button
     outputs: list[Any]
 
 
 def layout(studio: StudioContext) -> ColourTab:
-    default = default_model(studio, serves)
+    default = common.default_model(studio, serves)
     with gr.Row():
         with gr.Column(scale=2):
-            model = gr.Dropdown(model_choices(studio, serves), value=default.id, label="Model (SD3 and FLUX)")
+            model = gr.Dropdown(common.model_choices(studio, serves), value=default.id, label="Model (SD3 and FLUX)")
             source_mode = gr.Radio([GENERATE, UPLOAD], value=GENERATE, label="Source")
             image = gr.Image(type="pil", label="Image to edit", visible=False, sources=["upload", "clipboard"])
             use_last = gr.Button("Use the last text-to-image result", size="sm")
@@ -86,11 +74,11 @@ def layout(studio: StudioContext) -> ColourTab:
                 )
                 picker = gr.ColorPicker(label="…or pick one", value="#2850dc")
             target_prompt = gr.Textbox(label="Target prompt (built from the above; edit freely)", lines=2)
-            intensity = setting_slider(ColourEditSettings, "intensity")
+            intensity = common.setting_slider(ColourEditSettings, "intensity")
             with gr.Accordion("Sampling", open=False):
-                sampling = sampling_controls(ColourEditSettings, default, steps=default.steps)
-                threshold = setting_slider(ColourEditSettings, "threshold")
-            run, cancel = run_and_cancel("Recolour")
+                sampling = common.sampling_controls(ColourEditSettings, default, steps=default.steps)
+                threshold = common.setting_slider(ColourEditSettings, "threshold")
+            run, cancel = common.run_and_cancel("Recolour")
             gr.Examples(
                 example_rows("colour_edit", ["source", "word", "colour"]),
                 inputs=[source_prompt, word, colour],
@@ -103,7 +91,7 @@ def layout(studio: StudioContext) -> ColourTab:
                 result = gr.Image(label="Result", type="pil", format="png", height=256)
             info = gr.JSON(label="Settings of this result")
     steps, guidance, width, height, seed = sampling.components()
-    form = Form(
+    form = common.Form(
         ColourEditSettings,
         {
             "source_prompt": source_prompt,
@@ -146,24 +134,19 @@ def on_target(source_text: str, object_word: str, new_colour: str) -> str | dict
         return gr.update()
 
 
-def edit_handler(studio: StudioContext, form: Form) -> Callable:
+def edit_handler(studio: StudioContext, form: common.Form) -> Callable:
     @gpu_task()
     # Gradio passes its request and progress only to parameters before a *values one.
     def on_edit(request: gr.Request, progress=gr.Progress(), *values):
         model_id, mode, source_image, *fields = values
         if mode == UPLOAD and source_image is None:
             raise gr.Error("Upload the image to edit, or choose to generate it from the source prompt.")
-        with user_errors("Colour edit"):
+        with common.user_errors("Colour edit"):
             settings = form.read(tuple(fields), model=model_id)
         inputs = {"image": source_image} if mode == UPLOAD else {}
         progress((0, 2 * settings.steps), desc="Loading model")
-        phase = progress_callback(progress, "Source, then target")
-        edit = run_job(
-            studio,
-            request,
-            "Colour edit",
-            lambda cancel: studio.runner.run("colour_edit", settings, inputs, phase, cancel),
-        )
+        phase = common.progress_callback(progress, "Source, then target")
+        edit = common.run_job(studio, request, "Colour edit", Job("colour_edit", settings, inputs), phase)
         if edit is None:
             return gr.update(), gr.update(), gr.update(), gr.update()
         before = source_image.convert("RGB").resize(edit.result.size) if mode == UPLOAD else edit.source
@@ -186,7 +169,7 @@ def use_last_handler(studio: StudioContext) -> Callable:
         if not history:
             raise gr.Error("Make an image in the text-to-image tab first.")
         path = history[0][0]
-        with user_errors("Reading the last result"):
+        with common.user_errors("Reading the last result"):
             made = read_settings(path)
         spec = catalogue.get(made.model)
         if serves(spec):
@@ -228,7 +211,7 @@ def build(studio: StudioContext, text_to_image_history: gr.State) -> None:
         lambda mode: gr.update(visible=mode == UPLOAD), ui.source_mode, ui.image, api_visibility="private"
     )
     ui.model.input(
-        lambda model_id: sampling_updates(catalogue.get(model_id), catalogue.get(model_id).steps),
+        lambda model_id: common.sampling_updates(catalogue.get(model_id), catalogue.get(model_id).steps),
         ui.model,
         [steps, guidance, width, height],
         api_name="colour_model_defaults",
@@ -247,4 +230,4 @@ def build(studio: StudioContext, text_to_image_history: gr.State) -> None:
         concurrency_limit=1,
         concurrency_id="gpu",
     )
-    ui.cancel.click(cancel_handler(studio), None, None, api_name="colour_cancel")
+    ui.cancel.click(common.cancel_handler(studio), None, None, api_name="colour_cancel")

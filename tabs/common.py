@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import gradio as gr
 
 from studio.catalogue import ModelSpec
 from studio.context import StudioContext
 from studio.errors import Cancelled, StudioError
-from studio.params import SamplingSettings, param, params
+from studio.params import SamplingSettings, StepCallback, param, params
 from studio.registry import ModelState
+from studio.runner import Job
 
 log = logging.getLogger(__name__)
 
@@ -150,18 +150,16 @@ def progress_callback(progress: gr.Progress, phase: str) -> Callable[[int, int],
     return lambda done, total: progress((done, total), desc=phase)
 
 
-T = TypeVar("T")
-
-
 def run_job(
-    studio: StudioContext, request: gr.Request | None, task: str, work: Callable[[threading.Event], T]
-) -> T | None:
-    """Run a tab's job with a fresh cancel switch for the session; a StudioError reaches the user
-    as one sentence, a cancel as a notice (None is returned: the outputs stay as they were)."""
+    studio: StudioContext, request: gr.Request | None, task: str, job: Job, on_step: StepCallback | None
+) -> Any:
+    """Run a tab's job through the studio's runner with a fresh cancel switch for the session; a
+    StudioError reaches the user as one sentence, a cancel as a notice (None is returned: the
+    outputs stay as they were)."""
     cancel = studio.cancellations.start(session_of(request))
     with user_errors(task):
         try:
-            return work(cancel)
+            return studio.runner.run(job, on_step, cancel)
         except Cancelled:
             gr.Info(f"{task} cancelled.")
             return None

@@ -15,21 +15,8 @@ from studio.gpu import gpu_task
 from studio.metadata import save_image
 from studio.methods.incontext import ImageSet, SetRequest, load_sets, set_canvas, set_lora, write_panels
 from studio.params import param
-from tabs.common import (
-    Form,
-    LoraControls,
-    SamplingControls,
-    cancel_handler,
-    default_model,
-    lora_controls,
-    model_choices,
-    progress_callback,
-    run_and_cancel,
-    run_job,
-    sampling_controls,
-    sampling_updates,
-    user_errors,
-)
+from studio.runner import Job
+from tabs import common
 
 PANEL_BOXES = 4  # the official sets have at most four panels
 
@@ -47,8 +34,8 @@ class SetsTab:
     panel_texts: list[gr.Textbox]
     prompt: gr.Textbox
     references: list[gr.Image]
-    lora: LoraControls
-    sampling: SamplingControls
+    lora: common.LoraControls
+    sampling: common.SamplingControls
     run: gr.Button
     cancel: gr.Button
     outputs: list[Any]
@@ -65,12 +52,12 @@ def panel_text(image_set: ImageSet, index: int) -> dict[str, Any]:
 
 
 def layout(studio: StudioContext, sets: dict[str, ImageSet]) -> SetsTab:
-    default = default_model(studio, serves)
+    default = common.default_model(studio, serves)
     first = next(iter(sets.values()))
     with gr.Row():
         with gr.Column(scale=2):
             chosen = gr.Dropdown([(s.label, s.id) for s in sets.values()], value=first.id, label="Image set")
-            model = gr.Dropdown(model_choices(studio, serves), value=default.id, label="Model (FLUX)")
+            model = gr.Dropdown(common.model_choices(studio, serves), value=default.id, label="Model (FLUX)")
             use_lora = gr.Checkbox(value=True, label="Apply the set's In-Context LoRA (FLUX.1-dev; downloads once)")
             caption = gr.Textbox(value=first.caption, label="Overall caption")
             panel_texts = [gr.Textbox(**panel_text(first, i)) for i in range(PANEL_BOXES)]
@@ -84,11 +71,11 @@ def layout(studio: StudioContext, sets: dict[str, ImageSet]) -> SetsTab:
                     gr.Image(type="pil", label=f"Panel {i + 1}", visible=i < first.count, height=160)
                     for i in range(PANEL_BOXES)
                 ]
-            lora = lora_controls()
+            lora = common.lora_controls()
             with gr.Accordion("Sampling", open=False):
-                sampling = sampling_controls(SetRequest, default)
+                sampling = common.sampling_controls(SetRequest, default)
                 sampling.width.value, sampling.height.value = set_canvas(first, default)
-            run, cancel = run_and_cancel("Generate set")
+            run, cancel = common.run_and_cancel("Generate set")
         with gr.Column(scale=3):
             result = gr.Image(label="The set", type="pil", format="png", height=480, elem_id="image-set-result")
             gallery = gr.Gallery(label="Panels", columns=4, height="auto", format="png")
@@ -133,13 +120,13 @@ def generate_handler(studio: StudioContext, sets: dict[str, ImageSet]) -> Callab
         pictures = values[11:]
         image_set = sets[set_id]
         spec = registry.catalogue.get(model_id)
-        with user_errors("Image set"):
+        with common.user_errors("Image set"):
             adapters = set_lora(registry, image_set, spec) if apply_lora else ()
             if apply_lora and not adapters:
                 gr.Info(f"The {image_set.label} LoRA is made for FLUX.1-dev; {spec.name} runs without it.")
-            adapters += LoraControls.requested(extra_adapters, extra_scale)
+            adapters += common.LoraControls.requested(extra_adapters, extra_scale)
             given = {i: picture for i, picture in enumerate(pictures[: image_set.count]) if picture is not None}
-            form = Form(SetRequest, dict.fromkeys(("steps", "guidance", "width", "height", "seed")))
+            form = common.Form(SetRequest, dict.fromkeys(("steps", "guidance", "width", "height", "seed")))
             set_request = form.read(
                 (steps, guidance, width, height, seed),
                 model=model_id,
@@ -149,10 +136,8 @@ def generate_handler(studio: StudioContext, sets: dict[str, ImageSet]) -> Callab
                 adapters=adapters,
                 references=given,
             )
-        phase = progress_callback(progress, "Denoising")
-        made = run_job(
-            studio, request, "Image set", lambda cancel: studio.runner.run("image_set", set_request, {}, phase, cancel)
-        )
+        phase = common.progress_callback(progress, "Denoising")
+        made = common.run_job(studio, request, "Image set", Job("image_set", set_request, {}), phase)
         if made is None:
             return gr.update(), gr.update(), gr.update(), gr.update()
         payload = {
@@ -188,7 +173,7 @@ def build(studio: StudioContext) -> None:
 
     def on_model(set_id, model_id):
         spec = catalogue.get(model_id)
-        steps_now = sampling_updates(spec, param(SetRequest, "steps").default)[0]
+        steps_now = common.sampling_updates(spec, param(SetRequest, "steps").default)[0]
         return (*(gr.update(value=side) for side in set_canvas(sets[set_id], spec)), steps_now)
 
     ui.model.input(on_model, [ui.chosen, ui.model], [width, height, steps], api_visibility="private")
@@ -214,4 +199,4 @@ def build(studio: StudioContext) -> None:
         concurrency_limit=1,
         concurrency_id="gpu",
     )
-    ui.cancel.click(cancel_handler(studio), None, None, api_name="image_set_cancel")
+    ui.cancel.click(common.cancel_handler(studio), None, None, api_name="image_set_cancel")

@@ -27,20 +27,8 @@ from studio.methods.layout import (
 )
 from studio.params import param
 from studio.presets import layout_examples
-from tabs.common import (
-    SamplingControls,
-    cancel_handler,
-    default_model,
-    model_choices,
-    progress_callback,
-    run_and_cancel,
-    run_job,
-    sampling_controls,
-    sampling_updates,
-    setting_slider,
-    settings_from,
-    user_errors,
-)
+from studio.runner import Job
+from tabs import common
 
 HEADERS = ["caption", "x1", "y1", "x2", "y2"]
 BOX_COLOURS = [
@@ -157,7 +145,7 @@ class LayoutTab:
     editor: gr.HTML
     table: gr.Dataframe
     clear: gr.Button
-    sampling: SamplingControls
+    sampling: common.SamplingControls
     regional_options: gr.Row
     siamlayout_options: gr.Row
     method_settings: list[gr.Slider]  # mask steps, block stride, base ratio; grounding fraction
@@ -170,11 +158,11 @@ class LayoutTab:
 
 
 def layout(studio: StudioContext, examples: list[dict]) -> LayoutTab:
-    default = default_model(studio, serves)
+    default = common.default_model(studio, serves)
     with gr.Row():
         with gr.Column(scale=2):
             method = gr.Radio([(label, key) for key, label in METHODS.items()], value="regional", label="Method")
-            model = gr.Dropdown(model_choices(studio, serves), value=default.id, label="Model")
+            model = gr.Dropdown(common.model_choices(studio, serves), value=default.id, label="Model")
             caption = gr.Textbox(label="Global caption", lines=2)
             new_caption = gr.Textbox(
                 label="Caption for the next box", placeholder="a large red circle on the left, gray background"
@@ -200,16 +188,16 @@ def layout(studio: StudioContext, examples: list[dict]) -> LayoutTab:
             )
             clear = gr.Button("Clear boxes", size="sm")
             with gr.Accordion("Sampling and method settings", open=False):
-                sampling = sampling_controls(LayoutSettings, default)
+                sampling = common.sampling_controls(LayoutSettings, default)
                 with gr.Row(visible=True) as regional_options:
-                    inject_steps = setting_slider(LayoutSettings, "inject_steps")
-                    block_stride = setting_slider(LayoutSettings, "block_stride")
-                    base_ratio = setting_slider(LayoutSettings, "base_ratio")
+                    inject_steps = common.setting_slider(LayoutSettings, "inject_steps")
+                    block_stride = common.setting_slider(LayoutSettings, "block_stride")
+                    base_ratio = common.setting_slider(LayoutSettings, "base_ratio")
                 with gr.Row(visible=False) as siamlayout_options:
-                    grounding = setting_slider(
+                    grounding = common.setting_slider(
                         LayoutSettings, "grounding_fraction", value=siamlayout.default_grounding(default)
                     )
-            run, cancel = run_and_cancel("Generate layout")
+            run, cancel = common.run_and_cancel("Generate layout")
             example = gr.Dropdown(
                 [(scene["caption"], index) for index, scene in enumerate(examples)],
                 label="Load an example layout",
@@ -241,7 +229,7 @@ def layout(studio: StudioContext, examples: list[dict]) -> LayoutTab:
 
 
 def on_editor_input(value: str, next_caption: str, w: float, h: float) -> tuple[list[list], str]:
-    with user_errors("Editing the boxes"):
+    with common.user_errors("Editing the boxes"):
         rows = rows_from_editor(value, next_caption)
     return rows, editor_value(rows, int(w), int(h))
 
@@ -266,8 +254,8 @@ def generate_handler(studio: StudioContext) -> Callable:
     def on_generate(request: gr.Request, progress=gr.Progress(), *values):
         model_id, global_caption, rows, *sampled = values[:8]
         masked_steps, stride, ratio, with_boxes, chosen_method, grounding = values[8:]
-        with user_errors("Layout generation"):
-            settings = settings_from(
+        with common.user_errors("Layout generation"):
+            settings = common.settings_from(
                 LayoutSettings,
                 NUMBERS,
                 (*sampled, masked_steps, stride, ratio, grounding),
@@ -276,13 +264,8 @@ def generate_handler(studio: StudioContext) -> Callable:
                 regions=regions_from_table(rows),
                 method=chosen_method or "regional",
             )
-        phase = progress_callback(progress, "Denoising")
-        made = run_job(
-            studio,
-            request,
-            "Layout generation",
-            lambda cancel: studio.runner.run("layout", settings, {}, phase, cancel),
-        )
+        phase = common.progress_callback(progress, "Denoising")
+        made = common.run_job(studio, request, "Layout generation", Job("layout", settings, {}), phase)
         if made is None:
             return gr.update(), gr.update(), gr.update()
         payload = {**made.settings.to_dict(), "method_name": METHODS[made.settings.method]}
@@ -307,7 +290,9 @@ def example_loader(examples: list[dict]) -> Callable:
 def model_picked(studio: StudioContext) -> Callable:
     def on_model(model_id):
         spec = studio.registry.catalogue.get(model_id)
-        steps_now, guidance_now, width_now, height_now = sampling_updates(spec, param(LayoutSettings, "steps").default)
+        steps_now, guidance_now, width_now, height_now = common.sampling_updates(
+            spec, param(LayoutSettings, "steps").default
+        )
         return width_now, height_now, guidance_now, steps_now, siamlayout.default_grounding(spec)
 
     return on_model
@@ -315,9 +300,9 @@ def model_picked(studio: StudioContext) -> Callable:
 
 def method_picked(studio: StudioContext) -> Callable:
     def on_method(chosen, current):
-        options = model_choices(studio, lambda spec: serves(spec, chosen))
+        options = common.model_choices(studio, lambda spec: serves(spec, chosen))
         ids = [model_id for _, model_id in options]
-        picked = current if current in ids else default_model(studio, lambda spec: serves(spec, chosen)).id
+        picked = current if current in ids else common.default_model(studio, lambda spec: serves(spec, chosen)).id
         return (
             gr.update(choices=options, value=picked),
             gr.update(visible=chosen == "regional"),
@@ -382,4 +367,4 @@ def build(studio: StudioContext) -> None:
         concurrency_limit=1,
         concurrency_id="gpu",
     )
-    ui.cancel.click(cancel_handler(studio), None, None, api_name="layout_cancel")
+    ui.cancel.click(common.cancel_handler(studio), None, None, api_name="layout_cancel")

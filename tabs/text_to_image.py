@@ -17,21 +17,8 @@ from studio.gpu import gpu_task
 from studio.metadata import read_settings, save_png
 from studio.presets import example_prompts
 from studio.registry import ModelState
-from tabs.common import (
-    Form,
-    LoraControls,
-    SamplingControls,
-    cancel_handler,
-    lora_controls,
-    model_choices,
-    progress_callback,
-    run_and_cancel,
-    sampling_controls,
-    sampling_updates,
-    session_of,
-    setting_slider,
-    user_errors,
-)
+from studio.runner import Job
+from tabs import common
 
 HISTORY_LIMIT = 48
 SAMPLED = ("steps", "guidance", "width", "height", "seed")
@@ -59,7 +46,7 @@ def guidance_display(spec: ModelSpec) -> dict[str, Any]:
 
 def control_updates(spec: ModelSpec) -> tuple[Any, ...]:
     """Steps, guidance, width, height, negative prompt and aspect controls for a model's defaults."""
-    steps, _, width, height = sampling_updates(spec, spec.steps)
+    steps, _, width, height = common.sampling_updates(spec, spec.steps)
     return (
         steps,
         gr.update(value=spec.guidance_scale, **guidance_display(spec)),
@@ -75,13 +62,13 @@ class TextToImageTab:
     model: gr.Dropdown
     prompt: gr.Textbox
     negative: gr.Textbox
-    sampling: SamplingControls
+    sampling: common.SamplingControls
     aspect: gr.Dropdown
     dice: gr.Button
     count: gr.Slider
     run: gr.Button
     cancel: gr.Button
-    lora: LoraControls
+    lora: common.LoraControls
     reuse: gr.File
     gallery: gr.Gallery
     info: gr.Markdown
@@ -91,18 +78,18 @@ def layout(studio: StudioContext) -> TextToImageTab:
     default = studio.registry.catalogue.get(studio.default_model)
     with gr.Row():
         with gr.Column(scale=2):
-            model = gr.Dropdown(model_choices(studio), value=default.id, label="Model")
+            model = gr.Dropdown(common.model_choices(studio), value=default.id, label="Model")
             prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a large red circle on the left, gray background")
             negative = gr.Textbox(label="Negative prompt", visible=default.accepts_negative_prompt)
-            sampling = sampling_controls(
+            sampling = common.sampling_controls(
                 GenerationSettings, default, steps=default.steps, guidance_display=guidance_display(default)
             )
             with gr.Row():
                 aspect = gr.Dropdown(list(ASPECT_RATIOS), value="1:1", label="Aspect ratio")
                 dice = gr.Button("Random seed", size="sm")
-                count = setting_slider(GenerationSettings, "count")
-            run, cancel = run_and_cancel("Generate")
-            lora = lora_controls()
+                count = common.setting_slider(GenerationSettings, "count")
+            run, cancel = common.run_and_cancel("Generate")
+            lora = common.lora_controls()
             reuse = gr.File(label="Reuse settings: drop a PNG made by the studio", file_types=[".png"])
             gr.Examples([[p] for p in example_prompts("text_to_image")], inputs=[prompt], label="Examples")
         with gr.Column(scale=3):
@@ -131,21 +118,21 @@ def generate_handler(studio: StudioContext) -> Callable:
         request: gr.Request = None,
         progress=gr.Progress(),
     ):
-        cancel = studio.cancellations.start(session_of(request))
+        cancel = studio.cancellations.start(common.session_of(request))
         made: list[tuple[str, str]] = []
 
         def shown():
             return (made[::-1] + past)[:HISTORY_LIMIT]
 
-        form = Form(GenerationSettings, dict.fromkeys(("prompt", "negative_prompt", *SAMPLED, "count")))
-        adapters = LoraControls.requested(active_adapters, adapter_scale)
+        form = common.Form(GenerationSettings, dict.fromkeys(("prompt", "negative_prompt", *SAMPLED, "count")))
+        adapters = common.LoraControls.requested(active_adapters, adapter_scale)
         values = (prompt_text, negative_text, step_count, guidance_scale, w, h, seed_value, image_count)
-        with user_errors("Generation"):
+        with common.user_errors("Generation"):
             settings = form.read(values, model=model_id, adapters=adapters)
             try:
                 progress((0, settings.steps * settings.count), desc="Loading model")
-                phase = progress_callback(progress, "Denoising")
-                for result in studio.runner.run("generate", settings, {}, phase, cancel):
+                phase = common.progress_callback(progress, "Denoising")
+                for result in studio.runner.run(Job("generate", settings, {}), phase, cancel):
                     path = save_png(result, studio.output_dir)
                     made.append((str(path), describe(result.settings, result.seconds)))
                     yield shown(), "\n\n".join(caption for _, caption in made), shown()
@@ -162,7 +149,7 @@ def reuse_handler(studio: StudioContext) -> Callable:
     def on_reuse(path: str | None):
         if not path:
             return (gr.update(),) * 9
-        with user_errors("Reading settings"):
+        with common.user_errors("Reading settings"):
             settings = read_settings(path)
         if settings.model not in catalogue:
             raise gr.Error(f"That image was made with '{settings.model}', which this studio's catalogue lacks.")
@@ -205,12 +192,12 @@ def build(studio: StudioContext) -> gr.State:
         concurrency_limit=1,
         concurrency_id="gpu",
     ).then(
-        lambda current: gr.update(choices=model_choices(studio), value=current),
+        lambda current: gr.update(choices=common.model_choices(studio), value=current),
         ui.model,
         ui.model,
         api_visibility="private",
     )
-    ui.cancel.click(cancel_handler(studio), None, None, api_name="cancel")
+    ui.cancel.click(common.cancel_handler(studio), None, None, api_name="cancel")
     ui.model.input(
         on_model_picked, ui.model, [steps, guidance, width, height, ui.negative, ui.aspect], api_name="model_defaults"
     )

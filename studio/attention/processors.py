@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from diffusers import ModelMixin
 from diffusers.models.attention_processor import Attention
 from diffusers.models.embeddings import apply_rotary_emb
+from torch import Tensor
 
 from studio.attention.control import AttentionCall, AttentionController
 
@@ -25,11 +27,13 @@ def _heads(tensor: torch.Tensor, head_dim: int) -> torch.Tensor:
     return tensor.unflatten(-1, (-1, head_dim))
 
 
-class ControlledProcessor:
-    def __init__(self, layer: str, controller: AttentionController, token_order: str) -> None:
+class StudioProcessor:
+    """An attention processor of the toolkit, called as diffusers calls its processors; the
+    subclass's `attend` does the work."""
+
+    def __init__(self, layer: str, controller: AttentionController) -> None:
         self.layer = layer
         self.controller = controller
-        self.text_first = token_order == "text-image"
 
     def __call__(
         self,
@@ -39,7 +43,22 @@ class ControlledProcessor:
         attention_mask: torch.Tensor | None = None,
         image_rotary_emb: torch.Tensor | None = None,
         **_: object,
-    ):
+    ) -> Any:
+        return self.attend(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+
+    def attend(self, attn: Attention, hidden_states: Tensor, context: Tensor | None, mask: Tensor | None,
+               rotary: Tensor | None) -> Any:  # fmt: skip
+        raise NotImplementedError
+
+
+class ControlledProcessor(StudioProcessor):
+    def __init__(self, layer: str, controller: AttentionController, token_order: str) -> None:
+        super().__init__(layer, controller)
+        self.text_first = token_order == "text-image"
+
+    def attend(self, attn: Attention, hidden_states: Tensor, context: Tensor | None, mask: Tensor | None,
+               rotary: Tensor | None) -> Any:  # fmt: skip
+        encoder_hidden_states, attention_mask, image_rotary_emb = context, mask, rotary
         head_dim = attn.head_dim if hasattr(attn, "head_dim") else attn.to_q.out_features // attn.heads
         q, k, v = (_heads(projection(hidden_states), head_dim) for projection in (attn.to_q, attn.to_k, attn.to_v))
         q, k = attn.norm_q(q) if attn.norm_q is not None else q, attn.norm_k(k) if attn.norm_k is not None else k
@@ -84,22 +103,13 @@ class ControlledProcessor:
         return image_output, text_output
 
 
-class ControlledCrossProcessor:
+class ControlledCrossProcessor(StudioProcessor):
     """Cross-attention from image tokens (queries) to text tokens (keys), as PixArt and SANA use
     it. The call's `image` slice indexes the queries and its `text` slice the keys."""
 
-    def __init__(self, layer: str, controller: AttentionController) -> None:
-        self.layer = layer
-        self.controller = controller
-
-    def __call__(
-        self,
-        attn: Attention,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        **_: object,
-    ) -> torch.Tensor:
+    def attend(self, attn: Attention, hidden_states: Tensor, context: Tensor | None, mask: Tensor | None,
+               rotary: Tensor | None) -> Any:  # fmt: skip
+        encoder_hidden_states, attention_mask = context, mask
         batch = hidden_states.shape[0]
         q, k, v = attn.to_q(hidden_states), attn.to_k(encoder_hidden_states), attn.to_v(encoder_hidden_states)
         head_dim = q.shape[-1] // attn.heads

@@ -4,6 +4,7 @@ single-stream blocks; CLIP-L pooled + T5 sequence conditioning; embedded guidanc
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import (
@@ -52,20 +53,19 @@ def build_pipeline(
     )
 
 
+TINY_SIZES: dict[str, Any] = {"num_layers": 1, "num_single_layers": 1, "attention_head_dim": 16,
+                              "num_attention_heads": 2, "joint_attention_dim": 32, "pooled_projection_dim": 32,
+                              "axes_dims_rope": (4, 6, 6)}  # fmt: skip
+
+
+def small_transformer(guidance_embeds: bool = False, **sizes: Any) -> FluxTransformer2DModel:
+    """A FLUX transformer over the small VAE's 16-channel latents packed 2x2 (64 features a token)."""
+    return FluxTransformer2DModel(patch_size=1, in_channels=64, guidance_embeds=guidance_embeds, **sizes)
+
+
 def build_random(target: Path, guidance_embeds: bool, timestep_distilled: bool = False) -> None:
     torch.manual_seed(0)
-    transformer = FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=64,
-        num_layers=1,
-        num_single_layers=1,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=32,
-        pooled_projection_dim=32,
-        guidance_embeds=guidance_embeds,
-        axes_dims_rope=(4, 6, 6),
-    )
+    transformer = small_transformer(guidance_embeds, **TINY_SIZES)
     build_pipeline(
         transformer,
         offline.small_vae(16, (8, 16, 16)),

@@ -15,6 +15,7 @@ import copy
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,21 +39,15 @@ MAX_SEQUENCE_LENGTH = 48
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 
 
+# Four double-stream blocks: binding each colour to its own place needs depth where text and
+# image tokens still have their own weights (the 2+2 model bound two objects 47%).
+FLUX_SIZES: dict[str, Any] = {"num_layers": 4, "num_single_layers": 2, "attention_head_dim": 48,
+                              "num_attention_heads": 4, "joint_attention_dim": 128, "pooled_projection_dim": 64,
+                              "axes_dims_rope": (16, 16, 16)}  # fmt: skip
+
+
 def flux_transformer() -> FluxTransformer2DModel:
-    return FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=64,
-        # Four double-stream blocks: binding each colour to its own place needs depth where text
-        # and image tokens still have their own weights (the 2+2 model bound two objects 47%).
-        num_layers=4,
-        num_single_layers=2,
-        attention_head_dim=48,
-        num_attention_heads=4,
-        joint_attention_dim=128,
-        pooled_projection_dim=64,
-        guidance_embeds=False,
-        axes_dims_rope=(16, 16, 16),
-    )
+    return flux.small_transformer(**FLUX_SIZES)
 
 
 def sd3_transformer() -> SD3Transformer2DModel:

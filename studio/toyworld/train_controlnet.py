@@ -26,17 +26,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from studio.families import flux
+from studio.toyworld import train
 from studio.toyworld.data import build_pool
 from studio.toyworld.scene import render
-from studio.toyworld.train import (
-    MAX_SEQUENCE_LENGTH,
-    encode_pool,
-    frozen_base_arguments,
-    noised,
-    optimise,
-    sigma_shift,
-    warmup_cosine,
-)
 from studio.toyworld.train_layout import unplaced_caption
 
 
@@ -63,7 +55,7 @@ def control_latents(pipe: FluxPipeline, controls: list[Image.Image], seed: int) 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = frozen_base_arguments(__doc__, "shapes-flux", "shapes-flux-controlnet-scribble", steps=2000)
+    parser = train.frozen_base_arguments(__doc__, "shapes-flux", "shapes-flux-controlnet-scribble", steps=2000)
     parser.add_argument("--resume", type=Path, default=None, help="a saved ControlNet to train further")
     args = parser.parse_args(argv)
 
@@ -86,26 +78,26 @@ def main(argv: list[str] | None = None) -> None:
     pool = build_pool(args.scenes, seed=args.seed + 2)
     rng = np.random.default_rng(args.seed)
     controls = [outline(render(scene, 64)[1], int(rng.integers(1, 4))) for scene in pool.scenes]
-    latents = (encode_pool(pipe.vae, pool, "cpu") - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor
+    latents = (train.encode_pool(pipe.vae, pool, "cpu") - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor
     conditions = control_latents(pipe, controls, args.seed)
     captions = [
         scene.caption if keep else unplaced_caption(scene)
         for scene, keep in zip(pool.scenes, rng.random(len(pool.scenes)) < 0.5)
     ]
-    shift = sigma_shift((latents.shape[-2] // 2) * (latents.shape[-1] // 2), pipe.scheduler.config)
+    shift = train.sigma_shift((latents.shape[-2] // 2) * (latents.shape[-1] // 2), pipe.scheduler.config)
     optimiser = torch.optim.AdamW(controlnet.parameters(), lr=args.learning_rate, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: warmup_cosine(s, args.steps, 100))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: train.warmup_cosine(s, args.steps, 100))
     generator = torch.Generator().manual_seed(args.seed)
     for _ in (bar := tqdm(range(args.steps), desc="scribble ControlNet")):
         indices = torch.randint(len(pool), (args.batch_size,), generator=generator)
         dropped = torch.rand(args.batch_size, generator=generator) < 0.1
         texts = ["" if drop else captions[i] for i, drop in zip(indices.tolist(), dropped.tolist())]
         with torch.no_grad():
-            text = flux.encode_text(pipe, texts, MAX_SEQUENCE_LENGTH)
-        noisy, sigma, target = noised(latents[indices], shift, generator)
+            text = flux.encode_text(pipe, texts, train.MAX_SEQUENCE_LENGTH)
+        noisy, sigma, target = train.noised(latents[indices], shift, generator)
         predicted = flux.velocity(pipe, noisy, sigma, text, None, controlnet, conditions[indices])
         loss = F.mse_loss(predicted, target)
-        optimise(loss, optimiser, schedule, controlnet.parameters())
+        train.optimise(loss, optimiser, schedule, controlnet.parameters())
         bar.set_postfix(loss=f"{loss.item():.4f}")
     controlnet.eval().to(torch.float16).save_pretrained(args.output, safe_serialization=True)
     print(

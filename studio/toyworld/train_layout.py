@@ -22,17 +22,9 @@ from tqdm import tqdm
 
 from studio.families import sd3
 from studio.families.siamlayout import MAX_BOXES, LayoutTokens, attach_layout_branches, branch_state, siamlayout_forward
+from studio.toyworld import train
 from studio.toyworld.data import build_pool
 from studio.toyworld.scene import Scene, SceneObject
-from studio.toyworld.train import (
-    MAX_SEQUENCE_LENGTH,
-    encode_pool,
-    frozen_base_arguments,
-    noised,
-    optimise,
-    sigma_shift,
-    warmup_cosine,
-)
 
 
 def object_phrase(item: SceneObject) -> str:
@@ -72,7 +64,7 @@ def layout_batch(scenes: list[Scene], embeddings: dict[str, torch.Tensor], dropp
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = frozen_base_arguments(__doc__, "shapes-sd3", "shapes-sd3-siamlayout", steps=1500)
+    parser = train.frozen_base_arguments(__doc__, "shapes-sd3", "shapes-sd3-siamlayout", steps=1500)
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
@@ -84,24 +76,24 @@ def main(argv: list[str] | None = None) -> None:
     for parameter in trained:
         parameter.requires_grad_(True)
     pool = build_pool(args.scenes, seed=args.seed + 1)
-    latents = encode_pool(pipe.vae, pool, "cpu")
+    latents = train.encode_pool(pipe.vae, pool, "cpu")
     latents = (latents - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor
     captions = [unplaced_caption(scene) for scene in pool.scenes]
     embeddings = phrase_embeddings(pipe, sorted({object_phrase(o) for scene in pool.scenes for o in scene.objects}))
-    shift = sigma_shift((latents.shape[-2] // 2) * (latents.shape[-1] // 2), pipe.scheduler.config)
+    shift = train.sigma_shift((latents.shape[-2] // 2) * (latents.shape[-1] // 2), pipe.scheduler.config)
     optimiser = torch.optim.AdamW(trained, lr=args.learning_rate, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: warmup_cosine(s, args.steps, 100))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: train.warmup_cosine(s, args.steps, 100))
     generator = torch.Generator().manual_seed(args.seed)
     for _ in (bar := tqdm(range(args.steps), desc="layout branches")):
         indices = torch.randint(len(pool), (args.batch_size,), generator=generator)
         dropped = torch.rand(args.batch_size, generator=generator) < 0.1
         with torch.no_grad():
-            text = sd3.encode_text(pipe, [captions[i] for i in indices.tolist()], MAX_SEQUENCE_LENGTH)
+            text = sd3.encode_text(pipe, [captions[i] for i in indices.tolist()], train.MAX_SEQUENCE_LENGTH)
         layout = layout_batch([pool.scenes[i] for i in indices.tolist()], embeddings, dropped)
-        noisy, sigma, target = noised(latents[indices], shift, generator)
+        noisy, sigma, target = train.noised(latents[indices], shift, generator)
         velocity = siamlayout_forward(transformer, noisy, sigma * 1000, text.embeds, text.pooled, layout, 1.0)
         loss = F.mse_loss(velocity, target)
-        optimise(loss, optimiser, schedule, trained)
+        train.optimise(loss, optimiser, schedule, trained)
         bar.set_postfix(loss=f"{loss.item():.4f}")
     args.output.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.to(torch.float16).contiguous() for name, tensor in branch_state(transformer).items()}
