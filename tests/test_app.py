@@ -7,6 +7,35 @@ from PIL import Image
 
 from studio.cli import create_studio, main, parse_args
 
+COLOUR_DEFAULTS = {
+    "model": "shapes-flux", "source_mode": "Generate it from the source prompt", "image": None,
+    "source_prompt": "a large red circle on the left, gray background",
+    "target_prompt": "a large blue circle on the left, gray background", "word": "circle", "intensity": 1.0,
+    "steps": 8, "guidance": 3.0, "width": 64, "height": 64, "seed": 3, "threshold": 0.1,
+}  # fmt: skip
+LAYOUT_BOXES = {
+    "headers": ["caption", "x1", "y1", "x2", "y2"],
+    "data": [
+        ["a large red circle on the left, gray background", 0.0, 0.15, 0.5, 0.85],
+        ["a large blue square on the right, gray background", 0.5, 0.15, 1.0, 0.85],
+    ],
+}
+LAYOUT_DEFAULTS = {
+    "model": "shapes-flux",
+    "caption": "a large red circle on the left and a large blue square on the right, gray background",
+    "boxes": LAYOUT_BOXES, "steps": 8, "guidance": 3.0, "width": 64, "height": 64, "seed": 0, "inject_steps": 4,
+    "block_stride": 1, "base_ratio": 0.2, "with_boxes": True, "method": "regional", "grounding_fraction": 0.3,
+}  # fmt: skip
+
+
+def colour_edit_call(client, **given):
+    """/colour_edit with the defaults above changed by `given` (in the endpoint's order)."""
+    return client.predict(*{**COLOUR_DEFAULTS, **given}.values(), api_name="/colour_edit")
+
+
+def layout_call(client, **given):
+    return client.predict(*{**LAYOUT_DEFAULTS, **given}.values(), api_name="/layout_generate")
+
 
 def value(output):
     """An output's value, whether the handler returned it plain or as a gr.update."""
@@ -106,22 +135,7 @@ def test_colour_edit_endpoint_recolours_and_saves(running_app):
     source = "a large red circle on the left, gray background"
     target = client.predict(source, "circle", "blue", api_name="/colour_target_prompt")
     assert value(target) == "a large blue circle on the left, gray background"
-    compare, mask_view, result, settings = client.predict(
-        "shapes-flux",
-        "Generate it from the source prompt",
-        None,
-        source,
-        value(target),
-        "circle",
-        1.0,
-        8,
-        3.0,
-        64,
-        64,
-        3,
-        0.1,
-        api_name="/colour_edit",
-    )
+    compare, mask_view, result, settings = colour_edit_call(client)
     before, after = (Image.open(item) if isinstance(item, str) else Image.open(item["path"]) for item in compare)
     assert before.size == after.size == (64, 64) and Image.open(mask_view).size == (64, 64)
     saved = Image.open(result)
@@ -129,55 +143,10 @@ def test_colour_edit_endpoint_recolours_and_saves(running_app):
     assert any(output_dir.glob("*colour-shapes-flux-3.png"))
 
     with pytest.raises(Exception, match="Upload the image"):
-        client.predict(
-            "shapes-flux",
-            "Edit an image (inverted)",
-            None,
-            source,
-            value(target),
-            "circle",
-            1.0,
-            8,
-            3.0,
-            64,
-            64,
-            3,
-            0.1,
-            api_name="/colour_edit",
-        )
+        colour_edit_call(client, source_mode="Edit an image (inverted)")
     with pytest.raises(Exception, match="'hexagon' is not in the source prompt"):
-        client.predict(
-            "shapes-flux",
-            "Generate it from the source prompt",
-            None,
-            source,
-            value(target),
-            "hexagon",
-            1.0,
-            8,
-            3.0,
-            64,
-            64,
-            3,
-            0.1,
-            api_name="/colour_edit",
-        )
-    compare, *_ = client.predict(
-        "shapes-flux",
-        "Generate it from the source prompt",
-        None,
-        source,
-        value(target),
-        "circle",
-        1.0,
-        2,
-        3.0,
-        64,
-        64,
-        3,
-        0.1,
-        api_name="/colour_edit",
-    )
+        colour_edit_call(client, word="hexagon")
+    compare, *_ = colour_edit_call(client, steps=2)
     assert len(compare) == 2  # the server is still up
 
 
@@ -209,133 +178,32 @@ def test_colour_edit_of_an_uploaded_image(running_app, tmp_path):
 
 def test_layout_endpoint_generates_and_checks_boxes(running_app):
     client, output_dir = running_app
-    boxes = {
-        "headers": ["caption", "x1", "y1", "x2", "y2"],
-        "data": [
-            ["a large red circle on the left, gray background", 0.0, 0.15, 0.5, 0.85],
-            ["a large blue square on the right, gray background", 0.5, 0.15, 1.0, 0.85],
-        ],
-    }
-    caption = "a large red circle on the left and a large blue square on the right, gray background"
-    result, settings = client.predict(
-        "shapes-flux", caption, boxes, 8, 3.0, 64, 64, 0, 4, 1, 0.2, True, "regional", 0.3, api_name="/layout_generate"
-    )
+    boxes = LAYOUT_BOXES
+    result, settings = layout_call(client)
     assert Image.open(result).size == (512, 512)  # shown enlarged with its boxes drawn
     assert settings["method"] == "regional" and len(settings["regions"]) == 2
     saved = next(output_dir.glob("*layout-shapes-flux-0.png"))
     assert Image.open(saved).size == (64, 64) and '"regions"' in Image.open(saved).text["dit-studio"]
     empty_caption = {"headers": boxes["headers"], "data": [["", 0.1, 0.1, 0.5, 0.5]]}
     with pytest.raises(Exception, match="Box 1 has no caption"):
-        client.predict(
-            "shapes-flux",
-            caption,
-            empty_caption,
-            8,
-            3.0,
-            64,
-            64,
-            0,
-            4,
-            1,
-            0.2,
-            True,
-            "regional",
-            0.3,
-            api_name="/layout_generate",
-        )
+        layout_call(client, boxes=empty_caption)
     flat = {"headers": boxes["headers"], "data": [["a red circle", 0.1, 0.4, 0.5, 0.4]]}
     with pytest.raises(Exception, match="no area"):
-        client.predict(
-            "shapes-flux",
-            caption,
-            flat,
-            8,
-            3.0,
-            64,
-            64,
-            0,
-            4,
-            1,
-            0.2,
-            True,
-            "regional",
-            0.3,
-            api_name="/layout_generate",
-        )
-    result, settings = client.predict(
-        "tiny-pixart-sigma",
-        caption,
-        boxes,
-        2,
-        4.5,
-        64,
-        64,
-        0,
-        1,
-        1,
-        0.2,
-        False,
-        "regional",
-        0.3,
-        api_name="/layout_generate",
+        layout_call(client, boxes=flat)
+    result, settings = layout_call(
+        client, model="tiny-pixart-sigma", steps=2, guidance=4.5, inject_steps=1, with_boxes=False
     )
     assert Image.open(result).size == (64, 64) and settings["model"] == "tiny-pixart-sigma"
-    result, settings = client.predict(
-        "shapes-sd3-siamlayout",
-        caption,
-        boxes,
-        4,
-        3.0,
-        64,
-        64,
-        0,
-        4,
-        1,
-        0.2,
-        False,
-        "siamlayout",
-        0.3,
-        api_name="/layout_generate",
+    result, settings = layout_call(
+        client, model="shapes-sd3-siamlayout", steps=4, with_boxes=False, method="siamlayout"
     )
     assert Image.open(result).size == (64, 64) and settings["method_name"] == "CreatiLayout SiamLayout (SD3)"
     assert settings["grounding_fraction"] == 0.3
     with pytest.raises(Exception, match="SiamLayout branches"):
-        client.predict(
-            "shapes-flux",
-            caption,
-            boxes,
-            4,
-            3.0,
-            64,
-            64,
-            0,
-            4,
-            1,
-            0.2,
-            False,
-            "siamlayout",
-            0.3,
-            api_name="/layout_generate",
-        )
+        layout_call(client, steps=4, with_boxes=False, method="siamlayout")
     eleven = {"headers": boxes["headers"], "data": [["a red circle", 0.1, 0.1, 0.5, 0.5]] * 11}
     with pytest.raises(Exception, match="At most 10 boxes"):
-        client.predict(
-            "shapes-flux",
-            caption,
-            eleven,
-            8,
-            3.0,
-            64,
-            64,
-            0,
-            4,
-            1,
-            0.2,
-            True,
-            "regional",
-            0.3,
-            api_name="/layout_generate",
-        )
+        layout_call(client, boxes=eleven)
 
 
 def test_lora_upload_and_generate_with_it(running_app, tmp_path):
