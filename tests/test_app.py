@@ -33,6 +33,14 @@ def colour_edit_call(client, **given):
     return client.predict(*{**COLOUR_DEFAULTS, **given}.values(), api_name="/colour_edit")
 
 
+def live_call(client, canvas, **given):
+    """/live_frame on `canvas` (a Sketchpad value) with the defaults changed by `given`."""
+    defaults = {"target": "tiny-flux-schnell|scribble|2", "prompt": "a large red circle, gray background",
+                "source": "sketch", "canvas": canvas, "photo": None, "canny_low": 100, "canny_high": 200, "seed": 0,
+                "scale": 1.0, "start": 0.0, "end": 1.0, "steps": 2}  # fmt: skip
+    return client.predict(*(defaults | given).values(), api_name="/live_frame")
+
+
 def layout_call(client, **given):
     return client.predict(*{**LAYOUT_DEFAULTS, **given}.values(), api_name="/layout_generate")
 
@@ -277,74 +285,18 @@ def test_live_frame_endpoint_draws_from_a_sketch(running_app, tmp_path):
     sketch_path = tmp_path / "sketch.png"
     sketch.save(sketch_path)
     canvas = {"background": None, "layers": [], "composite": handle_file(str(sketch_path))}
-    image, control, latency = client.predict(
-        "tiny-flux-schnell|scribble|2",
-        "a large red circle, gray background",
-        "sketch",
-        canvas,
-        None,
-        100,
-        200,
-        0,
-        1.0,
-        0.0,
-        1.0,
-        2,
-        api_name="/live_frame",
-    )
+    image, control, latency = live_call(client, canvas)
     result = Image.open(value(image))
     assert result.size == (320, 320)  # the 64x64 frame, enlarged for the eye
     control_image = np.asarray(Image.open(value(control)).convert("L").resize((64, 64)))
     assert control_image[31, 32] > 200 and control_image[5, 5] < 50  # the stroke, white on black
     assert " ms** per frame" in value(latency) and "prompt encoded" in value(latency)
-    _, _, again = client.predict(
-        "tiny-flux-schnell|scribble|2",
-        "a large red circle, gray background",
-        "sketch",
-        canvas,
-        None,
-        100,
-        200,
-        0,
-        1.0,
-        0.0,
-        1.0,
-        2,
-        api_name="/live_frame",
-    )
+    _, _, again = live_call(client, canvas)
     assert "prompt from cache" in value(again)
     with pytest.raises(Exception, match="Write a prompt first"):
-        client.predict(
-            "tiny-flux-schnell|scribble|2",
-            " ",
-            "sketch",
-            canvas,
-            None,
-            100,
-            200,
-            0,
-            1.0,
-            0.0,
-            1.0,
-            2,
-            api_name="/live_frame",
-        )
+        live_call(client, canvas, prompt=" ")
     with pytest.raises(Exception, match="Steps must be between 1 and 4"):
-        client.predict(
-            "tiny-flux-schnell|scribble|2",
-            "a red circle",
-            "sketch",
-            canvas,
-            None,
-            100,
-            200,
-            0,
-            1.0,
-            0.0,
-            1.0,
-            24,
-            api_name="/live_frame",
-        )
+        live_call(client, canvas, prompt="a red circle", steps=24)
 
 
 def test_a_blank_canvas_is_no_drawing():

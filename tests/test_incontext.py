@@ -102,44 +102,38 @@ def test_mask_covers_exactly_the_generated_cells():
     assert (mask[:4, :8] == 0).all() and (mask[4:, 8:] == 0).all()
 
 
-def test_group_generation_splits_the_set(registry):
-    request = SetRequest(
-        model="tiny-flux-dev",
-        prompt="[LEFT] a red circle [RIGHT] a blue square",
-        rows=1,
-        columns=2,
-        width=128,
-        height=64,
-        steps=2,
-    )
-    result = generate_set(registry, request)
-    assert result.image.size == (128, 64) and [p.size for p in result.panels] == [(64, 64), (64, 64)]
-    assert result.mask is None
+def set_request(**changes) -> SetRequest:
+    defaults = {"model": "tiny-flux-dev", "prompt": "[LEFT] a red circle [RIGHT] a blue square", "rows": 1,
+                "columns": 2, "width": 128, "height": 64, "steps": 2}  # fmt: skip
+    return SetRequest(**(defaults | changes))
 
 
-def test_conditioned_generation_keeps_the_references(registry):
+def test_group_generation_splits_the_set_into_its_cells(registry):
+    result = generate_set(registry, set_request(rows=2, columns=2, width=128, height=128))
+    assert result.image.size == (128, 128) and result.mask is None
+    whole = np.asarray(result.image)
+    cells = [whole[:64, :64], whole[:64, 64:], whole[64:, :64], whole[64:, 64:]]  # row by row
+    assert all(np.array_equal(np.asarray(panel), cell) for panel, cell in zip(result.panels, cells, strict=True))
+
+
+@pytest.mark.parametrize(("rows", "columns", "given"), [(1, 2, 0), (1, 2, 1), (2, 2, 2), (2, 2, 1)])
+def test_conditioned_generation_returns_each_reference_in_its_own_cell(registry, rows, columns, given):
+    """A reference comes back pixel for pixel in its cell (not a transposed one); the others are drawn."""
     reference = panels(1, (64, 64))[0]
-    request = SetRequest(
-        model="tiny-flux-dev",
-        prompt="[LEFT] a red circle [RIGHT] a blue square",
-        rows=1,
-        columns=2,
-        width=128,
-        height=64,
-        steps=2,
-        references={0: reference},
+    result = generate_set(
+        registry,
+        set_request(rows=rows, columns=columns, width=64 * columns, height=64 * rows, references={given: reference}),
     )
-    result = generate_set(registry, request)
-    assert np.array_equal(np.asarray(result.panels[0]), np.asarray(reference))
-    assert np.abs(np.asarray(result.panels[1], float) - 127).mean() > 2  # the other cell was generated
-    assert (np.asarray(result.mask)[:, 64:] == 255).all() and (np.asarray(result.mask)[:, :64] == 0).all()
+    assert np.array_equal(np.asarray(result.panels[given]), np.asarray(reference))
+    row, column = divmod(given, columns)
+    mask = np.asarray(result.mask)
+    assert (mask[row * 64 : (row + 1) * 64, column * 64 : (column + 1) * 64] == 0).all()
+    assert (mask == 255).sum() == 64 * 64 * (rows * columns - 1)
+    for index, panel in enumerate(result.panels):
+        if index != given:  # generated, not left grey
+            assert np.abs(np.asarray(panel, float) - 127).mean() > 2
     with pytest.raises(InvalidRequest, match="at least one"):
-        generate_set(
-            registry,
-            SetRequest(
-                model="tiny-flux-dev", prompt="x", rows=1, columns=1, width=64, height=64, references={0: reference}
-            ),
-        )
+        generate_set(registry, set_request(rows=1, columns=1, width=64, height=64, references={0: reference}))
 
 
 def test_a_users_own_set_uses_its_local_lora(tmp_path):
