@@ -75,20 +75,7 @@ def test_conditioning_scale_zero_is_the_plain_model(registry, model, control):
     assert np.array_equal(pixels(line), pixels(circle))
     if model.startswith("tiny-flux"):
         return  # FLUX's ControlNet pipeline draws the control latents from the seed's generator before the noise
-    plain = next(
-        generate(
-            registry,
-            GenerationSettings(
-                model=model,
-                prompt=PROMPT,
-                steps=settings.steps,
-                guidance=settings.guidance,
-                width=64,
-                height=64,
-                seed=settings.seed,
-            ),
-        )
-    ).image
+    plain = next(generate(registry, GenerationSettings.sampled_as(settings, PROMPT))).image
     assert np.abs(pixels(line) - pixels(plain)).max() <= 1.0
 
 

@@ -118,39 +118,25 @@ def test_sizes_snap_to_the_family_multiple_and_aspect_presets_keep_the_area(cata
     assert abs(width * height - 1024 * 1024) / (1024 * 1024) < 0.05
 
 
-def test_guidance_kinds_map_to_each_pipeline_convention(registry):
-    flux_dev = pipeline_of(registry, "tiny-flux-dev")
-    arguments = call_arguments(
-        flux_dev,
-        registry.catalogue.get("tiny-flux-dev"),
-        GenerationSettings(model="tiny-flux-dev", prompt="x", negative_prompt="y", guidance=3.5),
-        None,
-    )
-    assert arguments["guidance_scale"] == 3.5 and "negative_prompt" not in arguments
-    assert arguments["max_sequence_length"] == 32
-    shapes = registry.catalogue.get("shapes-flux")
-    arguments = call_arguments(
-        pipeline_of(registry, "shapes-flux"),
-        shapes,
-        GenerationSettings(model="shapes-flux", prompt="x", negative_prompt="y", guidance=3.0),
-        None,
-    )
-    assert arguments["true_cfg_scale"] == 3.0 and arguments["negative_prompt"] == "y"
-    sd3 = registry.catalogue.get("tiny-sd3")
-    arguments = call_arguments(
-        pipeline_of(registry, "tiny-sd3"),
-        sd3,
-        GenerationSettings(model="tiny-sd3", prompt="x", negative_prompt="y", guidance=5.0),
-        None,
-    )
-    assert arguments["negative_prompt"] == "y" and arguments["guidance_scale"] == 5.0
-    schnell = registry.catalogue.get("tiny-flux-schnell")
-    assert (
-        validate(
-            GenerationSettings(model="tiny-flux-schnell", prompt="x", steps=2, guidance=7, width=64, height=64), schnell
-        ).guidance
-        == 0.0
-    )
+@pytest.mark.parametrize(
+    ("model", "guidance", "expected"),
+    [
+        # embedded guidance: an input of the distilled model, no negative prompt
+        ("tiny-flux-dev", 3.5, {"guidance_scale": 3.5, "negative_prompt": None, "max_sequence_length": 32}),
+        # FLUX without a guidance input: true CFG with the negative prompt
+        ("shapes-flux", 3.0, {"true_cfg_scale": 3.0, "negative_prompt": "y"}),
+        ("tiny-sd3", 5.0, {"guidance_scale": 5.0, "negative_prompt": "y"}),  # classifier-free guidance
+    ],
+)
+def test_guidance_kinds_map_to_each_pipeline_convention(registry, model, guidance, expected):
+    settings = GenerationSettings(model=model, prompt="x", negative_prompt="y", guidance=guidance)
+    arguments = call_arguments(pipeline_of(registry, model), registry.catalogue.get(model), settings, None)
+    assert {name: arguments.get(name) for name in expected} == expected
+
+
+def test_a_model_without_guidance_runs_with_none(catalogue):
+    settings = GenerationSettings(model="tiny-flux-schnell", prompt="x", steps=2, guidance=7, width=64, height=64)
+    assert validate(settings, catalogue.get("tiny-flux-schnell")).guidance == 0.0
 
 
 def test_png_settings_round_trip_remakes_the_same_image(registry, tmp_path):
