@@ -233,3 +233,37 @@ def test_source_beside_the_target_equals_the_cached_source(registry, model_id):
     assert difference.max() <= 2, difference.max()  # batching changes float rounding only
     plain = colour_eval.plain_swap(registry, settings)
     assert np.abs(np.asarray(plain, float) - np.asarray(beside.result, float)).mean() > 4 * difference.mean()
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_the_target_uses_the_sources_values_outside_the_mask_and_its_own_inside(registry, monkeypatch, cached):
+    """What the image values of the target branch are once ColorCtrl's edits have run, layer by
+    layer and step by step: the source's wherever the mask does not reach, the target's own
+    (different) wherever it does. End to end this barely shows on the shapes world (the map copy
+    dominates), so it is checked where it happens."""
+    from studio.methods import colour
+
+    seen: dict = {}
+    original = colour.target_edits
+
+    def spied(source, keep, layers, tokens, intensity, rows, conditional):
+        seen.update(source=source, keep=keep, after=BranchCache(history=True))
+        return [*original(source, keep, layers, tokens, intensity, rows, conditional),
+                CaptureBranch(cache=seen["after"], layers=layers, rows=rows)]  # fmt: skip
+
+    monkeypatch.setattr(colour, "target_edits", spied)
+    colour_edit(registry, settings_for("shapes-flux", steps=4), cache_limit_bytes=2**40 if cached else 0)
+    keep = seen["keep"]
+    assert 0 < keep.sum() < keep.numel()
+    compared = 0
+    for (step, layer), (_, _, target_v) in seen["after"]._entries.items():
+        if not cached and step != 3:
+            continue  # recomputed beside the target, the source's values are kept for the current step only
+        _, _, source_v = seen["source"]._entries[(step if cached else -1, layer)]
+        image = slice(target_v.shape[2] - keep.numel(), None)  # FLUX: [text, image]
+        target_image, source_image = target_v[:, :, image], source_v[:, :, image]
+        assert torch.equal(target_image[:, :, ~keep], source_image[:, :, ~keep])
+        assert not torch.equal(target_image[:, :, keep], source_image[:, :, keep])
+        compared += 1
+    assert compared == (4 if cached else 1) * len(colour.edited_layers(pipeline_of(registry, "shapes-flux").transformer,
+                                                    registry.catalogue.get("shapes-flux")))  # fmt: skip

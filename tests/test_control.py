@@ -307,3 +307,21 @@ def test_a_controlnet_gets_room_under_the_budget_as_a_model_does(catalogue):
     pipeline_of(registry, "tiny-flux-schnell", "controlnet:scribble")
     assert registry.loaded_ids() == ["tiny-flux-schnell"]  # the least recently used model made room
     assert registry.used_bytes() <= budget
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_a_live_requests_conditioning_settings_reach_the_controlnet(registry, family):
+    """The live tab's sliders: scale 0 makes the sketch irrelevant, scale 1 does not, and where
+    control acts (its start and end) changes the frame."""
+    renderer = LiveRenderer(registry)
+    target = next(t for t in live_targets(registry, family) if t.control and t.model.startswith("tiny"))
+    target = replace(target, steps=4)
+
+    def frame(shape, **settings):
+        return pixels(renderer.frame(LiveRequest(target, PROMPT, strokes(shape), **settings)).image)
+
+    assert np.array_equal(frame("line", conditioning_scale=0.0), frame("circle", conditioning_scale=0.0))
+    assert np.abs(frame("line") - frame("circle")).mean() > 0.2
+    assert np.abs(frame("line") - frame("line", conditioning_scale=0.5)).mean() > 0.2
+    assert np.abs(frame("line") - frame("line", control_end=0.5)).mean() > 0.2
+    assert np.abs(frame("line") - frame("line", control_start=0.5)).mean() > 0.2

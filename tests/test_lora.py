@@ -112,7 +112,25 @@ def test_replacing_an_adapter_hot_swaps_its_weights(lora_registry):
     expected = image(fresh, [("style", 1.0)])
     registry.add_adapter(MODEL, "style", one)
     image(registry, [("style", 1.0)])
+    transformer = pipeline_of(registry, MODEL).transformer
+    before = {name: module for name, module in transformer.named_modules() if name.endswith("lora_A.style")}
     registry.replace_adapter(MODEL, "style", two)  # same shapes: swapped in place (hotswap)
+    after = dict(transformer.named_modules())
+    assert before and all(after.get(name) is module for name, module in before.items())  # no reload
+    assert registry.models.get(MODEL).adapters_loaded == {"style"}
     assert np.array_equal(image(registry, [("style", 1.0)]), expected)
     with pytest.raises(InvalidRequest, match="No adapter ghost"):
         registry.replace_adapter(MODEL, "ghost", two)
+
+
+@pytest.mark.parametrize("name", ["../../x", "/tmp/evil", "a/b", "..", ""])
+def test_an_adapter_name_never_chooses_a_path(lora_registry, tmp_path, name, monkeypatch):
+    """An upload's name is checked before anything is written: no file lands outside the
+    studio's own LoRA folder, and nothing is kept for a refused name."""
+    registry, one, _ = lora_registry
+    home = tmp_path / "home"
+    monkeypatch.setenv("DIT_STUDIO_HOME", str(home))
+    before = set(tmp_path.rglob("*"))
+    with pytest.raises(InvalidRequest, match="Name the adapter"):
+        registry.import_adapter(MODEL, name, one)
+    assert set(tmp_path.rglob("*")) == before and not home.exists()
