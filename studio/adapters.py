@@ -8,6 +8,7 @@ are active while it runs (`activate`, under the model's run lock).
 from __future__ import annotations
 
 import re
+import secrets
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -44,6 +45,9 @@ class Adapters:
     def names(self, model_id: str) -> list[str]:
         return list(self._files.get(model_id, {}))
 
+    def file_of(self, model_id: str, name: str) -> Path | None:
+        return self._files.get(model_id, {}).get(name)
+
     def has_any(self, model_id: str) -> bool:
         return bool(self._files.get(model_id))
 
@@ -73,10 +77,12 @@ class Adapters:
         return path
 
     def keep_copy(self, spec: ModelSpec, name: str, upload: Path) -> Path:
-        """The studio's own copy of an upload (which may vanish), after the name has passed."""
-        self.check_new(spec, name)
+        """The studio's own copy of an upload (which may vanish), after the name has passed: a
+        new adapter's, or new weights for one the model has."""
+        if name not in self._files.get(spec.id, {}):
+            self.check_new(spec, name)
         check_safetensors(upload)
-        kept = offline.studio_home() / "loras" / spec.id / f"{name}.safetensors"
+        kept = offline.studio_home() / "loras" / spec.id / f"{name}-{secrets.token_hex(4)}.safetensors"
         kept.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(upload, kept)
         return kept

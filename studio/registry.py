@@ -96,13 +96,6 @@ class Registry:
             return ModelState.CACHED
         return ModelState.UNAVAILABLE if self.offline_only else ModelState.DOWNLOADABLE
 
-    def loaded_ids(self) -> list[str]:
-        """Loaded models, least recently used first."""
-        return self.models.ids()
-
-    def used_bytes(self) -> int:
-        return self.models.used_bytes()
-
     # --- Getting pipelines -----------------------------------------------------------------------
     @contextmanager
     def use(
@@ -119,9 +112,6 @@ class Registry:
                 if has_adapters:
                     self.adapter_files.activate(model, adapters)
                 yield self._variant(model, task)
-
-    def unload(self, model_id: str) -> None:
-        self.models.unload(model_id)
 
     def _read(self, spec: ModelSpec) -> DiffusionPipeline:
         if self.state(spec.id) is ModelState.UNAVAILABLE:
@@ -168,13 +158,20 @@ class Registry:
         self.add_adapter(model_id, name, path)
 
     def import_adapter(self, model_id: str, name: str, upload: str | Path) -> None:
-        """`add_adapter` for a file that may vanish (an upload): the studio keeps its own copy."""
+        """`add_adapter` for a file that may vanish (an upload): the studio keeps its own copy.
+        An upload under a name the model already has replaces that adapter's weights."""
+        previous = self.adapter_files.file_of(model_id, name)
         kept = self.adapter_files.keep_copy(self.catalogue.get(model_id), name, Path(upload))
         try:
-            self.add_adapter(model_id, name, kept)
+            if previous is None:
+                self.add_adapter(model_id, name, kept)
+            else:
+                self.replace_adapter(model_id, name, kept)
         except StudioError:
             kept.unlink(missing_ok=True)
             raise
+        if previous is not None and previous.parent == kept.parent:  # the studio's own earlier copy
+            previous.unlink(missing_ok=True)
 
     def replace_adapter(self, model_id: str, name: str, path: str | Path) -> None:
         """New weights for an adapter, hot-swapped in place where the shapes match."""

@@ -91,13 +91,6 @@ class ResidentModels:
             with self._state_lock:
                 model.users -= 1
 
-    def unload(self, model_id: str) -> None:
-        with self._load_lock, self._state_lock:
-            model = self._loaded.pop(model_id, None)
-        if model is not None:
-            model.pipelines.clear()
-            release_memory()
-
     def add_module(self, model: LoadedModel, name: str, module: torch.nn.Module, size: int) -> None:
         """A ControlNet joins a loaded model: room is made for it as for a model (SD3.5-Large's is
         8 GB), then it lives and moves with the model."""

@@ -185,6 +185,7 @@ class LoraControls:
     hub: gr.Textbox
     name: gr.Textbox
     add: gr.Button
+    remove: gr.Button
 
     def wire(self, studio: StudioContext, model: gr.Dropdown, api_name: str) -> None:
         registry = studio.registry
@@ -195,13 +196,23 @@ class LoraControls:
                 raise gr.Error(
                     "Choose a .safetensors LoRA file, or name one on the hub as: owner/repo file.safetensors"
                 )
+            replacing = name in registry.adapters(model_id)
             with user_errors("Adding the adapter"):
                 if upload:
                     registry.import_adapter(model_id, name, upload)
                 else:
                     registry.fetch_adapter(model_id, name, *hub_parts)
-            gr.Info(f"Adapter {name} added to {model_id}.")
+            gr.Info(f"Adapter {name} {'replaced (new weights swapped in)' if replacing else 'added'} on {model_id}.")
             return gr.update(choices=registry.adapters(model_id), value=[name])
+
+        def on_remove(model_id: str, chosen: list[str] | None):
+            if not chosen:
+                raise gr.Error("Pick the adapters to remove in the list first.")
+            with user_errors("Removing adapters"):
+                for name in chosen:
+                    registry.remove_adapter(model_id, name)
+            gr.Info(f"Removed {', '.join(chosen)} from {model_id}.")
+            return gr.update(choices=registry.adapters(model_id), value=[])
 
         model.change(
             lambda model_id: gr.update(choices=registry.adapters(model_id), value=[]),
@@ -210,6 +221,7 @@ class LoraControls:
             api_visibility="private",
         )
         self.add.click(on_add, [model, self.upload, self.hub, self.name], self.active, api_name=api_name)
+        self.remove.click(on_remove, [model, self.active], self.active, api_name=api_name.replace("add", "remove"))
 
     @staticmethod
     def requested(names: list[str] | None, scale: float) -> tuple[tuple[str, float], ...]:
@@ -225,8 +237,10 @@ def lora_controls() -> LoraControls:
             with gr.Column():
                 hub = gr.Textbox(label="…or from the hub", placeholder="owner/repo file.safetensors")
                 name = gr.Textbox(label="Adapter name", placeholder="my-style")
-        add = gr.Button("Add adapter to this model", size="sm")
-    return LoraControls(active, scale, upload, hub, name, add)
+        with gr.Row():
+            add = gr.Button("Add adapter to this model (a name it has: new weights)", size="sm")
+            remove = gr.Button("Remove the adapters picked above", size="sm")
+    return LoraControls(active, scale, upload, hub, name, add, remove)
 
 
 @dataclass

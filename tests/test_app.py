@@ -239,6 +239,20 @@ def test_lora_upload_and_generate_with_it(running_app, tmp_path):
     with pytest.raises(Exception, match="Cannot fetch style.safetensors from someone/styles"):
         client.predict("tiny-flux-dev", None, "someone/styles style.safetensors", "hub-style", api_name="/add_adapter")
 
+    # The same name again with other weights: swapped in, and the image follows the new weights.
+    other = make_lora(Registry(Catalogue.load(), device="cpu"), tmp_path / "other.safetensors", 2)
+    assert value(client.predict("tiny-flux-dev", handle_file(str(other)), "", "style", api_name="/add_adapter")) == [
+        "style"
+    ]
+    restyled, _ = client.predict(*arguments, ["style"], 1.0, api_name="/generate")
+    restyled_pixels = np.asarray(Image.open(restyled[0]["image"]), float)
+    assert np.abs(restyled_pixels - styled_pixels).mean() > 1
+    assert value(client.predict("tiny-flux-dev", ["style"], api_name="/remove_adapter")) == []
+    with pytest.raises(Exception, match="not in the list of choices"):  # the picker no longer offers it
+        client.predict(*arguments, ["style"], 1.0, api_name="/generate")
+    with pytest.raises(Exception, match="Pick the adapters to remove"):
+        client.predict("tiny-flux-dev", [], api_name="/remove_adapter")
+
 
 def test_image_set_endpoint_generates_panels_and_a_zip(running_app, tmp_path):
     import zipfile

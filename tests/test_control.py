@@ -247,7 +247,7 @@ def test_a_hub_controlnet_offline_is_a_clear_message_and_never_offered(catalogue
     assert live_targets(registry, "flux") == [LiveTarget(spec.id, "", spec.steps)]
     with pytest.raises(ModelUnavailable, match="hf download InstantX/FLUX.1-dev-Controlnet-Canny"):
         control_generate(registry, settings_for(registry, spec.id, "canny"), strokes("line"))
-    assert registry.loaded_ids() == [spec.id]  # the base model stays usable
+    assert registry.models.ids() == [spec.id]  # the base model stays usable
 
 
 def test_the_trained_scribble_controlnet_draws_what_is_sketched(registry):
@@ -305,14 +305,14 @@ def test_a_controlnet_gets_room_under_the_budget_as_a_model_does(catalogue):
     probe = Registry(catalogue)
     pipeline_of(probe, "tiny-sd3")
     pipeline_of(probe, "tiny-flux-schnell")
-    budget = probe.used_bytes() + 1024
+    budget = probe.models.used_bytes() + 1024
     registry = Registry(catalogue, memory_budget_gb=budget / GIB)
     pipeline_of(registry, "tiny-sd3")
     pipeline_of(registry, "tiny-flux-schnell")
-    assert registry.loaded_ids() == ["tiny-sd3", "tiny-flux-schnell"]
+    assert registry.models.ids() == ["tiny-sd3", "tiny-flux-schnell"]
     pipeline_of(registry, "tiny-flux-schnell", "controlnet:scribble")
-    assert registry.loaded_ids() == ["tiny-flux-schnell"]  # the least recently used model made room
-    assert registry.used_bytes() <= budget
+    assert registry.models.ids() == ["tiny-flux-schnell"]  # the least recently used model made room
+    assert registry.models.used_bytes() <= budget
 
 
 @pytest.mark.parametrize("family", ["flux", "sd3"])

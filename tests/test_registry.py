@@ -83,16 +83,16 @@ def test_least_recently_used_model_is_evicted_under_the_budget(catalogue):
     pipeline_of(registry, "tiny-sd3")
     pipeline_of(registry, "tiny-flux-dev")  # now tiny-sd3 is the least recently used
     pipeline_of(registry, "tiny-sana")
-    assert registry.loaded_ids() == ["tiny-flux-dev", "tiny-sana"]
+    assert registry.models.ids() == ["tiny-flux-dev", "tiny-sana"]
     assert registry.state("tiny-sd3") is ModelState.BUILTIN
-    assert registry.used_bytes() <= registry.budget_bytes
+    assert registry.models.used_bytes() <= registry.budget_bytes
 
 
 def test_a_model_in_use_is_not_evicted(catalogue):
     registry = Registry(catalogue, device="cpu", memory_budget_gb=1e-9)
     with registry.use("tiny-flux-dev") as in_use:
         pipeline_of(registry, "tiny-sd3")
-        assert "tiny-flux-dev" in registry.loaded_ids()
+        assert "tiny-flux-dev" in registry.models.ids()
         assert in_use.transformer is not None
 
 
@@ -113,10 +113,10 @@ def test_a_failing_load_leaves_the_registry_unchanged(catalogue):
     loads: list[str] = []
     registry = Registry(catalogue, device="cpu", loader=counting_loader(loads, fail_for="tiny-sana"))
     kept = pipeline_of(registry, "tiny-flux-dev")
-    before = (registry.loaded_ids(), registry.used_bytes())
+    before = (registry.models.ids(), registry.models.used_bytes())
     with pytest.raises(LoadFailed, match="Tiny SANA .* could not be loaded: OSError: disk read error"):
         pipeline_of(registry, "tiny-sana")
-    assert (registry.loaded_ids(), registry.used_bytes()) == before
+    assert (registry.models.ids(), registry.models.used_bytes()) == before
     assert pipeline_of(registry, "tiny-flux-dev") is kept
     assert registry.state("tiny-sana") is ModelState.BUILTIN
 
@@ -128,7 +128,7 @@ def test_unknown_and_unavailable_models_raise_clear_errors(registry):
     with pytest.raises(ModelUnavailable, match="offline") as raised:
         pipeline_of(registry, "flux-dev")
     assert "hf download black-forest-labs/FLUX.1-dev" in str(raised.value)
-    assert "flux-dev" not in registry.loaded_ids()
+    assert "flux-dev" not in registry.models.ids()
 
 
 def test_catalogue_rejects_an_entry_with_both_repo_and_builtin(tmp_path):
