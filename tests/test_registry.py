@@ -197,3 +197,16 @@ def test_an_sd3_entry_takes_layout_branches_from_its_family(tmp_path):
     good.write_text(good.read_text().replace('subfolder = "s"', 'subfolder = "s", colour = 1'))
     with pytest.raises(ValueError, match="field 'layout_branch': unknown key colour"):
         Catalogue.load(good)
+
+
+def test_example_errors_name_the_file_the_entry_and_the_field(tmp_path):
+    from studio.presets import example_rows, layout_examples
+
+    broken = tmp_path / "examples.toml"
+    broken.write_text('[[colour_edit.examples]]\nsource = "a red circle"\nword = "circle"\n')
+    with pytest.raises(ValueError, match=r"^examples.toml: \[colour_edit\] example 1, field 'colour': missing"):
+        example_rows("colour_edit", ["source", "word", "colour"], broken)
+    broken.write_text('[[layout.examples]]\ncaption = "c"\nregions = [{ caption = "r", box = [0, 0, 1] }]\n')
+    with pytest.raises(ValueError, match=r"^examples.toml: \[layout\] example 1, field 'regions'"):
+        layout_examples(broken)
+    assert example_rows("colour_edit", ["source", "word", "colour"])  # the shipped file reads
