@@ -53,12 +53,15 @@ def panel_text(image_set: ImageSet, index: int) -> dict[str, Any]:
 
 def layout(studio: StudioContext, sets: dict[str, ImageSet]) -> SetsTab:
     default = common.default_model(studio, serves)
-    first = next(iter(sets.values()))
+    # Open on a set whose LoRA fits the default model (offline: the shapes world's own).
+    first = next((s for s in sets.values() if s.lora_fits(default)), next(iter(sets.values())))
     with gr.Row():
         with gr.Column(scale=2):
             chosen = gr.Dropdown([(s.label, s.id) for s in sets.values()], value=first.id, label="Image set")
             model = gr.Dropdown(common.model_choices(studio, serves), value=default.id, label="Model (FLUX)")
-            use_lora = gr.Checkbox(value=True, label="Apply the set's In-Context LoRA (FLUX.1-dev; downloads once)")
+            use_lora = gr.Checkbox(
+                value=first.lora_fits(default), label="Apply the set's In-Context LoRA (where it fits the model)"
+            )
             caption = gr.Textbox(value=first.caption, label="Overall caption")
             panel_texts = [gr.Textbox(**panel_text(first, i)) for i in range(PANEL_BOXES)]
             prompt = gr.Textbox(
@@ -100,11 +103,13 @@ def layout(studio: StudioContext, sets: dict[str, ImageSet]) -> SetsTab:
 def set_picked(studio: StudioContext, sets: dict[str, ImageSet]) -> Callable:
     def on_set(set_id: str, model_id: str):
         image_set = sets[set_id]
-        w, h = set_canvas(image_set, studio.registry.catalogue.get(model_id))
+        spec = studio.registry.catalogue.get(model_id)
+        w, h = set_canvas(image_set, spec)
         texts = [gr.update(**panel_text(image_set, i)) for i in range(PANEL_BOXES)]
         pictures = [gr.update(value=None, visible=i < image_set.count) for i in range(PANEL_BOXES)]
         full = image_set.prompt(image_set.caption, image_set.panels)
-        return image_set.caption, *texts, full, *pictures, gr.update(value=w), gr.update(value=h)
+        fits = image_set.lora_fits(spec)
+        return image_set.caption, *texts, full, *pictures, gr.update(value=w), gr.update(value=h), fits
 
     return on_set
 
@@ -123,7 +128,8 @@ def generate_handler(studio: StudioContext, sets: dict[str, ImageSet]) -> Callab
         with common.user_errors("Image set"):
             adapters = set_lora(registry, image_set, spec) if apply_lora else ()
             if apply_lora and not adapters:
-                gr.Info(f"The {image_set.label} LoRA is made for FLUX.1-dev; {spec.name} runs without it.")
+                made_for = image_set.model or "FLUX.1-dev"
+                gr.Info(f"The {image_set.label} LoRA is made for {made_for}; {spec.name} runs without it.")
             adapters += common.LoraControls.requested(extra_adapters, extra_scale)
             given = {i: picture for i, picture in enumerate(pictures[: image_set.count]) if picture is not None}
             form = common.Form(SetRequest, dict.fromkeys(("steps", "guidance", "width", "height", "seed")))
@@ -160,7 +166,7 @@ def build(studio: StudioContext) -> None:
     ui.chosen.input(
         set_picked(studio, sets),
         [ui.chosen, ui.model],
-        [ui.caption, *ui.panel_texts, ui.prompt, *ui.references, width, height],
+        [ui.caption, *ui.panel_texts, ui.prompt, *ui.references, width, height, ui.use_lora],
         api_visibility="private",
     )
     gr.on(

@@ -52,9 +52,13 @@ def test_every_set_validates_and_round_trips(set_id):
     assert all(tag in prompt for tag in image_set.tags) and prompt.startswith(image_set.intro)
 
 
-def test_ten_official_sets():
-    assert len(SETS) == 10 and {s.repo for s in SETS.values()} == {"ali-vilab/In-Context-LoRA"}
+def test_ten_official_sets_and_the_shapes_worlds_own():
+    official = [s for s in SETS.values() if not s.model]
+    assert len(official) == 10 and {s.repo for s in official} == {"ali-vilab/In-Context-LoRA"}
     assert SETS["film-storyboard"].file == "storyboard.safetensors"
+    shapes = [s for s in SETS.values() if s.model]
+    assert {s.id for s in shapes} == {"shapes-recolour", "shapes-move", "shapes-four-colours"}
+    assert {s.adapter_name for s in shapes} == {"shapes-incontext"}  # one LoRA, one adapter
 
 
 def test_panel_tags_and_bad_grids():

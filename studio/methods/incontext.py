@@ -48,6 +48,17 @@ class ImageSet:
     tags: tuple[str, ...]
     caption: str
     panels: tuple[str, ...]
+    # The catalogue model its LoRA was trained on; "" for FLUX.1-dev (the paper's LoRAs, which run
+    # on hub FLUX models of that architecture).
+    model: str = ""
+
+    def lora_fits(self, spec: ModelSpec) -> bool:
+        return spec.id == self.model if self.model else not spec.builtin
+
+    @property
+    def adapter_name(self) -> str:
+        """Sets sharing one local LoRA file share one adapter (named after the file)."""
+        return self.id if self.repo else Path(self.file).stem
 
     @property
     def count(self) -> int:
@@ -73,16 +84,18 @@ def set_canvas(image_set: ImageSet, spec: ModelSpec) -> tuple[int, int]:
 
 
 def set_lora(registry: Registry, image_set: ImageSet, spec: ModelSpec) -> tuple[tuple[str, float], ...]:
-    """The set's LoRA as the adapters of a request, registered under the set's id: fetched once
-    from the hub (`repo` + `file`), or a local file (`repo` empty). Built-in models: none."""
-    if spec.builtin:
+    """The set's LoRA as the adapters of a request: fetched once from the hub (`repo` + `file`), or
+    a local file (`repo` empty; relative to the project, or a path of the user's). None where the
+    LoRA was not made for the model."""
+    if not image_set.lora_fits(spec):
         return ()
-    if image_set.id not in registry.adapters(spec.id):
+    name = image_set.adapter_name
+    if name not in registry.adapters(spec.id):
         if image_set.repo:
-            registry.fetch_adapter(spec.id, image_set.id, image_set.repo, image_set.file)
-        else:  # a set of the user's own, with a local LoRA file
-            registry.add_adapter(spec.id, image_set.id, Path(image_set.file).expanduser())
-    return ((image_set.id, SET_DEFAULTS.lora_scale),)
+            registry.fetch_adapter(spec.id, name, image_set.repo, image_set.file)
+        else:
+            registry.add_adapter(spec.id, name, PROJECT_ROOT / Path(image_set.file).expanduser())
+    return ((name, SET_DEFAULTS.lora_scale),)
 
 
 @dataclass(frozen=True)
@@ -120,7 +133,7 @@ def load_sets(path: Path = SETS_FILE) -> dict[str, ImageSet]:
     fields_needed = {f.name for f in dataclasses.fields(ImageSet)}
     for index, entry in enumerate(read_sets_file(path).get("set", [])):
         name = entry.get("id", f"#{index + 1}")
-        unknown, missing = set(entry) - fields_needed, fields_needed - set(entry)
+        unknown, missing = set(entry) - fields_needed, fields_needed - set(entry) - {"model"}
         if unknown or missing:
             field_name = sorted(unknown or missing)[0]
             raise InvalidRequest(
