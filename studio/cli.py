@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 
 SHARE_SERVER = ("api.gradio.app", 443)
+# Uploads (images, LoRA files) larger than this are refused by the server before a handler runs.
+MAX_UPLOAD = "512mb"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,7 +42,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--default-model", default="shapes-flux", help="catalogue id selected at start")
     parser.add_argument("--output-dir", type=Path, default=Path("outputs"), help="where result PNGs are saved")
     parser.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
+    parser.add_argument(
+        "--auth", action="append", default=[], metavar="USER:PASSWORD", help="require a login (repeatable)"
+    )
+    parser.add_argument(
+        "--auth-file", type=Path, default=None, help="a file of USER:PASSWORD lines (# comments allowed)"
+    )
+    parser.add_argument(
+        "--share-without-auth", action="store_true", help="allow --share with no login (anyone with the link)"
+    )
     return parser.parse_args(argv)
+
+
+def logins(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The (user, password) pairs from --auth, --auth-file and, on Spaces, the DIT_STUDIO_AUTH
+    secret (same USER:PASSWORD lines); ValueError names a malformed one without echoing it."""
+    lines = list(args.auth)
+    if args.auth_file is not None:
+        try:
+            lines += args.auth_file.read_text().splitlines()
+        except OSError as error:
+            raise ValueError(f"--auth-file: cannot read {args.auth_file} ({error.strerror})") from None
+    lines += os.environ.get("DIT_STUDIO_AUTH", "").splitlines()
+    pairs = []
+    for number, line in enumerate(lines, start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        user, colon, password = line.partition(":")
+        if not colon or not user.strip() or not password:
+            raise ValueError(f"login {number} is not USER:PASSWORD")
+        pairs.append((user.strip(), password))
+    return pairs
 
 
 def internet_reachable(address: tuple[str, int] = SHARE_SERVER, timeout: float = 3.0) -> bool:
@@ -78,7 +111,16 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"dit-studio: {error}")
     from tabs.app import build_app
 
+    try:
+        auth = logins(args)
+    except ValueError as error:
+        sys.exit(f"dit-studio: {error}")
     share = args.share
+    if share and not auth and not args.share_without_auth:
+        sys.exit(
+            "dit-studio: --share makes the studio public: give --auth USER:PASSWORD (or --auth-file), "
+            "or --share-without-auth to publish it to anyone with the link."
+        )
     if share and (args.offline or not internet_reachable()):
         print(
             f"--share: no public link, the internet is not reachable from here; "
@@ -92,6 +134,8 @@ def main(argv: list[str] | None = None) -> None:
         share=share,
         inbrowser=not args.no_browser,
         allowed_paths=[str(studio.output_dir)],
+        auth=auth or None,
+        max_file_size=MAX_UPLOAD,
     )
 
 

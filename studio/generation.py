@@ -20,7 +20,7 @@ from PIL import Image
 
 from studio.catalogue import ModelSpec
 from studio.errors import InvalidRequest
-from studio.params import MAX_SEED, SamplingSettings, StepCallback, StepReporter, checked, setting
+from studio.params import MAX_SEED, SamplingSettings, StepCallback, StepReporter, checked, prompt_text, setting
 from studio.registry import Registry
 from studio.runner import Method, register
 
@@ -67,12 +67,12 @@ def size_for_aspect(spec: ModelSpec, ratio: str) -> tuple[int, int]:
 
 def validate(settings: GenerationSettings, spec: ModelSpec) -> GenerationSettings:
     """The settings made safe to run, or InvalidRequest saying what is wrong."""
-    if not settings.prompt or not settings.prompt.strip():
-        raise InvalidRequest("Write a prompt first.")
+    prompt = prompt_text(settings.prompt)
+    negative = prompt_text(settings.negative_prompt, "a negative prompt") if settings.negative_prompt else ""
     return replace(
         validate_sampling(settings, spec),
-        prompt=settings.prompt.strip(),
-        negative_prompt=(settings.negative_prompt or "").strip() if spec.accepts_negative_prompt else "",
+        prompt=prompt,
+        negative_prompt=negative if spec.accepts_negative_prompt else "",
     )
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import struct
 import time
 from pathlib import Path
 
@@ -20,27 +23,71 @@ def save_png(result: GeneratedImage, directory: Path) -> Path:
 
 
 def save_image(image: Image.Image, payload: dict, directory: Path, name: str) -> Path:
-    """Save `image` as a new PNG in `directory` with `payload` in its text chunk."""
+    """Save `image` as a new PNG in `directory` with `payload` in its text chunk. The file name
+    ends in random characters (a result's address cannot be guessed from its time, model and
+    seed), and the PNG is written to a temporary file first and renamed, so a crash never leaves
+    half an image."""
     directory.mkdir(parents=True, exist_ok=True)
     info = PngImagePlugin.PngInfo()
     info.add_text(PNG_KEY, json.dumps(payload))
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = directory / f"{stamp}-{name}.png"
-    counter = 1
-    while path.exists():
-        path = directory / f"{stamp}-{name}-{counter}.png"
-        counter += 1
-    image.save(path, pnginfo=info)
+    path = directory / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}-{secrets.token_hex(6)}.png"
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        image.save(partial, format="PNG", pnginfo=info)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
     return path
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# The studio's settings are a few KB; a text chunk far larger is no studio's.
+MAX_TEXT_CHUNK = 1 << 20
+
+
+def png_text(path: str | Path, key: str = PNG_KEY) -> str | None:
+    """The text chunk `key` of a PNG, read chunk by chunk without decompressing the image (a
+    236 KB PNG once cost 309 MiB to decode just to reach its text), or None."""
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(8) != PNG_SIGNATURE:
+                raise InvalidRequest("That file is not a PNG (only PNGs saved by the studio carry settings).")
+            while header := handle.read(8):
+                if len(header) < 8:
+                    break
+                length, kind = struct.unpack(">I4s", header)
+                if kind in (b"tEXt", b"iTXt") and length <= MAX_TEXT_CHUNK:
+                    text = chunk_text(kind, handle.read(length), key)
+                    if text is not None:
+                        return text
+                    handle.seek(4, 1)  # the CRC
+                elif kind == b"IEND":
+                    break
+                else:
+                    handle.seek(length + 4, 1)
+    except OSError as error:
+        raise InvalidRequest("That file is not an image the studio can read.") from error
+    return None
+
+
+def chunk_text(kind: bytes, data: bytes, key: str) -> str | None:
+    """The text of a tEXt or (uncompressed) iTXt chunk whose keyword is `key`."""
+    keyword, _, rest = data.partition(b"\0")
+    if keyword.decode("latin-1") != key:
+        return None
+    if kind == b"tEXt":
+        return rest.decode("latin-1")
+    compressed = rest[:1] == b"\x01"
+    if compressed:
+        return None
+    _, _, rest = rest[2:].partition(b"\0")  # language tag
+    _, _, text = rest.partition(b"\0")  # translated keyword
+    return text.decode("utf-8", errors="replace")
 
 
 def read_settings(path: str | Path) -> GenerationSettings:
     """The settings stored in a studio PNG, or InvalidRequest if the file carries none."""
-    try:
-        with Image.open(path) as image:
-            text = image.text.get(PNG_KEY) if hasattr(image, "text") else None
-    except (OSError, ValueError) as error:
-        raise InvalidRequest("That file is not an image the studio can read.") from error
+    text = png_text(path)
     if not text:
         raise InvalidRequest("That image carries no DiT Studio settings (only PNGs saved by the studio do).")
     try:

@@ -131,3 +131,17 @@ def redefault(name: str, default: Any, settings_type: type = SamplingSettings) -
     """A field of `settings_type` with another default and the same range, label and step (a
     method whose paper samples with its own defaults)."""
     return field(default=default, metadata={PARAM: dataclasses.replace(param(settings_type, name), default=default)})
+
+
+# Prompts far longer than any text encoder reads (T5-XXL takes 512 tokens) are refused, not
+# tokenised: a 50,000-character prompt costs time and memory and says nothing more.
+MAX_PROMPT_CHARACTERS = 4000
+
+
+def prompt_text(text: object, what: str = "a prompt") -> str:
+    """A prompt trimmed, or InvalidRequest when it is empty, not text or too long."""
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidRequest(f"Write {what} first.")
+    if len(text) > MAX_PROMPT_CHARACTERS:
+        raise InvalidRequest(f"{what[0].upper()}{what[1:]} may be at most {MAX_PROMPT_CHARACTERS} characters long.")
+    return text.strip()

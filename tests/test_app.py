@@ -105,13 +105,39 @@ def test_share_without_internet_says_so_in_one_line_and_serves_locally(monkeypat
 
     monkeypatch.setattr("studio.cli.internet_reachable", lambda *a, **k: False)
     monkeypatch.setattr("tabs.app.build_app", lambda studio: FakeDemo())
-    main(["--share", "--no-browser", "--port", "7999", "--default-model", "tiny-sd3"])
+    main(["--share", "--auth", "ann:pw", "--no-browser", "--port", "7999", "--default-model", "tiny-sd3"])
     lines = [line for line in capsys.readouterr().out.splitlines() if "--share" in line]
     assert lines == [
         "--share: no public link, the internet is not reachable from here; "
         "the studio is still served at http://127.0.0.1:7999"
     ]
     assert launched["share"] is False and launched["server_port"] == 7999
+    assert launched["auth"] == [("ann", "pw")] and launched["max_file_size"]
+
+
+def test_share_needs_a_login_unless_said_otherwise(monkeypatch, tmp_path):
+    launched = {}
+
+    class FakeDemo:
+        def launch(self, **kwargs):
+            launched.update(kwargs)
+
+    monkeypatch.setattr("studio.cli.internet_reachable", lambda *a, **k: False)
+    monkeypatch.setattr("tabs.app.build_app", lambda studio: FakeDemo())
+    monkeypatch.delenv("DIT_STUDIO_AUTH", raising=False)
+    with pytest.raises(SystemExit, match="--share makes the studio public: give --auth"):
+        main(["--share", "--no-browser", "--default-model", "tiny-sd3"])
+    assert not launched
+    main(["--share", "--share-without-auth", "--no-browser", "--default-model", "tiny-sd3"])
+    assert launched["auth"] is None
+    logins = tmp_path / "logins"
+    logins.write_text("# the team\nann:first pass\n\nbob:x:y\n")
+    monkeypatch.setenv("DIT_STUDIO_AUTH", "space:secret")
+    main(["--auth-file", str(logins), "--auth", "cy:z", "--no-browser", "--default-model", "tiny-sd3"])
+    assert launched["auth"] == [("cy", "z"), ("ann", "first pass"), ("bob", "x:y"), ("space", "secret")]
+    logins.write_text("no colon here\n")
+    with pytest.raises(SystemExit, match="login 1 is not USER:PASSWORD"):
+        main(["--auth-file", str(logins), "--no-browser", "--default-model", "tiny-sd3"])
 
 
 def test_cli_flags_and_a_bad_default_model(capsys):
@@ -148,7 +174,7 @@ def test_colour_edit_endpoint_recolours_and_saves(running_app):
     assert before.size == after.size == (64, 64) and Image.open(mask_view).size == (64, 64)
     saved = Image.open(result)
     assert '"method": "ColorCtrl"' in saved.text["dit-studio"] and settings["seed"] == 3
-    assert any(output_dir.glob("*colour-shapes-flux-3.png"))
+    assert any(output_dir.glob("*colour-shapes-flux-3-*.png"))
 
     with pytest.raises(Exception, match="Upload the image"):
         colour_edit_call(client, source_mode="Edit an image (inverted)")
@@ -190,7 +216,7 @@ def test_layout_endpoint_generates_and_checks_boxes(running_app):
     result, settings = layout_call(client)
     assert Image.open(result).size == (512, 512)  # shown enlarged with its boxes drawn
     assert settings["method"] == "regional" and len(settings["regions"]) == 2
-    saved = next(output_dir.glob("*layout-shapes-flux-0.png"))
+    saved = next(output_dir.glob("*layout-shapes-flux-0-*.png"))
     assert Image.open(saved).size == (64, 64) and '"regions"' in Image.open(saved).text["dit-studio"]
     empty_caption = {"headers": boxes["headers"], "data": [["", 0.1, 0.1, 0.5, 0.5]]}
     with pytest.raises(Exception, match="Box 1 has no caption"):

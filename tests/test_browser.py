@@ -101,7 +101,7 @@ def test_recolour_the_last_result(page, tmp_path, artifacts):
     page.get_by_role("button", name="Recolour").click()
     wait_for_image(page, "colour-shapes-flux")
     page.screenshot(path=str(artifacts / "colour-editing.png"), full_page=True)
-    assert len(list(tmp_path.glob("*colour-shapes-flux-0.png"))) == 1
+    assert len(list(tmp_path.glob("*colour-shapes-flux-0-*.png"))) == 1
 
 
 def table_rows(page) -> list[list[str]]:
@@ -164,14 +164,14 @@ def test_draw_move_delete_boxes_and_generate_a_layout(page, tmp_path, artifacts)
     page.locator("#layout-result img").first.wait_for(timeout=120_000)
     page.wait_for_function("() => document.querySelector('#layout-result img').naturalWidth > 0")
     page.screenshot(path=str(artifacts / "layout-to-image.png"), full_page=True)
-    assert len(list(tmp_path.glob("*layout-shapes-flux-0.png"))) == 1
+    assert len(list(tmp_path.glob("*layout-shapes-flux-0-*.png"))) == 1
     # CreatiLayout: the method offers the models with SiamLayout branches (offline: the built-in).
     page.get_by_label("CreatiLayout SiamLayout (SD3)").check()
     page.wait_for_function(has_text_box_containing("SiamLayout (built-in, trained branches)"), timeout=30_000)
     page.get_by_role("button", name="Generate layout").click()
     # The result's settings (JSON) name the method once the image is made.
     page.wait_for_function("() => document.body.innerText.includes('CreatiLayout SiamLayout (SD3)\"')", timeout=120_000)
-    assert len(list(tmp_path.glob("*layout-shapes-sd3-siamlayout-0.png"))) == 1
+    assert len(list(tmp_path.glob("*layout-shapes-sd3-siamlayout-0-*.png"))) == 1
 
 
 def test_generate_an_image_set(page, tmp_path, artifacts):

@@ -154,5 +154,59 @@ def test_a_png_without_settings_is_refused(tmp_path):
     with pytest.raises(InvalidRequest, match="carries no DiT Studio settings"):
         read_settings(plain)
     (tmp_path / "junk.png").write_bytes(b"not a png")
-    with pytest.raises(InvalidRequest, match="not an image"):
+    with pytest.raises(InvalidRequest, match="not a PNG"):
         read_settings(tmp_path / "junk.png")
+
+
+def test_settings_are_read_without_decoding_the_image(tmp_path, registry):
+    """A PNG that claims 20,000 x 20,000 pixels (a decompression bomb) still has its settings read
+    in no time and no memory: the image data is skipped, never inflated."""
+    import struct
+    import tracemalloc
+    import zlib
+
+    made = run(registry, model="tiny-flux-dev", seed=5, steps=2)[0]
+    text = Image.open(save_png(made, tmp_path)).text["dit-studio"]
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 20_000, 20_000, 8, 2, 0, 0, 0)
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(2_000_000)))
+        + chunk(b"tEXt", b"dit-studio\0" + text.encode()) + chunk(b"IEND", b"")
+    )  # fmt: skip
+    tracemalloc.start()
+    assert read_settings(bomb) == made.settings
+    assert tracemalloc.get_traced_memory()[1] < 5 * 2**20
+    tracemalloc.stop()
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(bomb.read_bytes()[:40])
+    with pytest.raises(InvalidRequest, match="carries no DiT Studio settings"):
+        read_settings(truncated)
+
+
+def test_every_method_refuses_a_prompt_longer_than_any_encoder_reads(registry):
+    from PIL import Image as PILImage
+
+    from studio.methods.colour import ColourEditSettings
+    from studio.methods.control import ControlSettings
+    from studio.methods.layout import LayoutSettings, Region
+    from studio.runner import Job, LocalRunner
+
+    huge = "a red circle " * 4000
+    sampled = {"model": "tiny-flux-dev", "steps": 2, "width": 64, "height": 64}
+    jobs = [
+        Job("generate", GenerationSettings(**sampled, prompt=huge)),
+        Job("colour_edit", ColourEditSettings(**sampled, source_prompt=huge, target_prompt="x", word="circle")),
+        Job("layout", LayoutSettings(**sampled, caption=huge, regions=(Region("a", (0, 0, 1, 1)),))),
+        Job("layout", LayoutSettings(**sampled, caption="c", regions=(Region(huge, (0, 0, 1, 1)),))),
+        Job("control", ControlSettings(**sampled, prompt=huge, control="scribble"),
+            {"control_image": PILImage.new("RGB", (64, 64))}),
+    ]  # fmt: skip
+    runner = LocalRunner(registry)
+    for job in jobs:
+        with pytest.raises(InvalidRequest, match="at most 4000 characters"):
+            result = runner.run(job)
+            list(result) if job.method == "generate" else None

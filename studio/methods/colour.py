@@ -46,7 +46,7 @@ from studio.catalogue import ModelSpec
 from studio.errors import InvalidRequest
 from studio.generation import validate_sampling
 from studio.inversion import invert_image
-from studio.params import SamplingSettings, StepCallback, StepReporter, redefault, setting
+from studio.params import SamplingSettings, StepCallback, StepReporter, prompt_text, redefault, setting
 from studio.registry import Registry
 from studio.runner import Method, register
 
@@ -158,16 +158,14 @@ def intensity_words(source_prompt: str, target_prompt: str, word: str) -> list[s
 def validate(settings: ColourEditSettings, spec: ModelSpec) -> ColourEditSettings:
     if spec.family.flow is None or spec.family.token_order not in ("text-image", "image-text"):
         raise InvalidRequest(f"Colour editing needs an SD3 or FLUX model; {spec.name} is {spec.family.label}.")
-    for name, text in (("source", settings.source_prompt), ("target", settings.target_prompt)):
-        if not text or not text.strip():
-            raise InvalidRequest(f"Write a {name} prompt first.")
-    if not settings.word or not settings.word.strip():
+    source, target = (
+        prompt_text(settings.source_prompt, "a source prompt"),
+        prompt_text(settings.target_prompt, "a target prompt"),
+    )
+    if not isinstance(settings.word, str) or not settings.word.strip():
         raise InvalidRequest("Name the object to recolour (a word of the source prompt).")
     return replace(
-        validate_sampling(settings, spec),
-        source_prompt=settings.source_prompt.strip(),
-        target_prompt=settings.target_prompt.strip(),
-        word=settings.word.strip(),
+        validate_sampling(settings, spec), source_prompt=source, target_prompt=target, word=settings.word.strip()
     )
 
 

@@ -29,7 +29,7 @@ from studio import conditions
 from studio.catalogue import ControlSpec, ModelSpec
 from studio.errors import InvalidRequest
 from studio.generation import GenerationSettings, call_arguments, encode_prompt_arguments, guided, validate_sampling
-from studio.params import SamplingSettings, redefault, setting
+from studio.params import SamplingSettings, prompt_text, redefault, setting
 from studio.registry import ModelState, Registry
 from studio.runner import Method, register
 
@@ -127,9 +127,7 @@ class PromptCache:
 
 
 def validate(settings: ControlSettings, spec: ModelSpec) -> ControlSettings:
-    if not settings.prompt or not settings.prompt.strip():
-        raise InvalidRequest("Write a prompt first.")
-    settings = validate_sampling(settings, spec)
+    settings = replace(validate_sampling(settings, spec), prompt=prompt_text(settings.prompt))
     if settings.control_start >= settings.control_end:
         raise InvalidRequest("Control must start before it ends.")
     if settings.control:
@@ -138,7 +136,6 @@ def validate(settings: ControlSettings, spec: ModelSpec) -> ControlSettings:
         raise InvalidRequest(f"{spec.name} has no ControlNet and no img2img mode to draw from a sketch.")
     return replace(
         settings,
-        prompt=settings.prompt.strip(),
         negative_prompt=(settings.negative_prompt or "").strip() if spec.accepts_negative_prompt else "",
     )
 

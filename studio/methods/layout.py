@@ -46,7 +46,7 @@ from studio.errors import InvalidRequest
 from studio.families import siamlayout
 from studio.families.siamlayout import MAX_BOXES, LayoutTokens, siamlayout_forward
 from studio.generation import GenerationSettings, call_arguments, encode_prompt_arguments, guided, validate_sampling
-from studio.params import SamplingSettings, StepCallback, StepReporter, redefault, setting
+from studio.params import SamplingSettings, StepCallback, StepReporter, prompt_text, redefault, setting
 from studio.registry import Registry
 from studio.runner import Method, register
 
@@ -90,8 +90,9 @@ def validate_regions(regions: Sequence[Region]) -> tuple[Region, ...]:
         raise InvalidRequest(f"At most {MAX_REGIONS} boxes; this layout has {len(regions)}.")
     checked = []
     for number, region in enumerate(regions, start=1):
-        if not region.caption or not region.caption.strip():
+        if not isinstance(region.caption, str) or not region.caption.strip():
             raise InvalidRequest(f"Box {number} has no caption.")
+        prompt_text(region.caption, f"box {number}'s caption")
         try:
             x1, y1, x2, y2 = (min(max(float(value), 0.0), 1.0) for value in region.box)
         except (TypeError, ValueError):
@@ -163,8 +164,7 @@ def validate(settings: LayoutSettings, spec: ModelSpec) -> LayoutSettings:
         )
     if spec.family.token_order not in ("text-image", "image-text", "cross-attention"):
         raise InvalidRequest(f"Regional attention has no way into {spec.family.label} models.")
-    if not settings.caption or not settings.caption.strip():
-        raise InvalidRequest("Write a global caption first.")
+    prompt_text(settings.caption, "a global caption")
     if not settings.regions:
         raise InvalidRequest("Draw at least one box.")
     return replace(
