@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,24 +13,40 @@ from studio.runner import LocalRunner
 
 
 class Cancellations:
-    """One cancel switch per browser session: a new run gets a fresh switch, Cancel flips it."""
+    """The cancel switches of the jobs running for each session (a browser tab, or an API
+    client: each has its own session). Cancel flips every switch of the session; a job's switch
+    leaves with the job, so nothing accumulates and a later job starts unswitched."""
 
     def __init__(self) -> None:
-        self._events: dict[str, threading.Event] = {}
+        self._running: dict[str, set[threading.Event]] = {}
         self._lock = threading.Lock()
 
-    def start(self, session: str) -> threading.Event:
+    @contextmanager
+    def job(self, session: str) -> Iterator[threading.Event]:
+        """A cancel switch for one job of the session, for as long as the job runs."""
+        switch = threading.Event()
         with self._lock:
-            event = self._events[session] = threading.Event()
-            return event
+            self._running.setdefault(session, set()).add(switch)
+        try:
+            yield switch
+        finally:
+            with self._lock:
+                switches = self._running.get(session, set())
+                switches.discard(switch)
+                if not switches:
+                    self._running.pop(session, None)
 
     def cancel(self, session: str) -> bool:
+        """Flip the session's running jobs' switches; False when none runs."""
         with self._lock:
-            event = self._events.get(session)
-        if event is None:
-            return False
-        event.set()
-        return True
+            switches = list(self._running.get(session, ()))
+        for switch in switches:
+            switch.set()
+        return bool(switches)
+
+    def running(self) -> int:
+        with self._lock:
+            return sum(len(switches) for switches in self._running.values())
 
 
 @dataclass

@@ -222,7 +222,7 @@ def build(studio: StudioContext, text_to_image_history: gr.State) -> None:
         [ui.model, ui.source_mode, ui.image, ui.source_prompt, steps, guidance, width, height, seed],
         api_visibility="private",
     )
-    ui.run.click(
+    job = ui.run.click(
         edit_handler(studio, ui.form),
         [ui.model, ui.source_mode, ui.image, *ui.form.inputs],
         ui.outputs,
@@ -230,4 +230,4 @@ def build(studio: StudioContext, text_to_image_history: gr.State) -> None:
         concurrency_limit=1,
         concurrency_id="gpu",
     )
-    ui.cancel.click(common.cancel_handler(studio), None, None, api_name="colour_cancel")
+    common.wire_cancel(studio, ui.cancel, job, "colour_cancel")

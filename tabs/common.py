@@ -156,8 +156,7 @@ def run_job(
     """Run a tab's job through the studio's runner with a fresh cancel switch for the session; a
     StudioError reaches the user as one sentence, a cancel as a notice (None is returned: the
     outputs stay as they were)."""
-    cancel = studio.cancellations.start(session_of(request))
-    with user_errors(task):
+    with studio.cancellations.job(session_of(request)) as cancel, user_errors(task):
         try:
             return studio.runner.run(job, on_step, cancel)
         except Cancelled:
@@ -165,14 +164,15 @@ def run_job(
             return None
 
 
-def cancel_handler(studio: StudioContext) -> Callable[[gr.Request], None]:
-    """A Cancel button's handler: stops the session's running job at its next step."""
+def wire_cancel(studio: StudioContext, button: gr.Button, job: Any, api_name: str) -> None:
+    """Cancel stops the session's running job at its next step and drops its queued ones. It
+    skips the queue, so it answers even when the queue is full."""
 
     def on_cancel(request: gr.Request) -> None:
         if not studio.cancellations.cancel(session_of(request)):
-            gr.Info("Nothing is running.")
+            gr.Info("Nothing was running; queued work, if any, is dropped.")
 
-    return on_cancel
+    button.click(on_cancel, None, None, api_name=api_name, queue=False, cancels=[job])
 
 
 @dataclass

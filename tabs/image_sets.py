@@ -184,7 +184,7 @@ def build(studio: StudioContext) -> None:
 
     ui.model.input(on_model, [ui.chosen, ui.model], [width, height, steps], api_visibility="private")
     ui.lora.wire(studio, ui.model, api_name="image_set_add_adapter")
-    ui.run.click(
+    job = ui.run.click(
         generate_handler(studio, sets),
         [
             ui.chosen,
@@ -205,4 +205,4 @@ def build(studio: StudioContext) -> None:
         concurrency_limit=1,
         concurrency_id="gpu",
     )
-    ui.cancel.click(common.cancel_handler(studio), None, None, api_name="image_set_cancel")
+    common.wire_cancel(studio, ui.cancel, job, "image_set_cancel")

@@ -344,7 +344,7 @@ def build(studio: StudioContext) -> None:
         ui.result,
         **private,
     )
-    ui.run.click(
+    job = ui.run.click(
         generate_handler(studio),
         [
             ui.model,
@@ -367,4 +367,4 @@ def build(studio: StudioContext) -> None:
         concurrency_limit=1,
         concurrency_id="gpu",
     )
-    ui.cancel.click(common.cancel_handler(studio), None, None, api_name="layout_cancel")
+    common.wire_cancel(studio, ui.cancel, job, "layout_cancel")

@@ -118,7 +118,6 @@ def generate_handler(studio: StudioContext) -> Callable:
         request: gr.Request = None,
         progress=gr.Progress(),
     ):
-        cancel = studio.cancellations.start(common.session_of(request))
         made: list[tuple[str, str]] = []
 
         def shown():
@@ -127,7 +126,7 @@ def generate_handler(studio: StudioContext) -> Callable:
         form = common.Form(GenerationSettings, dict.fromkeys(("prompt", "negative_prompt", *SAMPLED, "count")))
         adapters = common.LoraControls.requested(active_adapters, adapter_scale)
         values = (prompt_text, negative_text, step_count, guidance_scale, w, h, seed_value, image_count)
-        with common.user_errors("Generation"):
+        with studio.cancellations.job(common.session_of(request)) as cancel, common.user_errors("Generation"):
             settings = form.read(values, model=model_id, adapters=adapters)
             try:
                 progress((0, settings.steps * settings.count), desc="Loading model")
@@ -183,7 +182,7 @@ def build(studio: StudioContext) -> gr.State:
         return control_updates(spec)
 
     inputs = [ui.model, ui.prompt, ui.negative, steps, guidance, width, height, seed, ui.count, history]
-    gr.on(
+    job = gr.on(
         [ui.run.click, ui.prompt.submit],
         generate_handler(studio),
         [*inputs, ui.lora.active, ui.lora.scale],
@@ -191,13 +190,14 @@ def build(studio: StudioContext) -> gr.State:
         api_name="generate",
         concurrency_limit=1,
         concurrency_id="gpu",
-    ).then(
+    )
+    job.then(
         lambda current: gr.update(choices=common.model_choices(studio), value=current),
         ui.model,
         ui.model,
         api_visibility="private",
     )
-    ui.cancel.click(common.cancel_handler(studio), None, None, api_name="cancel")
+    common.wire_cancel(studio, ui.cancel, job, "cancel")
     ui.model.input(
         on_model_picked, ui.model, [steps, guidance, width, height, ui.negative, ui.aspect], api_name="model_defaults"
     )

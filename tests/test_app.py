@@ -378,3 +378,17 @@ def test_every_handler_in_the_gpu_slot_is_a_gpu_task_and_gets_its_request(tmp_pa
             if isinstance(p.default, gr.Progress) or p.annotation in (gr.Request, "gr.Request", "gr.Request | None")
         ]
         assert not variadic or all(i < variadic[0] for i in special), block.fn.__qualname__
+
+
+def test_cancel_reaches_every_running_job_of_its_session_and_no_other():
+    from studio.context import Cancellations
+
+    switches = Cancellations()
+    with switches.job("ann") as first, switches.job("ann") as second, switches.job("bob") as other:
+        assert switches.running() == 3
+        assert switches.cancel("ann")
+        assert first.is_set() and second.is_set() and not other.is_set()
+    assert switches.running() == 0  # a finished job's switch leaves with it
+    assert not switches.cancel("ann")  # nothing runs: a later job starts unswitched
+    with switches.job("ann") as later:
+        assert not later.is_set()
