@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 
 import torch
 
@@ -27,10 +28,14 @@ def choose_device(device: str | None = None, dtype: str | None = None) -> tuple[
 
 
 def device_memory_bytes(device: str) -> int | None:
-    """Total memory of an accelerator, or None for the host."""
+    """Total memory of an accelerator, or of the host for the CPU and MPS (whose memory is the
+    host's): None where it cannot be read."""
     if device.startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_properties(torch.device(device)).total_memory
-    return None
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def release_memory() -> None:

@@ -188,5 +188,8 @@ register(
         GenerationSettings,
         lambda registry, settings, inputs, on_step, cancel: generate(registry, settings, on_step, cancel),
         "text to image: `count` images from one prompt (seeds seed, seed+1, ...), one at a time",
+        remaining=lambda settings, done: replace(
+            settings, seed=(settings.seed + done) % (MAX_SEED + 1), count=settings.count - done
+        ),
     )
 )

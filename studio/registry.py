@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -44,6 +45,12 @@ class ModelState(enum.Enum):
     CACHED = "in local cache"
     DOWNLOADABLE = "downloads on first use"
     UNAVAILABLE = "unavailable offline"
+    FAILED = "failed to load"
+
+
+# A model whose load failed (corrupt or missing files, no memory) is not tried again on every
+# request for this long; its reason is given instead.
+FAILURE_PAUSE_SECONDS = 300.0
 
 
 class Registry:
@@ -64,10 +71,14 @@ class Registry:
         if memory_budget_gb is not None:
             budget: int | None = int(memory_budget_gb * GIB)
         else:
-            budget = int(total * 0.9) if total else None
+            # An accelerator's memory is the models'; the host's is shared with everything else,
+            # so models may take half of it (and not every model a visitor picks, until it dies).
+            budget = int(total * (0.9 if device.startswith("cuda") else 0.5)) if total else None
         self._loader = loader
         self.models = ResidentModels(device, budget, self._read)
         self.adapter_files = Adapters()
+        # model id -> (when its load failed, why)
+        self._failures: dict[str, tuple[float, str]] = {}
 
     @property
     def budget_bytes(self) -> int | None:
@@ -78,6 +89,8 @@ class Registry:
         spec = self.catalogue.get(model_id)
         if self.models.get(model_id) is not None:
             return ModelState.LOADED
+        if self.failure(model_id) is not None:
+            return ModelState.FAILED
         if spec.builtin:
             return ModelState.BUILTIN
         if all(in_local_cache(repo, marker) for repo, marker in required_repos(spec)):
@@ -113,7 +126,24 @@ class Registry:
                     self.adapter_files.activate(model, adapters)
                 yield self._variant(model, task)
 
+    def failure(self, model_id: str) -> str | None:
+        """Why the model's last load failed, while that is recent enough to trust."""
+        failed = self._failures.get(model_id)
+        if failed is None or time.monotonic() - failed[0] > FAILURE_PAUSE_SECONDS:
+            return None
+        return failed[1]
+
     def _read(self, spec: ModelSpec) -> DiffusionPipeline:
+        reason = self.failure(spec.id)
+        if reason is not None:
+            raise LoadFailed(f"{reason} (not tried again for {FAILURE_PAUSE_SECONDS / 60:.0f} minutes)")
+        try:
+            return self._read_now(spec)
+        except LoadFailed as error:
+            self._failures[spec.id] = (time.monotonic(), str(error))
+            raise
+
+    def _read_now(self, spec: ModelSpec) -> DiffusionPipeline:
         if self.state(spec.id) is ModelState.UNAVAILABLE:
             downloads = " and ".join(f"`hf download {repo}`" for repo, _ in required_repos(spec))
             raise ModelUnavailable(

@@ -146,6 +146,13 @@ class ResidentModels:
             module.to(self.device)
         model.on_device = True
 
+    def evict_idle(self, keep: str) -> None:
+        """Every model but `keep` that no request is using leaves the device."""
+        with self._state_lock:
+            for model_id, model in list(self._loaded.items()):
+                if model_id != keep and model.users == 0 and model.on_device:
+                    self._evict(model_id, model)
+
     def make_room(self, needed: int, keep: str) -> None:
         if self.budget_bytes is None:
             return

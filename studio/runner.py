@@ -14,15 +14,21 @@ its own module.
 from __future__ import annotations
 
 import importlib
+import logging
 import pkgutil
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Protocol
 
+import torch
+
+from studio.device import release_memory
 from studio.errors import InvalidRequest
 from studio.params import SamplingSettings, StepCallback, params
 from studio.registry import Registry
+
+log = logging.getLogger(__name__)
 
 # (registry, settings, inputs, on_step, cancel) -> the method's result
 MethodCall = Callable[[Registry, Any, Mapping[str, Any], StepCallback | None, threading.Event | None], Any]
@@ -37,6 +43,9 @@ class Method:
     summary: str
     # Inputs beside the settings (images), by name, with what each is.
     inputs: Mapping[str, str] = field(default_factory=dict)
+    # For a method that yields results one at a time: the settings for what is left after
+    # `done` results (so an interrupted run resumes instead of starting over).
+    remaining: Callable[[Any, int], Any] | None = None
 
     def describe(self) -> str:
         """The method and every declared setting, one line each."""
@@ -103,4 +112,49 @@ class LocalRunner:
         unknown = set(job.inputs) - set(chosen.inputs)
         if unknown:
             raise InvalidRequest(f"{job.method} takes no input {', '.join(sorted(unknown))}.")
-        return chosen.call(self.registry, job.settings, dict(job.inputs), on_step, cancel)
+
+        def attempt(settings: Any) -> Any:
+            return chosen.call(self.registry, settings, dict(job.inputs), on_step, cancel)
+
+        if chosen.remaining is not None:
+            return self._resuming(chosen, job, attempt)
+        try:
+            return attempt(job.settings)
+        except torch.OutOfMemoryError:
+            self._recover(job)
+        try:
+            return attempt(job.settings)
+        except torch.OutOfMemoryError:
+            raise InvalidRequest(out_of_memory(job)) from None
+
+    def _resuming(self, chosen: Method, job: Job, attempt: Callable[[Any], Any]) -> Iterator[Any]:
+        """Results one at a time; out of memory once, the run resumes where it stopped."""
+        done, retried = 0, False
+        settings = job.settings
+        while True:
+            try:
+                for result in attempt(settings):
+                    done += 1
+                    yield result
+                return
+            except torch.OutOfMemoryError:
+                if retried:
+                    raise InvalidRequest(out_of_memory(job)) from None
+                retried = True
+                self._recover(job)
+                assert chosen.remaining is not None
+                settings = chosen.remaining(job.settings, done)
+
+    def _recover(self, job: Job) -> None:
+        """After running out of memory: free the step's tensors and every other idle model."""
+        log.warning("%s ran out of memory; freeing memory and other models, then trying once more", job.method)
+        release_memory()
+        self.registry.models.evict_idle(keep=job.settings.model)
+        release_memory()
+
+
+def out_of_memory(job: Job) -> str:
+    return (
+        f"Not enough memory for this {job.method.replace('_', ' ')} even after freeing the other models: "
+        "try a smaller size or fewer images."
+    )

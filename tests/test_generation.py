@@ -2,12 +2,14 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from support import builtins, pipeline_of
 
 from studio.errors import Cancelled, InvalidRequest
 from studio.generation import GenerationSettings, call_arguments, generate, size_for_aspect, validate
 from studio.metadata import read_settings, save_png
+from studio.registry import Registry
 
 
 def run(registry, **fields):
@@ -210,3 +212,56 @@ def test_every_method_refuses_a_prompt_longer_than_any_encoder_reads(registry):
         with pytest.raises(InvalidRequest, match="at most 4000 characters"):
             result = runner.run(job)
             list(result) if job.method == "generate" else None
+
+
+def out_of_memory_hook(registry, model: str, at_calls: set[int]):
+    """A forward pre-hook on the model's transformer that runs out of memory at the given calls."""
+    calls = [0]
+
+    def hook(*_):
+        calls[0] += 1
+        if calls[0] in at_calls:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    return pipeline_of(registry, model).transformer.register_forward_pre_hook(hook)
+
+
+def test_out_of_memory_frees_other_models_and_resumes_where_it_stopped(catalogue):
+    from studio.runner import Job, LocalRunner
+
+    registry = Registry(catalogue, device="cpu")
+    runner = LocalRunner(registry)
+    settings = GenerationSettings(model="tiny-flux-dev", prompt="a red circle", steps=2, width=64, height=64, count=3)
+    expected = [pixels(result) for result in generate(registry, settings)]
+    pipeline_of(registry, "tiny-sd3")  # another model, idle: it makes room
+    handle = out_of_memory_hook(registry, "tiny-flux-dev", {3})  # the second image's first step
+    results = list(runner.run(Job("generate", settings)))
+    handle.remove()
+    assert [r.settings.seed for r in results] == [0, 1, 2]
+    assert all(np.array_equal(pixels(r), e) for r, e in zip(results, expected, strict=True))
+    assert "tiny-sd3" not in registry.models.ids() and "tiny-flux-dev" in registry.models.ids()
+
+
+def test_out_of_memory_twice_is_one_sentence_and_the_registry_stays_usable(catalogue):
+    from studio.methods.layout import LayoutSettings, Region
+    from studio.runner import Job, LocalRunner
+
+    registry = Registry(catalogue, device="cpu")
+    runner = LocalRunner(registry)
+    layout = LayoutSettings(model="tiny-flux-dev", caption="a red circle", regions=(Region("a", (0, 0, 1, 1)),),
+                            steps=2, width=64, height=64)  # fmt: skip
+    handle = out_of_memory_hook(registry, "tiny-flux-dev", {1, 2})
+    with pytest.raises(InvalidRequest, match="Not enough memory for this layout even after freeing"):
+        runner.run(Job("layout", layout))
+    handle.remove()
+    assert runner.run(Job("layout", layout)).image.size == (64, 64)
+    handle = out_of_memory_hook(registry, "tiny-flux-dev", {1})
+    assert runner.run(Job("layout", layout)).image.size == (64, 64)  # once: freed and retried
+    handle.remove()
+
+
+def test_models_on_the_cpu_share_half_the_host_memory(catalogue):
+    import os
+
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert Registry(catalogue, device="cpu").budget_bytes == int(total * 0.5)

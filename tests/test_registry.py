@@ -118,7 +118,26 @@ def test_a_failing_load_leaves_the_registry_unchanged(catalogue):
         pipeline_of(registry, "tiny-sana")
     assert (registry.models.ids(), registry.models.used_bytes()) == before
     assert pipeline_of(registry, "tiny-flux-dev") is kept
+    # Marked failed with its reason, and not read again on every request for a while.
+    assert registry.state("tiny-sana") is ModelState.FAILED
+    tries = loads.count("tiny-sana")
+    with pytest.raises(LoadFailed, match="disk read error .*not tried again for 5 minutes"):
+        pipeline_of(registry, "tiny-sana")
+    assert loads.count("tiny-sana") == tries
+
+
+def test_a_failed_model_is_tried_again_after_the_pause(catalogue, monkeypatch):
+    import studio.registry
+
+    loads: list[str] = []
+    registry = Registry(catalogue, device="cpu", loader=counting_loader(loads, fail_for="tiny-sana"))
+    with pytest.raises(LoadFailed):
+        pipeline_of(registry, "tiny-sana")
+    monkeypatch.setattr(studio.registry, "FAILURE_PAUSE_SECONDS", 0.0)
     assert registry.state("tiny-sana") is ModelState.BUILTIN
+    with pytest.raises(LoadFailed, match="could not be loaded"):
+        pipeline_of(registry, "tiny-sana")
+    assert loads.count("tiny-sana") == 2
 
 
 def test_unknown_and_unavailable_models_raise_clear_errors(registry):
