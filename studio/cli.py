@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         studio = create_studio(args)
     except (StudioError, ValueError) as error:
         sys.exit(f"dit-studio: {error}")
-    from tabs.app import build_app
+    from tabs.app import CSS, build_app
 
     try:
         auth = logins(args)
@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> None:
         inbrowser=not args.no_browser,
         allowed_paths=[str(studio.output_dir)],
         auth=auth or None,
+        css=CSS,
         max_file_size=MAX_UPLOAD,
     )
 

@@ -8,6 +8,11 @@ from studio.context import StudioContext
 from tabs import colour_edit, image_sets, layout, live, text_to_image
 
 TITLE = "DiT Studio"
+# Small results (the built-ins draw 64x64) are enlarged for the eye without blurring; every image
+# is shown whole.
+CSS = """
+img { image-rendering: pixelated; object-fit: contain; }
+"""
 
 
 def build_app(studio: StudioContext) -> gr.Blocks:

@@ -129,8 +129,7 @@ def on_target(source_text: str, object_word: str, new_colour: str) -> str | dict
         return gr.update()
     try:
         return recolour_prompt(source_text, object_word, new_colour)
-    except InvalidRequest as error:
-        gr.Warning(str(error))
+    except InvalidRequest:  # a word still being typed: Recolour says what is wrong, not every keystroke
         return gr.update()
 
 

@@ -20,15 +20,31 @@ from studio.runner import Job
 log = logging.getLogger(__name__)
 
 
+CANNOT_RUN = (ModelState.UNAVAILABLE, ModelState.FAILED)
+
+
+def model_rank(studio: StudioContext, spec: ModelSpec) -> int:
+    """0: trained or real and able to run here; 1: a random-weight test model; 2: cannot run."""
+    if studio.registry.state(spec.id) in CANNOT_RUN:
+        return 2
+    return 1 if spec.random_weights else 0
+
+
 def model_choices(
     studio: StudioContext, serves: Callable[[ModelSpec], bool] = lambda spec: True
 ) -> list[tuple[str, str]]:
-    """(label, id) for the catalogue's models that can serve a tab: "name · family · mode · state"."""
+    """(label, id) for the catalogue's models that can serve a tab, "name · family · mode · state":
+    the ones that can run here first, random-weight test models after them (labelled so), those
+    that cannot run (offline, failed) last."""
     registry = studio.registry
+    serving = sorted((spec for spec in registry.catalogue if serves(spec)), key=lambda spec: model_rank(studio, spec))
     return [
-        (f"{spec.name} · {spec.family.label} · {spec.mode} · {registry.state(spec.id).value}", spec.id)
-        for spec in registry.catalogue
-        if serves(spec)
+        (
+            f"{spec.name} · {spec.family.label} · {spec.mode} · "
+            f"{'test model — random weights' if spec.random_weights else registry.state(spec.id).value}",
+            spec.id,
+        )
+        for spec in serving
     ]
 
 
@@ -43,6 +59,7 @@ def user_errors(task: str) -> Iterator[None]:
     try:
         yield
     except StudioError as error:
+        log.info("%s refused: %s", task, error)  # the user's to act on: one line, no traceback
         raise gr.Error(str(error)) from None
     except gr.Error:
         raise
@@ -141,9 +158,7 @@ def default_model(studio: StudioContext, serves: Callable[[ModelSpec], bool]) ->
     catalogue = studio.registry.catalogue
     if serves(catalogue.get(studio.default_model)):
         return catalogue.get(studio.default_model)
-    serving = [spec for spec in catalogue if serves(spec)]
-    runnable = [spec for spec in serving if studio.registry.state(spec.id) is not ModelState.UNAVAILABLE]
-    return (runnable or serving)[0]
+    return min((spec for spec in catalogue if serves(spec)), key=lambda spec: model_rank(studio, spec))
 
 
 def progress_callback(progress: gr.Progress, phase: str) -> Callable[[int, int], None]:

@@ -81,7 +81,7 @@ def layout(studio: StudioContext, sets: dict[str, ImageSet]) -> SetsTab:
             run, cancel = common.run_and_cancel("Generate set")
         with gr.Column(scale=3):
             result = gr.Image(label="The set", type="pil", format="png", height=480, elem_id="image-set-result")
-            gallery = gr.Gallery(label="Panels", columns=4, height="auto", format="png")
+            gallery = gr.Gallery(label="Panels", columns=4, height="auto", format="png", object_fit="contain")
             archive = gr.File(label="Panels as a zip")
             info = gr.JSON(label="Settings of this set")
     return SetsTab(

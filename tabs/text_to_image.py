@@ -93,7 +93,9 @@ def layout(studio: StudioContext) -> TextToImageTab:
             reuse = gr.File(label="Reuse settings: drop a PNG made by the studio", file_types=[".png"])
             gr.Examples([[p] for p in example_prompts("text_to_image")], inputs=[prompt], label="Examples")
         with gr.Column(scale=3):
-            gallery = gr.Gallery(label="Results", columns=3, height="auto", format="png", show_label=True)
+            gallery = gr.Gallery(
+                label="Results", columns=3, height="auto", format="png", show_label=True, object_fit="contain"
+            )
             info = gr.Markdown(label="Settings of these results")
     return TextToImageTab(
         model, prompt, negative, sampling, aspect, dice, count, run, cancel, lora, reuse, gallery, info

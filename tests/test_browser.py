@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from studio.cli import create_studio, parse_args
-from tabs.app import build_app
+from tabs.app import CSS, build_app
 
 CHROMIUM = Path("/usr/bin/chromium")
 # On a developer's machine without Chromium the browser tests say so and step aside; under CI
@@ -38,6 +38,7 @@ def page(tmp_path, free_port):
         prevent_thread_lock=True,
         inbrowser=False,
         allowed_paths=[str(tmp_path)],
+        css=CSS,
     )
     try:
         with sync_playwright() as playwright:
@@ -204,3 +205,39 @@ def test_a_stroke_on_the_live_canvas_makes_an_image(page, artifacts):
     )
     page.locator("#live-control img").first.wait_for(timeout=30_000)
     page.screenshot(path=str(artifacts / "live-sketch.png"), full_page=True)
+
+
+def test_a_small_result_is_shown_whole(page):
+    """A 64x64 result fills its box without being cropped: the displayed image keeps the square
+    aspect and lies inside the gallery, enlarged."""
+    generate(page)
+    shown = page.evaluate(
+        """() => {
+            const image = [...document.querySelectorAll('img')].find(i => i.src.includes('shapes-flux'));
+            const box = image.getBoundingClientRect();
+            const style = getComputedStyle(image);
+            return {width: box.width, height: box.height, natural: image.naturalWidth,
+                    fit: style.objectFit, rendering: style.imageRendering};
+        }"""
+    )
+    assert shown["natural"] == 64 and shown["width"] > 64  # enlarged for the eye
+    assert shown["fit"] == "contain" and shown["rendering"] == "pixelated"
+
+
+def test_typing_the_object_word_raises_no_warning(page):
+    page.get_by_role("tab", name="Colour editing").click()
+    page.get_by_label("Source prompt", exact=True).fill("a large red circle on the left, gray background")
+    page.get_by_label("Object to recolour (a word of the source prompt)", exact=True).press_sequentially(
+        "circle", delay=50
+    )
+    page.wait_for_function(has_text_box("a large blue circle on the left, gray background"), timeout=30_000)
+    assert page.locator(".toast-body").count() == 0
+
+
+def test_the_model_picker_starts_with_models_that_run_here(page):
+    page.get_by_label("Model", exact=True).first.click()
+    options = page.get_by_role("option").all_inner_texts()
+    assert options, "the picker lists models"
+    assert "random weights" not in options[0] and "unavailable" not in options[0]
+    ranks = [2 if "unavailable" in o or "failed" in o else 1 if "random weights" in o else 0 for o in options]
+    assert ranks == sorted(ranks)
