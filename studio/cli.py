@@ -51,6 +51,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--share-without-auth", action="store_true", help="allow --share with no login (anyone with the link)"
     )
+    parser.add_argument(
+        "--shared",
+        action="store_true",
+        help="strangers share this studio: each session sees only its own results "
+        "(on by itself with --share, a host open to the network, or on Spaces)",
+    )
     return parser.parse_args(argv)
 
 
@@ -97,7 +103,17 @@ def create_studio(args: argparse.Namespace):
     catalogue = Catalogue.load()
     catalogue.get(args.default_model)
     registry = Registry(catalogue, device=device, dtype=dtype, memory_budget_gb=args.memory_budget)
-    return StudioContext(registry=registry, output_dir=args.output_dir.resolve(), default_model=args.default_model)
+    return StudioContext(
+        registry=registry,
+        output_dir=args.output_dir.resolve(),
+        default_model=args.default_model,
+        shared=shared_deployment(args),
+    )
+
+
+def shared_deployment(args: argparse.Namespace) -> bool:
+    open_host = args.host not in ("127.0.0.1", "localhost", "::1")
+    return bool(args.shared or args.share or open_host or os.environ.get("SPACE_ID"))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -133,7 +149,8 @@ def main(argv: list[str] | None = None) -> None:
         server_port=args.port,
         share=share,
         inbrowser=not args.no_browser,
-        allowed_paths=[str(studio.output_dir)],
+        # Shared: results reach a session only through its own history and outputs.
+        allowed_paths=[] if studio.shared else [str(studio.output_dir)],
         auth=auth or None,
         css=CSS,
         max_file_size=MAX_UPLOAD,

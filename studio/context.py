@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from studio.history import History
 from studio.registry import Registry
 from studio.runner import LocalRunner
 
@@ -54,9 +55,14 @@ class StudioContext:
     registry: Registry
     output_dir: Path
     default_model: str
+    # Strangers share this process (a Space, a share link, a host open to the network): each
+    # session sees only its own results.
+    shared: bool = False
     cancellations: Cancellations = field(default_factory=Cancellations)
     # Where the tabs send their jobs (method, settings, inputs).
     runner: LocalRunner = field(init=False)
+    history: History = field(init=False)
 
     def __post_init__(self) -> None:
         self.runner = LocalRunner(self.registry)
+        self.history = History(self.output_dir, self.shared)

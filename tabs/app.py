@@ -6,6 +6,7 @@ import gradio as gr
 
 from studio.context import StudioContext
 from tabs import colour_edit, image_sets, layout, live, text_to_image
+from tabs import history as history_panel
 
 TITLE = "DiT Studio"
 # Small results (the built-ins draw 64x64) are enlarged for the eye without blurring; every image
@@ -32,5 +33,7 @@ def build_app(studio: StudioContext) -> gr.Blocks:
             image_sets.build(studio)
         with gr.Tab("Live sketch"):
             live.build(studio)
+        with gr.Tab("History") as history_tab:
+            history_panel.build(studio, demo, history_tab)
     demo.queue(max_size=32, default_concurrency_limit=1)
     return demo

@@ -155,7 +155,12 @@ def edit_handler(studio: StudioContext, form: common.Form) -> Callable:
             "seconds": round(edit.seconds, 3),
             "source_cached": edit.source_cached,
         }
-        path = save_image(edit.result, payload, studio.output_dir, f"colour-{settings.model}-{settings.seed}")
+        path = save_image(
+            edit.result,
+            payload,
+            studio.history.folder(common.session_of(request)),
+            f"colour-{settings.model}-{settings.seed}",
+        )
         return (before, edit.result), mask_overlay(edit.source, edit.mask), str(path), payload
 
     return on_edit

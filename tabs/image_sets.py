@@ -152,7 +152,12 @@ def generate_handler(studio: StudioContext, sets: dict[str, ImageSet]) -> Callab
             **made.request.to_dict(),
             "seconds": round(made.seconds, 3),
         }
-        path = save_image(made.image, payload, studio.output_dir, f"set-{set_id}-{model_id}-{set_request.seed}")
+        path = save_image(
+            made.image,
+            payload,
+            studio.history.folder(common.session_of(request)),
+            f"set-{set_id}-{model_id}-{set_request.seed}",
+        )
         return made.image, made.panels, str(write_panels(made.panels, path)), payload
 
     return on_generate

@@ -270,7 +270,12 @@ def generate_handler(studio: StudioContext) -> Callable:
             return gr.update(), gr.update(), gr.update()
         payload = {**made.settings.to_dict(), "method_name": METHODS[made.settings.method]}
         payload["seconds"] = round(made.seconds, 3)
-        save_image(made.image, payload, studio.output_dir, f"layout-{settings.model}-{settings.seed}")
+        save_image(
+            made.image,
+            payload,
+            studio.history.folder(common.session_of(request)),
+            f"layout-{settings.model}-{settings.seed}",
+        )
         return show(made.image, made.settings, with_boxes), payload, (made.image, made.settings)
 
     return on_generate

@@ -24,7 +24,7 @@ from studio.methods.control import (
     live_targets,
     on_white,
 )
-from tabs.common import setting_slider, user_errors
+from tabs.common import session_of, setting_slider, user_errors
 
 PHOTO_KINDS = (("Canny edges", "canny"), ("Soft edges", "softedge"), ("Depth", "depth"))
 CANVAS_SIDE = 512
@@ -221,13 +221,13 @@ def frame_handler(studio: StudioContext) -> Callable:
 
 
 def keep_handler(studio: StudioContext) -> Callable:
-    def on_keep(frame):
+    def on_keep(frame, request: gr.Request):
         if frame is None:
             raise gr.Error("Draw something first: there is no frame to save.")
         path = save_image(
             frame.image,
             {**frame.settings.to_dict(), "seconds": round(frame.seconds, 3)},
-            studio.output_dir,
+            studio.history.folder(session_of(request)),
             f"live-{frame.settings.model}-{frame.settings.seed}",
         )
         gr.Info(f"Saved {path.name}.")

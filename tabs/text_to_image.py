@@ -134,7 +134,7 @@ def generate_handler(studio: StudioContext) -> Callable:
                 progress((0, settings.steps * settings.count), desc="Loading model")
                 phase = common.progress_callback(progress, "Denoising")
                 for result in studio.runner.run(Job("generate", settings, {}), phase, cancel):
-                    path = save_png(result, studio.output_dir)
+                    path = save_png(result, studio.history.folder(common.session_of(request)))
                     made.append((str(path), describe(result.settings, result.seconds)))
                     yield shown(), "\n\n".join(caption for _, caption in made), shown()
             except Cancelled:

@@ -25,41 +25,48 @@ def test_chromium_is_there_under_ci():
     assert CHROMIUM.exists(), "CI runs the browser tests: install Chromium (scripts/ensure-chromium.sh)"
 
 
+BROWSER_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
 @pytest.fixture
-def page(tmp_path, free_port):
+def studio_browser(tmp_path, free_port, request):
+    """The studio served offline (shared mode when the test is marked so) and a Chromium; yields
+    (browser, url)."""
     from playwright.sync_api import sync_playwright
 
-    demo = build_app(
-        create_studio(parse_args(["--offline", "--default-model", "shapes-flux", "--output-dir", str(tmp_path)]))
-    )
+    flags = ["--offline", "--default-model", "shapes-flux", "--output-dir", str(tmp_path)]
+    shared = request.node.get_closest_marker("shared") is not None
+    demo = build_app(create_studio(parse_args(flags + (["--shared"] if shared else []))))
     demo.launch(
         server_name="127.0.0.1",
         server_port=free_port,
         prevent_thread_lock=True,
         inbrowser=False,
-        allowed_paths=[str(tmp_path)],
+        allowed_paths=[] if shared else [str(tmp_path)],
         css=CSS,
     )
     try:
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(
-                executable_path=str(CHROMIUM),
-                headless=True,
-                args=[
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                    "--disable-sync",
-                    "--no-first-run",
-                ],
-            )
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(f"http://127.0.0.1:{free_port}/")
-            yield page
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=BROWSER_FLAGS)
+            yield browser, f"http://127.0.0.1:{free_port}/"
             browser.close()
     finally:
         demo.close()
+
+
+@pytest.fixture
+def page(studio_browser):
+    browser, url = studio_browser
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(url)
+    return page
 
 
 def wait_for_image(page, fragment: str) -> None:
@@ -241,3 +248,22 @@ def test_the_model_picker_starts_with_models_that_run_here(page):
     assert "random weights" not in options[0] and "unavailable" not in options[0]
     ranks = [2 if "unavailable" in o or "failed" in o else 1 if "random weights" in o else 0 for o in options]
     assert ranks == sorted(ranks)
+
+
+@pytest.mark.shared
+def test_history_survives_a_reload_and_stays_private(studio_browser, artifacts):
+    browser, url = studio_browser
+    mine = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = mine.new_page()
+    page.goto(url)
+    generate(page)
+    page.reload()
+    page.get_by_role("tab", name="History").click()
+    page.locator("#history img").first.wait_for(timeout=30_000)
+    page.screenshot(path=str(artifacts / "history.png"), full_page=True)
+    assert page.locator("#history img").count() >= 1
+    theirs = browser.new_context().new_page()
+    theirs.goto(url)
+    theirs.get_by_role("tab", name="History").click()
+    theirs.wait_for_timeout(2000)
+    assert theirs.locator("#history img").count() == 0

@@ -1,0 +1,87 @@
+"""History: the session's results with their settings, to look at again, download or delete. In
+shared mode a browser sees only its own (its random owner token lives in its own storage, so a
+page reload keeps the history); locally it is the output folder."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import gradio as gr
+
+from studio.context import StudioContext
+from tabs import common
+
+# The browser keeps its owner token in its own storage (a random one the first time), so a page
+# reload finds the same history; the server only checks and maps it.
+OWNER_SCRIPT = """() => {
+    let token = localStorage.getItem('dit-studio-owner');
+    if (!token || !/^[0-9a-f]{32}$/.test(token)) {
+        token = Array.from(crypto.getRandomValues(new Uint8Array(16)), b => b.toString(16).padStart(2, '0')).join('');
+        localStorage.setItem('dit-studio-owner', token);
+    }
+    return token;
+}"""
+
+
+@dataclass
+class HistoryTab:
+    owner: gr.Textbox
+    gallery: gr.Gallery
+    refresh: gr.Button
+    settings: gr.JSON
+    delete: gr.Button
+    picked: gr.State
+
+
+def layout() -> HistoryTab:
+    owner = gr.Textbox(visible=False)
+    with gr.Row():
+        with gr.Column(scale=3):
+            gallery = gr.Gallery(
+                label="Your results, newest first", columns=6, height="auto", object_fit="contain", elem_id="history"
+            )
+        with gr.Column(scale=2):
+            refresh = gr.Button("Refresh", size="sm")
+            settings = gr.JSON(label="Settings of the picked result")
+            delete = gr.Button("Delete the picked result", variant="stop", size="sm")
+    return HistoryTab(owner, gallery, refresh, settings, delete, gr.State(None))
+
+
+def shown(studio: StudioContext, request: gr.Request | None) -> list[tuple[str, str]]:
+    return [(str(entry.path), entry.caption) for entry in studio.history.entries(common.session_of(request))]
+
+
+def handlers(studio: StudioContext) -> tuple[Callable, Callable, Callable, Callable]:
+    def on_load(owner: str | None, request: gr.Request):
+        studio.history.attach(common.session_of(request), owner)
+        return shown(studio, request)
+
+    def on_refresh(request: gr.Request):
+        return shown(studio, request), None, None
+
+    def on_select(event: gr.SelectData, request: gr.Request):
+        entries = studio.history.entries(common.session_of(request))
+        if not 0 <= event.index < len(entries):
+            return None, None
+        entry = entries[event.index]
+        return entry.settings, entry.path.name
+
+    def on_delete(name: str | None, request: gr.Request):
+        with common.user_errors("Deleting"):
+            studio.history.delete(common.session_of(request), name or "")
+        gr.Info("Deleted.")
+        return shown(studio, request), None, None
+
+    return on_load, on_refresh, on_select, on_delete
+
+
+def build(studio: StudioContext, demo: gr.Blocks, tab: gr.Tab) -> None:
+    ui = layout()
+    on_load, on_refresh, on_select, on_delete = handlers(studio)
+    demo.load(None, None, ui.owner, js=OWNER_SCRIPT)
+    ui.owner.change(on_load, ui.owner, ui.gallery, api_visibility="private")
+    refreshed = [ui.gallery, ui.settings, ui.picked]
+    gr.on([ui.refresh.click, tab.select], on_refresh, None, refreshed, api_name="history")
+    ui.gallery.select(on_select, None, [ui.settings, ui.picked], api_visibility="private")
+    ui.delete.click(on_delete, ui.picked, refreshed, api_name="history_delete")
