@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
         studio = create_studio(args)
     except (StudioError, ValueError) as error:
         sys.exit(f"dit-studio: {error}")
-    from tabs.app import CSS, build_app
+    from tabs.app import build_app, launch_options
 
     try:
         auth = logins(args)
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
         # Shared: results reach a session only through its own history and outputs.
         allowed_paths=[] if studio.shared else [str(studio.output_dir)],
         auth=auth or None,
-        css=CSS,
+        **launch_options(),
         max_file_size=MAX_UPLOAD,
     )
 

@@ -14,6 +14,25 @@ TITLE = "DiT Studio"
 CSS = """
 img { image-rendering: pixelated; object-fit: contain; }
 """
+# Ctrl+Enter (or Cmd+Enter) runs the visible tab, Esc cancels what it runs.
+SHORTCUTS = """
+() => {
+    const shown = (element) => element.offsetParent !== null;
+    document.addEventListener('keydown', (event) => {
+        let kind = null;
+        if ((event.ctrlKey || event.metaKey) && event.key === 'Enter') kind = 'studio-run';
+        else if (event.key === 'Escape') kind = 'studio-cancel';
+        if (!kind) return;
+        const button = [...document.querySelectorAll(`.${kind}`)].find(shown);
+        if (button) { event.preventDefault(); button.click(); }
+    });
+}
+"""
+
+
+def launch_options() -> dict[str, str]:
+    """What `launch` needs besides the server settings: the studio's style and shortcuts."""
+    return {"css": CSS, "js": SHORTCUTS}
 
 
 def build_app(studio: StudioContext) -> gr.Blocks:

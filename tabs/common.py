@@ -81,8 +81,10 @@ class SamplingControls:
 
 
 def run_and_cancel(label: str) -> tuple[gr.Button, gr.Button]:
+    """A tab's run and cancel buttons (Ctrl+Enter and Esc press them: tabs.app.SHORTCUTS)."""
     with gr.Row():
-        return gr.Button(label, variant="primary"), gr.Button("Cancel", variant="stop")
+        run = gr.Button(label, variant="primary", elem_classes=["studio-run"])
+        return run, gr.Button("Cancel", variant="stop", elem_classes=["studio-cancel"])
 
 
 def steps_within(spec: ModelSpec, preferred: int) -> int:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from studio.cli import create_studio, parse_args
-from tabs.app import CSS, build_app
+from tabs.app import build_app, launch_options
 
 CHROMIUM = Path("/usr/bin/chromium")
 # On a developer's machine without Chromium the browser tests say so and step aside; under CI
@@ -50,7 +50,7 @@ def studio_browser(tmp_path, free_port, request):
         prevent_thread_lock=True,
         inbrowser=False,
         allowed_paths=[] if shared else [str(tmp_path)],
-        css=CSS,
+        **launch_options(),
     )
     try:
         with sync_playwright() as playwright:
@@ -267,3 +267,22 @@ def test_history_survives_a_reload_and_stays_private(studio_browser, artifacts):
     theirs.get_by_role("tab", name="History").click()
     theirs.wait_for_timeout(2000)
     assert theirs.locator("#history img").count() == 0
+
+
+def test_ctrl_enter_generates_and_escape_cancels(page, tmp_path):
+    page.get_by_label("Prompt", exact=True).fill("a large red circle on the left, gray background")
+    page.get_by_label("Prompt", exact=True).press("Control+Enter")
+    wait_for_image(page, "shapes-flux")
+    assert len(list(tmp_path.glob("*shapes-flux-0-*.png"))) == 1
+    # Eight images at 100 steps take far longer than the moment before Esc.
+    for name, value in (("Steps", "100"), ("Images", "8")):
+        field = page.get_by_label(f"number input for {name}", exact=True).first
+        field.fill(value)
+        field.press("Tab")
+    page.get_by_label("Prompt", exact=True).press("Control+Enter")
+    page.wait_for_timeout(1500)
+    page.keyboard.press("Escape")
+    page.wait_for_timeout(5000)
+    stopped = len(list(tmp_path.glob("*.png")))
+    page.wait_for_timeout(5000)
+    assert len(list(tmp_path.glob("*.png"))) == stopped < 1 + 8  # no image was made after Esc
