@@ -174,6 +174,7 @@ def generate(
     settings = validate(settings, spec)
     reporter = StepReporter(settings.steps * settings.count, on_step, cancel)
     with registry.use(spec.id, "t2i", dict(settings.adapters)) as pipe:
+        reporter.begin()
         for index in range(settings.count):
             single = replace(settings, seed=(settings.seed + index) % (MAX_SEED + 1), count=1)
             reporter.check()

@@ -115,6 +115,13 @@ class StepReporter:
         self._on_step = on_step
         self._cancel = cancel
 
+    def begin(self) -> None:
+        """The model is ready and work starts: nothing done yet (a progress bar can say so, rather
+        than 'loading' through a slow first step)."""
+        self.check()
+        if self._on_step is not None:
+            self._on_step(0, self.total)
+
     def check(self) -> None:
         if self._cancel is not None and self._cancel.is_set():
             raise Cancelled("Cancelled.")

@@ -163,6 +163,23 @@ def default_model(studio: StudioContext, serves: Callable[[ModelSpec], bool]) ->
     return min((spec for spec in catalogue if serves(spec)), key=lambda spec: model_rank(studio, spec))
 
 
+def warn_if_far_from_native_size(studio: StudioContext, settings: SamplingSettings) -> None:
+    """A model draws best near its own size: say so once when the asked area is far from it
+    (bad values are the method's to refuse, with its own message)."""
+    width, height = settings.width, settings.height
+    if settings.model not in studio.registry.catalogue or not all(
+        isinstance(side, (int, float)) and side > 0 for side in (width, height)
+    ):
+        return
+    spec = studio.registry.catalogue.get(settings.model)
+    ratio = (width * height) / (spec.width * spec.height)
+    if ratio > 4 or ratio < 0.25:
+        gr.Warning(
+            f"{spec.name} was made for about {spec.width}×{spec.height}; at {width}×{height} expect "
+            f"{'repeated or broken shapes and a long wait' if ratio > 4 else 'little detail'}."
+        )
+
+
 def progress_callback(progress: gr.Progress, phase: str) -> Callable[[int, int], None]:
     return lambda done, total: progress((done, total), desc=phase)
 

@@ -130,6 +130,7 @@ def generate_handler(studio: StudioContext) -> Callable:
         values = (prompt_text, negative_text, step_count, guidance_scale, w, h, seed_value, image_count)
         with studio.cancellations.job(common.session_of(request)) as cancel, common.user_errors("Generation"):
             settings = form.read(values, model=model_id, adapters=adapters)
+            common.warn_if_far_from_native_size(studio, settings)
             try:
                 progress((0, settings.steps * settings.count), desc="Loading model")
                 phase = common.progress_callback(progress, "Denoising")

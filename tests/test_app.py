@@ -392,3 +392,19 @@ def test_cancel_reaches_every_running_job_of_its_session_and_no_other():
     assert not switches.cancel("ann")  # nothing runs: a later job starts unswitched
     with switches.job("ann") as later:
         assert not later.is_set()
+
+
+def test_a_size_far_from_the_models_own_is_warned_about(monkeypatch, tmp_path):
+    import gradio as gr
+
+    from studio.generation import GenerationSettings
+    from tabs import common
+
+    said: list[str] = []
+    monkeypatch.setattr(gr, "Warning", said.append)
+    studio = create_studio(parse_args(["--offline", "--output-dir", str(tmp_path)]))
+    for width, height in ((64, 64), (96, 96), (512, 512), (16, 16), ("wide", 64)):
+        common.warn_if_far_from_native_size(
+            studio, GenerationSettings(model="shapes-flux", prompt="x", width=width, height=height)
+        )
+    assert len(said) == 2 and "512×512" in said[0] and "16×16" in said[1]

@@ -132,7 +132,7 @@ def test_progress_and_cancel_restore_the_processors(registry):
     colour_edit(
         registry, settings_for("tiny-flux-dev", steps=3), on_step=lambda done, total: seen.append((done, total))
     )
-    assert seen == [(done, 6) for done in range(1, 7)]
+    assert seen == [(done, 6) for done in range(7)]  # 0: the model is ready, then each step
     cancel = threading.Event()
 
     def cancel_midway(done, total):

@@ -57,7 +57,7 @@ def test_several_images_take_consecutive_seeds_and_report_progress(registry):
     )
     assert [r.settings.seed for r in results] == [10, 11, 12]
     assert all(r.settings.count == 1 and r.seconds > 0 for r in results)
-    assert progress == [(i, 9) for i in range(1, 10)]
+    assert progress == [(i, 9) for i in range(10)]  # 0: the model is ready, then each step
     single = run(registry, model="tiny-sd3", prompt="a blue square", steps=3, seed=11)[0]
     assert np.array_equal(pixels(single), pixels(results[1]))
 
@@ -71,7 +71,7 @@ def test_legacy_callback_pipelines_report_progress_too(registry):
             on_step=lambda d, t: progress.append(d),
         )
     )
-    assert progress == [1, 2, 3, 4]
+    assert progress == [0, 1, 2, 3, 4]
 
 
 def test_cancel_stops_at_the_next_step_and_keeps_finished_images(registry):

@@ -316,8 +316,10 @@ def colour_edit(
         settings = replace(settings, inversion_steps=settings.steps)
     started = time.perf_counter()
     inversion_steps = settings.inversion_steps if image is not None else 0
-    step = StepReporter(2 * settings.steps + inversion_steps, on_step, cancel).step
+    reporter = StepReporter(2 * settings.steps + inversion_steps, on_step, cancel)
+    step = reporter.step
     with registry.use(spec.id, "t2i") as pipe:
+        reporter.begin()
         guidance = flow.Guidance(spec.guidance, settings.guidance)
         source = flow.FlowModel(pipe, spec.family, [settings.source_prompt], guidance, spec.text_length)
         target = flow.FlowModel(pipe, spec.family, [settings.target_prompt], guidance, spec.text_length)

@@ -277,10 +277,12 @@ def generate_set(
         spec,
     )
     started = time.perf_counter()
-    step = StepReporter(settings.steps, on_step, cancel).step
+    reporter = StepReporter(settings.steps, on_step, cancel)
     mask = None
     task = "inpaint" if request.references else "t2i"
     with registry.use(spec.id, task, dict(settings.adapters)) as pipe:
+        reporter.begin()
+        step = reporter.step
         arguments = call_arguments(pipe, spec, settings, step)
         if request.references:
             references = {

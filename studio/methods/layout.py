@@ -218,6 +218,7 @@ def regional_generate(
     started = time.perf_counter()
     reporter = StepReporter(settings.steps, on_step, cancel)
     with registry.use(spec.id) as pipe:
+        reporter.begin()
         if settings.method == "siamlayout":
             image = siamlayout_generate(pipe, spec, settings, reporter)
         elif spec.family.token_order == "cross-attention":
