@@ -14,10 +14,18 @@ TITLE = "DiT Studio"
 CSS = """
 img { image-rendering: pixelated; object-fit: contain; }
 """
-# Ctrl+Enter (or Cmd+Enter) runs the visible tab, Esc cancels what it runs.
+# Ctrl+Enter (or Cmd+Enter) runs the visible tab, Esc cancels what it runs; a sketch pad meant
+# for drawing holds its brush from the start and gets it back after Clear (no tool picked).
 SHORTCUTS = """
 () => {
     const shown = (element) => element.offsetParent !== null;
+    setInterval(() => {
+        for (const pad of document.querySelectorAll('.studio-brush-first')) {
+            if (!shown(pad) || pad.querySelector('button.highlight')) continue;
+            const brush = pad.querySelector('button[aria-label="Brush"]');
+            if (brush) brush.click();
+        }
+    }, 400);
     document.addEventListener('keydown', (event) => {
         let kind = null;
         if ((event.ctrlKey || event.metaKey) && event.key === 'Enter') kind = 'studio-run';

@@ -105,7 +105,7 @@ def layout(studio: StudioContext) -> LiveTab:
     first = target_choices(studio, "flux", "sketch", "canny")
     first_target = parse_target(first[0][1]) if first else None
     gr.Markdown(
-        "Pick the brush beside the canvas and draw: the image follows every stroke. The fastest model of the "
+        "Draw on the canvas: the image follows every stroke. The fastest model of the "
         "family that can read a drawing is picked for you: one-step with a ControlNet, else SANA-Sprint "
         "img2img, else a standard model with a ControlNet at 8 steps (random-weight built-ins last)."
     )
@@ -123,6 +123,7 @@ def layout(studio: StudioContext) -> LiveTab:
                 canvas_size=(CANVAS_SIDE, CANVAS_SIDE),
                 brush=gr.Brush(colors=["#000000"], default_size=12, color_mode="fixed"),
                 elem_id="live-sketch",
+                elem_classes=["studio-brush-first"],
             )
             with gr.Group(visible=False) as photo_group:
                 photo = gr.Image(label="Photo", type="pil", sources=["upload", "clipboard"])
