@@ -34,6 +34,7 @@ SHORTCUTS = """
         const button = [...document.querySelectorAll(`.${kind}`)].find(shown);
         if (button) { event.preventDefault(); button.click(); }
     });
+    window.studioShortcutsReady = true;
 }
 """
 

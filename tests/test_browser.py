@@ -270,6 +270,7 @@ def test_history_survives_a_reload_and_stays_private(studio_browser, artifacts):
 
 
 def test_ctrl_enter_generates_and_escape_cancels(page, tmp_path):
+    page.wait_for_function("() => window.studioShortcutsReady === true", timeout=30_000)
     page.get_by_label("Prompt", exact=True).fill("a large red circle on the left, gray background")
     page.get_by_label("Prompt", exact=True).press("Control+Enter")
     wait_for_image(page, "shapes-flux")
