@@ -172,6 +172,11 @@ def test_colour_edit_endpoint_recolours_and_saves(running_app):
     compare, mask_view, result, settings = colour_edit_call(client)
     before, after = (Image.open(item) if isinstance(item, str) else Image.open(item["path"]) for item in compare)
     assert before.size == after.size == (64, 64) and Image.open(mask_view).size == (64, 64)
+    # The circle that was red is blue, in the same place and shape; no red is left.
+    from studio.toyworld.measure import colour_mask, iou, largest_blob
+
+    red, blue = largest_blob(colour_mask(before, "red")), largest_blob(colour_mask(after, "blue"))
+    assert red.sum() > 300 and iou(red, blue) >= 0.8 and not colour_mask(after, "red").any()
     saved = Image.open(result)
     assert '"method": "ColorCtrl"' in saved.text["dit-studio"] and settings["seed"] == 3
     assert any(output_dir.glob("*colour-shapes-flux-3-*.png"))

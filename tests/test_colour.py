@@ -267,3 +267,16 @@ def test_the_target_uses_the_sources_values_outside_the_mask_and_its_own_inside(
         compared += 1
     assert compared == (4 if cached else 1) * len(colour.edited_layers(pipeline_of(registry, "shapes-flux").transformer,
                                                     registry.catalogue.get("shapes-flux")))  # fmt: skip
+
+
+def test_the_edit_mask_holds_the_object_it_recolours(registry):
+    """The mask from the edited words' attention covers the object (what may change colour) and
+    not the whole image. On the toy FLUX model it is broad (about 80% of the image), which is
+    why the value swap and the map copy, not the mask alone, keep the rest."""
+    from studio.toyworld.measure import colour_mask, largest_blob
+
+    edit = colour_edit(registry, settings_for("shapes-flux", steps=6))
+    red = largest_blob(colour_mask(edit.source, "red"))
+    assert red.sum() > 300
+    assert (edit.mask & red).sum() >= 0.9 * red.sum()
+    assert edit.mask.mean() < 0.95
