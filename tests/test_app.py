@@ -96,15 +96,21 @@ def test_bad_input_gives_a_message_and_the_server_stays_up(running_app):
     assert len(gallery) == 1
 
 
-def test_share_without_internet_says_so_in_one_line_and_serves_locally(monkeypatch, capsys):
-    launched = {}
+@pytest.fixture
+def launched(monkeypatch) -> dict:
+    """What `main` would launch the studio with (no server, no internet)."""
+    options: dict = {}
 
     class FakeDemo:
         def launch(self, **kwargs):
-            launched.update(kwargs)
+            options.update(kwargs)
 
     monkeypatch.setattr("studio.cli.internet_reachable", lambda *a, **k: False)
     monkeypatch.setattr("tabs.app.build_app", lambda studio: FakeDemo())
+    return options
+
+
+def test_share_without_internet_says_so_in_one_line_and_serves_locally(launched, capsys):
     main(["--share", "--auth", "ann:pw", "--no-browser", "--port", "7999", "--default-model", "tiny-sd3"])
     lines = [line for line in capsys.readouterr().out.splitlines() if "--share" in line]
     assert lines == [
@@ -115,15 +121,7 @@ def test_share_without_internet_says_so_in_one_line_and_serves_locally(monkeypat
     assert launched["auth"] == [("ann", "pw")] and launched["max_file_size"]
 
 
-def test_share_needs_a_login_unless_said_otherwise(monkeypatch, tmp_path):
-    launched = {}
-
-    class FakeDemo:
-        def launch(self, **kwargs):
-            launched.update(kwargs)
-
-    monkeypatch.setattr("studio.cli.internet_reachable", lambda *a, **k: False)
-    monkeypatch.setattr("tabs.app.build_app", lambda studio: FakeDemo())
+def test_share_needs_a_login_unless_said_otherwise(launched, monkeypatch, tmp_path):
     monkeypatch.delenv("DIT_STUDIO_AUTH", raising=False)
     with pytest.raises(SystemExit, match="--share makes the studio public: give --auth"):
         main(["--share", "--no-browser", "--default-model", "tiny-sd3"])
