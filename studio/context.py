@@ -11,6 +11,7 @@ from pathlib import Path
 from studio.history import History
 from studio.registry import Registry
 from studio.runner import LocalRunner
+from studio.sessions import SessionAdapters
 
 
 class Cancellations:
@@ -62,7 +63,9 @@ class StudioContext:
     # Where the tabs send their jobs (method, settings, inputs).
     runner: LocalRunner = field(init=False)
     history: History = field(init=False)
+    adapters: SessionAdapters = field(init=False)
 
     def __post_init__(self) -> None:
         self.runner = LocalRunner(self.registry)
         self.history = History(self.output_dir, self.shared)
+        self.adapters = SessionAdapters(self.registry, self.shared)

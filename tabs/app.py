@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import gradio as gr
 
 from studio.context import StudioContext
 from tabs import colour_edit, image_sets, layout, live, text_to_image
 from tabs import history as history_panel
+from tabs.common import session_of
 
 TITLE = "DiT Studio"
 # Small results (the built-ins draw 64x64) are enlarged for the eye without blurring; every image
@@ -44,6 +47,15 @@ def launch_options() -> dict[str, str]:
     return {"css": CSS, "js": SHORTCUTS}
 
 
+def adapters_leave_with(studio: StudioContext) -> Callable[[gr.Request], None]:
+    """A visitor's adapters (shared mode) leave with the visitor."""
+
+    def on_unload(request: gr.Request) -> None:
+        studio.adapters.end(session_of(request))
+
+    return on_unload
+
+
 def build_app(studio: StudioContext) -> gr.Blocks:
     registry = studio.registry
     with gr.Blocks(title=TITLE) as demo:
@@ -63,5 +75,6 @@ def build_app(studio: StudioContext) -> gr.Blocks:
             live.build(studio)
         with gr.Tab("History") as history_tab:
             history_panel.build(studio, demo, history_tab)
+        demo.unload(adapters_leave_with(studio))
     demo.queue(max_size=32, default_concurrency_limit=1)
     return demo

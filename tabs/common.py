@@ -222,38 +222,35 @@ class LoraControls:
     remove: gr.Button
 
     def wire(self, studio: StudioContext, model: gr.Dropdown, api_name: str) -> None:
-        registry = studio.registry
+        adapters = studio.adapters
 
-        def on_add(model_id: str, upload: str | None, hub: str, name: str):
+        def on_add(model_id: str, upload: str | None, hub: str, name: str, request: gr.Request):
             name, hub_parts = (name or "").strip(), (hub or "").split()
             if not upload and len(hub_parts) != 2:
                 raise gr.Error(
                     "Choose a .safetensors LoRA file, or name one on the hub as: owner/repo file.safetensors"
                 )
-            replacing = name in registry.adapters(model_id)
+            session = session_of(request)
+            replacing = adapters.registered_name(session, name) in studio.registry.adapters(model_id)
             with user_errors("Adding the adapter"):
-                if upload:
-                    registry.import_adapter(model_id, name, upload)
-                else:
-                    registry.fetch_adapter(model_id, name, *hub_parts)
+                registered = adapters.add(session, model_id, name, upload, hub_parts)
             gr.Info(f"Adapter {name} {'replaced (new weights swapped in)' if replacing else 'added'} on {model_id}.")
-            return gr.update(choices=registry.adapters(model_id), value=[name])
+            return gr.update(choices=adapters.choices(session, model_id), value=[registered])
 
-        def on_remove(model_id: str, chosen: list[str] | None):
+        def on_remove(model_id: str, chosen: list[str] | None, request: gr.Request):
             if not chosen:
                 raise gr.Error("Pick the adapters to remove in the list first.")
+            session = session_of(request)
             with user_errors("Removing adapters"):
-                for name in chosen:
-                    registry.remove_adapter(model_id, name)
-            gr.Info(f"Removed {', '.join(chosen)} from {model_id}.")
-            return gr.update(choices=registry.adapters(model_id), value=[])
+                for registered in chosen:
+                    adapters.remove(session, model_id, registered)
+            gr.Info(f"Removed {len(chosen)} adapter(s) from {model_id}.")
+            return gr.update(choices=adapters.choices(session, model_id), value=[])
 
-        model.change(
-            lambda model_id: gr.update(choices=registry.adapters(model_id), value=[]),
-            model,
-            self.active,
-            api_visibility="private",
-        )
+        def on_model(model_id: str, request: gr.Request):
+            return gr.update(choices=adapters.choices(session_of(request), model_id), value=[])
+
+        model.change(on_model, model, self.active, api_visibility="private")
         self.add.click(on_add, [model, self.upload, self.hub, self.name], self.active, api_name=api_name)
         self.remove.click(on_remove, [model, self.active], self.active, api_name=api_name.replace("add", "remove"))
 

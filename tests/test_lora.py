@@ -136,3 +136,28 @@ def test_an_adapter_name_never_chooses_a_path(lora_registry, tmp_path, name, mon
     with pytest.raises(InvalidRequest, match="Name the adapter"):
         registry.import_adapter(MODEL, name, one)
     assert set(tmp_path.rglob("*")) == before and not home.exists()
+
+
+def test_in_shared_mode_a_visitors_adapters_are_theirs_alone(lora_registry, tmp_path, monkeypatch):
+    from studio.sessions import MAX_SESSION_ADAPTERS, SessionAdapters
+
+    registry, one, two = lora_registry
+    monkeypatch.setenv("DIT_STUDIO_HOME", str(tmp_path / "home"))
+    visitors = SessionAdapters(registry, shared=True)
+    mine = visitors.add("ann", MODEL, "style", str(one), [])
+    assert visitors.choices("ann", MODEL) == [("style", mine)]
+    assert visitors.choices("bob", MODEL) == []  # not listed to anyone else
+    with pytest.raises(InvalidRequest, match="Only the adapters you added"):
+        visitors.remove("bob", MODEL, mine)
+    theirs = visitors.add("bob", MODEL, "style", str(two), [])  # the same name, another adapter
+    assert theirs != mine and sorted(registry.adapters(MODEL)) == sorted([mine, theirs])
+    for number in range(1, MAX_SESSION_ADAPTERS):
+        visitors.add("ann", MODEL, f"more-{number}", str(one), [])
+    with pytest.raises(InvalidRequest, match=f"At most {MAX_SESSION_ADAPTERS} adapters a visitor"):
+        visitors.add("ann", MODEL, "one-too-many", str(one), [])
+    copies = list((tmp_path / "home").rglob("*.safetensors"))
+    visitors.end("ann")  # the visitor left: their adapters and copies go
+    assert registry.adapters(MODEL) == [theirs]
+    assert len(list((tmp_path / "home").rglob("*.safetensors"))) == len(copies) - MAX_SESSION_ADAPTERS
+    local = SessionAdapters(registry, shared=False)
+    assert local.registered_name("anyone", "style") == "style"
