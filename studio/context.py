@@ -51,6 +51,10 @@ class Cancellations:
             return sum(len(switches) for switches in self._running.values())
 
 
+# One job at most: 50 steps of four 1024² images (or the same work in another shape).
+SHARED_WORK_BUDGET = 50 * 4 * 1024 * 1024
+
+
 @dataclass
 class StudioContext:
     registry: Registry
@@ -66,6 +70,6 @@ class StudioContext:
     adapters: SessionAdapters = field(init=False)
 
     def __post_init__(self) -> None:
-        self.runner = LocalRunner(self.registry)
+        self.runner = LocalRunner(self.registry, SHARED_WORK_BUDGET if self.shared else None)
         self.history = History(self.output_dir, self.shared)
         self.adapters = SessionAdapters(self.registry, self.shared)

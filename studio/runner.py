@@ -94,11 +94,19 @@ class Runner(Protocol):
     def run(self, job: Job, on_step: StepCallback | None = None, cancel: threading.Event | None = None) -> Any: ...
 
 
-class LocalRunner:
-    """Runs jobs in this process, on this registry."""
+def work(settings: SamplingSettings) -> int:
+    """A job's size: denoising steps times images times pixels."""
+    return int(settings.steps) * int(getattr(settings, "count", 1)) * int(settings.width) * int(settings.height)
 
-    def __init__(self, registry: Registry):
+
+class LocalRunner:
+    """Runs jobs in this process, on this registry; with a `work_budget`, a job larger than it
+    (steps x images x pixels) is refused before anything runs (shared studios: one visitor's
+    100-step batch of eight 2048² images would hold the GPU for everyone)."""
+
+    def __init__(self, registry: Registry, work_budget: int | None = None):
         self.registry = registry
+        self.work_budget = work_budget
 
     def run(self, job: Job, on_step: StepCallback | None = None, cancel: threading.Event | None = None) -> Any:
         table = methods()
@@ -112,6 +120,7 @@ class LocalRunner:
         unknown = set(job.inputs) - set(chosen.inputs)
         if unknown:
             raise InvalidRequest(f"{job.method} takes no input {', '.join(sorted(unknown))}.")
+        self._check_work(job.settings)
 
         def attempt(settings: Any) -> Any:
             return chosen.call(self.registry, settings, dict(job.inputs), on_step, cancel)
@@ -126,6 +135,19 @@ class LocalRunner:
             return attempt(job.settings)
         except torch.OutOfMemoryError:
             raise InvalidRequest(out_of_memory(job)) from None
+
+    def _check_work(self, settings: SamplingSettings) -> None:
+        if self.work_budget is None:
+            return
+        try:
+            size = work(settings)
+        except (TypeError, ValueError):
+            return  # the method refuses bad numbers itself, with their own message
+        if size > self.work_budget:
+            raise InvalidRequest(
+                "This job is larger than one visitor may ask of this shared studio (steps × images × pixels "
+                f"{size:,} over {self.work_budget:,}): fewer steps, images or pixels."
+            )
 
     def _resuming(self, chosen: Method, job: Job, attempt: Callable[[Any], Any]) -> Iterator[Any]:
         """Results one at a time; out of memory once, the run resumes where it stopped."""

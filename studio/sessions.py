@@ -9,6 +9,7 @@ given and adapters stay for the life of the studio, as before.
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from pathlib import Path
 
@@ -16,6 +17,13 @@ from studio.errors import InvalidRequest
 from studio.registry import Registry
 
 MAX_SESSION_ADAPTERS = 4
+
+
+def allowed_repos() -> set[str]:
+    """Hub repositories a shared studio fetches LoRAs from: the In-Context LoRA sets' and those
+    its operator lists in DIT_STUDIO_ALLOWED_REPOS (comma-separated)."""
+    listed = {repo.strip() for repo in os.environ.get("DIT_STUDIO_ALLOWED_REPOS", "").split(",") if repo.strip()}
+    return {"ali-vilab/In-Context-LoRA"} | listed
 
 
 class SessionAdapters:
@@ -59,6 +67,11 @@ class SessionAdapters:
         if upload:
             self.registry.import_adapter(model_id, registered, upload)
         else:
+            if self.shared and hub and hub[0] not in allowed_repos():
+                raise InvalidRequest(
+                    f"This shared studio fetches LoRAs only from {', '.join(sorted(allowed_repos()))}; "
+                    "upload the file instead."
+                )
             self.registry.fetch_adapter(model_id, registered, *hub)
         if not replacing:
             with self._lock:

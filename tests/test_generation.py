@@ -1,4 +1,5 @@
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -265,3 +266,13 @@ def test_models_on_the_cpu_share_half_the_host_memory(catalogue):
 
     total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     assert Registry(catalogue, device="cpu").budget_bytes == int(total * 0.5)
+
+
+def test_a_shared_studio_refuses_a_job_over_its_work_budget(registry):
+    from studio.runner import Job, LocalRunner
+
+    runner = LocalRunner(registry, work_budget=2 * 64 * 64 * 4)
+    small = GenerationSettings(model="tiny-flux-dev", prompt="x", steps=2, width=64, height=64, count=4)
+    assert len(list(runner.run(Job("generate", small)))) == 4
+    with pytest.raises(InvalidRequest, match="larger than one visitor may ask"):
+        runner.run(Job("generate", replace(small, steps=3)))

@@ -161,3 +161,15 @@ def test_in_shared_mode_a_visitors_adapters_are_theirs_alone(lora_registry, tmp_
     assert len(list((tmp_path / "home").rglob("*.safetensors"))) == len(copies) - MAX_SESSION_ADAPTERS
     local = SessionAdapters(registry, shared=False)
     assert local.registered_name("anyone", "style") == "style"
+
+
+def test_a_shared_studio_fetches_loras_only_from_allowed_repos(lora_registry, monkeypatch):
+    from studio.sessions import SessionAdapters
+
+    registry, _, _ = lora_registry
+    monkeypatch.delenv("DIT_STUDIO_ALLOWED_REPOS", raising=False)
+    with pytest.raises(InvalidRequest, match="fetches LoRAs only from ali-vilab/In-Context-LoRA"):
+        SessionAdapters(registry, shared=True).add("ann", MODEL, "x", None, ["someone/styles", "s.safetensors"])
+    monkeypatch.setenv("DIT_STUDIO_ALLOWED_REPOS", "someone/styles")
+    with pytest.raises(InvalidRequest, match="Cannot fetch s.safetensors from someone/styles"):  # allowed: tried
+        SessionAdapters(registry, shared=True).add("ann", MODEL, "x", None, ["someone/styles", "s.safetensors"])
