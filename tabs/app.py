@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import gradio as gr
 
@@ -42,9 +43,11 @@ SHORTCUTS = """
 """
 
 
-def launch_options() -> dict[str, str]:
-    """What `launch` needs besides the server settings: the studio's style and shortcuts."""
-    return {"css": CSS, "js": SHORTCUTS}
+def launch_options() -> dict[str, Any]:
+    """What `launch` needs besides the server settings: the studio's style and shortcuts, and
+    Gradio's own input checks said to API clients as the sentences they are ("Expected a float,
+    but the value passed was 'seven'") rather than a bare failure."""
+    return {"css": CSS, "js": SHORTCUTS, "show_error": True}
 
 
 def adapters_leave_with(studio: StudioContext) -> Callable[[gr.Request], None]:

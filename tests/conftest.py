@@ -44,7 +44,7 @@ def running_app(tmp_path, free_port):
     from gradio_client import Client
 
     from studio.cli import create_studio, parse_args
-    from tabs.app import build_app
+    from tabs.app import build_app, launch_options
 
     args = parse_args(
         ["--offline", "--default-model", "tiny-flux-dev", "--output-dir", str(tmp_path), "--port", str(free_port)]
@@ -56,6 +56,7 @@ def running_app(tmp_path, free_port):
         prevent_thread_lock=True,
         allowed_paths=[str(tmp_path)],
         inbrowser=False,
+        **launch_options(),
     )
     try:
         yield Client(f"http://127.0.0.1:{free_port}/", verbose=False), tmp_path
