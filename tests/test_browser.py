@@ -43,6 +43,7 @@ def studio_browser(tmp_path, free_port, request):
 
     flags = ["--offline", "--default-model", "shapes-flux", "--output-dir", str(tmp_path)]
     shared = request.node.get_closest_marker("shared") is not None
+    login = request.node.get_closest_marker("login")
     demo = build_app(create_studio(parse_args(flags + (["--shared"] if shared else []))))
     demo.launch(
         server_name="127.0.0.1",
@@ -50,6 +51,7 @@ def studio_browser(tmp_path, free_port, request):
         prevent_thread_lock=True,
         inbrowser=False,
         allowed_paths=[] if shared else [str(tmp_path)],
+        auth=[login.args] if login else None,
         **launch_options(),
     )
     try:
@@ -287,3 +289,19 @@ def test_ctrl_enter_generates_and_escape_cancels(page, tmp_path):
     stopped = len(list(tmp_path.glob("*.png")))
     page.wait_for_timeout(5000)
     assert len(list(tmp_path.glob("*.png"))) == stopped < 1 + 8  # no image was made after Esc
+
+
+@pytest.mark.login("ann", "first pass")
+def test_a_login_is_asked_before_the_studio_opens(studio_browser):
+    browser, url = studio_browser
+    page = browser.new_page()
+    page.goto(url)
+    page.get_by_label("username").fill("ann")
+    page.get_by_label("password").fill("wrong")
+    page.get_by_role("button", name="Login").click()
+    page.get_by_text("Incorrect Credentials").wait_for(timeout=15_000)
+    assert page.get_by_role("tab", name="Text to image").count() == 0
+    page.get_by_label("username").fill("ann")
+    page.get_by_label("password").fill("first pass")
+    page.get_by_role("button", name="Login").click()
+    page.get_by_role("tab", name="Text to image").wait_for(timeout=30_000)
