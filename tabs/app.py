@@ -79,5 +79,6 @@ def build_app(studio: StudioContext) -> gr.Blocks:
         with gr.Tab("History") as history_tab:
             history_panel.build(studio, demo, history_tab)
         demo.unload(adapters_leave_with(studio))
-    demo.queue(max_size=32, default_concurrency_limit=1)
+    # Room for many visitors' jobs; the GPU slot still runs one at a time.
+    demo.queue(max_size=256, default_concurrency_limit=1)
     return demo
