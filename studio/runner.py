@@ -126,7 +126,7 @@ class LocalRunner:
             return chosen.call(self.registry, settings, dict(job.inputs), on_step, cancel)
 
         if chosen.remaining is not None:
-            return self._resuming(chosen, job, attempt)
+            return self._resuming(chosen.remaining, job, attempt)
         try:
             return attempt(job.settings)
         except torch.OutOfMemoryError:
@@ -149,7 +149,7 @@ class LocalRunner:
                 f"{size:,} over {self.work_budget:,}): fewer steps, images or pixels."
             )
 
-    def _resuming(self, chosen: Method, job: Job, attempt: Callable[[Any], Any]) -> Iterator[Any]:
+    def _resuming(self, remaining: Callable[[Any, int], Any], job: Job, attempt: Callable[[Any], Any]) -> Iterator[Any]:
         """Results one at a time; out of memory once, the run resumes where it stopped."""
         done, retried = 0, False
         settings = job.settings
@@ -164,8 +164,7 @@ class LocalRunner:
                     raise InvalidRequest(out_of_memory(job)) from None
                 retried = True
                 self._recover(job)
-                assert chosen.remaining is not None
-                settings = chosen.remaining(job.settings, done)
+                settings = remaining(job.settings, done)
 
     def _recover(self, job: Job) -> None:
         """After running out of memory: free the step's tensors and every other idle model."""

@@ -132,8 +132,9 @@ def generate_handler(studio: StudioContext, sets: dict[str, ImageSet]) -> Callab
                 gr.Info(f"The {image_set.label} LoRA is made for {made_for}; {spec.name} runs without it.")
             adapters += common.LoraControls.requested(extra_adapters, extra_scale)
             given = {i: picture for i, picture in enumerate(pictures[: image_set.count]) if picture is not None}
-            form = common.Form(SetRequest, dict.fromkeys(("steps", "guidance", "width", "height", "seed")))
-            set_request = form.read(
+            set_request = common.settings_from(
+                SetRequest,
+                ("steps", "guidance", "width", "height", "seed"),
                 (steps, guidance, width, height, seed),
                 model=model_id,
                 prompt=full_prompt or "",

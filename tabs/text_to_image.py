@@ -21,7 +21,8 @@ from studio.runner import Job
 from tabs import common
 
 HISTORY_LIMIT = 48
-SAMPLED = ("steps", "guidance", "width", "height", "seed")
+# The settings the generate handler receives, in its order.
+FIELDS = ("prompt", "negative_prompt", "steps", "guidance", "width", "height", "seed", "count")
 GUIDANCE_LABELS = {
     "cfg": "Guidance (CFG)",
     "true-cfg": "Guidance (true CFG)",
@@ -125,11 +126,10 @@ def generate_handler(studio: StudioContext) -> Callable:
         def shown():
             return (made[::-1] + past)[:HISTORY_LIMIT]
 
-        form = common.Form(GenerationSettings, dict.fromkeys(("prompt", "negative_prompt", *SAMPLED, "count")))
         adapters = common.LoraControls.requested(active_adapters, adapter_scale)
         values = (prompt_text, negative_text, step_count, guidance_scale, w, h, seed_value, image_count)
         with studio.cancellations.job(common.session_of(request)) as cancel, common.user_errors("Generation"):
-            settings = form.read(values, model=model_id, adapters=adapters)
+            settings = common.settings_from(GenerationSettings, FIELDS, values, model=model_id, adapters=adapters)
             common.warn_if_far_from_native_size(studio, settings)
             try:
                 progress((0, settings.steps * settings.count), desc="Loading model")
