@@ -185,3 +185,31 @@ def test_the_controlnet_trainer_moves_the_zero_initialised_outputs(tmp_path):
     trained = FluxControlNetModel.from_pretrained(tmp_path)
     assert all(block.weight.abs().sum() > 0 for block in trained.controlnet_blocks)
     assert trained.controlnet_x_embedder.weight.abs().sum() > 0
+
+
+def test_the_in_context_trainer_writes_a_lora_the_base_takes(tmp_path):
+    """A few steps on the shapes-world 2 checkpoint: the LoRA is fp16 safetensors that loads into
+    the base, and its training prompts are the sets' own, within the base's text length."""
+    from diffusers import FluxPipeline
+    from safetensors import safe_open
+    from transformers import T5Tokenizer
+
+    from studio.toyworld import train, train_incontext
+
+    base = train.MODELS_DIR / "shapes-flux-2"
+    output = tmp_path / "lora.safetensors"
+    train_incontext.main(["--base", str(base), "--steps", "3", "--examples", "4", "--batch-size", "2",
+                          "--output", str(output)])  # fmt: skip
+    with safe_open(output, "pt") as weights:
+        names = list(weights.keys())
+        assert names and {weights.get_slice(name).get_dtype() for name in names} == {"F16"}
+    pipe = FluxPipeline.from_pretrained(base)
+    pipe.load_lora_weights(str(output), adapter_name="sets")
+    assert "sets" in {name for names in pipe.get_list_adapters().values() for name in names}
+    tokenizer = T5Tokenizer.from_pretrained(base, subfolder="tokenizer_2")
+    rng = random.Random(0)
+    for image_set in train_incontext.shapes_sets("shapes-flux-2"):
+        canvas, prompt = train_incontext.example(image_set, rng)
+        assert canvas.size == (64 * image_set.columns, 64 * image_set.rows)
+        assert prompt.startswith(image_set.intro) and all(tag in prompt for tag in image_set.tags)
+        assert len(tokenizer(prompt).input_ids) <= train.MAX_SEQUENCE_LENGTH

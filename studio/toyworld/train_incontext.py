@@ -24,7 +24,7 @@ from peft import LoraConfig, get_peft_model_state_dict
 from PIL import Image
 from tqdm import tqdm
 
-from studio.catalogue import PROJECT_ROOT, Catalogue
+from studio.catalogue import Catalogue
 from studio.families import flux
 from studio.methods.incontext import (
     ImageSet,
@@ -130,7 +130,8 @@ def dominant_colour(image: Image.Image) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = train.frozen_base_arguments(__doc__, "shapes-flux-2", "../loras", steps=1500)
+    # The default output is the file the shapes-world sets name (assets/loras/...).
+    parser = train.frozen_base_arguments(__doc__, "shapes-flux-2", "../loras/shapes-incontext.safetensors", steps=1500)
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--examples", type=int, default=600, help="drawn per set (the paper: a few hundred)")
     parser.add_argument("--evaluate", action="store_true", help="print the evaluation table instead of training")
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
         train.optimise(loss, optimiser, schedule, parameters)
         bar.set_postfix(loss=f"{loss.item():.4f}", kind=name)
     layers = {key: value.to(torch.float16) for key, value in get_peft_model_state_dict(pipe.transformer).items()}
-    output = PROJECT_ROOT / sets[0].file
+    output = args.output
     output.parent.mkdir(parents=True, exist_ok=True)
     FluxPipeline.save_lora_weights(output.parent, transformer_lora_layers=layers, weight_name=output.name)
     print(f"saved the LoRA ({sum(v.numel() for v in layers.values()) / 1e6:.2f} M parameters) to {output} "
