@@ -81,6 +81,11 @@ class FlowModel:
         pair.text = TextConditioning.stack([part for couple in zip(mine, theirs) for part in couple])
         return pair
 
+    def alternating_rows(self) -> tuple[list[int], list[int]]:
+        """A `beside` model's rows of the first model and of the second (they alternate)."""
+        rows = len(self.text)
+        return list(range(0, rows, 2)), list(range(1, rows, 2))
+
     @torch.no_grad()
     def velocity(self, latents: torch.Tensor, sigma: float) -> torch.Tensor:
         batch = torch.cat([latents, latents]) if self.guidance.doubles_batch else latents
@@ -121,10 +126,12 @@ def integrate(
     solver: str = "euler",
     before_step: Callable[[int], None] | None = None,
     after_step: Callable[[int], None] | None = None,
+    adjust: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
 ) -> list[torch.Tensor]:
     """Follow the flow along `sigmas` (descending samples, ascending inverts); returns every state.
     `before_step(index)` prepares a step (attention control's step counter), `after_step(index)`
-    follows it (progress and cancel).
+    follows it (progress and cancel), `adjust(index, latents)` may change the latents a step
+    starts from (an edit that pastes or restores latents).
 
     "fireflow" is FireFlow's second-order step at one velocity per step: each step moves with the
     velocity at its midpoint, and that midpoint velocity stands in for the next step's start.
@@ -136,6 +143,11 @@ def integrate(
     for index, (sigma, next_sigma) in enumerate(itertools.pairwise(sigmas)):
         if before_step is not None:
             before_step(index)
+        if adjust is not None:
+            adjusted = adjust(index, latents)
+            if adjusted is not latents:
+                reused = None  # a velocity of other latents would carry the old content
+                latents = adjusted
         delta = next_sigma - sigma
         start_velocity = reused if reused is not None else velocity(latents, sigma)
         if solver == "fireflow":

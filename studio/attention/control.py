@@ -215,12 +215,19 @@ class MaskAttention(AttentionEdit):
 
 @dataclass(kw_only=True)
 class ShareKeysValues(AttentionEdit):
-    """This branch's queries attend to the source branch's keys and values (KV sharing)."""
+    """This branch's queries attend to the source branch's keys and values (KV sharing); image
+    tokens inside `keep` (a boolean mask over image tokens), if given, keep their own."""
 
     source: BranchCache
+    keep: torch.Tensor | None = None
 
     def on_qkv(self, call, q, k, v):
         _, source_k, source_v = self.source.get(call, k)
+        if self.keep is not None:
+            keep = self.keep.to(k.device).view(1, 1, -1, 1)
+            source_k, source_v = source_k.clone(), source_v.clone()
+            source_k[:, :, call.image] = torch.where(keep, k[self.batch][:, :, call.image], source_k[:, :, call.image])
+            source_v[:, :, call.image] = torch.where(keep, v[self.batch][:, :, call.image], source_v[:, :, call.image])
         k, v = k.clone(), v.clone()
         k[self.batch], v[self.batch] = source_k, source_v
         return q, k, v

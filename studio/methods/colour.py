@@ -289,7 +289,7 @@ def target_pass(
         return sampler.run(target, sampler.start, edits(None, conditional))
     pair = source.beside(target)
     rows = len(pair.text)
-    source_rows, target_rows = list(range(0, rows, 2)), list(range(1, rows, 2))
+    source_rows, target_rows = pair.alternating_rows()
     conditional_rows = [row for row in target_rows if row >= rows // 2] if doubles else None
     capture = CaptureBranch(cache=cache, layers=sampler.layers, rows=source_rows)
     both = torch.cat([sampler.start, sampler.start])
