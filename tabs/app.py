@@ -8,7 +8,7 @@ from typing import Any
 import gradio as gr
 
 from studio.context import StudioContext
-from tabs import colour_edit, image_sets, layout, live, text_to_image
+from tabs import colour_edit, drag, image_sets, layout, live, text_to_image
 from tabs import history as history_panel
 from tabs.common import session_of
 
@@ -70,6 +70,8 @@ def build_app(studio: StudioContext) -> gr.Blocks:
             history = text_to_image.build(studio)
         with gr.Tab("Colour editing"):
             colour_edit.build(studio, history)
+        with gr.Tab("Drag editing"):
+            drag.build(studio, history)
         with gr.Tab("Layout to image"):
             layout.build(studio)
         with gr.Tab("In-context image sets"):
