@@ -163,11 +163,12 @@ def layout(studio: StudioContext) -> DragTab:
                 brush=gr.Brush(colors=["#ff00c8"], color_mode="fixed"),
                 sources=[],
                 elem_classes=["studio-brush-first"],
+                elem_id="drag-regions",
                 height=360,
             )
             canvas = gr.Image(
                 type="pil", label="2 · Click a handle, then its target (rotate / scale: click the anchor)",
-                interactive=False, height=360,
+                interactive=False, height=360, elem_id="drag-canvas",
             )  # fmt: skip
             with gr.Row():
                 kind = gr.Radio(list(KINDS), value="move", label="Drag")
@@ -181,7 +182,7 @@ def layout(studio: StudioContext) -> DragTab:
             result = gr.Image(label="Result", type="pil", format="png", height=256)
             info = gr.JSON(label="Settings of this result")
             with gr.Row(visible=False):
-                api_mask = gr.Image(type="pil", label="Regions (API)")
+                api_mask = gr.Image(type="pil", image_mode=None, label="Regions (API)")
                 api_drags = gr.JSON(label="Drags (API)")
                 api_run = gr.Button("Drag (API)")
     steps, guidance, width, height, seed = sampling.components()

@@ -411,3 +411,31 @@ def test_a_size_far_from_the_models_own_is_warned_about(monkeypatch, tmp_path):
             studio, GenerationSettings(model="shapes-flux", prompt="x", width=width, height=height)
         )
     assert len(said) == 2 and "512×512" in said[0] and "16×16" in said[1]
+
+
+def test_drag_edit_endpoint_moves_a_painted_shape(running_app, tmp_path):
+    """Regions and drags as plain data: a mask image and [kind, points, angle, factor] lists."""
+    client, output_dir = running_app
+    from studio.toyworld.measure import centroid, colour_mask, largest_blob
+
+    mask = np.zeros((64, 64, 4), np.uint8)
+    mask[18:46, 2:30, 3] = 255  # painted where the shapes model draws "on the left"
+    path = tmp_path / "regions.png"
+    Image.fromarray(mask).save(path)
+    prompt = "a large red square on the left, gray background"
+    drags = [["move", [[16, 32], [39, 32]], 0, 1]]
+    fields = [prompt, "fast", 25, 3.0, 64, 64, 0, 6, 50, 20, 1000.0, 0.3, 0.4]
+    compare, result, settings = client.predict(
+        "shapes-flux", None, handle_file(str(path)), drags, *fields, api_name="/drag_edit"
+    )
+    before, after = (Image.open(item) if isinstance(item, str) else Image.open(item["path"]) for item in compare)
+    start, end = (centroid(largest_blob(colour_mask(image, "red"))) for image in (before, after))
+    assert start is not None and end is not None and end[0] - start[0] > 0.25
+    assert settings["drags"] == [["move", [[16.0, 32.0], [39.0, 32.0]], 0.0, 1.0]]
+    assert '"method": "drag (fast)"' in Image.open(result).text["dit-studio"]
+    assert any(output_dir.glob("*drag-shapes-flux-0-*.png"))
+    with pytest.raises(Exception, match="outside every painted region"):
+        client.predict("shapes-flux", None, handle_file(str(path)), [["move", [[60, 5], [30, 5]], 0, 1]], *fields,
+                       api_name="/drag_edit")  # fmt: skip
+    with pytest.raises(Exception, match="Paint the region"):
+        client.predict("shapes-flux", None, None, drags, *fields, api_name="/drag_edit")

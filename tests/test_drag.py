@@ -230,7 +230,13 @@ def test_bad_requests_are_refused_before_anything_runs(registry):
         drag_edit(registry, settings_for(mode="slow", drags=(drag,)), square_region())
     with pytest.raises(InvalidRequest, match="Skip fewer"):
         drag_edit(registry, settings_for(skip_steps=12, drags=(drag,)), square_region())
-    for bad in (["twist", [[1, 2]]], ["move", [[1, 2]]], ["scale", [[1, 2]], 0, 9], "move", ["move", [["a", 2], [3, 4]]]):
+    for bad in (
+        ["twist", [[1, 2]]],
+        ["move", [[1, 2]]],
+        ["scale", [[1, 2]], 0, 9],
+        "move",
+        ["move", [["a", 2], [3, 4]]],
+    ):
         with pytest.raises(InvalidRequest):
             Drag.parse(bad)
     assert Drag.parse(["move", [[1, 2], [3, 4]]]) == Drag("move", ((1.0, 2.0), (3.0, 4.0)))

@@ -207,15 +207,15 @@ def moved_mask(mask: torch.Tensor, matrix: np.ndarray, width: float, height: flo
 
 
 def mask_array(mask: Image.Image | np.ndarray) -> np.ndarray:
-    """A painted mask as booleans: alpha where it has alpha, else any non-black pixel."""
-    if isinstance(mask, np.ndarray):
-        array = mask
-    elif mask.mode in ("RGBA", "LA", "PA"):
-        array = np.asarray(mask.getchannel("A"))
-    else:
-        array = np.asarray(mask.convert("L"))
+    """A painted mask as booleans: its alpha where it has some transparency (a painted layer),
+    else its non-black pixels (a black-and-white mask)."""
+    if isinstance(mask, Image.Image):
+        if mask.mode in ("RGBA", "LA", "PA") and mask.getchannel("A").getextrema()[0] < 255:
+            return np.asarray(mask.getchannel("A")) > 127
+        return np.asarray(mask.convert("L")) > 127
+    array = np.asarray(mask)
     if array.ndim == 3:
-        array = array[..., -1] if array.shape[-1] in (2, 4) else array.max(-1)
+        array = array.max(-1)
     return array > (0.5 if array.dtype == bool or array.max() <= 1 else 127)
 
 
