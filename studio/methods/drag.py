@@ -210,8 +210,10 @@ def mask_array(mask: Image.Image | np.ndarray) -> np.ndarray:
     """A painted mask as booleans: its alpha where it has some transparency (a painted layer),
     else its non-black pixels (a black-and-white mask)."""
     if isinstance(mask, Image.Image):
-        if mask.mode in ("RGBA", "LA", "PA") and mask.getchannel("A").getextrema()[0] < 255:
-            return np.asarray(mask.getchannel("A")) > 127
+        if mask.mode in ("RGBA", "LA", "PA"):
+            alpha = np.asarray(mask.getchannel("A"))
+            if alpha.min() < 255:
+                return alpha > 127
         return np.asarray(mask.convert("L")) > 127
     array = np.asarray(mask)
     if array.ndim == 3:
