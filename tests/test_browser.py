@@ -305,3 +305,45 @@ def test_a_login_is_asked_before_the_studio_opens(studio_browser):
     page.get_by_label("password").fill("first pass")
     page.get_by_role("button", name="Login").click()
     page.get_by_role("tab", name="Text to image").wait_for(timeout=30_000)
+
+
+def square_point(box: dict, fx: float, fy: float) -> tuple[float, float]:
+    """A point at fractions of a square picture shown centred in `box` (object-fit: contain)."""
+    side = min(box["width"], box["height"])
+    left, top = box["x"] + (box["width"] - side) / 2, box["y"] + (box["height"] - side) / 2
+    return left + fx * side, top + fy * side
+
+
+def test_paint_a_region_click_handle_and_target_and_drag(page, tmp_path, artifacts):
+    page.get_by_role("tab", name="Drag editing").click()
+    page.get_by_label("Prompt of the image", exact=True).fill("a large red square on the left, gray background")
+    page.get_by_role("button", name="Show the source image to paint on").click()
+    clicks = page.locator("#drag-canvas img").first
+    clicks.wait_for(timeout=120_000)
+    page.wait_for_timeout(3000)  # the editor takes the picture as its background
+    canvas = page.locator("#drag-regions canvas").first
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    # A short stroke on the square (the brush is wide on a 64-pixel picture).
+    page.mouse.move(*square_point(box, 0.2, 0.5))
+    page.mouse.down()
+    for step in range(1, 6):
+        page.mouse.move(*square_point(box, 0.2 + 0.02 * step, 0.5), steps=2)
+    page.mouse.up()
+    page.wait_for_timeout(1500)
+    # Handle on the square, target a third of the picture to the right.
+    for fraction in (0.25, 0.61):
+        clicks.scroll_into_view_if_needed()
+        page.mouse.click(*square_point(clicks.bounding_box(), fraction, 0.5))
+        page.wait_for_timeout(1000)
+    page.get_by_role("button", name="Drag", exact=True).click()
+    wait_for_image(page, "drag-shapes-flux")
+    page.screenshot(path=str(artifacts / "drag-editing.png"), full_page=True)
+    results = list(tmp_path.glob("*drag-shapes-flux-0-*.png"))
+    assert len(results) == 1
+    from PIL import Image
+
+    from studio.toyworld.measure import centroid, colour_mask, largest_blob
+
+    landed = centroid(largest_blob(colour_mask(Image.open(results[0]), "red")))
+    assert landed is not None and landed[0] > 0.45
