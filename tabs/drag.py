@@ -26,6 +26,7 @@ GENERATE, UPLOAD = "Generate it from the prompt (exact, from the seed)", "Edit a
 # The click canvas shows small images enlarged to about this many pixels on their long side.
 SHOWN_SIDE = 512
 REGION_COLOUR, ARROW_COLOUR, PENDING_COLOUR = (255, 0, 200), (255, 230, 0), (0, 230, 255)
+REGION_BRUSH, FIXED_BRUSH = "#ff00c8", "#00b4ff"
 FIELDS = (
     "prompt",
     "mode",
@@ -47,16 +48,29 @@ def serves(spec: ModelSpec) -> bool:
     return spec.family.flow is not None and spec.family.token_order in ("text-image", "image-text")
 
 
-def painted_mask(editor: Any) -> np.ndarray | None:
-    """The union of the painted layers of an ImageEditor value (None when nothing is painted)."""
+def painted_masks(editor: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The regions to drag and the area to keep fixed, painted on an ImageEditor's layers in the
+    two brush colours (None where nothing is painted)."""
     if not isinstance(editor, dict):
-        return None
-    layers = [layer for layer in editor.get("layers") or [] if layer is not None]
-    masks = [mask_array(layer if isinstance(layer, Image.Image) else Image.open(layer)) for layer in layers]
-    if not masks:
-        return None
-    union = np.logical_or.reduce(masks)
-    return union if union.any() else None
+        return None, None
+    layers = [layer if isinstance(layer, Image.Image) else Image.open(layer) for layer in editor.get("layers") or []]
+    regions, fixed = [], []
+    for layer in layers:
+        pixels = np.asarray(layer.convert("RGBA")).astype(np.int16)
+        painted = pixels[..., 3] > 127
+        # The region brush is magenta (more red than blue), the fixed-area brush light blue.
+        regions.append(painted & (pixels[..., 0] >= pixels[..., 2]))
+        fixed.append(painted & (pixels[..., 0] < pixels[..., 2]))
+
+    def union(masks: list[np.ndarray]) -> np.ndarray | None:
+        joined = np.logical_or.reduce(masks) if masks else None
+        return joined if joined is not None and joined.any() else None
+
+    return union(regions), union(fixed)
+
+
+def painted_mask(editor: Any) -> np.ndarray | None:
+    return painted_masks(editor)[0]
 
 
 def enlargement(image: Image.Image) -> int:
@@ -159,8 +173,8 @@ def layout(studio: StudioContext) -> DragTab:
         with gr.Column(scale=3):
             editor = gr.ImageEditor(
                 type="pil",
-                label="1 · Paint each region to drag (one stroke group per region)",
-                brush=gr.Brush(colors=["#ff00c8"], color_mode="fixed"),
+                label="1 · Paint each region to drag in magenta; optionally what must not change in blue",
+                brush=gr.Brush(colors=[REGION_BRUSH, FIXED_BRUSH], default_color=REGION_BRUSH, color_mode="defaults"),
                 sources=[],
                 elem_classes=["studio-brush-first"],
                 elem_id="drag-regions",
@@ -226,6 +240,7 @@ def run_drag(
     mask: np.ndarray | Image.Image | None,
     drags: Any,
     fields: tuple[Any, ...],
+    fixed: np.ndarray | None = None,
 ) -> tuple[Any, ...]:
     """One drag edit from plain data, for the UI and the API alike."""
     if mask is None:
@@ -236,9 +251,12 @@ def run_drag(
         parsed = tuple(Drag.parse(drag) for drag in drags)
         settings = form.read(fields, model=model_id, drags=parsed)
     inputs: dict[str, Any] = {"mask": mask} | ({"image": image} if image is not None else {})
+    if fixed is not None:
+        inputs["fixed"] = fixed
     progress((0, 1), desc="Loading model")
-    phase = common.progress_callback(progress, "Source, then drag, then denoising")
-    edit = common.run_job(studio, request, "Drag", Job("drag_edit", settings, inputs), phase)
+    edit = common.run_job(
+        studio, request, "Drag", Job("drag_edit", settings, inputs), phases(progress, settings, image)
+    )
     if edit is None:
         return gr.update(), gr.update(), gr.update()
     payload = {"method": f"drag ({edit.settings.mode})", **edit.settings.to_dict(), "seconds": round(edit.seconds, 3)}
@@ -249,6 +267,24 @@ def run_drag(
     return (edit.source, edit.result), str(path), payload
 
 
+def phases(progress: gr.Progress, settings: DragSettings, image: Image.Image | None) -> Callable[[int, int], None]:
+    """Progress that names the phase: the source (inverted or remade), the optimisation's
+    iteration k of K (precise), the denoising."""
+    source = settings.steps - settings.skip_steps if image is not None else settings.steps
+    iterations = settings.transport + settings.intensify if settings.mode == "precise" else 0
+
+    def on_step(done: int, total: int) -> None:
+        if done <= source:
+            desc = "Inverting the image" if image is not None else "Remaking the source from its seed"
+        elif done <= source + iterations:
+            desc = f"Optimising: iteration {done - source} of {iterations}"
+        else:
+            desc = "Denoising the edit"
+        progress((done, total), desc=desc)
+
+    return on_step
+
+
 def edit_handler(studio: StudioContext, form: common.Form) -> Callable:
     @gpu_task()
     # Gradio passes its request and progress only to parameters before a *values one.
@@ -256,10 +292,9 @@ def edit_handler(studio: StudioContext, form: common.Form) -> Callable:
         model_id, mode, upload, editor, drags, *fields = values
         if mode == UPLOAD and upload is None:
             raise gr.Error("Upload the image to edit, or choose to generate it from the prompt.")
-        return run_drag(
-            studio, request, progress, form, model_id, upload if mode == UPLOAD else None,
-            painted_mask(editor), drags, tuple(fields),
-        )  # fmt: skip
+        regions, fixed = painted_masks(editor)
+        image = upload if mode == UPLOAD else None
+        return run_drag(studio, request, progress, form, model_id, image, regions, drags, tuple(fields), fixed)
 
     return on_drag
 

@@ -241,3 +241,42 @@ def test_bad_requests_are_refused_before_anything_runs(registry):
             Drag.parse(bad)
     assert Drag.parse(["move", [[1, 2], [3, 4]]]) == Drag("move", ((1.0, 2.0), (3.0, 4.0)))
     assert Drag.parse({"kind": "rotate", "points": [[5, 6]], "angle": 30}).angle == 30.0
+
+
+def test_the_tab_reads_regions_and_fixed_area_from_the_two_brushes_and_clicks_into_drags():
+    from PIL import Image
+
+    from tabs.drag import add_point, draw_drags, painted_masks
+
+    layer = np.zeros((64, 64, 4), np.uint8)
+    layer[20:40, 5:25] = (255, 0, 200, 255)  # the region brush
+    layer[50:60, 40:60] = (0, 180, 255, 255)  # the fixed-area brush
+    regions, fixed = painted_masks({"background": None, "layers": [Image.fromarray(layer)], "composite": None})
+    assert regions.sum() == 400 and regions[30, 10] and not regions[55, 50]
+    assert fixed.sum() == 200 and fixed[55, 50]
+    assert painted_masks({"background": None, "layers": [], "composite": None}) == (None, None)
+
+    drags, pending = add_point([], None, (15, 30), "move", 0, 1)
+    assert drags == [] and pending == [15, 30]
+    drags, pending = add_point(drags, pending, (40, 30), "move", 0, 1)
+    assert drags == [["move", [[15, 30], [40, 30]], 0.0, 1.0]] and pending is None
+    drags, pending = add_point(drags, None, (50, 50), "rotate", 45, 1)
+    assert drags[-1] == ["rotate", [[50, 50]], 45.0, 1.0]
+
+    picture = Image.new("RGB", (64, 64), (128, 128, 128))
+    shown = draw_drags(picture, regions, [Drag.parse(d) for d in drags], None)
+    assert shown.size == (512, 512)  # enlarged to click on
+    pixels = np.asarray(shown)
+    assert (pixels == (255, 0, 200)).all(-1).any()  # the region's outline
+    assert (pixels == (255, 230, 0)).all(-1).any()  # the arrow
+
+
+def test_a_fixed_area_keeps_its_pixels_even_on_the_drags_path(registry):
+    settings = settings_for(steps=10, skip_steps=2)
+    drag = Drag("move", ((16, 32), (40, 32)))
+    fixed = np.zeros((64, 64), bool)
+    fixed[24:40, 32:44] = True  # whole 4-pixel latent cells, on the way and at the target
+    edit = drag_edit(registry, replace(settings, drags=(drag,)), square_region(), fixed=fixed)
+    source, result = np.asarray(edit.source), np.asarray(edit.result)
+    assert np.array_equal(result[fixed], source[fixed])
+    assert not np.array_equal(result, source)
