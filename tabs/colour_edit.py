@@ -14,13 +14,13 @@ from studio.catalogue import ModelSpec
 from studio.context import StudioContext
 from studio.errors import InvalidRequest
 from studio.gpu import gpu_task
-from studio.metadata import read_settings, save_image
+from studio.metadata import save_image
 from studio.methods.colour import COLOUR_NAMES, ColourEditSettings, recolour_prompt
 from studio.presets import example_rows
 from studio.runner import Job
 from tabs import common
 
-GENERATE, UPLOAD = "Generate it from the source prompt", "Edit an image (inverted)"
+GENERATE, UPLOAD = "Generate it from the source prompt", common.UPLOAD_SOURCE
 MASK_TINT = np.array([255, 60, 200], dtype=np.float32)
 
 
@@ -38,9 +38,7 @@ def mask_overlay(image: Image.Image, mask: np.ndarray) -> Image.Image:
 @dataclass
 class ColourTab:
     model: gr.Dropdown
-    source_mode: gr.Radio
-    image: gr.Image
-    use_last: gr.Button
+    source: common.SourcePicker
     source_prompt: gr.Textbox
     word: gr.Textbox
     colour: gr.Dropdown
@@ -58,9 +56,7 @@ def layout(studio: StudioContext) -> ColourTab:
     with gr.Row():
         with gr.Column(scale=2):
             model = gr.Dropdown(common.model_choices(studio, serves), value=default.id, label="Model (SD3 and FLUX)")
-            source_mode = gr.Radio([GENERATE, UPLOAD], value=GENERATE, label="Source")
-            image = gr.Image(type="pil", label="Image to edit", visible=False, sources=["upload", "clipboard"])
-            use_last = gr.Button("Use the last text-to-image result", size="sm")
+            source = common.source_picker(GENERATE)
             source_prompt = gr.Textbox(
                 label="Source prompt", lines=2, placeholder="a large red circle on the left, gray background"
             )
@@ -108,9 +104,7 @@ def layout(studio: StudioContext) -> ColourTab:
     )
     return ColourTab(
         model,
-        source_mode,
-        image,
-        use_last,
+        source,
         source_prompt,
         word,
         colour,
@@ -166,43 +160,10 @@ def edit_handler(studio: StudioContext, form: common.Form) -> Callable:
     return on_edit
 
 
-def use_last_handler(studio: StudioContext) -> Callable:
-    catalogue = studio.registry.catalogue
-
-    def on_use_last(history: list, model_id: str):
-        if not history:
-            raise gr.Error("Make an image in the text-to-image tab first.")
-        path = history[0][0]
-        with common.user_errors("Reading the last result"):
-            made = read_settings(path)
-        spec = catalogue.get(made.model)
-        if serves(spec):
-            gr.Info(f"Remade exactly from its seed with {spec.name}: no inversion needed.")
-            hidden = gr.update(visible=False)
-            return (
-                made.model,
-                GENERATE,
-                hidden,
-                made.prompt,
-                made.steps,
-                made.guidance,
-                made.width,
-                made.height,
-                made.seed,
-            )
-        gr.Info(f"{spec.name} cannot edit colours; its image will be inverted with the chosen model.")
-        with Image.open(path) as opened:
-            picture = opened.convert("RGB")
-        shown, same = gr.update(value=picture, visible=True), gr.update()
-        return model_id, UPLOAD, shown, made.prompt, same, same, made.width, made.height, same
-
-    return on_use_last
-
-
 def build(studio: StudioContext, text_to_image_history: gr.State) -> None:
     ui = layout(studio)
     catalogue = studio.registry.catalogue
-    steps, guidance, width, height, seed = ui.sampling.components()
+    steps, guidance, width, height, _ = ui.sampling.components()
     gr.on(
         [ui.source_prompt.change, ui.word.change, ui.colour.change],
         on_target,
@@ -211,24 +172,16 @@ def build(studio: StudioContext, text_to_image_history: gr.State) -> None:
         api_name="colour_target_prompt",
     )
     ui.picker.input(lambda value: value, ui.picker, ui.colour, api_visibility="private")
-    ui.source_mode.change(
-        lambda mode: gr.update(visible=mode == UPLOAD), ui.source_mode, ui.image, api_visibility="private"
-    )
     ui.model.input(
         lambda model_id: common.sampling_updates(catalogue.get(model_id), catalogue.get(model_id).steps),
         ui.model,
         [steps, guidance, width, height],
         api_name="colour_model_defaults",
     )
-    ui.use_last.click(
-        use_last_handler(studio),
-        [text_to_image_history, ui.model],
-        [ui.model, ui.source_mode, ui.image, ui.source_prompt, steps, guidance, width, height, seed],
-        api_visibility="private",
-    )
+    ui.source.wire(studio, serves, "edit colours", text_to_image_history, ui.model, ui.source_prompt, ui.sampling)
     job = ui.run.click(
         edit_handler(studio, ui.form),
-        [ui.model, ui.source_mode, ui.image, *ui.form.inputs],
+        [ui.model, ui.source.mode, ui.source.image, *ui.form.inputs],
         ui.outputs,
         api_name="colour_edit",
         concurrency_limit=1,

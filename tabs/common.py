@@ -9,10 +9,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
+from PIL import Image
 
 from studio.catalogue import ModelSpec
 from studio.context import StudioContext
 from studio.errors import Cancelled, StudioError
+from studio.metadata import read_settings
 from studio.params import SamplingSettings, StepCallback, param, params
 from studio.registry import ModelState
 from studio.runner import Job
@@ -301,3 +303,70 @@ def settings_from(settings_type: type, names: tuple[str, ...], values: tuple[Any
             value = declared[name].default if name in declared else ""
         data[name] = value
     return settings_type(**(data | extra))
+
+
+UPLOAD_SOURCE = "Edit an image (inverted)"
+
+
+@dataclass
+class SourcePicker:
+    """Where an editing tab's image comes from: remade from a prompt and seed (the `generate`
+    choice), an upload (inverted), or the last text-to-image result (remade where the tab's
+    models can, else inverted)."""
+
+    generate: str
+    mode: gr.Radio
+    image: gr.Image
+    use_last: gr.Button
+
+    def wire(
+        self,
+        studio: StudioContext,
+        serves: Callable[[ModelSpec], bool],
+        unable: str,
+        history: gr.State,
+        model: gr.Dropdown,
+        prompt: gr.Textbox,
+        sampling: SamplingControls,
+    ) -> None:
+        """The upload shows only when chosen; "use the last result" fills the model, prompt and
+        sampling (`unable`: what the tab does, said when the last result's model cannot)."""
+        self.mode.change(
+            lambda mode: gr.update(visible=mode == UPLOAD_SOURCE), self.mode, self.image, api_visibility="private"
+        )
+        self.use_last.click(
+            self.use_last_handler(studio, serves, unable),
+            [history, model],
+            [model, self.mode, self.image, prompt, *sampling.components()],
+            api_visibility="private",
+        )
+
+    def use_last_handler(self, studio: StudioContext, serves: Callable[[ModelSpec], bool], unable: str) -> Callable:
+        catalogue = studio.registry.catalogue
+
+        def on_use_last(history: list, model_id: str):
+            if not history:
+                raise gr.Error("Make an image in the text-to-image tab first.")
+            path = history[0][0]
+            with user_errors("Reading the last result"):
+                made = read_settings(path)
+            spec = catalogue.get(made.model)
+            if serves(spec):
+                gr.Info(f"Remade exactly from its seed with {spec.name}: no inversion needed.")
+                hidden = gr.update(visible=False)
+                sampled = (made.steps, made.guidance, made.width, made.height, made.seed)
+                return made.model, self.generate, hidden, made.prompt, *sampled
+            gr.Info(f"{spec.name} cannot {unable}; its image will be inverted with the chosen model.")
+            with Image.open(path) as opened:
+                picture = opened.convert("RGB")
+            shown, same = gr.update(value=picture, visible=True), gr.update()
+            return model_id, UPLOAD_SOURCE, shown, made.prompt, same, same, made.width, made.height, same
+
+        return on_use_last
+
+
+def source_picker(generate: str) -> SourcePicker:
+    mode = gr.Radio([generate, UPLOAD_SOURCE], value=generate, label="Source")
+    image = gr.Image(type="pil", label="Image to edit", visible=False, sources=["upload", "clipboard"])
+    use_last = gr.Button("Use the last text-to-image result", size="sm")
+    return SourcePicker(generate, mode, image, use_last)

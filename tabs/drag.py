@@ -17,12 +17,12 @@ from studio.context import StudioContext
 from studio.errors import InvalidRequest
 from studio.generation import GenerationSettings
 from studio.gpu import gpu_task
-from studio.metadata import read_settings, save_image
+from studio.metadata import save_image
 from studio.methods.drag import KINDS, MODES, Drag, DragSettings, mask_array
 from studio.runner import Job
 from tabs import common
 
-GENERATE, UPLOAD = "Generate it from the prompt (exact, from the seed)", "Edit an image (inverted)"
+GENERATE, UPLOAD = "Generate it from the prompt (exact, from the seed)", common.UPLOAD_SOURCE
 # The click canvas shows small images enlarged to about this many pixels on their long side.
 SHOWN_SIDE = 512
 REGION_COLOUR, ARROW_COLOUR, PENDING_COLOUR = (255, 0, 200), (255, 230, 0), (0, 230, 255)
@@ -129,9 +129,7 @@ def add_point(
 @dataclass
 class DragTab:
     model: gr.Dropdown
-    source_mode: gr.Radio
-    upload: gr.Image
-    use_last: gr.Button
+    source: common.SourcePicker
     prompt: gr.Textbox
     show_source: gr.Button
     editor: gr.ImageEditor
@@ -159,9 +157,7 @@ def layout(studio: StudioContext) -> DragTab:
     with gr.Row():
         with gr.Column(scale=2):
             model = gr.Dropdown(common.model_choices(studio, serves), value=default.id, label="Model (FLUX and SD3)")
-            source_mode = gr.Radio([GENERATE, UPLOAD], value=GENERATE, label="Source")
-            upload = gr.Image(type="pil", label="Image to edit", visible=False, sources=["upload", "clipboard"])
-            use_last = gr.Button("Use the last text-to-image result", size="sm")
+            source = common.source_picker(GENERATE)
             prompt = gr.Textbox(label="Prompt of the image", lines=2, placeholder="a large red square on the left")
             show_source = gr.Button("Show the source image to paint on", size="sm")
             mode = gr.Radio(list(MODES), value="fast", label="Mode (precise: DragFlow, minutes; fast: seconds)")
@@ -204,9 +200,7 @@ def layout(studio: StudioContext) -> DragTab:
     fields |= {"height": height, "seed": seed, **sliders}
     return DragTab(
         model,
-        source_mode,
-        upload,
-        use_last,
+        source,
         prompt,
         show_source,
         editor,
@@ -358,52 +352,20 @@ def redraw(editor: Any, drags: list[list], pending: list[float] | None) -> Any:
     return draw_drags(background, painted_mask(editor), parsed, (pending[0], pending[1]) if pending else None)
 
 
-def use_last_handler(studio: StudioContext) -> Callable:
-    catalogue = studio.registry.catalogue
-
-    def on_use_last(history: list, model_id: str):
-        if not history:
-            raise gr.Error("Make an image in the text-to-image tab first.")
-        path = history[0][0]
-        with common.user_errors("Reading the last result"):
-            made = read_settings(path)
-        spec = catalogue.get(made.model)
-        same = gr.update()
-        if serves(spec):
-            gr.Info(f"Remade exactly from its seed with {spec.name}: no inversion needed.")
-            values = (made.model, GENERATE, gr.update(visible=False), made.prompt, made.steps, made.guidance)
-            return (*values, made.width, made.height, made.seed)
-        gr.Info(f"{spec.name} cannot drag; its image will be inverted with the chosen model.")
-        with Image.open(path) as opened:
-            picture = opened.convert("RGB")
-        shown = gr.update(value=picture, visible=True)
-        return model_id, UPLOAD, shown, made.prompt, same, same, made.width, made.height, same
-
-    return on_use_last
-
-
 def build(studio: StudioContext, text_to_image_history: gr.State) -> None:
     ui = layout(studio)
     catalogue = studio.registry.catalogue
     steps, guidance, width, height, seed = ui.sampling.components()
-    ui.source_mode.change(
-        lambda mode: gr.update(visible=mode == UPLOAD), ui.source_mode, ui.upload, api_visibility="private"
-    )
     ui.model.input(
         lambda model_id: common.sampling_updates(catalogue.get(model_id), 25),
         ui.model,
         [steps, guidance, width, height],
         api_visibility="private",
     )
-    ui.use_last.click(
-        use_last_handler(studio),
-        [text_to_image_history, ui.model],
-        [ui.model, ui.source_mode, ui.upload, ui.prompt, steps, guidance, width, height, seed],
-        api_visibility="private",
-    )
+    ui.source.wire(studio, serves, "drag", text_to_image_history, ui.model, ui.prompt, ui.sampling)
     ui.show_source.click(
         source_handler(studio),
-        [ui.model, ui.source_mode, ui.upload, ui.prompt, steps, guidance, width, height, seed],
+        [ui.model, ui.source.mode, ui.source.image, ui.prompt, steps, guidance, width, height, seed],
         [ui.editor, ui.canvas, ui.drags, ui.pending, ui.drag_list],
         api_visibility="private",
         concurrency_limit=1,
@@ -430,7 +392,7 @@ def build(studio: StudioContext, text_to_image_history: gr.State) -> None:
     )
     job = ui.run.click(
         edit_handler(studio, ui.form),
-        [ui.model, ui.source_mode, ui.upload, ui.editor, ui.drags, *ui.form.inputs],
+        [ui.model, ui.source.mode, ui.source.image, ui.editor, ui.drags, *ui.form.inputs],
         ui.outputs,
         api_visibility="private",
         concurrency_limit=1,
@@ -438,7 +400,7 @@ def build(studio: StudioContext, text_to_image_history: gr.State) -> None:
     )
     ui.api_run.click(
         api_handler(studio, ui.form),
-        [ui.model, ui.upload, ui.api_mask, ui.api_drags, *ui.form.inputs],
+        [ui.model, ui.source.image, ui.api_mask, ui.api_drags, *ui.form.inputs],
         ui.outputs,
         api_name="drag_edit",
         concurrency_limit=1,
