@@ -514,9 +514,21 @@ def drag_edit(
             pipe, model, trajectory, start, regions, settings, editable, reporter.step, spec.family.token_order
         )
         result = flow.decode(pipe, result_latent)[0]
-        if settings.mode == "fast":
-            result = keep_outside(result, trajectory.image, editable)
+        # Fast mode keeps the source's pixels outside the edit (RegionDrag); both keep the fixed area.
+        result = keep_outside(result, trajectory.image, editable if settings.mode == "fast" else ~regions.fixed)
     return DragEdit(trajectory.image, result, settings, losses, time.perf_counter() - started)
+
+
+def remade_source(registry: Registry, settings: DragSettings) -> Image.Image:
+    """The image a drag without an upload edits: the seed's run under `settings`, as the edit
+    remakes it (so regions can be painted on exactly what will be dragged)."""
+    spec = registry.catalogue.get(settings.model)
+    settings = validate(settings, spec)
+    with registry.use(spec.id, "t2i") as pipe:
+        model = flow.FlowModel(
+            pipe, spec.family, [settings.prompt], flow.Guidance(spec.guidance, settings.guidance), spec.text_length
+        )
+        return source_trajectory(pipe, spec, settings, model, None, lambda _: None).image
 
 
 def denoise_beside_source(

@@ -23,7 +23,7 @@ from PIL import Image
 
 from studio import metrics
 from studio.catalogue import Catalogue
-from studio.methods.drag import Drag, DragSettings, drag_edit
+from studio.methods.drag import Drag, DragSettings, drag_edit, remade_source
 from studio.registry import Registry
 from studio.toyworld.measure import centroid, colour_mask, iou, largest_blob
 from studio.toyworld.scene import make_object, make_scene
@@ -126,7 +126,7 @@ def evaluate(registry: Registry, model: str, mode: str, seeds: int, steps: int) 
             height=spec.height,
             seed=seed,
         )
-        source = generated_source(registry, base)
+        source = remade_source(registry, base)
         region = painted_region(source, colour)
         if region.sum() < 20:
             continue
@@ -140,14 +140,6 @@ def evaluate(registry: Registry, model: str, mode: str, seeds: int, steps: int) 
         if measured is not None:
             scores.append(measured)
     return scores
-
-
-def generated_source(registry: Registry, settings: DragSettings) -> Image.Image:
-    """The seed's image, made by the drag method's own source run (no drag needs a region yet)."""
-    whole = np.ones((settings.height, settings.width), dtype=bool)
-    centre = (settings.width / 2, settings.height / 2)
-    probe = replace(settings, drags=(Drag("move", (centre, (centre[0] + 1, centre[1]))),), mode="fast")
-    return drag_edit(registry, probe, whole).source
 
 
 def summary(scores: list[DragScore]) -> dict[str, float]:
