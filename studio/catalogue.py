@@ -16,6 +16,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CATALOGUE = PROJECT_ROOT / "presets" / "models.toml"
 GUIDANCE_KINDS = ("cfg", "embedded", "true-cfg", "none")
 MODES = ("standard", "one-step")
+KINDS = ("image", "video")
 # The step ceiling of a standard (not distilled) model; one-step entries name their own.
 STANDARD_MAX_STEPS = 100
 # What a ControlNet reads, and so which preprocessor makes its control image.
@@ -91,6 +92,10 @@ class ModelSpec:
     controlnets: tuple[ControlSpec, ...] = ()
     # What the family attaches after loading, by catalogue table (see families.Extension).
     extensions: dict[str, Any] = field(default_factory=dict)
+    # "image" or "video"; a video model gives its default frame count and frame rate.
+    kind: str = "image"
+    frames: int = 0
+    fps: int = 0
 
     @property
     def random_weights(self) -> bool:
@@ -219,6 +224,13 @@ def parse_model(path: Path, index: int, entry: dict[str, Any], families: dict[st
         raise problem("guidance", f"must be one of {', '.join(GUIDANCE_KINDS)}")
     if entry["mode"] not in MODES:
         raise problem("mode", f"must be one of {', '.join(MODES)}")
+    kind = entry.get("kind", "image")
+    if kind not in KINDS:
+        raise problem("kind", f"must be one of {', '.join(KINDS)}")
+    if (kind == "video") != (family.video is not None):
+        raise problem("kind", f"{family.label} makes {'videos' if family.video else 'images'}")
+    if kind == "video" and not all(entry.get(name, 0) > 0 for name in ("frames", "fps")):
+        raise problem("frames" if entry.get("frames", 0) <= 0 else "fps", "a video model gives its frames and fps")
     if ("repo" in entry) == ("builtin" in entry):
         raise problem("repo", "give exactly one of repo and builtin")
     if "builtin" in entry and entry["builtin"] not in family.builtin_builders:

@@ -67,6 +67,8 @@ def size_for_aspect(spec: ModelSpec, ratio: str) -> tuple[int, int]:
 
 def validate(settings: GenerationSettings, spec: ModelSpec) -> GenerationSettings:
     """The settings made safe to run, or InvalidRequest saying what is wrong."""
+    if spec.kind != "image":
+        raise InvalidRequest(f"{spec.name} makes videos, not images: use it in the Multi-prompt video tab.")
     prompt = prompt_text(settings.prompt)
     negative = prompt_text(settings.negative_prompt, "a negative prompt") if settings.negative_prompt else ""
     return replace(

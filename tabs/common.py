@@ -32,9 +32,11 @@ def model_rank(studio: StudioContext, spec: ModelSpec) -> int:
     return 1 if spec.random_weights else 0
 
 
-def model_choices(
-    studio: StudioContext, serves: Callable[[ModelSpec], bool] = lambda spec: True
-) -> list[tuple[str, str]]:
+def makes_images(spec: ModelSpec) -> bool:
+    return spec.kind == "image"
+
+
+def model_choices(studio: StudioContext, serves: Callable[[ModelSpec], bool] = makes_images) -> list[tuple[str, str]]:
     """(label, id) for the catalogue's models that can serve a tab, "name · family · mode · state":
     the ones that can run here first, random-weight test models after them (labelled so), those
     that cannot run (offline, failed) last."""

@@ -28,11 +28,16 @@ def controllable(spec: ModelSpec) -> bool:
     return bool(spec.controlnets)
 
 
-def everything(spec: ModelSpec) -> bool:
-    return True
+def image(spec: ModelSpec) -> bool:
+    """Makes images (every family but the video ones)."""
+    return spec.kind == "image"
 
 
-def random_per_family(capability: Capability = everything) -> list[str]:
+def video(spec: ModelSpec) -> bool:
+    return spec.kind == "video"
+
+
+def random_per_family(capability: Capability = image) -> list[str]:
     """One random-weight, standard-mode built-in of each family that has the capability: the
     cheapest model that runs each family's code path."""
     chosen: dict[str, str] = {}
@@ -42,7 +47,7 @@ def random_per_family(capability: Capability = everything) -> list[str]:
     return list(chosen.values())
 
 
-def trained(capability: Capability = everything) -> list[str]:
+def trained(capability: Capability = image) -> list[str]:
     """The built-ins with trained weights (the shapes world) that have the capability, without
     extensions (a SiamLayout model has its own tests)."""
     return [
@@ -52,7 +57,7 @@ def trained(capability: Capability = everything) -> list[str]:
     ]
 
 
-def builtins(capability: Capability = everything) -> list[str]:
+def builtins(capability: Capability = image) -> list[str]:
     return [spec.id for spec in CATALOGUE if spec.builtin and not spec.extensions and capability(spec)]
 
 

@@ -233,6 +233,92 @@ class ShareKeysValues(AttentionEdit):
         return q, k, v
 
 
+@dataclass(kw_only=True)
+class RecordTextAttention(AttentionEdit):
+    """Each of `rows`' attention from image (video) queries to the text tokens `tokens`, summed
+    over them and averaged over heads, then over the layers of the current transformer call so
+    far (a layer seen again starts a new call). Computed from its own q and k, before any edit
+    changes them, without forcing explicit attention on the layer."""
+
+    tokens: Sequence[int]
+    record_rows: Sequence[int]
+    _maps: dict[str, torch.Tensor] = field(default_factory=dict, init=False, repr=False)
+
+    def on_qkv(self, call, q, k, v):
+        if call.layer in self._maps:
+            self._maps.clear()
+        columns = [call.text.start + index for index in self.tokens]
+        total = torch.zeros(len(self.record_rows), call.image.stop - call.image.start, device=q.device)
+        for head in range(q.shape[1]):
+            rows = list(self.record_rows)
+            scores = q[rows, head, call.image] @ k[rows, head].transpose(-1, -2) * q.shape[-1] ** -0.5
+            total += scores.float().softmax(dim=-1)[..., columns].sum(dim=-1)
+        self._maps[call.layer] = total / q.shape[1]
+        return q, k, v
+
+    def mean_map(self, row: int) -> torch.Tensor:
+        """The map of `rows[row]` averaged over this call's layers so far: [image tokens]."""
+        return torch.stack([m[row] for m in self._maps.values()]).mean(dim=0)
+
+
+@dataclass(kw_only=True)
+class MaskGuidedSharing(AttentionEdit):
+    """DiTCtrl's mask-guided KV sharing. The target rows' queries attend the source branch's keys
+    and values twice: with the video keys limited to the source's foreground, and to its
+    background (text keys always allowed). Each target query takes the foreground attention
+    where its own map says foreground (video queries by the target's map, text queries when they
+    are the subject tokens), the background attention elsewhere. A map is the recorder's
+    attention to the subject tokens, min-max normalised per frame of `frame_tokens` tokens and
+    thresholded."""
+
+    source: BranchCache
+    recorder: RecordTextAttention
+    threshold: float
+    frame_tokens: int
+    # Fused probabilities of the chunk in flight, between the two hooks.
+    _fused: torch.Tensor | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.explicit = True
+
+    def foreground(self, row: int) -> torch.Tensor:
+        frames = self.recorder.mean_map(row).view(-1, self.frame_tokens)
+        low, high = frames.amin(dim=1, keepdim=True), frames.amax(dim=1, keepdim=True)
+        return ((frames - low) / (high - low + 1e-6) >= self.threshold).flatten()
+
+    def on_qkv(self, call, q, k, v):
+        _, source_k, source_v = self.source.get(call, k)
+        k, v = k.clone(), v.clone()
+        k[self.batch], v[self.batch] = source_k, source_v
+        return q, k, v
+
+    def on_scores(self, call, scores, heads):
+        source_fg, target_fg = self.foreground(0).to(scores.device), self.foreground(1).to(scores.device)
+        own = scores[self.batch].float()
+        video_keys = torch.zeros(own.shape[-1], dtype=torch.bool, device=scores.device)
+        video_keys[call.image] = True
+        blocked_in_fg = video_keys.clone()
+        blocked_in_fg[call.image] = ~source_fg
+        blocked_in_bg = video_keys.clone()
+        blocked_in_bg[call.image] = source_fg
+        fg = own.masked_fill(blocked_in_fg, float("-inf")).softmax(dim=-1)
+        bg = own.masked_fill(blocked_in_bg, float("-inf")).softmax(dim=-1)
+        query_fg = torch.zeros(own.shape[-2], device=scores.device)
+        query_fg[call.image] = target_fg.float()
+        query_fg[[call.text.start + index for index in self.recorder.tokens]] = 1.0
+        weight = query_fg.view(1, 1, -1, 1)
+        self._fused = torch.nan_to_num(weight * fg + (1 - weight) * bg)
+        return scores
+
+    def on_probabilities(self, call, probabilities, heads):
+        if self._fused is None:
+            return probabilities
+        probabilities = probabilities.clone()
+        probabilities[self.batch] = self._fused.to(probabilities.dtype)
+        self._fused = None
+        return probabilities
+
+
 class AttentionController:
     """Holds the edits and the current step; the studio's processors call `attend`."""
 

@@ -134,6 +134,74 @@ class ControlledCrossProcessor(StudioProcessor):
         return output / attn.rescale_output_factor
 
 
+class ControlledVideoProcessor(StudioProcessor):
+    """Video attention: CogVideoX's one attention over [text, video] with projections shared by
+    text and video (as CogVideoXAttnProcessor2_0), or, without text, Wan's self-attention over
+    the video tokens (as WanAttnProcessor: q/k RMS-normed across heads, then its rotary
+    embedding). Returns what the family's own processor returns."""
+
+    def __call__(
+        self,
+        attn: Any,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_rotary_emb: Any = None,
+        **named: Any,
+    ) -> Any:
+        if encoder_hidden_states is None:  # Wan passes its rotary embedding by position or as rotary_emb
+            rotary = named.get("rotary_emb", image_rotary_emb)
+            return self.attend_video(attn, hidden_states, rotary)
+        return self.attend(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+
+    def attend(self, attn: Attention, hidden_states: Tensor, context: Tensor | None, mask: Tensor | None,
+               rotary: Tensor | None) -> Any:  # fmt: skip
+        assert context is not None
+        text_length = context.shape[1]
+        joined = torch.cat([context, hidden_states], dim=1)
+        head_dim = attn.to_k.out_features // attn.heads
+        q, k, v = (projection(joined).unflatten(-1, (attn.heads, head_dim)).transpose(1, 2)
+                   for projection in (attn.to_q, attn.to_k, attn.to_v))  # fmt: skip
+        q, k = attn.norm_q(q) if attn.norm_q is not None else q, attn.norm_k(k) if attn.norm_k is not None else k
+        if rotary is not None:  # CogVideoX-5b: rotary positions on the video tokens only
+            q = torch.cat([q[:, :, :text_length], apply_rotary_emb(q[:, :, text_length:], rotary)], dim=2)
+            k = torch.cat([k[:, :, :text_length], apply_rotary_emb(k[:, :, text_length:], rotary)], dim=2)
+        tokens = q.shape[2]
+        call = AttentionCall(self.layer, self.controller.step, slice(0, text_length), slice(text_length, tokens),
+                             attn.heads)  # fmt: skip
+        output = self.controller.attend(call, q, k, v, mask).transpose(1, 2).flatten(2, 3).to(q.dtype)
+        output = attn.to_out[1](attn.to_out[0](output))
+        return output[:, text_length:], output[:, :text_length]
+
+    def attend_video(self, attn: Any, hidden_states: Tensor, rotary: tuple[Tensor, Tensor] | None) -> Tensor:
+        q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        q, k = attn.norm_q(q), attn.norm_k(k)
+        q, k, v = (tensor.unflatten(2, (attn.heads, -1)) for tensor in (q, k, v))
+        if rotary is not None:
+            q, k = _wan_rotary(q, *rotary), _wan_rotary(k, *rotary)
+        call = AttentionCall(self.layer, self.controller.step, slice(0, 0), slice(0, q.shape[1]), attn.heads)
+        output = self.controller.attend(call, q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        output = output.transpose(1, 2).flatten(2, 3).type_as(q)
+        return attn.to_out[1](attn.to_out[0](output))
+
+
+def _wan_rotary(tensor: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Wan's rotary embedding on interleaved (even, odd) feature pairs."""
+    even, odd = tensor.unflatten(-1, (-1, 2)).unbind(-1)
+    cos, sin = cos[..., 0::2], sin[..., 1::2]
+    return torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2).type_as(tensor)
+
+
+VIDEO_TOKEN_ORDERS = ("text-video", "video")
+
+
+def video_layers(transformer: ModelMixin) -> list[str]:
+    """Names of a video transformer's video attention layers ("transformer_blocks.3.attn1")."""
+    return [
+        name.removesuffix(".processor") for name in transformer.attn_processors if name.endswith(".attn1.processor")
+    ]
+
+
 def cross_layers(transformer: ModelMixin) -> list[str]:
     """Names of the transformer's text cross-attention layers ("transformer_blocks.3.attn2")."""
     return [
@@ -142,7 +210,9 @@ def cross_layers(transformer: ModelMixin) -> list[str]:
 
 
 def controllable_layers(transformer: ModelMixin, token_order: str) -> list[str]:
-    """The layers the toolkit controls: joint attention, or text cross-attention."""
+    """The layers the toolkit controls: joint attention, text cross-attention, or video attention."""
+    if token_order in VIDEO_TOKEN_ORDERS:
+        return video_layers(transformer)
     return cross_layers(transformer) if token_order == "cross-attention" else joint_layers(transformer)
 
 
@@ -163,7 +233,7 @@ def joint_layers(transformer: ModelMixin, kind: str = "all") -> list[str]:
 def controlled(transformer: ModelMixin, controller: AttentionController, token_order: str) -> Iterator[None]:
     """Run the transformer's joint-attention layers through `controller`; the original processors
     come back afterwards whatever happens."""
-    if token_order not in ("text-image", "image-text", "cross-attention"):
+    if token_order not in ("text-image", "image-text", "cross-attention", *VIDEO_TOKEN_ORDERS):
         raise ValueError(f"no attention control for token order {token_order!r}")
     originals = transformer.attn_processors
     layers = set(controllable_layers(transformer, token_order))
@@ -171,6 +241,8 @@ def controlled(transformer: ModelMixin, controller: AttentionController, token_o
     def studio_processor(layer: str):
         if token_order == "cross-attention":
             return ControlledCrossProcessor(layer, controller)
+        if token_order in VIDEO_TOKEN_ORDERS:
+            return ControlledVideoProcessor(layer, controller)
         return ControlledProcessor(layer, controller, token_order)
 
     replacement = {
@@ -181,7 +253,8 @@ def controlled(transformer: ModelMixin, controller: AttentionController, token_o
     }
 
     def observe_text_length(_module, _args, kwargs):
-        controller.text_length = kwargs["encoder_hidden_states"].shape[1]
+        text = kwargs.get("encoder_hidden_states")
+        controller.text_length = None if text is None else text.shape[1]
 
     hook = transformer.register_forward_pre_hook(observe_text_length, with_kwargs=True)
     transformer.set_attn_processor(replacement)

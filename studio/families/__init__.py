@@ -79,6 +79,22 @@ class FlowConvention:
 
 
 @dataclass(frozen=True)
+class VideoConvention:
+    """How a video family's transformer and VAE are called, in frame-major latents [B, F, C, h, w]
+    (as CogVideoX keeps them; Wan's own order is [B, C, F, h, w]), normalised as the transformer
+    sees them: what the video methods' own sampling loop needs."""
+
+    # (pipe, latents, timestep [B], text embeddings [B, tokens, dim]) -> the model's output
+    predict: Callable[[diffusers.DiffusionPipeline, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+    # (pipe, latents [1, F, C, h, w]) -> frames [frames, H, W, 3] in [0, 1]
+    decode: Callable[[diffusers.DiffusionPipeline, torch.Tensor], Any]
+    # (pipe, frames [1, 3, frames, H, W] in [-1, 1]) -> latents [1, F, C, h, w]
+    encode: Callable[[diffusers.DiffusionPipeline, torch.Tensor], torch.Tensor]
+    # The family's own latents are [B, C, F, h, w]: its pipeline draws the first noise so.
+    channels_first: bool = False
+
+
+@dataclass(frozen=True)
 class Extension:
     """Weights a family attaches to some of its models after they load, named by a table of the
     model's catalogue entry (SD3's CreatiLayout SiamLayout branches). The registry and catalogue
@@ -100,7 +116,8 @@ class Family:
     label: str
     # Task variants reachable from a text-to-image pipeline class through `from_pipe`.
     task_variants: Mapping[str, Mapping[str, str]]
-    # Joint-attention token order, for the attention-control toolkit: "text-image" or "image-text".
+    # Token order for the attention-control toolkit: joint "text-image" / "image-text",
+    # "cross-attention", or video: "text-video" (one attention over both) / "video" (self-attention).
     token_order: str
     # Built-in random-weight models of this family: name -> builder writing a saved pipeline.
     builtin_builders: Mapping[str, Callable[[Path], None]] = field(default_factory=dict)
@@ -110,6 +127,8 @@ class Family:
     ]
     # Rectified-flow families (FLUX, SD3) say how their transformer is called; None otherwise.
     flow: FlowConvention | None = None
+    # Video families (CogVideoX, Wan) say how their transformer and VAE are called; None otherwise.
+    video: VideoConvention | None = None
     # The diffusers ControlNet pipeline for this family's models, or None where diffusers has none.
     controlnet_pipeline: str | None = None
     # (the base model's transformer, seed) -> a small random ControlNet that fits it, for built-ins

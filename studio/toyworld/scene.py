@@ -167,6 +167,8 @@ VOCABULARY: tuple[str, ...] = tuple(
         # In-context set tags ([LEFT], [PANEL-2], [FOUR-PANEL]) as the In-Context LoRA papers write them.
         + ["[", "]", "-", "LEFT", "RIGHT", "TOP", "BOTTOM", "PANEL", "TWO", "THREE", "FOUR", "1", "2", "3", "4"]
         + list(COLOURS)
+        # The moving-shapes world's captions ("a red circle moves from the left to the right").
+        + ["moves", "moving", "move", "from", "up", "down", "still", "stays", "slides", "then"]
         + [word for words in BACKGROUND_WORDS.values() for word in words]
         + list(SHAPES)
         + list(PLURALS.values())

@@ -1,0 +1,164 @@
+"""Train the moving-shapes world's CogVideoX model: its causal 3D VAE first, then the transformer
+with its T5 text encoder, on v-prediction in exactly the schedule CogVideoXPipeline samples with.
+
+    python -m studio.toyworld.train_video                # CPU: see the README for the times
+    python -m studio.toyworld.train_video --device cuda
+
+Writes a complete CogVideoXPipeline (fp16 safetensors) that the registry loads like a hub model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKLCogVideoX, CogVideoXPipeline
+from tqdm import tqdm
+
+from studio.families import cogvideox
+from studio.toyworld.motion import ClipPool, build_clip_pool
+from studio.toyworld.train import MODELS_DIR, optimise, save, trained_components, warmup_cosine
+
+# Room for two objects and their motions worded at length.
+TEXT_LENGTH = cogvideox.SHAPES_TEXT_LENGTH
+# Frames the VAE learns on: any 4k+1 window of a clip (the causal VAE is convolutional in time).
+VAE_FRAMES = 9
+
+
+def train_vae(pool: ClipPool, steps: int, batch_size: int, device: str, seed: int) -> AutoencoderKLCogVideoX:
+    torch.manual_seed(seed)
+    vae = cogvideox.small_vae((16, 32, 32, 64)).to(device).train()  # as build_shapes_random's
+    optimiser = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: warmup_cosine(s, steps, 50))
+    generator = torch.Generator().manual_seed(seed)
+    frames = pool.videos.shape[2]
+    for _ in (bar := tqdm(range(steps), desc="VAE", mininterval=30)):
+        start = int(torch.randint(frames - VAE_FRAMES + 1, (), generator=generator))
+        videos = pool.batch(torch.randint(len(pool), (batch_size,), generator=generator))
+        videos = videos[:, :, start : start + VAE_FRAMES].to(device)
+        posterior = vae.encode(videos).latent_dist
+        reconstruction = vae.decode(posterior.sample()).sample
+        kl = posterior.kl().mean() / videos[0].numel()
+        loss = F.mse_loss(reconstruction, videos) + 0.1 * F.l1_loss(reconstruction, videos) + 1e-4 * kl
+        optimise(loss, optimiser, schedule, vae.parameters())
+        psnr = 10 * math.log10(4 / max(F.mse_loss(reconstruction.detach(), videos).item(), 1e-10))
+        bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{psnr:.1f}")
+    return vae.eval()
+
+
+@torch.no_grad()
+def encode_pool(vae: AutoencoderKLCogVideoX, pool: ClipPool, device: str) -> torch.Tensor:
+    """Every clip's latents as the transformer takes them, [N, F, C, h, w], scaled by the VAE's
+    scaling factor (taken from the data for a fresh VAE)."""
+    parts = []
+    for start in range(0, len(pool), 32):
+        videos = pool.batch(torch.arange(start, min(start + 32, len(pool)))).to(device)
+        parts.append(vae.encode(videos).latent_dist.mode().cpu())
+    latents = torch.cat(parts)
+    if vae.config.scaling_factor == 1.0:
+        vae.register_to_config(scaling_factor=float(1 / latents.std()))
+    return (latents * vae.config.scaling_factor).permute(0, 2, 1, 3, 4).contiguous()
+
+
+def text_embeddings(pipe: CogVideoXPipeline, texts: list[str]) -> torch.Tensor:
+    """T5 embeddings exactly as CogVideoXPipeline makes them (no attention mask), with gradients."""
+    ids = pipe.tokenizer(
+        texts,
+        padding="max_length",
+        max_length=TEXT_LENGTH,
+        truncation=True,
+        add_special_tokens=True,
+        return_tensors="pt",
+    ).input_ids
+    return pipe.text_encoder(ids.to(pipe.text_encoder.device))[0]
+
+
+def train_transformer(
+    pipe: CogVideoXPipeline, latents: torch.Tensor, captions: list[str], args: argparse.Namespace
+) -> CogVideoXPipeline:
+    torch.manual_seed(args.seed)
+    names = trained_components(pipe)
+    trained = torch.nn.ModuleList([getattr(pipe, name).to(args.device) for name in names]).train()
+    ema = copy.deepcopy(trained).eval().requires_grad_(False)
+    optimiser = torch.optim.AdamW(trained.parameters(), lr=args.learning_rate, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: warmup_cosine(s, args.transformer_steps, 200))
+    scheduler = pipe.scheduler
+    generator = torch.Generator().manual_seed(args.seed)
+    for step in (bar := tqdm(range(args.transformer_steps), desc="transformer", mininterval=30)):
+        indices = torch.randint(len(captions), (args.batch_size,), generator=generator)
+        # One caption in ten is dropped so classifier-free guidance has an unconditional model.
+        texts = ["" if torch.rand((), generator=generator) < 0.1 else captions[i] for i in indices.tolist()]
+        x0 = latents[indices].to(args.device)
+        noise = torch.randn(x0.shape, generator=generator).to(args.device)
+        timesteps = torch.randint(scheduler.config.num_train_timesteps, (args.batch_size,), generator=generator)
+        noisy = scheduler.add_noise(x0, noise, timesteps)
+        target = scheduler.get_velocity(x0, noise, timesteps)
+        prediction = pipe.transformer(
+            hidden_states=noisy,
+            encoder_hidden_states=text_embeddings(pipe, texts),
+            timestep=timesteps.to(args.device),
+            return_dict=False,
+        )[0]
+        loss = F.mse_loss(prediction, target)
+        optimise(loss, optimiser, schedule, trained.parameters())
+        decay = min(0.999, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for averaged, live in zip(ema.parameters(), trained.parameters()):
+                averaged.lerp_(live, 1 - decay)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if args.checkpoint_every and (step + 1) % args.checkpoint_every == 0:
+            save(pipe, ema, args.output)
+    for name, module in zip(names, ema):
+        setattr(pipe, name, module.requires_grad_(True))
+    return pipe
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", type=Path, default=MODELS_DIR / "moving-shapes-cogvideox")
+    parser.add_argument("--clips", type=int, default=6000)
+    parser.add_argument("--vae-steps", type=int, default=1200)
+    parser.add_argument("--vae-batch-size", type=int, default=4)
+    parser.add_argument("--transformer-steps", type=int, default=6000)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--checkpoint-every", type=int, default=500)
+    parser.add_argument("--learning-rate", type=float, default=5e-4)
+    parser.add_argument("--resume", type=Path, default=None, help="a saved moving-shapes pipeline to train further")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    started = time.perf_counter()
+    pool = build_clip_pool(args.clips, seed=args.seed)
+    print(f"{len(pool)} clips drawn in {time.perf_counter() - started:.0f} s", flush=True)
+    if args.resume:
+        pipe = CogVideoXPipeline.from_pretrained(args.resume, dtype=torch.float32)
+        vae = pipe.vae.to(args.device)
+    else:
+        vae = train_vae(pool, args.vae_steps, args.vae_batch_size, args.device, args.seed)
+        print(f"VAE trained at {(time.perf_counter() - started) / 60:.1f} min", flush=True)
+    latents = encode_pool(vae, pool, args.device)
+    if not args.resume:
+        torch.manual_seed(args.seed)
+        transformer = cogvideox.small_transformer(TEXT_LENGTH, cogvideox.SHAPES_T5_D_MODEL, **cogvideox.SHAPES_SIZES)
+        pipe = cogvideox.build_pipeline(transformer, vae, t5_d_model=cogvideox.SHAPES_T5_D_MODEL)
+    vae_done = time.perf_counter()
+    pipe = train_transformer(pipe, latents, pool.captions, args)
+    pipe.to("cpu", torch.float16).save_pretrained(args.output, safe_serialization=True)
+    print(
+        f"transformer trained in {(time.perf_counter() - vae_done) / 60:.1f} min; saved to {args.output} after "
+        f"{(time.perf_counter() - started) / 60:.1f} min",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    main()
