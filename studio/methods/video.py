@@ -425,7 +425,9 @@ class Sampler:
                 controller.set_step(index)
                 if self.prefix is not None and prefix_noise is not None:
                     held = self.prefix.shape[1]
-                    latents[:, :held] = pipe.scheduler.add_noise(self.prefix, prefix_noise.to(latents), timestep)
+                    latents[:, :held] = pipe.scheduler.add_noise(
+                        self.prefix, prefix_noise.to(latents), timestep.reshape(1)
+                    )
                 output = self.model_output(pipe.scheduler.scale_model_input(latents, timestep), timestep, controller)
                 latents, x0 = scheduler_step(pipe, output, timestep, latents, state, generator)
                 reporter.step()
