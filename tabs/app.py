@@ -8,7 +8,7 @@ from typing import Any
 import gradio as gr
 
 from studio.context import StudioContext
-from tabs import colour_edit, drag, image_sets, layout, live, text_to_image
+from tabs import colour_edit, drag, image_sets, layout, live, text_to_image, video
 from tabs import history as history_panel
 from tabs.common import session_of
 
@@ -63,13 +63,15 @@ def build_app(studio: StudioContext) -> gr.Blocks:
     registry = studio.registry
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(
-            f"# {TITLE}\nDiffusion Transformers (FLUX, SD3, PixArt, SANA) on one registry · device "
+            f"# {TITLE}\nDiffusion Transformers (FLUX, SD3, PixArt, SANA; CogVideoX, Wan) on one registry · device "
             f"`{registry.device}` · {'offline' if registry.offline_only else 'online'}"
         )
         with gr.Tab("Text to image"):
             history = text_to_image.build(studio)
         with gr.Tab("Colour editing"):
             colour_edit.build(studio, history)
+        with gr.Tab("Multi-prompt video"):
+            video.build(studio)
         with gr.Tab("Drag editing"):
             drag.build(studio, history)
         with gr.Tab("Layout to image"):

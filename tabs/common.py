@@ -203,14 +203,15 @@ def run_job(
 
 
 def wire_cancel(studio: StudioContext, button: gr.Button, job: Any, api_name: str) -> None:
-    """Cancel stops the session's running job at its next step and drops its queued ones. It
-    skips the queue, so it answers even when the queue is full."""
+    """Cancel stops the session's running job at its next step and drops its queued ones (`job`:
+    the run's event, or a list of the events the button stops). It skips the queue, so it
+    answers even when the queue is full."""
 
     def on_cancel(request: gr.Request) -> None:
         if not studio.cancellations.cancel(session_of(request)):
             gr.Info("Nothing was running; queued work, if any, is dropped.")
 
-    button.click(on_cancel, None, None, api_name=api_name, queue=False, cancels=[job])
+    button.click(on_cancel, None, None, api_name=api_name, queue=False, cancels=job if isinstance(job, list) else [job])
 
 
 @dataclass

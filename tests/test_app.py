@@ -439,3 +439,33 @@ def test_drag_edit_endpoint_moves_a_painted_shape(running_app, tmp_path):
                        api_name="/drag_edit")  # fmt: skip
     with pytest.raises(Exception, match="Paint the region"):
         client.predict("shapes-flux", None, None, drags, *fields, api_name="/drag_edit")
+
+
+def test_multi_prompt_video_endpoint_writes_a_playable_mp4_and_extends_it(running_app):
+    """Two prompts through /multi_prompt_video: an mp4 whose frames, rate and size read back, a
+    strip, the settings PNG; /video_extend continues it; bad tables are one sentence."""
+    from studio.video_io import read_video
+
+    client, output_dir = running_app
+    table = {
+        "headers": ["Prompt", "Seconds (blank: one segment)"],
+        "data": [["a red circle", None], ["a blue square", None]],
+    }
+    fields = [4, 6.0, 64, 64, 3, 8, 1, 0.69, True, "", 0.3, 0]
+    video, _, strip, png, settings = client.predict("tiny-cogvideox", table, *fields, api_name="/multi_prompt_video")
+    path = video["video"] if isinstance(video, dict) else video
+    frames, rate = read_video(path)
+    assert frames.shape[1:] == (64, 64, 3) and rate == 8.0
+    assert len(frames) == settings["frames"] and settings["segments"] == 3
+    assert settings["prompts"] == ["a red circle", "a blue square"]
+    assert len(strip) == 12
+    assert '"method": "DiTCtrl"' in Image.open(png).text["dit-studio"]
+    assert any(output_dir.glob("*video-tiny-cogvideox-3-*.mp4"))
+    longer, *_ = client.predict("tiny-cogvideox", table, handle_file(path), *fields, api_name="/video_extend")
+    extended, _ = read_video(longer["video"] if isinstance(longer, dict) else longer)
+    assert len(extended) > len(frames)
+    empty_row = {"headers": table["headers"], "data": [["a red circle", None], ["", None]]}
+    with pytest.raises(Exception, match="Row 2 has no prompt"):
+        client.predict("tiny-cogvideox", empty_row, *fields, api_name="/multi_prompt_video")
+    with pytest.raises(Exception, match="Make a video first"):
+        client.predict("tiny-cogvideox", table, None, *fields, api_name="/video_extend")

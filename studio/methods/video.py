@@ -192,9 +192,14 @@ def shared_layers(layers: Sequence[str]) -> list[str]:
 # --- Validation and the plan ------------------------------------------------------------------
 
 
-def segment_length(spec: ModelSpec, pipe: DiffusionPipeline) -> int:
+# Frames a latent frame stands for after the first: CogVideoX's and Wan's VAEs both compress 4x
+# in time (a loaded pipeline says so itself, as vae_scale_factor_temporal).
+TEMPORAL_COMPRESSION = 4
+
+
+def segment_length(spec: ModelSpec, temporal: int = TEMPORAL_COMPRESSION) -> int:
     """Latent frames in one segment: the model's own clip length."""
-    return (spec.frames - 1) // pipe.vae_scale_factor_temporal + 1
+    return (spec.frames - 1) // temporal + 1
 
 
 def validate(settings: VideoSettings, spec: ModelSpec) -> VideoSettings:
@@ -218,12 +223,11 @@ def validate(settings: VideoSettings, spec: ModelSpec) -> VideoSettings:
     return replace(validate_sampling(settings, spec), prompts=prompts, negative_prompt=negative)
 
 
-def build_plan(settings: VideoSettings, spec: ModelSpec, pipe: DiffusionPipeline) -> SegmentPlan:
+def build_plan(settings: VideoSettings, spec: ModelSpec, temporal: int = TEMPORAL_COMPRESSION) -> SegmentPlan:
     """The segment plan for the settings, durations rounded to whole segments; InvalidRequest
     when a duration is shorter than one segment or the plan is too long."""
-    length = segment_length(spec, pipe)
+    length = segment_length(spec, temporal)
     overlap = min(round(settings.overlap * length), length - 1)
-    temporal = pipe.vae_scale_factor_temporal
     repeats = [1] * len(settings.prompts)
     if settings.seconds:
         # A segment adds `stride` latent frames to the video, `temporal` frames each.
@@ -389,9 +393,10 @@ class Sampler:
         return torch.cat([self.negative.expand(len(group), -1, -1), conditional])
 
     def model_output(
-        self, latents: torch.Tensor, timestep: torch.Tensor, controller: AttentionController
+        self, latents: torch.Tensor, timestep: torch.Tensor, reporter: StepReporter | None = None
     ) -> torch.Tensor:
-        """The blended, guided model output over the whole video at one step."""
+        """The blended, guided model output over the whole video at one step (the reporter
+        counts each group's call)."""
         plan, video = self.plan, self.spec.family.video
         assert video is not None
         blended = torch.zeros_like(latents)
@@ -407,6 +412,8 @@ class Sampler:
                 output = uncond + self.settings.guidance * (cond - uncond)
             for row, index in enumerate(group):
                 blended[:, plan.window(index)] += output[row : row + 1] * weights
+            if reporter is not None:
+                reporter.step()
         sums = plan.weight_sums().to(latents).view(1, -1, 1, 1, 1)
         return blended / sums
 
@@ -428,9 +435,8 @@ class Sampler:
                     latents[:, :held] = pipe.scheduler.add_noise(
                         self.prefix, prefix_noise.to(latents), timestep.reshape(1)
                     )
-                output = self.model_output(pipe.scheduler.scale_model_input(latents, timestep), timestep, controller)
+                output = self.model_output(pipe.scheduler.scale_model_input(latents, timestep), timestep, reporter)
                 latents, x0 = scheduler_step(pipe, output, timestep, latents, state, generator)
-                reporter.step()
                 last = index == len(timesteps) - 1
                 if (
                     x0 is not None
@@ -500,7 +506,7 @@ def multi_prompt_video(
         previous = check_previous(previous, settings)
     started = time.perf_counter()
     with registry.use(spec.id, "t2i") as pipe:
-        plan = build_plan(settings, spec, pipe)
+        plan = build_plan(settings, spec, pipe.vae_scale_factor_temporal)
         rows = 4 if settings.guidance > 1.0 else 2
         needed = estimated_bytes(pipe, plan, settings, rows)
         budget = registry.budget_bytes
@@ -509,7 +515,8 @@ def multi_prompt_video(
                 f"This video needs about {needed / 2**30:.1f} GiB of working memory beyond the model and the budget "
                 f"is {budget / 2**30:.1f} GiB: fewer segments, a smaller size or no subject mask."
             )
-        reporter = StepReporter(settings.steps, on_step, cancel)
+        # Progress counts every group's transformer call: step by step, pair by pair.
+        reporter = StepReporter(settings.steps * len(plan.groups()), on_step, cancel)
         reporter.begin()
         yield from _sample(pipe, spec, plan, settings, previous, reporter, started)
 
