@@ -52,7 +52,8 @@ def examples() -> list[VideoExample]:
         prompts, seconds = entry.get("prompts", []), entry.get("seconds", [])
         if not prompts or len(seconds) not in (0, len(prompts)):
             raise InvalidRequest(f"examples.toml: [video] example {number}: prompts, and seconds for each or none")
-        found.append(VideoExample(entry.get("name", f"Example {number}"), [[p, s] for p, s in zip(prompts, seconds)]))
+        durations = seconds or [None] * len(prompts)
+        found.append(VideoExample(entry.get("name", f"Example {number}"), [[p, s] for p, s in zip(prompts, durations)]))
     return found
 
 
@@ -151,12 +152,14 @@ def layout(studio: StudioContext) -> VideoTab:
             model = gr.Dropdown(common.model_choices(studio, serves), value=default.id, label="Model (CogVideoX, Wan)")
             table = gr.Dataframe(
                 value=found[0].rows if found else [["", None]],
-                headers=["Prompt", "Seconds (blank: one segment)"],
+                headers=["Prompt", "Seconds"],
                 datatype=["str", "number"],
                 column_count=2,
                 row_count=1,
+                column_widths=["78%", "22%"],
+                wrap=True,
                 type="array",
-                label="Prompts, in order (add a row for each)",
+                label="Prompts, in order: + adds a row; blank seconds = one segment",
                 elem_id="video-prompts",
             )
             example = gr.Dropdown([e.name for e in found], value=None, label="Examples (fill the table)")

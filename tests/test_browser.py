@@ -347,3 +347,37 @@ def test_paint_a_region_click_handle_and_target_and_drag(page, tmp_path, artifac
 
     landed = centroid(largest_blob(colour_mask(Image.open(results[0]), "red")))
     assert landed is not None and landed[0] > 0.45
+
+
+def test_fill_two_prompts_make_a_video_and_play_it(page, tmp_path, artifacts):
+    page.get_by_role("tab", name="Multi-prompt video").click()
+    cells = page.locator("#video-prompts [role=grid] [role=gridcell]")
+    for index, text in (
+        (0, "a blue square on the left, gray background"),
+        (2, "a blue square on the right, gray background"),
+    ):
+        cells.nth(index).dblclick()  # the cell's editor takes the focus
+        page.locator("#video-prompts textarea[aria-label='Edit cell']:focus").fill(text)
+        page.keyboard.press("Enter")
+    rows = "[...document.querySelectorAll('#video-plan td:first-child')].map(cell => cell.textContent.trim())"
+    plan = "a blue square on the left, gray background|transition 1 → 2|a blue square on the right, gray background"
+    page.wait_for_function(f"() => {rows}.join('|') === {plan!r}", timeout=30_000)
+    page.get_by_role("button", name="Make the video").click()
+    page.locator("#video-result video").first.wait_for(timeout=240_000)
+    played = page.evaluate(
+        """async () => {
+            const video = document.querySelector('#video-result video');
+            video.muted = true;
+            await video.play();
+            await new Promise(resolve => setTimeout(resolve, 800));
+            return {time: video.currentTime, width: video.videoWidth, ready: video.readyState};
+        }"""
+    )
+    page.screenshot(path=str(artifacts / "multi-prompt-video.png"), full_page=True)
+    assert played["width"] == 64 and played["ready"] >= 2 and played["time"] > 0
+    videos = list(tmp_path.glob("*video-*.mp4"))
+    assert len(videos) == 1
+    from studio.video_io import read_video
+
+    frames, rate = read_video(videos[0])
+    assert frames.shape[1:] == (64, 64, 3) and rate > 0
