@@ -153,7 +153,9 @@ def plan_parts(result: VideoResult) -> tuple[list[tuple[int, int]], list[tuple[i
     """Frames [start, end) of each prompt's own part and of each hand-over (transition) in a
     DiTCtrl video, from its timeline."""
     fps = result.fps
-    spans = [(label, round(start * fps), min(round(end * fps), len(result.frames))) for label, start, end in result.timeline]
+    spans = [
+        (label, round(start * fps), min(round(end * fps), len(result.frames))) for label, start, end in result.timeline
+    ]
     parts = [(start, end) for label, start, end in spans if not label.startswith("transition")]
     windows = [(parts[k][1], parts[k + 1][0]) for k in range(len(parts) - 1)]
     # Without transition segments the hand-over is the overlap's middle: one frame either side.
@@ -233,4 +235,3 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
-
