@@ -2,6 +2,7 @@
 
     python -m studio.bench [--runs 5] [--size 64] [--models shapes-flux tiny-sd3 ...]
     python -m studio.bench --full-size [--size 1024]   # on a GPU: SANA-Sprint / SANA ControlNet latency
+    python -m studio.bench --full-size-video           # on a GPU: CogVideoX-2B / Wan 1.3B DiTCtrl steps
 
 Prints a Markdown table. Both paths run the same pipeline class on the same weights with the same
 arguments; the studio path adds the registry lookup, validation, the progress callback and the
@@ -29,8 +30,10 @@ from studio.metadata import save_png
 from studio.methods.colour import ColourEditSettings, colour_edit, source_cache_bytes
 from studio.methods.control import LiveRenderer, LiveRequest, live_targets
 from studio.methods.drag import Drag, DragSettings, drag_edit
+from studio.methods.video import VideoResult, VideoSettings, multi_prompt_video
 from studio.registry import Registry
 
+VIDEO_MODELS = ["moving-shapes-cogvideox", "tiny-cogvideox", "tiny-wan"]
 BUILTIN_MODELS = [
     "shapes-flux",
     "shapes-sd3",
@@ -135,12 +138,20 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="only the full-size SANA-Sprint 0.6B and SANA-600M ControlNet architectures, random weights",
     )
+    parser.add_argument(
+        "--full-size-video",
+        action="store_true",
+        help="only the full-size CogVideoX-2B and Wan 2.1 1.3B transformers: one DiTCtrl step, random weights",
+    )
     args = parser.parse_args(argv)
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
     device, dtype = choose_device(args.device)
     if args.full_size:
         full_size_sana(device, dtype, args.size if args.size != 64 else 1024, args.runs)
+        return
+    if args.full_size_video:
+        full_size_video(device, dtype, max(1, args.runs // 2))
         return
     catalogue = Catalogue.load()
     registry = Registry(catalogue, device=device, dtype=dtype)
@@ -152,6 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     flow_models = [m for m in args.models if catalogue.get(m).family.flow is not None]
     colour_editing(registry, flow_models, args)
     drag_editing(registry, flow_models, args)
+    video_generation(registry, args)
     live_loop(registry, args)
 
 
@@ -219,6 +231,128 @@ def drag_editing(registry: Registry, models: list[str], args: argparse.Namespace
             seconds = median_seconds(lambda: drag_edit(registry, settings, region), max(1, args.runs // 2))
             peak = f"{torch.cuda.max_memory_allocated() / 2**30:.2f}" if torch.cuda.is_available() else "—"
             print(f"| {model_id} | {mode} | {seconds:.2f} | {peak} |")
+
+
+class PeakMemory:
+    """Peak memory of a block: the accelerator's allocator where there is one, else the process's
+    resident memory sampled every few milliseconds (its growth over the block)."""
+
+    def __enter__(self) -> PeakMemory:
+        import threading
+
+        self.peak = self.start = self._resident()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self._resident())
+
+    @staticmethod
+    def _resident() -> int:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * 4096
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def gib(self) -> float:
+        if torch.cuda.is_available():
+            return torch.cuda.max_memory_allocated() / 2**30
+        return (self.peak - self.start) / 2**30
+
+
+def video_generation(registry: Registry, args: argparse.Namespace) -> None:
+    """One prompt (plain text to video) and two prompts (DiTCtrl, two transition segments) on the
+    video built-ins at their own sizes and steps: seconds per video and per frame, peak memory."""
+    print("\n| video | prompts | segments | frames | seconds per video | seconds per frame | peak memory (GiB) |")
+    print("|---|---|---|---|---|---|---|")
+    for model_id in VIDEO_MODELS:
+        spec = registry.catalogue.get(model_id)
+        left, right = "a red circle on the left, gray background", "a red circle on the right, gray background"
+        for prompts in ((left,), (left, right)):
+            settings = VideoSettings(
+                model=model_id, prompts=prompts, steps=spec.steps, guidance=spec.guidance_scale, width=spec.width,
+                height=spec.height, fps=spec.fps, preview_every=0,
+            )  # fmt: skip
+            made: list[VideoResult] = []
+
+            def run(settings: VideoSettings = settings) -> None:
+                made[:] = [item for item in multi_prompt_video(registry, settings) if isinstance(item, VideoResult)]
+
+            with PeakMemory() as memory:
+                seconds = median_seconds(run, max(1, args.runs // 2))
+            frames = len(made[0].frames)
+            print(
+                f"| {model_id} | {len(prompts)} | {len(made[0].plan.segments)} | {frames} | {seconds:.2f} | "
+                f"{seconds / frames:.3f} | {memory.gib:.2f} |"
+            )
+
+
+# CogVideoX-2b's and Wan 2.1 T2V 1.3B's transformers (their repos' config.json).
+COGVIDEOX_2B: dict[str, Any] = dict(num_attention_heads=30, attention_head_dim=64, num_layers=30, text_embed_dim=4096,
+                    time_embed_dim=512, sample_width=90, sample_height=60, sample_frames=49,
+                    max_text_seq_length=226)  # fmt: skip
+WAN_1_3B: dict[str, Any] = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128,
+                in_channels=16, out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
+                qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)  # fmt: skip
+
+
+def full_size_video(device: str, dtype: torch.dtype, runs: int, scale: int = 1) -> None:
+    """One DiTCtrl step of a two-prompt plan (two transitions: three pairs, each a batch of four
+    rows with KV sharing in the last sixth of the layers) on the full-size transformers with
+    random weights, at the models' own sizes (`scale` divides sizes and depth, to try the code
+    on a CPU). Seconds per step, the 50-step video's transformer time, peak memory."""
+    from diffusers import CogVideoXTransformer3DModel, WanTransformer3DModel
+
+    from studio.attention import AttentionController, CaptureBranch, ShareKeysValues, controlled
+    from studio.attention.control import BranchCache
+    from studio.attention.processors import video_layers
+    from studio.methods.video import shared_layers
+
+    cases: dict[str, tuple[Any, dict[str, Any], str, tuple[int, ...], tuple[int, int], bool]] = {
+        "CogVideoX-2B, 720×480, 13 latent frames a segment": (
+            CogVideoXTransformer3DModel, COGVIDEOX_2B, "text-video", (13, 16, 60, 90), (226, 4096), False),
+        "Wan 2.1 1.3B, 832×480, 21 latent frames a segment": (
+            WanTransformer3DModel, WAN_1_3B, "video", (21, 16, 60, 104), (512, 4096), True),
+    }  # fmt: skip
+    print(f"device {device}, dtype {str(dtype).removeprefix('torch.')}, median of {runs}\n")
+    print("| full-size architecture (random weights) | seconds per DiTCtrl step (3 pairs) | 50 steps (s) | "
+          "peak memory (GiB) |\n|---|---|---|---|")  # fmt: skip
+    for name, (model_class, config, order, shape, text_shape, channels_first) in cases.items():
+        config = config | {"num_layers": max(2, config["num_layers"] // scale)}
+        torch.manual_seed(0)
+        transformer = model_class(**config).to(device, dtype).eval()
+        frames, channels, height, width = shape
+        height, width = max(4, height // scale // 2 * 2), max(4, width // scale // 2 * 2)
+        latents = torch.randn(4, frames, channels, height, width, device=device, dtype=dtype)
+        if channels_first:
+            latents = latents.transpose(1, 2).contiguous()
+        text = torch.randn(4, text_shape[0], text_shape[1], device=device, dtype=dtype)
+        layers = set(shared_layers(video_layers(transformer)))
+        cache = BranchCache(history=False)
+        controller = AttentionController(
+            [
+                CaptureBranch(cache=cache, layers=layers, rows=[0, 2]),
+                ShareKeysValues(source=cache, layers=layers, rows=[1, 3]),
+            ]
+        )
+
+        def step() -> None:
+            with torch.inference_mode(), controlled(transformer, controller, order):
+                for _ in range(3):
+                    transformer(hidden_states=latents, encoder_hidden_states=text,
+                                timestep=torch.full((4,), 500, device=device), return_dict=False)  # fmt: skip
+
+        with PeakMemory() as memory:
+            seconds = median_seconds(step, runs)
+        print(f"| {name} | {seconds:.2f} | {50 * seconds:.0f} | {memory.gib:.1f} |")
 
 
 def live_loop(registry: Registry, args: argparse.Namespace, frames: int = 12) -> None:
