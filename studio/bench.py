@@ -296,12 +296,15 @@ def video_generation(registry: Registry, args: argparse.Namespace) -> None:
 
 
 # CogVideoX-2b's and Wan 2.1 T2V 1.3B's transformers (their repos' config.json).
-COGVIDEOX_2B: dict[str, Any] = dict(num_attention_heads=30, attention_head_dim=64, num_layers=30, text_embed_dim=4096,
-                    time_embed_dim=512, sample_width=90, sample_height=60, sample_frames=49,
-                    max_text_seq_length=226)  # fmt: skip
-WAN_1_3B: dict[str, Any] = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128,
-                in_channels=16, out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
-                qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)  # fmt: skip
+COGVIDEOX_2B: dict[str, Any] = {
+    "num_attention_heads": 30, "attention_head_dim": 64, "num_layers": 30, "text_embed_dim": 4096,
+    "time_embed_dim": 512, "sample_width": 90, "sample_height": 60, "sample_frames": 49, "max_text_seq_length": 226,
+}  # fmt: skip
+WAN_1_3B: dict[str, Any] = {
+    "patch_size": (1, 2, 2), "num_attention_heads": 12, "attention_head_dim": 128, "in_channels": 16,
+    "out_channels": 16, "text_dim": 4096, "freq_dim": 256, "ffn_dim": 8960, "num_layers": 30, "cross_attn_norm": True,
+    "qk_norm": "rms_norm_across_heads", "eps": 1e-6, "rope_max_seq_len": 1024,
+}  # fmt: skip
 
 
 def full_size_video(device: str, dtype: torch.dtype, runs: int, scale: int = 1) -> None:
