@@ -149,13 +149,14 @@ def random_clip(rng: random.Random, exclude: frozenset[tuple[str, str, str]] = H
         side = rng.uniform(SIZE_RANGES["small"][0], 0.36 if count == 2 else SIZE_RANGES["medium"][1])
         lane = lanes[len(tracks)] if count == 2 else rng.uniform(0.3, 0.7)
         if rng.random() < 0.6:
-            direction = rng.choice(list(DIRECTIONS))
+            directions = list(DIRECTIONS)
+            if tracks and tracks[0].direction is not None:
+                # Two movers share an axis and keep to their own lane.
+                axis = DIRECTIONS[tracks[0].direction][2]
+                directions = [d for d, (_, _, a) in DIRECTIONS.items() if a == axis]
+            direction = rng.choice(directions)
             if (colour, shape, direction) in exclude:
                 continue
-            # Two movers share an axis and keep to their own lane.
-            if tracks and tracks[0].direction is not None:
-                axis = DIRECTIONS[tracks[0].direction][2]
-                direction = rng.choice([d for d, (_, _, a) in DIRECTIONS.items() if a == axis])
             tracks.append(moving_track(colour, shape, side, direction, lane))
         else:
             place = rng.choice(("left", "right", "top", "bottom", "centre")) if count == 1 else None

@@ -26,13 +26,18 @@ from studio.toyworld.train import MODELS_DIR, optimise, save, trained_components
 
 # Room for two objects and their motions worded at length.
 TEXT_LENGTH = cogvideox.SHAPES_TEXT_LENGTH
-# Frames the VAE learns on: any 4k+1 window of a clip (the causal VAE is convolutional in time).
+# Frames the VAE learns on: a window of a clip (the causal VAE is convolutional in time) with an
+# odd count of latent frames, as CogVideoX decodes those back to 4k + 1 frames (an even count of
+# latent frames decodes to 4k).
 VAE_FRAMES = 9
 
 
-def train_vae(pool: ClipPool, steps: int, batch_size: int, device: str, seed: int) -> AutoencoderKLCogVideoX:
+def train_vae(
+    pool: ClipPool, steps: int, batch_size: int, device: str, seed: int, start: AutoencoderKLCogVideoX | None = None
+) -> AutoencoderKLCogVideoX:
+    """A new VAE (as build_shapes_random's), or `start` trained further."""
     torch.manual_seed(seed)
-    vae = cogvideox.small_vae((16, 32, 32, 64)).to(device).train()  # as build_shapes_random's
+    vae = (start or cogvideox.small_vae((16, 32, 32, 64))).to(device).train()  # as build_shapes_random's
     optimiser = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: warmup_cosine(s, steps, 50))
     generator = torch.Generator().manual_seed(seed)
@@ -122,13 +127,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, default=MODELS_DIR / "moving-shapes-cogvideox")
     parser.add_argument("--clips", type=int, default=6000)
-    parser.add_argument("--vae-steps", type=int, default=1200)
+    parser.add_argument("--vae-steps", type=int, default=None, help="default: 4000, or 0 with --vae-from")
     parser.add_argument("--vae-batch-size", type=int, default=4)
     parser.add_argument("--transformer-steps", type=int, default=6000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--checkpoint-every", type=int, default=500)
     parser.add_argument("--learning-rate", type=float, default=5e-4)
     parser.add_argument("--resume", type=Path, default=None, help="a saved moving-shapes pipeline to train further")
+    parser.add_argument(
+        "--vae-from",
+        type=Path,
+        default=None,
+        help="a saved moving-shapes pipeline whose VAE to use instead of training one",
+    )
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
@@ -143,8 +154,16 @@ def main(argv: list[str] | None = None) -> None:
         pipe = CogVideoXPipeline.from_pretrained(args.resume, dtype=torch.float32)
         vae = pipe.vae.to(args.device)
     else:
-        vae = train_vae(pool, args.vae_steps, args.vae_batch_size, args.device, args.seed)
-        print(f"VAE trained at {(time.perf_counter() - started) / 60:.1f} min", flush=True)
+        vae = None
+        if args.vae_from:
+            vae = AutoencoderKLCogVideoX.from_pretrained(args.vae_from, subfolder="vae", dtype=torch.float32)
+        steps = args.vae_steps if args.vae_steps is not None else (0 if vae else 4000)
+        if steps:
+            vae = train_vae(pool, steps, args.vae_batch_size, args.device, args.seed, start=vae)
+            vae.register_to_config(scaling_factor=1.0)  # taken from the data again below
+            print(f"VAE trained at {(time.perf_counter() - started) / 60:.1f} min", flush=True)
+        assert vae is not None
+        vae = vae.to(args.device)
     latents = encode_pool(vae, pool, args.device)
     if not args.resume:
         torch.manual_seed(args.seed)

@@ -1,0 +1,112 @@
+"""The moving-shapes world: clips, captions, held-out motions, and the measures its evaluation
+scores generated videos with (checked on drawn clips, where the answer is known)."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from studio.toyworld.motion import (
+    CLIP_FRAMES,
+    DIRECTIONS,
+    HELD_OUT_MOTIONS,
+    Clip,
+    build_clip_pool,
+    caption,
+    moving_track,
+    random_clip,
+    still_track,
+    trace_object,
+    travel_direction,
+)
+from studio.toyworld.scene import VOCABULARY
+from studio.toyworld.video_eval import check_motion, frame_changes, score_pair
+from tabs.video import prompts_from, settings_with_prompts
+
+
+def test_a_moving_object_travels_half_the_canvas_at_a_steady_pace():
+    clip = Clip((moving_track("red", "circle", 0.3, "right", 0.5),), "gray", "")
+    frames = clip.frames()
+    assert frames.shape == (CLIP_FRAMES, 64, 64, 3) and frames.dtype == np.uint8
+    trace = trace_object(frames, "red")
+    xs = [c[0] for c in trace.centres]
+    assert xs[0] == pytest.approx(0.25, abs=0.02) and xs[-1] == pytest.approx(0.75, abs=0.02)
+    steps = np.diff(xs)
+    assert np.all(steps > 0) and steps.std() < 0.01  # steady, left to right
+    assert trace.shape == "circle"
+
+
+@pytest.mark.parametrize("direction", list(DIRECTIONS))
+def test_the_measures_read_back_a_drawn_motion(direction):
+    clip = Clip((moving_track("blue", "square", 0.3, direction, 0.45),), "white", "")
+    assert check_motion(clip.frames(), "blue", "square", direction) == dict.fromkeys(
+        ("colour", "shape", "start", "end", "direction"), True
+    )
+    opposite = {"right": "left", "left": "right", "up": "down", "down": "up"}[direction]
+    assert not check_motion(clip.frames(), "blue", "square", opposite)["direction"]
+
+
+def test_a_still_object_has_no_direction():
+    clip = Clip((still_track("green", "triangle", 0.3, (0.5, 0.5)),), "black", "")
+    assert travel_direction(trace_object(clip.frames(), "green")) is None
+
+
+def test_captions_say_what_moves_where_in_the_world_vocabulary():
+    tracks = (moving_track("red", "circle", 0.3, "right", 0.5), still_track("blue", "square", 0.3, (0.5, 0.25)))
+    assert caption(tracks, "gray") == (
+        "a medium red circle moves from the left to the right and a medium blue square at the top, gray background"
+    )
+    rng = random.Random(1)
+    for _ in range(200):
+        words = random_clip(rng).caption.replace(",", " ,").split()
+        assert set(words) <= set(VOCABULARY)
+
+
+def test_training_clips_never_move_a_held_out_combination():
+    pool = build_clip_pool(400, seed=3)
+    assert pool.videos.shape == (400, 3, CLIP_FRAMES, 64, 64)
+    moved = {(t.colour, t.shape, t.direction) for clip in pool.clips for t in clip.tracks if t.direction}
+    assert moved and not moved & HELD_OUT_MOTIONS
+    assert {d for _, _, d in moved} == set(DIRECTIONS)
+
+
+def still_then_move_then_still() -> np.ndarray:
+    left = Clip((still_track("red", "circle", 0.3, (0.25, 0.5)),), "gray", "").frames(9)
+    moving = Clip((moving_track("red", "circle", 0.3, "right", 0.5),), "gray", "").frames(11)[1:-1]
+    right = Clip((still_track("red", "circle", 0.3, (0.75, 0.5)),), "gray", "").frames(9)
+    return np.concatenate([left, moving, right])
+
+
+def test_a_hand_over_spread_over_frames_is_smooth_and_a_cut_is_not():
+    asks = [("red", "left"), ("red", "right")]
+    gradual = score_pair(still_then_move_then_still(), [(0, 9), (18, 27)], [(9, 18)], asks, "circle")
+    assert gradual.one_shape and gradual.follows and gradual.smooth and gradual.boundary_jump < 1.5
+    frames = still_then_move_then_still()
+    cut = np.concatenate([frames[:9], frames[18:]])
+    abrupt = score_pair(cut, [(0, 9), (9, 18)], [(5, 14)], asks, "circle")
+    assert abrupt.follows and not abrupt.smooth and abrupt.boundary_jump > 100
+    wrong = score_pair(frames, [(0, 9), (18, 27)], [(9, 18)], [("red", "right"), ("red", "left")], "circle")
+    assert not wrong.follows
+    assert frame_changes(frames).shape == (len(frames) - 1,)
+
+
+def test_the_tab_reads_its_table_and_says_which_row_is_wrong(catalogue):
+    assert prompts_from([["a red circle", None], ["a blue square", 2]]) == (
+        ("a red circle", "a blue square"),
+        (None, 2.0),
+    )
+    with pytest.raises(Exception, match="Row 2 has no prompt"):
+        prompts_from([["a red circle", None], ["  ", None]])
+    with pytest.raises(Exception, match="Row 1's seconds must be a number"):
+        prompts_from([["a red circle", "soon"]])
+    from studio.methods.video import VideoSettings
+
+    spec = catalogue.get("tiny-cogvideox")
+    settings = VideoSettings(model=spec.id, prompts=(), fps=8, overlap=0.69)
+    plain = settings_with_prompts(settings, spec, [["a", None], ["b", None]])
+    assert plain.prompts == ("a", "b") and plain.seconds == ()
+    # A blank duration beside a given one is one segment: (3 - 2) latent frames x 4 frames at 8 fps.
+    mixed = settings_with_prompts(settings, spec, [["a", None], ["b", 2.0]])
+    assert mixed.seconds == (0.5, 2.0)
