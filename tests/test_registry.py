@@ -88,6 +88,20 @@ def test_least_recently_used_model_is_evicted_under_the_budget(catalogue):
     assert registry.models.used_bytes() <= registry.budget_bytes
 
 
+def test_video_and_image_models_share_one_budget_and_evict_each_other(catalogue):
+    sizes = {
+        m: pipeline_bytes(load_pipeline(catalogue.get(m), torch.float32, True))
+        for m in ("tiny-flux-dev", "tiny-cogvideox", "tiny-wan")
+    }
+    budget = (sum(sizes.values()) - 1) / 1024**3  # any two fit, not all three
+    registry = Registry(catalogue, device="cpu", memory_budget_gb=budget)
+    pipeline_of(registry, "tiny-cogvideox")
+    pipeline_of(registry, "tiny-flux-dev")
+    pipeline_of(registry, "tiny-wan")  # the least recently used, the CogVideoX one, makes room
+    assert registry.models.ids() == ["tiny-flux-dev", "tiny-wan"]
+    assert registry.models.used_bytes() <= registry.budget_bytes
+
+
 def test_a_model_in_use_is_not_evicted(catalogue):
     registry = Registry(catalogue, device="cpu", memory_budget_gb=1e-9)
     with registry.use("tiny-flux-dev") as in_use:
