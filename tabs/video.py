@@ -31,6 +31,7 @@ from tabs import common
 
 # Frames shown in the strip under the video.
 STRIP_FRAMES = 12
+SECONDS, FRAMES = "seconds", "frames"
 FIELDS = ("steps", "guidance", "width", "height", "seed", "fps", "transitions", "overlap")
 ADVANCED = ("kv_sharing", "subject", "mask_threshold", "preview_every")
 
@@ -93,14 +94,21 @@ def prompts_from(table: Any) -> tuple[tuple[str, ...], tuple[float | None, ...]]
     return tuple(prompts), tuple(seconds)
 
 
-def settings_with_prompts(settings: VideoSettings, spec: ModelSpec, table: Any) -> VideoSettings:
-    """The settings with the table's prompts; a blank duration is one segment's."""
-    prompts, seconds = prompts_from(table)
+def settings_with_prompts(settings: VideoSettings, spec: ModelSpec, table: Any, unit: str = SECONDS) -> VideoSettings:
+    """The settings with the table's prompts; durations in seconds or frames (at the video's
+    frame rate; whole numbers), a blank one is one segment's."""
+    prompts, durations = prompts_from(table)
+    if unit == FRAMES:
+        for number, value in enumerate(durations, start=1):
+            if value is not None and not float(value).is_integer():
+                raise InvalidRequest(f"Row {number} lasts {value:g} frames: a frame count is a whole number.")
+    fps = max(settings.fps, 1)
+    seconds = [value / fps if unit == FRAMES and value is not None else value for value in durations]
     if all(value is None for value in seconds):
         return replace(settings, prompts=prompts, seconds=())
     length = segment_length(spec)
     overlap = min(round(settings.overlap * length), length - 1)
-    one_segment = (length - overlap) * 4 / max(settings.fps, 1)
+    one_segment = (length - overlap) * 4 / fps
     filled = tuple(one_segment if value is None else value for value in seconds)
     return replace(settings, prompts=prompts, seconds=filled)
 
@@ -134,6 +142,7 @@ def initial_plan(spec: ModelSpec, found: list[VideoExample]) -> str:
 class VideoTab:
     model: gr.Dropdown
     table: gr.Dataframe
+    unit: gr.Radio
     example: gr.Dropdown
     plan: gr.Markdown
     sampling: common.SamplingControls
@@ -152,17 +161,19 @@ def layout(studio: StudioContext) -> VideoTab:
             model = gr.Dropdown(common.model_choices(studio, serves), value=default.id, label="Model (CogVideoX, Wan)")
             table = gr.Dataframe(
                 value=found[0].rows if found else [["", None]],
-                headers=["Prompt", "Seconds"],
+                headers=["Prompt", "Duration"],
                 datatype=["str", "number"],
                 column_count=2,
                 row_count=1,
                 column_widths=["78%", "22%"],
                 wrap=True,
                 type="array",
-                label="Prompts, in order: + adds a row; blank seconds = one segment",
+                label="Prompts, in order: + adds a row; a blank duration is one segment",
                 elem_id="video-prompts",
             )
-            example = gr.Dropdown([e.name for e in found], value=None, label="Examples (fill the table)")
+            with gr.Row():
+                unit = gr.Radio([SECONDS, FRAMES], value=SECONDS, label="Durations in")
+                example = gr.Dropdown([e.name for e in found], value=None, label="Examples (fill the table)")
             with gr.Row():
                 fps = common.setting_slider(VideoSettings, "fps", value=default.fps or 8)
             run, cancel = common.run_and_cancel("Make the video")
@@ -199,21 +210,33 @@ def layout(studio: StudioContext) -> VideoTab:
                                      kv_sharing, subject, mask_threshold, preview_every))),
     )  # fmt: skip
     return VideoTab(
-        model, table, example, plan, sampling, form, run, extend, cancel, [result, previews, strip, settings_png, info]
+        model,
+        table,
+        unit,
+        example,
+        plan,
+        sampling,
+        form,
+        run,
+        extend,
+        cancel,
+        [result, previews, strip, settings_png, info],
     )
 
 
-def read_form(studio: StudioContext, form: common.Form, model_id: str, table: Any, fields: tuple) -> VideoSettings:
+def read_form(
+    studio: StudioContext, form: common.Form, model_id: str, table: Any, unit: str, fields: tuple
+) -> VideoSettings:
     spec = studio.registry.catalogue.get(model_id)
     settings = form.read(fields, model=model_id, prompts=())
-    return settings_with_prompts(settings, spec, table)
+    return settings_with_prompts(settings, spec, table, unit)
 
 
 def plan_handler(studio: StudioContext, form: common.Form) -> Callable:
-    def on_plan(model_id: str, table: Any, *fields: Any) -> str:
+    def on_plan(model_id: str, table: Any, unit: str, *fields: Any) -> str:
         try:
             spec = studio.registry.catalogue.get(model_id)
-            return timeline_markdown(read_form(studio, form, model_id, table, fields), spec)
+            return timeline_markdown(read_form(studio, form, model_id, table, unit, fields), spec)
         except (StudioError, TypeError, ValueError) as error:
             return f"*The plan cannot be made yet: {error}*"
 
@@ -229,11 +252,11 @@ def video_handler(studio: StudioContext, form: common.Form, continuing: bool) ->
     @gpu_task(duration=300)
     # Gradio passes its request and progress only to parameters before a *values one.
     def on_video(request: gr.Request, progress=gr.Progress(), *values) -> Iterator[tuple]:
-        model_id, table, *fields = values
+        model_id, table, unit, *fields = values
         previous_path = fields.pop(0) if continuing else None
         session = common.session_of(request)
         with common.user_errors("Video"):
-            settings = read_form(studio, form, model_id, table, tuple(fields))
+            settings = read_form(studio, form, model_id, table, unit, tuple(fields))
             common.warn_if_far_from_native_size(studio, settings)
             inputs = {}
             if continuing:
@@ -308,9 +331,9 @@ def build(studio: StudioContext) -> None:
         api_name="video_model_defaults",
     )
     ui.example.change(example_handler(), ui.example, ui.table, api_visibility="private")
-    planning = [ui.model, ui.table, *ui.form.inputs]
+    planning = [ui.model, ui.table, ui.unit, *ui.form.inputs]
     gr.on(
-        [ui.table.change, ui.model.change, *(component.change for component in ui.form.inputs)],
+        [ui.table.change, ui.model.change, ui.unit.change, *(component.change for component in ui.form.inputs)],
         plan_handler(studio, ui.form),
         planning,
         ui.plan,
@@ -319,7 +342,7 @@ def build(studio: StudioContext) -> None:
     result = ui.outputs[0]
     job = ui.run.click(
         video_handler(studio, ui.form, continuing=False),
-        [ui.model, ui.table, *ui.form.inputs],
+        [ui.model, ui.table, ui.unit, *ui.form.inputs],
         ui.outputs,
         api_name="multi_prompt_video",
         concurrency_limit=1,
@@ -327,7 +350,7 @@ def build(studio: StudioContext) -> None:
     )
     extension = ui.extend.click(
         video_handler(studio, ui.form, continuing=True),
-        [ui.model, ui.table, result, *ui.form.inputs],
+        [ui.model, ui.table, ui.unit, result, *ui.form.inputs],
         ui.outputs,
         api_name="video_extend",
         concurrency_limit=1,

@@ -452,7 +452,9 @@ def test_multi_prompt_video_endpoint_writes_a_playable_mp4_and_extends_it(runnin
         "data": [["a red circle", None], ["a blue square", None]],
     }
     fields = [4, 6.0, 64, 64, 3, 8, 1, 0.69, True, "", 0.3, 0]
-    video, _, strip, png, settings = client.predict("tiny-cogvideox", table, *fields, api_name="/multi_prompt_video")
+    video, _, strip, png, settings = client.predict(
+        "tiny-cogvideox", table, "seconds", *fields, api_name="/multi_prompt_video"
+    )
     path = video["video"] if isinstance(video, dict) else video
     frames, rate = read_video(path)
     assert frames.shape[1:] == (64, 64, 3) and rate == 8.0
@@ -461,11 +463,16 @@ def test_multi_prompt_video_endpoint_writes_a_playable_mp4_and_extends_it(runnin
     assert len(strip) == 12
     assert '"method": "DiTCtrl"' in Image.open(png).text["dit-studio"]
     assert any(output_dir.glob("*video-tiny-cogvideox-3-*.mp4"))
-    longer, *_ = client.predict("tiny-cogvideox", table, handle_file(path), *fields, api_name="/video_extend")
+    longer, *_ = client.predict(
+        "tiny-cogvideox", table, "seconds", handle_file(path), *fields, api_name="/video_extend"
+    )
     extended, _ = read_video(longer["video"] if isinstance(longer, dict) else longer)
     assert len(extended) > len(frames)
     empty_row = {"headers": table["headers"], "data": [["a red circle", None], ["", None]]}
     with pytest.raises(Exception, match="Row 2 has no prompt"):
-        client.predict("tiny-cogvideox", empty_row, *fields, api_name="/multi_prompt_video")
+        client.predict("tiny-cogvideox", empty_row, "seconds", *fields, api_name="/multi_prompt_video")
+    with pytest.raises(Exception, match="a frame count is a whole number"):
+        frames_table = {"headers": table["headers"], "data": [["a red circle", 12.5]]}
+        client.predict("tiny-cogvideox", frames_table, "frames", *fields, api_name="/multi_prompt_video")
     with pytest.raises(Exception, match="Make a video first"):
-        client.predict("tiny-cogvideox", table, None, *fields, api_name="/video_extend")
+        client.predict("tiny-cogvideox", table, "seconds", None, *fields, api_name="/video_extend")

@@ -110,3 +110,5 @@ def test_the_tab_reads_its_table_and_says_which_row_is_wrong(catalogue):
     # A blank duration beside a given one is one segment: (3 - 2) latent frames x 4 frames at 8 fps.
     mixed = settings_with_prompts(settings, spec, [["a", None], ["b", 2.0]])
     assert mixed.seconds == (0.5, 2.0)
+    in_frames = settings_with_prompts(settings, spec, [["a", 12], ["b", None]], "frames")
+    assert in_frames.seconds == (1.5, 0.5)
