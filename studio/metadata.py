@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import secrets
@@ -9,6 +11,7 @@ import struct
 import time
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, PngImagePlugin
 
 from studio.errors import InvalidRequest
@@ -105,3 +108,42 @@ def read_settings(path: str | Path) -> GenerationSettings:
         )
     except (KeyError, TypeError, ValueError, json.JSONDecodeError) as error:
         raise InvalidRequest("The settings in that image are damaged and cannot be reused.") from error
+
+
+# A mask carried in the settings: a 1-bit PNG, base64. Masks are the size of their image; a
+# side beyond this is no studio image's.
+MAX_MASK_SIDE = 4096
+
+
+def encode_mask(mask: np.ndarray) -> str:
+    """A boolean mask as text for the settings (a 1-bit PNG, base64: a few hundred bytes)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(mask, dtype=bool)).convert("1").save(buffer, format="PNG", optimize=True)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def decode_mask(text: object, size: tuple[int, int]) -> np.ndarray:
+    """A mask from the settings, checked to be a PNG of exactly `size` (width, height) before it is
+    decoded; InvalidRequest otherwise."""
+    try:
+        data = base64.b64decode(str(text), validate=True)
+        with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
+            if image.size != tuple(size) or max(image.size) > MAX_MASK_SIDE:
+                raise InvalidRequest("A mask in those settings does not match its image's size.")
+            return np.asarray(image.convert("L")) > 127
+    except (ValueError, OSError) as error:
+        raise InvalidRequest("A mask in those settings is damaged and cannot be reused.") from error
+
+
+def read_payload(path: str | Path) -> dict:
+    """Everything a studio PNG's settings hold, as a dict, or InvalidRequest."""
+    text = png_text(path)
+    if not text:
+        raise InvalidRequest("That image carries no DiT Studio settings (only PNGs saved by the studio do).")
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InvalidRequest("The settings in that image are damaged and cannot be reused.") from error
+    if not isinstance(payload, dict):
+        raise InvalidRequest("The settings in that image are damaged and cannot be reused.")
+    return payload

@@ -17,7 +17,7 @@ from studio.context import StudioContext
 from studio.errors import InvalidRequest
 from studio.generation import GenerationSettings
 from studio.gpu import gpu_task
-from studio.metadata import save_image
+from studio.metadata import decode_mask, encode_mask, read_payload, save_image
 from studio.methods.drag import KINDS, MODES, Drag, DragSettings, mask_array
 from studio.runner import Job
 from tabs import common
@@ -149,6 +149,7 @@ class DragTab:
     api_mask: gr.Image
     api_drags: gr.JSON
     api_run: gr.Button
+    reuse: gr.File
     outputs: list[Any]
 
 
@@ -162,6 +163,7 @@ def layout(studio: StudioContext) -> DragTab:
             show_source = gr.Button("Show the source image to paint on", size="sm")
             mode = gr.Radio(list(MODES), value="fast", label="Mode (precise: DragFlow, minutes; fast: seconds)")
             run, cancel = common.run_and_cancel("Drag")
+            reuse = gr.File(label="Reuse a drag result: drop its PNG to restore the whole edit", file_types=[".png"])
             with gr.Accordion("Sampling and method", open=False):
                 sampling = common.sampling_controls(DragSettings, default, steps=25)
                 # The method's own settings: everything after the sampling ones.
@@ -220,6 +222,7 @@ def layout(studio: StudioContext) -> DragTab:
         api_mask,
         api_drags,
         api_run,
+        reuse,
         [compare, result, info],
     )
 
@@ -254,6 +257,12 @@ def run_drag(
     if edit is None:
         return gr.update(), gr.update(), gr.update()
     payload = {"method": f"drag ({edit.settings.mode})", **edit.settings.to_dict(), "seconds": round(edit.seconds, 3)}
+    # What the edit needs to be remade whole from this PNG: where its image came from, the
+    # painted regions and the fixed area.
+    payload["source"] = "upload" if image is not None else "seed"
+    payload["regions"] = encode_mask(mask_array(mask) if isinstance(mask, Image.Image) else mask)
+    if fixed is not None:
+        payload["fixed"] = encode_mask(fixed)
     if edit.losses:
         payload["loss_first_last"] = [round(edit.losses[0], 4), round(edit.losses[-1], 4)]
     folder = studio.history.folder(common.session_of(request))
@@ -325,6 +334,71 @@ def source_handler(studio: StudioContext) -> Callable:
         return editor, draw_drags(picture, None, [], None), [], None, []
 
     return on_source
+
+
+def painted_layer(regions: np.ndarray, fixed: np.ndarray | None) -> Image.Image:
+    """The regions and the fixed area as an editor layer, in the two brushes' colours."""
+    layer = np.zeros((*regions.shape, 4), dtype=np.uint8)
+    layer[regions] = (*REGION_COLOUR, 255)
+    if fixed is not None:
+        layer[fixed & ~regions] = (0, 180, 255, 255)
+    return Image.fromarray(layer, "RGBA")
+
+
+def reuse_handler(studio: StudioContext, form: common.Form) -> Callable:
+    """A drag result's PNG restores the whole edit: model, prompt, sampling, method settings,
+    drags, painted regions and fixed area, and the source remade from its seed (an uploaded
+    source is not in the PNG: it is asked for again)."""
+
+    @gpu_task()
+    def on_reuse(request: gr.Request, progress=gr.Progress(), *values):
+        (path,) = values
+        if not path:
+            return (gr.update(),) * (3 + len(form.inputs) + 5)
+        with common.user_errors("Reusing the drag"):
+            payload = read_payload(path)
+            if not str(payload.get("method", "")).startswith("drag"):
+                raise InvalidRequest("That PNG is not a drag result: drop a PNG the drag tab saved.")
+            fields = tuple(payload.get(name) for name in form.fields)
+            drags = [Drag.parse(drag).as_plain() for drag in payload.get("drags", [])]
+            settings = form.read(fields, model=str(payload.get("model")), drags=tuple(Drag.parse(d) for d in drags))
+            if settings.model not in studio.registry.catalogue or not serves(
+                studio.registry.catalogue.get(settings.model)
+            ):
+                raise InvalidRequest(f"The model {settings.model!r} of that drag cannot drag here.")
+            size = (int(settings.width), int(settings.height))
+            regions = decode_mask(payload.get("regions"), size)
+            fixed = decode_mask(payload["fixed"], size) if payload.get("fixed") else None
+        restored = [getattr(settings, name) for name in form.fields]
+        if payload.get("source") == "upload":
+            gr.Warning("That drag edited an uploaded image, which its PNG does not hold: upload it again and show it, "
+                       "then paint the regions again; the drags and settings are restored.")  # fmt: skip
+            return (
+                settings.model,
+                UPLOAD,
+                gr.update(visible=True),
+                *restored,
+                gr.update(),
+                gr.update(),
+                drags,
+                None,
+                drags,
+            )
+        generation = GenerationSettings(
+            model=settings.model, prompt=settings.prompt, steps=settings.steps, guidance=settings.guidance,
+            width=settings.width, height=settings.height, seed=settings.seed,
+        )  # fmt: skip
+        phase = common.progress_callback(progress, "Remaking the source from its seed")
+        results = common.run_job(studio, request, "Making the source", Job("generate", generation, {}), phase)
+        if results is None:
+            return (gr.update(),) * (3 + len(form.inputs) + 5)
+        picture = next(iter(results)).image
+        editor = {"background": picture, "layers": [painted_layer(regions, fixed)], "composite": picture}
+        shown = draw_drags(picture, regions, [Drag.parse(drag) for drag in drags], None)
+        hidden = gr.update(visible=False)
+        return settings.model, GENERATE, hidden, *restored, editor, shown, drags, None, drags
+
+    return on_reuse
 
 
 def click_handler() -> Callable:
@@ -407,3 +481,12 @@ def build(studio: StudioContext, text_to_image_history: gr.State) -> None:
         concurrency_id="gpu",
     )
     common.wire_cancel(studio, ui.cancel, job, "drag_cancel")
+    ui.reuse.upload(
+        reuse_handler(studio, ui.form),
+        [ui.reuse],
+        [ui.model, ui.source.mode, ui.source.image, *ui.form.inputs, ui.editor, ui.canvas, ui.drags, ui.pending,
+         ui.drag_list],
+        api_name="drag_reuse",
+        concurrency_limit=1,
+        concurrency_id="gpu",
+    )  # fmt: skip

@@ -439,6 +439,25 @@ def test_drag_edit_endpoint_moves_a_painted_shape(running_app, tmp_path):
                        api_name="/drag_edit")  # fmt: skip
     with pytest.raises(Exception, match="Paint the region"):
         client.predict("shapes-flux", None, None, drags, *fields, api_name="/drag_edit")
+    # The result's PNG restores the whole edit: settings, drags, the painted region, the source.
+    restored = client.predict(handle_file(result), api_name="/drag_reuse")
+    model, mode, _, restored_prompt, restored_mode, *rest = restored
+    editor, _, restored_drags = rest[-3:]  # the session's drag states are not the API's
+    assert (model, restored_prompt, restored_mode) == ("shapes-flux", prompt, "fast")
+    assert mode.startswith("Generate") and restored_drags == [["move", [[16.0, 32.0], [39.0, 32.0]], 0.0, 1.0]]
+    layer = np.asarray(
+        Image.open(editor["layers"][0]["path"] if isinstance(editor["layers"][0], dict) else editor["layers"][0])
+    )
+    assert np.array_equal(layer[..., 3] > 127, mask[..., 3] > 127)
+    background = Image.open(
+        editor["background"]["path"] if isinstance(editor["background"], dict) else editor["background"]
+    )
+    assert np.array_equal(np.asarray(background.convert("RGB")), np.asarray(before.convert("RGB")))
+    from studio.metadata import save_image
+
+    other = save_image(Image.new("RGB", (64, 64)), {"method": "ColorCtrl", "model": "shapes-flux"}, tmp_path, "x")
+    with pytest.raises(Exception, match="not a drag result"):
+        client.predict(handle_file(str(other)), api_name="/drag_reuse")
 
 
 def test_multi_prompt_video_endpoint_writes_a_playable_mp4_and_extends_it(running_app):
