@@ -11,6 +11,10 @@ import os
 import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from studio.catalogue import Catalogue
 
 SHARE_SERVER = ("api.gradio.app", 443)
 # Uploads (images, LoRA files) larger than this are refused by the server before a handler runs.
@@ -57,7 +61,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="strangers share this studio: each session sees only its own results "
         "(on by itself with --share, a host open to the network, or on Spaces)",
     )
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=None,
+        metavar="ID",
+        help="the only catalogue models this studio runs ('all': every one). Shared studios default to the "
+        "built-ins and the models already in the local cache, so no visitor starts a download (on Spaces: the "
+        "DIT_STUDIO_MODELS secret, ids separated by spaces or commas)",
+    )
     return parser.parse_args(argv)
+
+
+def offered_models(args: argparse.Namespace, catalogue: Catalogue, shared: bool) -> list[str] | None:
+    """The models the studio runs: --models (or DIT_STUDIO_MODELS); in a shared studio by default
+    the built-ins and what is already in the local cache; None: every catalogue model."""
+    from studio.loading import in_local_cache, required_repos
+
+    named = args.models or os.environ.get("DIT_STUDIO_MODELS", "").replace(",", " ").split() or None
+    if named == ["all"] or (named is None and not shared):
+        return None
+    if named is not None:
+        return named
+    return [
+        spec.id
+        for spec in catalogue
+        if spec.builtin or all(in_local_cache(repo, marker) for repo, marker in required_repos(spec))
+    ]
 
 
 def logins(args: argparse.Namespace) -> list[tuple[str, str]]:
@@ -102,12 +132,14 @@ def create_studio(args: argparse.Namespace):
     device, dtype = choose_device(args.device, args.dtype)
     catalogue = Catalogue.load()
     catalogue.get(args.default_model)
-    registry = Registry(catalogue, device=device, dtype=dtype, memory_budget_gb=args.memory_budget)
+    shared = shared_deployment(args)
+    offered = offered_models(args, catalogue, shared)
+    registry = Registry(catalogue, device=device, dtype=dtype, memory_budget_gb=args.memory_budget, offered=offered)
     return StudioContext(
         registry=registry,
         output_dir=args.output_dir.resolve(),
         default_model=args.default_model,
-        shared=shared_deployment(args),
+        shared=shared,
     )
 
 

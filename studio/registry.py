@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -46,6 +46,7 @@ class ModelState(enum.Enum):
     DOWNLOADABLE = "downloads on first use"
     UNAVAILABLE = "unavailable offline"
     FAILED = "failed to load"
+    NOT_OFFERED = "not offered by this studio"
 
 
 # A model whose load failed (corrupt or missing files, no memory) is not tried again on every
@@ -62,8 +63,13 @@ class Registry:
         memory_budget_gb: float | None = None,
         offline_only: bool | None = None,
         loader=load_pipeline,
+        offered: Collection[str] | None = None,
     ):
+        """`offered`: the only models this studio runs (a shared studio's allow-list); None: all."""
         self.catalogue = catalogue
+        for model_id in offered or ():
+            catalogue.get(model_id)  # an unknown id stops the studio with its sentence
+        self.offered = None if offered is None else frozenset(offered)
         self.device = device
         self.dtype = dtype
         self.offline_only = hub_offline() if offline_only is None else offline_only
@@ -87,6 +93,8 @@ class Registry:
     # --- What the UI shows ---------------------------------------------------------------------
     def state(self, model_id: str) -> ModelState:
         spec = self.catalogue.get(model_id)
+        if not self.offers(model_id):
+            return ModelState.NOT_OFFERED
         if self.models.get(model_id) is not None:
             return ModelState.LOADED
         if self.failure(model_id) is not None:
@@ -117,14 +125,19 @@ class Registry:
         """A ready pipeline with exactly `adapters` (name -> scale) active; the model cannot be
         evicted while the block runs."""
         adapters = dict(adapters or {})
-        self.adapter_files.check_request(model_id, adapters)
         spec = self.catalogue.get(model_id)
+        if not self.offers(model_id):
+            raise ModelUnavailable(f"{spec.name} is not offered by this studio; pick one of the models in the list.")
+        self.adapter_files.check_request(model_id, adapters)
         with self.models.lease(spec) as model:
             has_adapters = self.adapter_files.has_any(model_id)
             with model.run_lock if has_adapters else nullcontext():
                 if has_adapters:
                     self.adapter_files.activate(model, adapters)
                 yield self._variant(model, task)
+
+    def offers(self, model_id: str) -> bool:
+        return self.offered is None or model_id in self.offered
 
     def failure(self, model_id: str) -> str | None:
         """Why the model's last load failed, while that is recent enough to trust."""

@@ -85,4 +85,42 @@ def build_app(studio: StudioContext) -> gr.Blocks:
         demo.unload(adapters_leave_with(studio))
     # Room for many visitors' jobs; the GPU slot still runs one at a time.
     demo.queue(max_size=256, default_concurrency_limit=1)
+    if studio.shared:
+        limit_jobs_per_session(demo, JOBS_PER_VISITOR)
     return demo
+
+
+# In a shared studio a visitor may have this many jobs in the GPU slot, running or waiting; more
+# are refused when asked, so one visitor cannot fill the queue for everyone.
+JOBS_PER_VISITOR = 2
+
+
+def limit_jobs_per_session(demo: gr.Blocks, limit: int) -> None:
+    """An admission step ahead of Gradio's queue (which has one global size only): a session's
+    GPU-slot job beyond `limit` of its own waiting or running is refused with a sentence (HTTP 400,
+    which the page shows as it is)."""
+    from gradio import route_utils
+
+    queue = demo._queue
+    admit = queue.push
+
+    def gpu_jobs_of(session: str) -> int:
+        waiting = [event for line in queue.event_queue_per_concurrency_id.values() for event in line.queue]
+        running = [event for job in queue.active_jobs if job for event in job]
+        return sum(event.session_hash == session and event.fn.concurrency_id == "gpu" for event in waiting + running)
+
+    async def push(body: Any, request: Any, username: str | None) -> Any:
+        if body.fn_index is not None and body.session_hash is not None:
+            fn = route_utils.get_fn(demo, None, body)
+            if fn.concurrency_id == "gpu" and gpu_jobs_of(body.session_hash) >= limit:
+                return (
+                    False,
+                    (
+                        f"You have {limit} jobs running or waiting already; this shared studio takes more from you "
+                        "when one of them ends (or Cancel them)."
+                    ),
+                    "error",
+                )
+        return await admit(body=body, request=request, username=username)
+
+    queue.push = push

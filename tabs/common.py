@@ -22,7 +22,7 @@ from studio.runner import Job
 log = logging.getLogger(__name__)
 
 
-CANNOT_RUN = (ModelState.UNAVAILABLE, ModelState.FAILED)
+CANNOT_RUN = (ModelState.UNAVAILABLE, ModelState.FAILED, ModelState.NOT_OFFERED)
 
 
 def model_rank(studio: StudioContext, spec: ModelSpec) -> int:
@@ -41,7 +41,10 @@ def model_choices(studio: StudioContext, serves: Callable[[ModelSpec], bool] = m
     the ones that can run here first, random-weight test models after them (labelled so), those
     that cannot run (offline, failed) last."""
     registry = studio.registry
-    serving = sorted((spec for spec in registry.catalogue if serves(spec)), key=lambda spec: model_rank(studio, spec))
+    serving = sorted(
+        (spec for spec in registry.catalogue if serves(spec) and registry.offers(spec.id)),
+        key=lambda spec: model_rank(studio, spec),
+    )
     return [
         (
             f"{spec.name} · {spec.family.label} · {spec.mode} · "
@@ -162,9 +165,10 @@ def default_model(studio: StudioContext, serves: Callable[[ModelSpec], bool]) ->
     """The model a tab opens on: the studio's default where it serves the tab, else the first
     model that serves it and can run here."""
     catalogue = studio.registry.catalogue
-    if serves(catalogue.get(studio.default_model)):
+    if serves(catalogue.get(studio.default_model)) and studio.registry.offers(studio.default_model):
         return catalogue.get(studio.default_model)
-    return min((spec for spec in catalogue if serves(spec)), key=lambda spec: model_rank(studio, spec))
+    offered = [spec for spec in catalogue if serves(spec) and studio.registry.offers(spec.id)]
+    return min(offered or [spec for spec in catalogue if serves(spec)], key=lambda spec: model_rank(studio, spec))
 
 
 def warn_if_far_from_native_size(studio: StudioContext, settings: SamplingSettings) -> None:

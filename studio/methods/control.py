@@ -211,12 +211,12 @@ class LiveTarget:
 def live_targets(registry: Registry, family: str, kinds: tuple[str, ...] = STROKE_KINDS) -> list[LiveTarget]:
     """Every way the family's models can draw from a sketch now, fastest first: one-step models
     with a ControlNet of one of `kinds`, then one-step img2img, then standard models with a
-    ControlNet. Models that could not load here (offline, not cached) are left out, and built-ins
+    ControlNet. Models that could not load here (offline, not cached, not offered) are left out, and built-ins
     with random weights (the model's or its ControlNet's) come after every trained choice: they
     exist to test the path, and draw noise."""
     ranked = []
     for spec in registry.catalogue:
-        if spec.family.name != family or registry.state(spec.id) is ModelState.UNAVAILABLE:
+        if spec.family.name != family or registry.state(spec.id) in (ModelState.UNAVAILABLE, ModelState.NOT_OFFERED):
             continue
         one_step = spec.mode == "one-step"
         usable = [
