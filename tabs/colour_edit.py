@@ -13,7 +13,6 @@ from PIL import Image
 from studio.catalogue import ModelSpec
 from studio.context import StudioContext
 from studio.errors import InvalidRequest
-from studio.gpu import gpu_task
 from studio.metadata import save_image
 from studio.methods.colour import COLOUR_NAMES, ColourEditSettings, recolour_prompt
 from studio.presets import example_rows
@@ -128,7 +127,6 @@ def on_target(source_text: str, object_word: str, new_colour: str) -> str | dict
 
 
 def edit_handler(studio: StudioContext, form: common.Form) -> Callable:
-    @gpu_task()
     # Gradio passes its request and progress only to parameters before a *values one.
     def on_edit(request: gr.Request, progress=gr.Progress(), *values):
         model_id, mode, source_image, *fields = values
@@ -179,12 +177,11 @@ def build(studio: StudioContext, text_to_image_history: gr.State) -> None:
         api_name="colour_model_defaults",
     )
     ui.source.wire(studio, serves, "edit colours", text_to_image_history, ui.model, ui.source_prompt, ui.sampling)
-    job = ui.run.click(
+    job = common.in_gpu_slot(
+        ui.run.click,
         edit_handler(studio, ui.form),
         [ui.model, ui.source.mode, ui.source.image, *ui.form.inputs],
         ui.outputs,
         api_name="colour_edit",
-        concurrency_limit=1,
-        concurrency_id="gpu",
     )
     common.wire_cancel(studio, ui.cancel, job, "colour_cancel")

@@ -14,6 +14,7 @@ from PIL import Image
 from studio.catalogue import ModelSpec
 from studio.context import StudioContext
 from studio.errors import Cancelled, StudioError
+from studio.gpu import gpu_task
 from studio.metadata import read_settings
 from studio.params import SamplingSettings, StepCallback, param, params
 from studio.registry import ModelState
@@ -186,6 +187,15 @@ def warn_if_far_from_native_size(studio: StudioContext, settings: SamplingSettin
             f"{spec.name} was made for about {spec.width}×{spec.height}; at {width}×{height} expect "
             f"{'repeated or broken shapes and a long wait' if ratio > 4 else 'little detail'}."
         )
+
+
+def in_gpu_slot(
+    listen: Callable[..., Any], handler: Callable, inputs: Any, outputs: Any, duration: int = 120, **options: Any
+) -> Any:
+    """Wire `handler` into the GPU slot (one job at a time across the studio) through the event
+    listener `listen` (a component's `.click`, a `partial(gr.on, triggers)`, a `.then`). ZeroGPU's
+    decorator is applied here, where the slot is wired, so no handler can be in it without one."""
+    return listen(gpu_task(duration)(handler), inputs, outputs, concurrency_limit=1, concurrency_id="gpu", **options)
 
 
 def progress_callback(progress: gr.Progress, phase: str) -> Callable[[int, int], None]:

@@ -16,7 +16,6 @@ from studio.catalogue import ModelSpec
 from studio.context import StudioContext
 from studio.errors import InvalidRequest
 from studio.generation import GenerationSettings
-from studio.gpu import gpu_task
 from studio.metadata import decode_mask, encode_mask, read_payload, save_image
 from studio.methods.drag import KINDS, MODES, Drag, DragSettings, mask_array
 from studio.runner import Job
@@ -289,7 +288,6 @@ def phases(progress: gr.Progress, settings: DragSettings, image: Image.Image | N
 
 
 def edit_handler(studio: StudioContext, form: common.Form) -> Callable:
-    @gpu_task()
     # Gradio passes its request and progress only to parameters before a *values one.
     def on_drag(request: gr.Request, progress=gr.Progress(), *values):
         model_id, mode, upload, editor, drags, *fields = values
@@ -303,7 +301,6 @@ def edit_handler(studio: StudioContext, form: common.Form) -> Callable:
 
 
 def api_handler(studio: StudioContext, form: common.Form) -> Callable:
-    @gpu_task()
     def on_api(request: gr.Request, progress=gr.Progress(), *values):
         model_id, image, mask, drags, *fields = values
         regions = mask_array(mask) if mask is not None else None
@@ -313,7 +310,6 @@ def api_handler(studio: StudioContext, form: common.Form) -> Callable:
 
 
 def source_handler(studio: StudioContext) -> Callable:
-    @gpu_task()
     def on_source(request: gr.Request, progress=gr.Progress(), *values):
         model_id, mode, upload, prompt, steps, guidance, width, height, seed = values
         if mode == UPLOAD:
@@ -350,7 +346,6 @@ def reuse_handler(studio: StudioContext, form: common.Form) -> Callable:
     drags, painted regions and fixed area, and the source remade from its seed (an uploaded
     source is not in the PNG: it is asked for again)."""
 
-    @gpu_task()
     def on_reuse(request: gr.Request, progress=gr.Progress(), *values):
         (path,) = values
         if not path:
@@ -437,13 +432,12 @@ def build(studio: StudioContext, text_to_image_history: gr.State) -> None:
         api_visibility="private",
     )
     ui.source.wire(studio, serves, "drag", text_to_image_history, ui.model, ui.prompt, ui.sampling)
-    ui.show_source.click(
+    common.in_gpu_slot(
+        ui.show_source.click,
         source_handler(studio),
         [ui.model, ui.source.mode, ui.source.image, ui.prompt, steps, guidance, width, height, seed],
         [ui.editor, ui.canvas, ui.drags, ui.pending, ui.drag_list],
         api_visibility="private",
-        concurrency_limit=1,
-        concurrency_id="gpu",
     )
     ui.canvas.select(
         click_handler(),
@@ -464,29 +458,26 @@ def build(studio: StudioContext, text_to_image_history: gr.State) -> None:
         [ui.drags, ui.pending, ui.canvas, ui.drag_list],
         api_visibility="private",
     )
-    job = ui.run.click(
+    job = common.in_gpu_slot(
+        ui.run.click,
         edit_handler(studio, ui.form),
         [ui.model, ui.source.mode, ui.source.image, ui.editor, ui.drags, *ui.form.inputs],
         ui.outputs,
         api_visibility="private",
-        concurrency_limit=1,
-        concurrency_id="gpu",
     )
-    ui.api_run.click(
+    common.in_gpu_slot(
+        ui.api_run.click,
         api_handler(studio, ui.form),
         [ui.model, ui.source.image, ui.api_mask, ui.api_drags, *ui.form.inputs],
         ui.outputs,
         api_name="drag_edit",
-        concurrency_limit=1,
-        concurrency_id="gpu",
     )
     common.wire_cancel(studio, ui.cancel, job, "drag_cancel")
-    ui.reuse.upload(
+    common.in_gpu_slot(
+        ui.reuse.upload,
         reuse_handler(studio, ui.form),
         [ui.reuse],
         [ui.model, ui.source.mode, ui.source.image, *ui.form.inputs, ui.editor, ui.canvas, ui.drags, ui.pending,
          ui.drag_list],
         api_name="drag_reuse",
-        concurrency_limit=1,
-        concurrency_id="gpu",
     )  # fmt: skip

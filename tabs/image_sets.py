@@ -11,7 +11,6 @@ import gradio as gr
 
 from studio.catalogue import ModelSpec
 from studio.context import StudioContext
-from studio.gpu import gpu_task
 from studio.metadata import save_image
 from studio.methods.incontext import ImageSet, SetRequest, load_sets, set_canvas, set_lora, write_panels
 from studio.params import param
@@ -118,7 +117,6 @@ def generate_handler(studio: StudioContext, sets: dict[str, ImageSet]) -> Callab
     registry = studio.registry
 
     # Gradio passes its request and progress only to parameters before a *values one.
-    @gpu_task()
     def on_generate(request: gr.Request, progress=gr.Progress(), *values):
         set_id, model_id, apply_lora, extra_adapters, extra_scale, full_prompt, *sampled = values[:11]
         steps, guidance, width, height, seed = sampled
@@ -190,7 +188,8 @@ def build(studio: StudioContext) -> None:
 
     ui.model.input(on_model, [ui.chosen, ui.model], [width, height, steps], api_visibility="private")
     ui.lora.wire(studio, ui.model, api_name="image_set_add_adapter")
-    job = ui.run.click(
+    job = common.in_gpu_slot(
+        ui.run.click,
         generate_handler(studio, sets),
         [
             ui.chosen,
@@ -208,7 +207,5 @@ def build(studio: StudioContext) -> None:
         ],
         ui.outputs,
         api_name="image_set_generate",
-        concurrency_limit=1,
-        concurrency_id="gpu",
     )
     common.wire_cancel(studio, ui.cancel, job, "image_set_cancel")

@@ -16,7 +16,6 @@ from studio.catalogue import ModelSpec
 from studio.context import StudioContext
 from studio.errors import InvalidRequest
 from studio.families import siamlayout
-from studio.gpu import gpu_task
 from studio.metadata import save_image
 from studio.methods.layout import (
     MAX_REGIONS,
@@ -250,7 +249,6 @@ NUMBERS = (*SAMPLED, "inject_steps", "block_stride", "base_ratio", "grounding_fr
 
 def generate_handler(studio: StudioContext) -> Callable:
     # Gradio passes its request and progress only to parameters before a *values one.
-    @gpu_task()
     def on_generate(request: gr.Request, progress=gr.Progress(), *values):
         model_id, global_caption, rows, *sampled = values[:8]
         masked_steps, stride, ratio, with_boxes, chosen_method, grounding = values[8:]
@@ -349,7 +347,8 @@ def build(studio: StudioContext) -> None:
         ui.result,
         **private,
     )
-    job = ui.run.click(
+    job = common.in_gpu_slot(
+        ui.run.click,
         generate_handler(studio),
         [
             ui.model,
@@ -369,7 +368,5 @@ def build(studio: StudioContext) -> None:
         ],
         [ui.result, ui.info, last_image],
         api_name="layout_generate",
-        concurrency_limit=1,
-        concurrency_id="gpu",
     )
     common.wire_cancel(studio, ui.cancel, job, "layout_cancel")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import gradio as gr
@@ -13,7 +14,6 @@ from PIL import Image
 from studio.context import StudioContext
 from studio.errors import InvalidRequest
 from studio.families import Family, all_families
-from studio.gpu import gpu_task
 from studio.metadata import save_image
 from studio.methods.control import (
     STROKE_KINDS,
@@ -24,7 +24,7 @@ from studio.methods.control import (
     live_targets,
     on_white,
 )
-from tabs.common import session_of, setting_slider, user_errors
+from tabs.common import in_gpu_slot, session_of, setting_slider, user_errors
 
 PHOTO_KINDS = (("Canny edges", "canny"), ("Soft edges", "softedge"), ("Depth", "depth"))
 CANVAS_SIDE = 512
@@ -218,7 +218,7 @@ def frame_handler(studio: StudioContext) -> Callable:
         return preview(frame.image), preview(frame.control_image), note, frame
 
     # The GPU work is the frame (a ZeroGPU slot for each; 30 s is ample for one).
-    return gpu_task(duration=30)(on_frame)
+    return on_frame
 
 
 def keep_handler(studio: StudioContext) -> Callable:
@@ -284,13 +284,13 @@ def build(studio: StudioContext) -> None:
         ui.steps,
     ]
     frame_outputs = [ui.result, ui.control, ui.latency, last]
-    live = dict(trigger_mode="always_last", concurrency_limit=1, concurrency_id="gpu", show_progress="hidden")
+    live: dict[str, Any] = dict(trigger_mode="always_last", show_progress="hidden", duration=30)
     on_frame = frame_handler(studio)
     changes = [ui.sketch.change, ui.photo.change, ui.prompt.change, ui.seed.change]
     releases = [slider.release for slider in (ui.scale, ui.start, ui.end, ui.low, ui.high, ui.steps)]
-    gr.on([*changes, *releases], on_frame, frame_inputs, frame_outputs, api_name="live_frame", **live)
+    every_change = partial(gr.on, [*changes, *releases])
+    in_gpu_slot(every_change, on_frame, frame_inputs, frame_outputs, api_name="live_frame", **live)
     # A new model first sets its own step count, then draws.
-    ui.target.change(on_target, ui.target, ui.steps, api_visibility="private").then(
-        on_frame, frame_inputs, frame_outputs, api_visibility="private", **live
-    )
+    model_picked = ui.target.change(on_target, ui.target, ui.steps, api_visibility="private")
+    in_gpu_slot(model_picked.then, on_frame, frame_inputs, frame_outputs, api_visibility="private", **live)
     ui.keep.click(keep_handler(studio), last, None, api_name="live_save")

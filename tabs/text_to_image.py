@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import gradio as gr
@@ -13,7 +14,6 @@ from studio.catalogue import ModelSpec
 from studio.context import StudioContext
 from studio.errors import Cancelled
 from studio.generation import ASPECT_RATIOS, MAX_SEED, GenerationSettings, size_for_aspect
-from studio.gpu import gpu_task
 from studio.metadata import read_settings, save_png
 from studio.presets import example_prompts
 from studio.registry import ModelState
@@ -104,7 +104,6 @@ def layout(studio: StudioContext) -> TextToImageTab:
 
 
 def generate_handler(studio: StudioContext) -> Callable:
-    @gpu_task()
     def on_generate(
         model_id,
         prompt_text,
@@ -185,14 +184,12 @@ def build(studio: StudioContext) -> gr.State:
         return control_updates(spec)
 
     inputs = [ui.model, ui.prompt, ui.negative, steps, guidance, width, height, seed, ui.count, history]
-    job = gr.on(
-        [ui.run.click, ui.prompt.submit],
+    job = common.in_gpu_slot(
+        partial(gr.on, [ui.run.click, ui.prompt.submit]),
         generate_handler(studio),
         [*inputs, ui.lora.active, ui.lora.scale],
         [ui.gallery, ui.info, history],
         api_name="generate",
-        concurrency_limit=1,
-        concurrency_id="gpu",
     )
     job.then(
         lambda current: gr.update(choices=common.model_choices(studio), value=current),

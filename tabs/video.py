@@ -14,7 +14,6 @@ from PIL import Image
 from studio.catalogue import ModelSpec
 from studio.context import StudioContext
 from studio.errors import Cancelled, InvalidRequest, StudioError
-from studio.gpu import gpu_task
 from studio.metadata import save_image
 from studio.methods.video import (
     SegmentPreview,
@@ -249,7 +248,6 @@ def strip_of(frames: np.ndarray) -> list[Image.Image]:
 
 
 def video_handler(studio: StudioContext, form: common.Form, continuing: bool) -> Callable:
-    @gpu_task(duration=300)
     # Gradio passes its request and progress only to parameters before a *values one.
     def on_video(request: gr.Request, progress=gr.Progress(), *values) -> Iterator[tuple]:
         model_id, table, unit, *fields = values
@@ -340,20 +338,20 @@ def build(studio: StudioContext) -> None:
         api_name="video_plan",
     )
     result = ui.outputs[0]
-    job = ui.run.click(
+    job = common.in_gpu_slot(
+        ui.run.click,
         video_handler(studio, ui.form, continuing=False),
         [ui.model, ui.table, ui.unit, *ui.form.inputs],
         ui.outputs,
+        duration=300,
         api_name="multi_prompt_video",
-        concurrency_limit=1,
-        concurrency_id="gpu",
     )
-    extension = ui.extend.click(
+    extension = common.in_gpu_slot(
+        ui.extend.click,
         video_handler(studio, ui.form, continuing=True),
         [ui.model, ui.table, ui.unit, result, *ui.form.inputs],
         ui.outputs,
+        duration=300,
         api_name="video_extend",
-        concurrency_limit=1,
-        concurrency_id="gpu",
     )
     common.wire_cancel(studio, ui.cancel, [job, extension], "video_cancel")

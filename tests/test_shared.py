@@ -3,6 +3,8 @@ the models the studio offers."""
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 from gradio_client import Client
@@ -13,7 +15,7 @@ from studio.registry import ModelState, Registry
 from tabs.app import JOBS_PER_VISITOR, build_app, launch_options
 from tabs.common import model_choices
 
-SLOW = ("tiny-flux-dev", "a red circle", "", 60, 3.5, 64, 64)
+SLOW = ("tiny-flux-dev", "a red circle", "", 100, 3.5, 64, 64)
 
 
 @pytest.fixture
@@ -32,12 +34,20 @@ def shared_app(tmp_path, free_port):
 def test_a_visitor_has_at_most_two_jobs_in_the_gpu_slot_and_others_are_still_served(shared_app):
     url, _ = shared_app
     greedy = Client(url, verbose=False)
-    jobs = [greedy.submit(*SLOW, seed, 4, api_name="/generate") for seed in range(JOBS_PER_VISITOR + 1)]
-    # Asked while two of its own run or wait: refused at once, with the sentence the page shows.
+    jobs = [greedy.submit(*SLOW, seed, 8, api_name="/generate") for seed in range(JOBS_PER_VISITOR + 1)]
+    deadline = time.monotonic() + 60
+    while not any(job.done() for job in jobs):
+        assert time.monotonic() < deadline, "no job was answered"
+        time.sleep(0.02)
+    # The one asked while two of its own were in the slot is refused at once...
+    refused = [job for job in jobs if job.done()]
+    assert len(refused) == 1 and "400 Bad Request" in str(refused[0].exception())
+    # ...with the sentence the page shows, and so is any further one while those two run.
     fn_index = greedy._infer_fn_index("/generate", None)
+    data = [*SLOW, 9, 1, [], [], 1.0]
     joined = httpx.post(
         f"{url}gradio_api/queue/join",
-        json={"data": [*SLOW, 9, 1], "fn_index": fn_index, "session_hash": greedy.session_hash, "event_data": None},
+        json={"data": data, "fn_index": fn_index, "session_hash": greedy.session_hash, "event_data": None},
     )
     assert joined.status_code == 400 and "2 jobs running or waiting already" in joined.json()["detail"]
     # Another visitor is served while the first one's jobs run.
