@@ -153,7 +153,7 @@ def edit_handler(studio: StudioContext, form: common.Form) -> Callable:
             studio.history.folder(common.session_of(request)),
             f"colour-{settings.model}-{settings.seed}",
         )
-        return (before, edit.result), mask_overlay(edit.source, edit.mask), str(path), payload
+        return common.before_after(before, edit.result), mask_overlay(edit.source, edit.mask), str(path), payload
 
     return on_edit
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
+import numpy as np
 from PIL import Image
 
 from studio.catalogue import ModelSpec
@@ -187,6 +188,17 @@ def warn_if_far_from_native_size(studio: StudioContext, settings: SamplingSettin
             f"{spec.name} was made for about {spec.width}×{spec.height}; at {width}×{height} expect "
             f"{'repeated or broken shapes and a long wait' if ratio > 4 else 'little detail'}."
         )
+
+
+def before_after(before: Image.Image, after: Image.Image) -> Any:
+    """A before/after slider whose divider starts where the edit is: at the horizontal centre of
+    the pixels that changed (the middle when none did), so the first look shows the change."""
+    old = np.asarray(before.convert("RGB").resize(after.size), dtype=np.int16)
+    new = np.asarray(after.convert("RGB"), dtype=np.int16)
+    changed = np.abs(old - new).max(axis=-1) > 24
+    columns = np.nonzero(changed.any(axis=0))[0]
+    position = 50.0 if len(columns) == 0 else float((columns.min() + columns.max() + 1) / 2 / after.width * 100)
+    return gr.update(value=(before, after), slider_position=round(position, 1))
 
 
 def in_gpu_slot(

@@ -110,6 +110,11 @@ def test_recolour_the_last_result(page, tmp_path, artifacts):
     page.wait_for_function(has_text_box("a large blue circle on the left, gray background"), timeout=30_000)
     page.get_by_role("button", name="Recolour").click()
     wait_for_image(page, "colour-shapes-flux")
+    # The before/after divider starts over the circle on the left, not in the middle.
+    clip = "() => document.querySelector('.slider-wrap img.fixed').style.clipPath"
+    page.wait_for_function(f"() => ({clip})().includes('%')", timeout=30_000)
+    divider = float(page.evaluate(clip).split()[-1].rstrip("%)"))
+    assert 10 < divider < 45
     page.screenshot(path=str(artifacts / "colour-editing.png"), full_page=True)
     assert len(list(tmp_path.glob("*colour-shapes-flux-0-*.png"))) == 1
 
