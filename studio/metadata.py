@@ -90,11 +90,8 @@ def chunk_text(kind: bytes, data: bytes, key: str) -> str | None:
 
 def read_settings(path: str | Path) -> GenerationSettings:
     """The settings stored in a studio PNG, or InvalidRequest if the file carries none."""
-    text = png_text(path)
-    if not text:
-        raise InvalidRequest("That image carries no DiT Studio settings (only PNGs saved by the studio do).")
+    data = read_payload(path)
     try:
-        data = json.loads(text)
         return GenerationSettings(
             model=str(data["model"]),
             prompt=str(data["prompt"]),
@@ -106,7 +103,7 @@ def read_settings(path: str | Path) -> GenerationSettings:
             seed=int(data["seed"]),
             count=1,
         )
-    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as error:
+    except (KeyError, TypeError, ValueError) as error:
         raise InvalidRequest("The settings in that image are damaged and cannot be reused.") from error
 
 

@@ -14,7 +14,7 @@ from studio.errors import InvalidRequest
 from studio.methods import video
 from studio.methods.video import VideoResult, VideoSettings, multi_prompt_video, plan_segments, triangular_weights
 from studio.registry import Registry
-from tests.support import pipeline_of, random_per_family
+from tests.support import pipeline_of, random_per_family, trained
 from tests.support import video as makes_video
 
 VIDEO_MODELS = random_per_family(makes_video)
@@ -231,3 +231,39 @@ def test_previews_show_one_frame_per_segment_while_denoising(registry):
     assert [p.step for p in previews] == [2]
     assert len(previews[0].frames) == len(result.plan.segments)
     assert previews[0].frames[0].shape == (64, 64, 3) and previews[0].frames[0].dtype == np.uint8
+
+
+# --- The trained moving-shapes model -----------------------------------------------------------
+
+TRAINED_VIDEO = trained(makes_video)
+
+
+@pytest.mark.parametrize("model", TRAINED_VIDEO)
+def test_the_trained_model_moves_a_held_out_object_the_asked_way(registry, model):
+    from studio.toyworld.motion import HELD_OUT_MOTIONS
+    from studio.toyworld.video_eval import base_settings, check_motion, generate, motion_prompt
+
+    colour, shape, direction = sorted(HELD_OUT_MOTIONS)[0]
+    made = generate(registry, base_settings(model, 30, 0, (motion_prompt(colour, shape, direction, "gray"),)))
+    checks = check_motion(made.frames, colour, shape, direction)
+    assert checks["colour"] and checks["start"] and checks["end"] and checks["direction"], checks
+
+
+@pytest.mark.parametrize("model", TRAINED_VIDEO)
+def test_two_prompts_make_one_smooth_video_where_naive_segments_jump(registry, model):
+    """A red circle on the left, then on the right: one circle throughout, each prompt followed in
+    its own part, the hand-over spread over the transition (no jump above twice the window's
+    median change); the same prompts made apart and cut together jump."""
+    from studio.toyworld.video_eval import base_settings, generate, plan_parts, score_pair
+
+    prompts = ("a red circle on the left, gray background", "a red circle on the right, gray background")
+    asks = (("red", "left"), ("red", "right"))
+    made = generate(registry, base_settings(model, 30, 0, prompts))
+    parts, windows = plan_parts(made)
+    ditctrl = score_pair(made.frames, parts, windows, asks, "circle")
+    assert ditctrl.one_shape and ditctrl.follows and ditctrl.smooth, ditctrl
+    alone = [generate(registry, base_settings(model, 30, 0, (prompt,))).frames for prompt in prompts]
+    cut, width = len(alone[0]), max(end - start for start, end in windows)
+    naive = score_pair(np.concatenate(alone), [(0, cut), (cut, 2 * cut)], [(cut - width // 2, cut + (width + 1) // 2)],
+                       asks, "circle")  # fmt: skip
+    assert naive.boundary_jump > ditctrl.boundary_jump

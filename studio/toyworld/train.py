@@ -146,6 +146,23 @@ def optimise(
     schedule.step()
 
 
+def step_with_average(
+    loss: torch.Tensor,
+    step: int,
+    optimiser: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    trained: torch.nn.Module,
+    average: torch.nn.Module,
+) -> None:
+    """One optimiser step, then the exponential moving average (what is saved) follows, its decay
+    warming up to 0.999."""
+    optimise(loss, optimiser, schedule, trained.parameters())
+    decay = min(0.999, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for averaged, live in zip(average.parameters(), trained.parameters()):
+            averaged.lerp_(live, 1 - decay)
+
+
 def frozen_base_arguments(description: str, base: str, output: str, steps: int) -> argparse.ArgumentParser:
     """The options of a trainer that teaches an addition to a frozen shapes-world model (layout
     branches, a ControlNet): where the base and the result live, the data, the schedule."""
@@ -213,11 +230,7 @@ def train_transformer(
         texts = ["" if torch.rand((), generator=generator) < 0.1 else captions[i] for i in indices.tolist()]
         noisy, sigma, target = noised(latents[indices].to(device), shift, generator)
         loss = F.mse_loss(predict_velocity(pipe, noisy, sigma, texts), target)
-        optimise(loss, optimiser, schedule, trained.parameters())
-        decay = min(0.999, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for averaged, live in zip(ema.parameters(), trained.parameters()):
-                averaged.lerp_(live, 1 - decay)
+        step_with_average(loss, step, optimiser, schedule, trained, ema)
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
             # A usable model on disk all along: a stopped run still leaves its latest state.

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from studio.families import cogvideox
 from studio.toyworld.motion import ClipPool, build_clip_pool
-from studio.toyworld.train import MODELS_DIR, optimise, save, trained_components, warmup_cosine
+from studio.toyworld.train import MODELS_DIR, optimise, save, step_with_average, trained_components, warmup_cosine
 
 # Room for two objects and their motions worded at length.
 TEXT_LENGTH = cogvideox.SHAPES_TEXT_LENGTH
@@ -110,11 +110,7 @@ def train_transformer(
             return_dict=False,
         )[0]
         loss = F.mse_loss(prediction, target)
-        optimise(loss, optimiser, schedule, trained.parameters())
-        decay = min(0.999, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for averaged, live in zip(ema.parameters(), trained.parameters()):
-                averaged.lerp_(live, 1 - decay)
+        step_with_average(loss, step, optimiser, schedule, trained, ema)
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if args.checkpoint_every and (step + 1) % args.checkpoint_every == 0:
             save(pipe, ema, args.output)
