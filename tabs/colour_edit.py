@@ -153,7 +153,7 @@ def edit_handler(studio: StudioContext, form: common.Form) -> Callable:
             studio.history.folder(common.session_of(request)),
             f"colour-{settings.model}-{settings.seed}",
         )
-        return common.before_after(before, edit.result), mask_overlay(edit.source, edit.mask), str(path), payload
+        return (before, edit.result), mask_overlay(edit.source, edit.mask), str(path), payload
 
     return on_edit
 
@@ -184,4 +184,5 @@ def build(studio: StudioContext, text_to_image_history: gr.State) -> None:
         ui.outputs,
         api_name="colour_edit",
     )
+    common.start_slider_at_change(job, ui.outputs[0])
     common.wire_cancel(studio, ui.cancel, job, "colour_cancel")

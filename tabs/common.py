@@ -190,15 +190,23 @@ def warn_if_far_from_native_size(studio: StudioContext, settings: SamplingSettin
         )
 
 
-def before_after(before: Image.Image, after: Image.Image) -> Any:
-    """A before/after slider whose divider starts where the edit is: at the horizontal centre of
-    the pixels that changed (the middle when none did), so the first look shows the change."""
+def divider_at_change(images: Any) -> Any:
+    """Where a before/after slider's divider should start: over the horizontal centre of the
+    pixels that changed (the middle when none did), so the first look shows the change."""
+    if not isinstance(images, (tuple, list)) or len(images) != 2 or not all(isinstance(i, Image.Image) for i in images):
+        return gr.update()
+    before, after = images
     old = np.asarray(before.convert("RGB").resize(after.size), dtype=np.int16)
     new = np.asarray(after.convert("RGB"), dtype=np.int16)
-    changed = np.abs(old - new).max(axis=-1) > 24
-    columns = np.nonzero(changed.any(axis=0))[0]
+    columns = np.nonzero((np.abs(old - new).max(axis=-1) > 24).any(axis=0))[0]
     position = 50.0 if len(columns) == 0 else float((columns.min() + columns.max() + 1) / 2 / after.width * 100)
-    return gr.update(value=(before, after), slider_position=round(position, 1))
+    return gr.update(slider_position=round(position, 1))
+
+
+def start_slider_at_change(job: Any, slider: gr.ImageSlider) -> None:
+    """After `job` fills the slider, move its divider to the change (a page-only step: API
+    clients get the two images as they are)."""
+    job.then(divider_at_change, slider, slider, api_visibility="private")
 
 
 def in_gpu_slot(

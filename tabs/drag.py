@@ -266,7 +266,7 @@ def run_drag(
         payload["loss_first_last"] = [round(edit.losses[0], 4), round(edit.losses[-1], 4)]
     folder = studio.history.folder(common.session_of(request))
     path = save_image(edit.result, payload, folder, f"drag-{settings.model}-{settings.seed}")
-    return common.before_after(edit.source, edit.result), str(path), payload
+    return (edit.source, edit.result), str(path), payload
 
 
 def phases(progress: gr.Progress, settings: DragSettings, image: Image.Image | None) -> Callable[[int, int], None]:
@@ -472,6 +472,7 @@ def build(studio: StudioContext, text_to_image_history: gr.State) -> None:
         ui.outputs,
         api_name="drag_edit",
     )
+    common.start_slider_at_change(job, ui.outputs[0])
     common.wire_cancel(studio, ui.cancel, job, "drag_cancel")
     common.in_gpu_slot(
         ui.reuse.upload,
