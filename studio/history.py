@@ -82,13 +82,19 @@ class History:
                 break
         return found
 
-    def delete(self, session: str, name: str) -> None:
-        """Delete one of the session's results (and the panels and zip that came with a set)."""
-        folder = self.folder(session)
+    def find(self, session: str, name: str) -> Path:
+        """One of the session's results by its file name (a bare name of its own folder: never a
+        path a visitor chooses), or InvalidRequest."""
         if not isinstance(name, str) or Path(name).name != name or not name.endswith(".png"):
-            raise InvalidRequest("Pick one of your results to delete.")
-        path = folder / name
+            raise InvalidRequest("Pick one of your results first.")
+        path = self.folder(session) / name
         if not path.is_file():
             raise InvalidRequest("That result is not in your history (any more).")
+        return path
+
+    def delete(self, session: str, name: str) -> None:
+        """Delete one of the session's results (and the panels and zip that came with a set)."""
+        path = self.find(session, name)
+        folder = path.parent
         for companion in [path, path.with_suffix(".zip"), *folder.glob(f"{path.stem}-panel-*.png")]:
             companion.unlink(missing_ok=True)

@@ -66,22 +66,23 @@ def build_app(studio: StudioContext) -> gr.Blocks:
             f"# {TITLE}\nDiffusion Transformers (FLUX, SD3, PixArt, SANA; CogVideoX, Wan) on one registry · device "
             f"`{registry.device}` · {'offline' if registry.offline_only else 'online'}"
         )
-        with gr.Tab("Text to image"):
-            history = text_to_image.build(studio)
-        with gr.Tab("Colour editing"):
-            colour_edit.build(studio, history)
-        with gr.Tab("Multi-prompt video"):
-            video.build(studio)
-        with gr.Tab("Drag editing"):
-            drag.build(studio, history)
-        with gr.Tab("Layout to image"):
-            layout.build(studio)
-        with gr.Tab("In-context image sets"):
-            image_sets.build(studio)
-        with gr.Tab("Live sketch"):
-            live.build(studio)
-        with gr.Tab("History") as history_tab:
-            history_panel.build(studio, demo, history_tab)
+        with gr.Tabs() as tabs:
+            with gr.Tab("Text to image", id=text_to_image.TAB_ID):
+                history, reused = text_to_image.build(studio)
+            with gr.Tab("Colour editing"):
+                colour_edit.build(studio, history)
+            with gr.Tab("Multi-prompt video"):
+                video.build(studio)
+            with gr.Tab("Drag editing"):
+                drag.build(studio, history)
+            with gr.Tab("Layout to image"):
+                layout.build(studio)
+            with gr.Tab("In-context image sets"):
+                image_sets.build(studio)
+            with gr.Tab("Live sketch"):
+                live.build(studio)
+            with gr.Tab("History") as history_tab:
+                history_panel.build(studio, demo, history_tab, tabs, reused)
         demo.unload(adapters_leave_with(studio))
     # Room for many visitors' jobs; the GPU slot still runs one at a time.
     demo.queue(max_size=256, default_concurrency_limit=1)

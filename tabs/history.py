@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from studio.context import StudioContext
-from tabs import common
+from tabs import common, text_to_image
 
 # The browser keeps its owner token in its own storage (a random one the first time), so a page
 # reload finds the same history; the server only checks and maps it.
@@ -30,8 +30,9 @@ class HistoryTab:
     gallery: gr.Gallery
     refresh: gr.Button
     settings: gr.JSON
+    reuse: gr.Button
     delete: gr.Button
-    picked: gr.State
+    picked: gr.Textbox
 
 
 def layout() -> HistoryTab:
@@ -44,8 +45,10 @@ def layout() -> HistoryTab:
         with gr.Column(scale=2):
             refresh = gr.Button("Refresh", size="sm")
             settings = gr.JSON(label="Settings of the picked result")
+            reuse = gr.Button("Reuse its settings in Text to image", size="sm")
             delete = gr.Button("Delete the picked result", variant="stop", size="sm")
-    return HistoryTab(owner, gallery, refresh, settings, delete, gr.State(None))
+    # The picked result's file name: a hidden box, so API clients name it too.
+    return HistoryTab(owner, gallery, refresh, settings, reuse, delete, gr.Textbox(visible=False))
 
 
 def shown(studio: StudioContext, request: gr.Request | None) -> list[tuple[str, str]]:
@@ -76,7 +79,19 @@ def handlers(studio: StudioContext) -> tuple[Callable, Callable, Callable, Calla
     return on_load, on_refresh, on_select, on_delete
 
 
-def build(studio: StudioContext, demo: gr.Blocks, tab: gr.Tab) -> None:
+def reuse_in_text_to_image(studio: StudioContext) -> Callable:
+    """The picked result's settings into the text-to-image tab, which is then shown."""
+    fill = text_to_image.reuse_handler(studio)
+
+    def on_reuse(name: str | None, request: gr.Request):
+        with common.user_errors("Reusing"):
+            path = studio.history.find(common.session_of(request), name or "")
+        return *fill(str(path)), gr.Tabs(selected=text_to_image.TAB_ID)
+
+    return on_reuse
+
+
+def build(studio: StudioContext, demo: gr.Blocks, tab: gr.Tab, tabs: gr.Tabs, text_to_image_settings: list) -> None:
     ui = layout()
     on_load, on_refresh, on_select, on_delete = handlers(studio)
     demo.load(None, None, ui.owner, js=OWNER_SCRIPT)
@@ -85,3 +100,4 @@ def build(studio: StudioContext, demo: gr.Blocks, tab: gr.Tab) -> None:
     gr.on([ui.refresh.click, tab.select], on_refresh, None, refreshed, api_name="history")
     ui.gallery.select(on_select, None, [ui.settings, ui.picked], api_visibility="private")
     ui.delete.click(on_delete, ui.picked, refreshed, api_name="history_delete")
+    ui.reuse.click(reuse_in_text_to_image(studio), ui.picked, [*text_to_image_settings, tabs], api_name="history_reuse")

@@ -58,6 +58,10 @@ def control_updates(spec: ModelSpec) -> tuple[Any, ...]:
     )
 
 
+# The tab's id among the studio's tabs (other tabs send results here).
+TAB_ID = "text-to-image"
+
+
 @dataclass
 class TextToImageTab:
     model: gr.Dropdown
@@ -170,8 +174,9 @@ def reuse_handler(studio: StudioContext) -> Callable:
     return on_reuse
 
 
-def build(studio: StudioContext) -> gr.State:
-    """The tab; returns its session history ([(png path, caption)], newest first) for other tabs."""
+def build(studio: StudioContext) -> tuple[gr.State, list[Any]]:
+    """The tab; returns its session history ([(png path, caption)], newest first) for other tabs,
+    and the components a reused result's settings fill (what `reuse_handler` returns into)."""
     registry = studio.registry
     ui = layout(studio)
     history = gr.State([])
@@ -209,10 +214,6 @@ def build(studio: StudioContext) -> gr.State:
         api_name="aspect_size",
     )
     ui.dice.click(lambda: random.randint(0, MAX_SEED), None, seed, api_name="random_seed")
-    ui.reuse.upload(
-        reuse_handler(studio),
-        ui.reuse,
-        [ui.model, ui.prompt, ui.negative, steps, guidance, width, height, seed, ui.count],
-        api_name="reuse_settings",
-    )
-    return history
+    reused = [ui.model, ui.prompt, ui.negative, steps, guidance, width, height, seed, ui.count]
+    ui.reuse.upload(reuse_handler(studio), ui.reuse, reused, api_name="reuse_settings")
+    return history, reused

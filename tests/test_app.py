@@ -495,3 +495,22 @@ def test_multi_prompt_video_endpoint_writes_a_playable_mp4_and_extends_it(runnin
         client.predict("tiny-cogvideox", frames_table, "frames", *fields, api_name="/multi_prompt_video")
     with pytest.raises(Exception, match="Make a video first"):
         client.predict("tiny-cogvideox", table, "seconds", None, *fields, api_name="/video_extend")
+
+
+def test_a_history_result_s_settings_go_back_to_text_to_image(running_app):
+    """History → "Reuse its settings in Text to image": the picked result's model, prompt and
+    sampling fill the text-to-image tab; a name that is not the session's own is refused."""
+    client, output_dir = running_app
+    client.predict("tiny-flux-dev", "a blue square", "", 3, 2.5, 64, 64, 11, 1, api_name="/generate")
+    name = next(output_dir.glob("*tiny-flux-dev-11-*.png")).name
+    filled = client.predict(name, api_name="/history_reuse")
+    # Components updated with more than a value (a slider's range) come as updates.
+    model, prompt, _, steps, guidance, width, height, seed, count = (
+        value["value"] if isinstance(value, dict) else value for value in filled
+    )
+    assert (model, prompt, steps, guidance, width, height, seed, count) == (
+        "tiny-flux-dev", "a blue square", 3, 2.5, 64, 64, 11, 1,
+    )  # fmt: skip
+    for hostile in ("../secret.png", "/etc/passwd", "missing.png"):
+        with pytest.raises(Exception, match="Pick one of your results|not in your history"):
+            client.predict(hostile, api_name="/history_reuse")
