@@ -16,12 +16,13 @@ from studio.context import StudioContext
 from studio.errors import Cancelled, InvalidRequest, StudioError
 from studio.metadata import save_image
 from studio.methods.video import (
+    TEMPORAL_COMPRESSION,
     SegmentPreview,
     VideoResult,
     VideoSettings,
     build_plan,
     latent_to_frames,
-    segment_length,
+    segment_seconds,
 )
 from studio.presets import read_examples
 from studio.runner import Job
@@ -105,9 +106,7 @@ def settings_with_prompts(settings: VideoSettings, spec: ModelSpec, table: Any, 
     seconds = [value / fps if unit == FRAMES and value is not None else value for value in durations]
     if all(value is None for value in seconds):
         return replace(settings, prompts=prompts, seconds=())
-    length = segment_length(spec)
-    overlap = min(round(settings.overlap * length), length - 1)
-    one_segment = (length - overlap) * 4 / fps
+    one_segment = segment_seconds(settings, spec)
     filled = tuple(one_segment if value is None else value for value in seconds)
     return replace(settings, prompts=prompts, seconds=filled)
 
@@ -117,9 +116,9 @@ def timeline_markdown(settings: VideoSettings, spec: ModelSpec) -> str:
     plan = build_plan(settings, spec)
     rows = "\n".join(
         f"| {what} | {start:.2f} s | {end:.2f} s |"
-        for what, start, end in plan.timeline(settings.prompts, settings.fps, 4)
+        for what, start, end in plan.timeline(settings.prompts, settings.fps, TEMPORAL_COMPRESSION)
     )
-    frames = latent_to_frames(plan.latent_frames - 1, 4)[1] + 1
+    frames = latent_to_frames(plan.latent_frames - 1, TEMPORAL_COMPRESSION)[1] + 1
     return (
         f"**{len(plan.segments)} segments** of {plan.length} latent frames overlapping by {plan.overlap} · "
         f"{plan.latent_frames} latent frames ≈ {frames} frames ≈ {frames / settings.fps:.1f} s "

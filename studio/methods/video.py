@@ -223,22 +223,32 @@ def validate(settings: VideoSettings, spec: ModelSpec) -> VideoSettings:
     return replace(validate_sampling(settings, spec), prompts=prompts, negative_prompt=negative)
 
 
+def segment_overlap(settings: VideoSettings, length: int) -> int:
+    """Latent frames neighbouring segments share: the settings' fraction of a segment."""
+    return min(round(settings.overlap * length), length - 1)
+
+
+def segment_seconds(settings: VideoSettings, spec: ModelSpec, temporal: int = TEMPORAL_COMPRESSION) -> float:
+    """How long one more segment makes the video: its stride of latent frames, `temporal` frames each."""
+    length = segment_length(spec, temporal)
+    return (length - segment_overlap(settings, length)) * temporal / max(settings.fps, 1)
+
+
 def build_plan(settings: VideoSettings, spec: ModelSpec, temporal: int = TEMPORAL_COMPRESSION) -> SegmentPlan:
     """The segment plan for the settings, durations rounded to whole segments; InvalidRequest
     when a duration is shorter than one segment or the plan is too long."""
     length = segment_length(spec, temporal)
-    overlap = min(round(settings.overlap * length), length - 1)
+    overlap = segment_overlap(settings, length)
     repeats = [1] * len(settings.prompts)
     if settings.seconds:
-        # A segment adds `stride` latent frames to the video, `temporal` frames each.
-        segment_seconds = (length - overlap) * temporal / settings.fps
+        one_segment = segment_seconds(settings, spec, temporal)
         for number, seconds in enumerate(settings.seconds, start=1):
-            if seconds < segment_seconds * 0.5:
+            if seconds < one_segment * 0.5:
                 raise InvalidRequest(
-                    f"Prompt {number} lasts {seconds:g} s, less than one segment ({segment_seconds:.2f} s at "
+                    f"Prompt {number} lasts {seconds:g} s, less than one segment ({one_segment:.2f} s at "
                     f"{settings.fps} fps): make it longer or raise the overlap."
                 )
-        repeats = [max(1, round(seconds / segment_seconds)) for seconds in settings.seconds]
+        repeats = [max(1, round(seconds / one_segment)) for seconds in settings.seconds]
     plan = plan_segments(repeats, settings.transitions, length, overlap)
     if len(plan.segments) > MAX_SEGMENTS:
         raise InvalidRequest(
