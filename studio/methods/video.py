@@ -258,16 +258,24 @@ def build_plan(settings: VideoSettings, spec: ModelSpec, temporal: int = TEMPORA
     return plan
 
 
-def estimated_bytes(pipe: DiffusionPipeline, plan: SegmentPlan, settings: VideoSettings, rows: int) -> int:
+def frame_tokens(pipe: DiffusionPipeline, settings: VideoSettings) -> int:
+    """Video tokens a latent frame makes: its latent pixels over the transformer's spatial patch."""
+    patch = pipe.transformer.config.patch_size
+    patch = patch if isinstance(patch, int) else patch[-1]
+    spatial = pipe.vae_scale_factor_spatial
+    return (settings.height // spatial // patch) * (settings.width // spatial // patch)
+
+
+def estimated_bytes(
+    pipe: DiffusionPipeline, spec: ModelSpec, plan: SegmentPlan, settings: VideoSettings, rows: int
+) -> int:
     """Working memory beyond the weights: one group's activations (tokens x width x rows, about
     twelve tensors of that size live at once, explicit attention when mask-guided), the video's
     latents and the decoded frames."""
     config = pipe.transformer.config
     width = config.num_attention_heads * config.attention_head_dim
     spatial = pipe.vae_scale_factor_spatial
-    patch = config.patch_size if isinstance(config.patch_size, int) else config.patch_size[-1]
-    tokens = plan.length * (settings.height // spatial // patch) * (settings.width // spatial // patch)
-    tokens += settings_text_length(pipe)
+    tokens = plan.length * frame_tokens(pipe, settings) + spec.text_length
     activations = 12 * rows * tokens * width * 4
     if settings.subject:
         activations += rows * 4 * tokens * tokens * 4
@@ -275,10 +283,6 @@ def estimated_bytes(pipe: DiffusionPipeline, plan: SegmentPlan, settings: VideoS
     decoded = frames * settings.height * settings.width * 3 * 4 * 3
     latents = 6 * plan.latent_frames * 16 * (settings.height // spatial) * (settings.width // spatial) * 4
     return activations + decoded + latents
-
-
-def settings_text_length(pipe: DiffusionPipeline) -> int:
-    return int(getattr(pipe.transformer.config, "max_text_seq_length", 0) or 512)
 
 
 # --- Sampling ---------------------------------------------------------------------------------
@@ -323,18 +327,18 @@ def sharing_edits(
     settings: VideoSettings,
     all_layers: list[str],
     steps: range,
-    rows: int,
+    guided: bool,
     subject_tokens: list[int],
-    frame_tokens: int,
+    tokens_per_frame: int,
 ) -> list[AttentionEdit]:
     """KV sharing in a pair's batch, [uncond k, uncond k+1, cond k, cond k+1] (or the cond half):
     the k + 1 rows' queries attend the k rows' keys and values in the shared layers and steps;
     with subject tokens, mask-guided by the conditional rows' attention to them."""
-    if not settings.kv_sharing or rows not in (2, 4):
+    if not settings.kv_sharing:
         return []
     layers = set(shared_layers(all_layers))
-    source = [0, 2] if rows == 4 else [0]
-    target = [1, 3] if rows == 4 else [1]
+    source = [0, 2] if guided else [0]
+    target = [1, 3] if guided else [1]
     cache = BranchCache(history=False)
     capture = CaptureBranch(cache=cache, layers=layers, steps=steps, rows=source)
     if not subject_tokens:
@@ -344,7 +348,7 @@ def sharing_edits(
         source=cache,
         recorder=recorder,
         threshold=settings.mask_threshold,
-        frame_tokens=frame_tokens,
+        frame_tokens=tokens_per_frame,
         layers=layers,
         steps=steps,
         rows=target,
@@ -467,7 +471,7 @@ class Sampler:
         for index in range(len(self.plan.segments)):
             middle = self.plan.segments[index].start + self.plan.length // 2
             decoded = video.decode(self.pipe, x0[:, middle : middle + 1].clone())
-            frames.append((decoded[0] * 255).round().astype(np.uint8))
+            frames.append(as_frames(decoded)[0])
         return SegmentPreview(step, self.settings.steps, frames)
 
 
@@ -518,7 +522,7 @@ def multi_prompt_video(
     with registry.use(spec.id, "t2i") as pipe:
         plan = build_plan(settings, spec, pipe.vae_scale_factor_temporal)
         rows = 4 if settings.guidance > 1.0 else 2
-        needed = estimated_bytes(pipe, plan, settings, rows)
+        needed = estimated_bytes(pipe, spec, plan, settings, rows)
         budget = registry.budget_bytes
         if budget is not None and needed > budget:
             raise InvalidRequest(
@@ -563,15 +567,12 @@ def _sample(
             latents = torch.randn(shape, generator=generator)
         latents = latents.to(pipe.transformer.device, pipe.transformer.dtype)
         latents = latents * pipe.scheduler.init_noise_sigma
-        patch = pipe.transformer.config.patch_size
-        patch = patch if isinstance(patch, int) else patch[-1]
-        frame_tokens = (settings.height // spatial // patch) * (settings.width // spatial // patch)
         subject = subject_tokens(pipe, spec, settings) if settings.subject else []
+        layers, steps = video_layers(pipe.transformer), shared_steps(settings.steps)
+        tokens = frame_tokens(pipe, settings)
         # A lone segment has no neighbour to share with.
-        rows = (4 if sampler.guided else 2) if len(plan.segments) > 1 else 0
-        edits = sharing_edits(
-            settings, video_layers(pipe.transformer), shared_steps(settings.steps), rows, subject, frame_tokens
-        )
+        shares = len(plan.segments) > 1
+        edits = sharing_edits(settings, layers, steps, sampler.guided, subject, tokens) if shares else []
         final = None
         for item in sampler.run(latents, reporter, edits, generator):
             if isinstance(item, SegmentPreview):
