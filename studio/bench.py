@@ -3,6 +3,7 @@
     python -m studio.bench [--runs 5] [--size 64] [--models shapes-flux tiny-sd3 ...]
     python -m studio.bench --full-size [--size 1024]   # on a GPU: SANA-Sprint / SANA ControlNet latency
     python -m studio.bench --full-size-video           # on a GPU: CogVideoX-2B / Wan 1.3B DiTCtrl steps
+    python -m studio.bench --full-size-tryon           # on a GPU: FLUX.1 Fill [dev] try-on steps
 
 Prints a Markdown table. Both paths run the same pipeline class on the same weights with the same
 arguments; the studio path adds the registry lookup, validation, the progress callback and the
@@ -12,6 +13,7 @@ PNG save that the text-to-image tab does.
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import tempfile
 import time
@@ -30,6 +32,7 @@ from studio.metadata import save_png
 from studio.methods.colour import ColourEditSettings, colour_edit, source_cache_bytes
 from studio.methods.control import LiveRenderer, LiveRequest, live_targets
 from studio.methods.drag import Drag, DragSettings, drag_edit
+from studio.methods.tryon import TryOnSettings, try_on
 from studio.methods.video import VideoResult, VideoSettings, multi_prompt_video
 from studio.registry import Registry
 
@@ -139,6 +142,11 @@ def main(argv: list[str] | None = None) -> None:
         help="only the full-size SANA-Sprint 0.6B and SANA-600M ControlNet architectures, random weights",
     )
     parser.add_argument(
+        "--full-size-tryon",
+        action="store_true",
+        help="only the full-size FLUX.1 Fill [dev] transformer on catvton's canvas: one step, random weights",
+    )
+    parser.add_argument(
         "--full-size-video",
         action="store_true",
         help="only the full-size CogVideoX-2B and Wan 2.1 1.3B transformers: one DiTCtrl step, random weights",
@@ -153,6 +161,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.full_size_video:
         full_size_video(device, dtype, max(1, args.runs // 2))
         return
+    if args.full_size_tryon:
+        full_size_tryon(device, dtype, max(1, args.runs // 2))
+        return
     catalogue = Catalogue.load()
     registry = Registry(catalogue, device=device, dtype=dtype)
     print(
@@ -164,6 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     colour_editing(registry, flow_models, args)
     drag_editing(registry, flow_models, args)
     video_generation(registry, args)
+    virtual_try_on(registry, args)
     live_loop(registry, args)
 
 
@@ -293,6 +305,68 @@ def video_generation(registry: Registry, args: argparse.Namespace) -> None:
                 f"| {model_id} | {len(prompts)} | {len(made[0].plan.segments)} | {frames} | {seconds:.2f} | "
                 f"{seconds / frames:.3f} | {memory.gib:.2f} |"
             )
+
+
+def virtual_try_on(registry: Registry, args: argparse.Namespace, model_id: str = "dressup-flux-fill") -> None:
+    """One try-on on the dress-up built-in at its own canvas and steps, the automatic mask
+    included: seconds and peak memory."""
+    from studio.toyworld import dressup
+
+    spec = registry.catalogue.get(model_id)
+    rng = random.Random(0)
+    person, _ = dressup.render_person(dressup.random_person(rng, dress=0.0))
+    garment = dressup.render_garment(dressup.random_garment(rng, "upper", held_out=True))
+    settings = TryOnSettings(
+        model=model_id, steps=spec.steps, guidance=spec.guidance_scale, width=spec.width, height=spec.height
+    )
+    with PeakMemory() as memory:
+        seconds = median_seconds(lambda: try_on(registry, settings, person, garment, None), args.runs)
+    print("\n| try-on | canvas | steps | seconds per try-on | peak memory (GiB) |\n|---|---|---|---|---|")
+    print(f"| {model_id} | {spec.width}×{spec.height} | {spec.steps} | {seconds:.2f} | {memory.gib:.2f} |")
+
+
+# FLUX.1 Fill [dev]'s transformer (its repo's config.json): FLUX.1 [dev] with 384 input features
+# (latents, the masked image's latents, the 8x8 mask, each packed 2x2).
+FLUX_FILL_DEV: dict[str, Any] = {
+    "patch_size": 1, "in_channels": 384, "out_channels": 64, "num_layers": 19, "num_single_layers": 38,
+    "attention_head_dim": 128, "num_attention_heads": 24, "joint_attention_dim": 4096, "pooled_projection_dim": 768,
+    "guidance_embeds": True, "axes_dims_rope": (16, 56, 56),
+}  # fmt: skip
+
+
+def full_size_tryon(device: str, dtype: torch.dtype, runs: int, scale: int = 1) -> None:
+    """One denoising step of FLUX.1 Fill [dev] on catvton-flux's canvas (two 576x768 cells,
+    3456 image tokens, 512 text tokens) with random weights (`scale` divides the depth, to try
+    the code on a CPU): seconds per step, the 30-step try-on's transformer time, peak memory."""
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+
+    config = FLUX_FILL_DEV | {
+        "num_layers": max(1, FLUX_FILL_DEV["num_layers"] // scale),
+        "num_single_layers": max(1, FLUX_FILL_DEV["num_single_layers"] // scale),
+    }
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(**config).to(device, dtype).eval()
+    tokens_high, tokens_wide, text_tokens = 768 // 16, 1152 // 16, 512
+    hidden = torch.randn(1, tokens_high * tokens_wide, 384, device=device, dtype=dtype)
+    image_ids = FluxPipeline._prepare_latent_image_ids(1, tokens_high, tokens_wide, device, dtype)
+
+    def step() -> None:
+        with torch.inference_mode():
+            transformer(
+                hidden_states=hidden, timestep=torch.full((1,), 0.5, device=device, dtype=dtype),
+                guidance=torch.full((1,), 30.0, device=device, dtype=dtype),
+                pooled_projections=torch.randn(1, 768, device=device, dtype=dtype),
+                encoder_hidden_states=torch.randn(1, text_tokens, 4096, device=device, dtype=dtype),
+                txt_ids=torch.zeros(text_tokens, 3, device=device, dtype=dtype), img_ids=image_ids, return_dict=False,
+            )  # fmt: skip
+
+    print(f"device {device}, dtype {str(dtype).removeprefix('torch.')}, median of {runs}\n")
+    print("| full-size architecture (random weights) | seconds per step | 30 steps (s) | peak memory (GiB) |")
+    print("|---|---|---|---|")
+    with PeakMemory() as memory:
+        seconds = median_seconds(step, runs)
+    name = "FLUX.1 Fill [dev], [garment | person] 1152×768" + (f", depth ÷{scale}" if scale > 1 else "")
+    print(f"| {name} | {seconds:.2f} | {30 * seconds:.0f} | {memory.gib:.1f} |")
 
 
 # CogVideoX-2b's and Wan 2.1 T2V 1.3B's transformers (their repos' config.json).

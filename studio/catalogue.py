@@ -16,7 +16,14 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CATALOGUE = PROJECT_ROOT / "presets" / "models.toml"
 GUIDANCE_KINDS = ("cfg", "embedded", "true-cfg", "none")
 MODES = ("standard", "one-step")
-KINDS = ("image", "video")
+# What a model makes: images from text, videos, or fills a masked image (FLUX Fill: the try-on).
+KINDS = ("image", "video", "fill")
+# Where each kind is used, for the one sentence that sends a model to its tab.
+KIND_USES = {
+    "image": "makes images from text: use it in Text to image",
+    "video": "makes videos: use it in the Multi-prompt video tab",
+    "fill": "fills a masked image: use it in the Virtual try-on tab",
+}
 # The step ceiling of a standard (not distilled) model; one-step entries name their own.
 STANDARD_MAX_STEPS = 100
 # What a ControlNet reads, and so which preprocessor makes its control image.
@@ -229,6 +236,8 @@ def parse_model(path: Path, index: int, entry: dict[str, Any], families: dict[st
         raise problem("kind", f"must be one of {', '.join(KINDS)}")
     if (kind == "video") != (family.video is not None):
         raise problem("kind", f"{family.label} makes {'videos' if family.video else 'images'}")
+    if (kind == "fill") != entry["pipeline"].endswith("FillPipeline"):
+        raise problem("kind", "a Fill pipeline is kind 'fill', and only a Fill pipeline")
     if kind == "video" and not all(entry.get(name, 0) > 0 for name in ("frames", "fps")):
         raise problem("frames" if entry.get("frames", 0) <= 0 else "fps", "a video model gives its frames and fps")
     if ("repo" in entry) == ("builtin" in entry):

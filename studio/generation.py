@@ -18,7 +18,7 @@ import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
 
-from studio.catalogue import ModelSpec
+from studio.catalogue import KIND_USES, ModelSpec
 from studio.errors import InvalidRequest
 from studio.params import MAX_SEED, SamplingSettings, StepCallback, StepReporter, checked, prompt_text, setting
 from studio.registry import Registry
@@ -68,7 +68,7 @@ def size_for_aspect(spec: ModelSpec, ratio: str) -> tuple[int, int]:
 def validate(settings: GenerationSettings, spec: ModelSpec) -> GenerationSettings:
     """The settings made safe to run, or InvalidRequest saying what is wrong."""
     if spec.kind != "image":
-        raise InvalidRequest(f"{spec.name} makes videos, not images: use it in the Multi-prompt video tab.")
+        raise InvalidRequest(f"{spec.name} {KIND_USES[spec.kind]}.")
     prompt = prompt_text(settings.prompt)
     negative = prompt_text(settings.negative_prompt, "a negative prompt") if settings.negative_prompt else ""
     return replace(

@@ -8,7 +8,7 @@ from typing import Any
 import gradio as gr
 
 from studio.context import StudioContext
-from tabs import colour_edit, drag, image_sets, layout, live, text_to_image, video
+from tabs import colour_edit, drag, image_sets, layout, live, text_to_image, tryon, video
 from tabs import history as history_panel
 from tabs.common import session_of
 
@@ -75,6 +75,8 @@ def build_app(studio: StudioContext) -> gr.Blocks:
                 video.build(studio)
             with gr.Tab("Drag editing"):
                 drag.build(studio, history)
+            with gr.Tab("Virtual try-on"):
+                tryon.build(studio)
             with gr.Tab("Layout to image"):
                 layout.build(studio)
             with gr.Tab("In-context image sets"):

@@ -4,6 +4,7 @@ that image in the colour-editing tab."""
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from studio.cli import create_studio, parse_args
@@ -386,3 +387,20 @@ def test_fill_two_prompts_make_a_video_and_play_it(page, tmp_path, artifacts):
 
     frames, rate = read_video(videos[0])
     assert frames.shape[1:] == (64, 64, 3) and rate > 0
+
+
+def test_upload_a_person_and_a_garment_and_try_it_on(page, tmp_path, artifacts):
+    page.get_by_role("tab", name="Virtual try-on").click()
+    page.locator("#tryon-person input[type=file]").set_input_files("assets/examples/tryon/person-2.png")
+    page.locator("#tryon-garment input[type=file]").set_input_files("assets/examples/tryon/garment-2-upper.png")
+    page.wait_for_timeout(4000)  # the automatic mask arrives in the editor
+    page.get_by_role("button", name="Try on", exact=True).click()
+    wait_for_image(page, "tryon-dressup-flux-fill")
+    page.screenshot(path=str(artifacts / "virtual-try-on.png"), full_page=True)
+    results = list(tmp_path.glob("*tryon-dressup-flux-fill*.png"))
+    assert len(results) == 1
+    from PIL import Image
+
+    with Image.open(results[0]) as made, Image.open("assets/examples/tryon/person-2.png") as person:
+        assert made.size == person.size
+        assert (np.asarray(made.convert("RGB")) != np.asarray(person.convert("RGB"))).any()

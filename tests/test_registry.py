@@ -204,6 +204,8 @@ GOOD_ENTRY = {
         ({"licence": None}, "model 'x', field 'licence': is missing"),
         ({"layout_branch": '{ repo = "a/b" }'}, "model 'x', field 'layout_branch': is not a catalogue field"),
         ({"controlnets": '[{ kind = "doodle", builtin = true }]'}, "model 'x', field 'controlnets': kind must be"),
+        ({"kind": '"fill"'}, "model 'x', field 'kind': a Fill pipeline is kind 'fill'"),
+        ({"pipeline": '"FluxFillPipeline"'}, "model 'x', field 'kind': a Fill pipeline is kind 'fill'"),
     ],
 )
 def test_catalogue_errors_name_the_file_the_entry_and_the_field(tmp_path, change, message):

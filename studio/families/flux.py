@@ -11,6 +11,7 @@ from diffusers import (
     AutoencoderKL,
     FlowMatchEulerDiscreteScheduler,
     FluxControlNetModel,
+    FluxFillPipeline,
     FluxPipeline,
     FluxTransformer2DModel,
 )
@@ -39,10 +40,11 @@ def build_pipeline(
     t5_d_model: int,
     t5_layers: int = 2,
     timestep_distilled: bool = False,
-) -> FluxPipeline:
+    pipeline_class: type[FluxPipeline] | type[FluxFillPipeline] = FluxPipeline,
+) -> FluxPipeline | FluxFillPipeline:
     clip_tokenizer = offline.clip_tokenizer()
     t5_tokenizer = offline.t5_tokenizer()
-    return FluxPipeline(
+    return pipeline_class(
         scheduler=flow_scheduler(timestep_distilled),
         vae=vae,
         text_encoder=offline.clip_text_encoder(clip_tokenizer, hidden_size=clip_hidden),
@@ -63,15 +65,26 @@ def small_transformer(guidance_embeds: bool = False, **sizes: Any) -> FluxTransf
     return FluxTransformer2DModel(patch_size=1, in_channels=64, guidance_embeds=guidance_embeds, **sizes)
 
 
-def build_random(target: Path, guidance_embeds: bool, timestep_distilled: bool = False) -> None:
+# The small VAE downsamples 4x, so FLUX Fill's mask (one channel per pixel of a latent's 4x4
+# patch, packed 2x2) adds 64 features a token to the latents' 64 and the masked image's 64.
+SMALL_FILL_CHANNELS = 64 + 64 + 4 * 4 * 4
+
+
+def build_random(target: Path, guidance_embeds: bool, timestep_distilled: bool = False, fill: bool = False) -> None:
     torch.manual_seed(0)
-    transformer = small_transformer(guidance_embeds, **TINY_SIZES)
+    if fill:
+        transformer = FluxTransformer2DModel(
+            patch_size=1, in_channels=SMALL_FILL_CHANNELS, out_channels=64, guidance_embeds=True, **TINY_SIZES
+        )
+    else:
+        transformer = small_transformer(guidance_embeds, **TINY_SIZES)
     build_pipeline(
         transformer,
         offline.small_vae(16, (8, 16, 16)),
         clip_hidden=32,
         t5_d_model=32,
         timestep_distilled=timestep_distilled,
+        pipeline_class=FluxFillPipeline if fill else FluxPipeline,
     ).save_pretrained(target)
 
 
@@ -134,6 +147,8 @@ FAMILY = Family(
     builtin_builders={
         "flux-random": lambda target: build_random(target, guidance_embeds=True),
         "flux-schnell-random": lambda target: build_random(target, guidance_embeds=False, timestep_distilled=True),
+        # Stands in for the trained dress-up try-on weights when they are absent.
+        "flux-fill-random": lambda target: build_random(target, guidance_embeds=True, fill=True),
         # Stands in for the trained shapes-world weights when they are absent.
         "flux-shapes-random": lambda target: build_random(target, guidance_embeds=False),
     },

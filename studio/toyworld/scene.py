@@ -169,6 +169,10 @@ VOCABULARY: tuple[str, ...] = tuple(
         + list(COLOURS)
         # The moving-shapes world's captions ("a red circle moves from the left to the right").
         + ["moves", "moving", "move", "from", "up", "down", "still", "stays", "slides", "then"]
+        # The dress-up world's garments and the try-on prompt (catvton-flux's wording).
+        + ["top", "dress", "trousers", "skirt", "plain", "striped", "dotted", "checked", "clothing", "cloth"]
+        + ["The", "pair", "highlights", "its", "styling", "model", "high", "resolution", "4K", "8K", "IMAGE"]
+        + ["Detailed", "product", "shot", "worn", "by", "lifestyle", "setting", "person", "wearing"]
         + [word for words in BACKGROUND_WORDS.values() for word in words]
         + list(SHAPES)
         + list(PLURALS.values())
