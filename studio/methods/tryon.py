@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from studio.catalogue import PROJECT_ROOT, ModelSpec
 from studio.errors import InvalidRequest, ModelUnavailable
-from studio.generation import validate_sampling
+from studio.generation import GenerationSettings, call_arguments, validate_sampling
 from studio.params import SamplingSettings, StepCallback, StepReporter, redefault, setting
 from studio.registry import Registry
 from studio.runner import Method, register
@@ -359,23 +359,9 @@ def try_on(
     with registry.use(spec.id, "t2i", adapters_for(registry, spec, settings.lora_scale)) as pipe:
         reporter.begin()
 
-        def step_end(_pipe, index, _timestep, tensors):
-            reporter.step(index + 1)
-            return tensors
-
-        arguments = dict(
-            prompt=prompt,
-            image=canvas,
-            mask_image=full_mask,
-            width=canvas.width,
-            height=canvas.height,
-            num_inference_steps=settings.steps,
-            guidance_scale=settings.guidance,
-            generator=torch.Generator("cpu").manual_seed(settings.seed),
-            callback_on_step_end=step_end,
-        )
-        if spec.max_sequence_length:
-            arguments["max_sequence_length"] = spec.max_sequence_length
+        generation = GenerationSettings.sampled_as(settings, prompt, width=canvas.width, height=canvas.height)
+        arguments = call_arguments(pipe, spec, generation, reporter.step)
+        arguments.update(image=canvas, mask_image=full_mask)
         with torch.no_grad():
             generated = pipe(**arguments).images[0]
     person_half = generated.crop((cell[0], 0, 2 * cell[0], cell[1]))

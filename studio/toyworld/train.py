@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,22 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
+def vae_step(
+    vae: AutoencoderKL,
+    images: torch.Tensor,
+    optimiser: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+) -> float:
+    """One VAE training step on images in [-1, 1] (reconstruction MSE + L1, a light KL); returns
+    the batch's reconstruction PSNR."""
+    posterior = vae.encode(images).latent_dist
+    reconstruction = vae.decode(posterior.sample()).sample
+    kl = posterior.kl().mean() / images[0].numel()
+    loss = F.mse_loss(reconstruction, images) + 0.1 * F.l1_loss(reconstruction, images) + 1e-4 * kl
+    optimise(loss, optimiser, schedule, vae.parameters())
+    return 10 * math.log10(4 / max(F.mse_loss(reconstruction.detach(), images).item(), 1e-10))
+
+
 def train_vae(pool: ScenePool, steps: int, batch_size: int, device: str, seed: int) -> AutoencoderKL:
     torch.manual_seed(seed)
     vae = offline.small_vae(16, (16, 32, 64)).to(device).train()
@@ -95,19 +112,22 @@ def train_vae(pool: ScenePool, steps: int, batch_size: int, device: str, seed: i
     generator = torch.Generator().manual_seed(seed)
     for _ in (bar := tqdm(range(steps), desc="VAE")):
         images, _ = pool.batch(torch.randint(len(pool), (batch_size,), generator=generator))
-        images = images.to(device)
-        posterior = vae.encode(images).latent_dist
-        reconstruction = vae.decode(posterior.sample()).sample
-        kl = posterior.kl().mean() / images[0].numel()
-        loss = F.mse_loss(reconstruction, images) + 0.1 * F.l1_loss(reconstruction, images) + 1e-4 * kl
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        optimiser.step()
-        schedule.step()
-        psnr = 10 * math.log10(4 / max(F.mse_loss(reconstruction.detach(), images).item(), 1e-10))
-        bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{psnr:.1f}")
+        bar.set_postfix(psnr=f"{vae_step(vae, images.to(device), optimiser, schedule):.1f}")
     return vae.eval()
+
+
+def run_options(parser: argparse.ArgumentParser) -> None:
+    """What every trainer takes besides its own options: CPU threads and the seed."""
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def seeded(args: argparse.Namespace) -> random.Random:
+    """Apply `run_options`: the thread count, torch's seed; a Python generator on the same seed."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    return random.Random(args.seed)
 
 
 @torch.no_grad()

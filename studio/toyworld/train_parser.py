@@ -19,7 +19,7 @@ from transformers import SegformerConfig, SegformerForSemanticSegmentation, Segf
 
 from studio.methods.tryon import BUILTIN_PARSER
 from studio.toyworld import dressup
-from studio.toyworld.train import warmup_cosine
+from studio.toyworld.train import run_options, seeded, warmup_cosine
 
 
 def new_parser() -> tuple[SegformerImageProcessor, SegformerForSemanticSegmentation]:
@@ -59,14 +59,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, default=BUILTIN_PARSER)
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--seed", type=int, default=0)
+    run_options(parser)
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    torch.manual_seed(args.seed)
-    rng = random.Random(args.seed)
+    rng = seeded(args)
     processor, model = new_parser()
     model.train()
     optimiser = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)

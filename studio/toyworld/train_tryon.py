@@ -36,7 +36,15 @@ from studio import offline
 from studio.families import flux
 from studio.methods.tryon import agnostic_mask, canvas_mask, compose, prompt_for
 from studio.toyworld import dressup
-from studio.toyworld.train import MODELS_DIR, sigma_shift, step_with_average, warmup_cosine
+from studio.toyworld.train import (
+    MODELS_DIR,
+    run_options,
+    seeded,
+    sigma_shift,
+    step_with_average,
+    vae_step,
+    warmup_cosine,
+)
 
 BASE = MODELS_DIR / "shapes-flux-2"
 OUTPUT = MODELS_DIR / "dressup-flux-fill"
@@ -87,17 +95,7 @@ def finetune_vae(vae: AutoencoderKL, steps: int, batch_size: int, seed: int) -> 
                 if rng.random() < 0.6
                 else dressup.render_garment(dressup.random_garment(rng, rng.choice(dressup.KINDS), None))
             )
-        images = as_pixels(cells)
-        posterior = vae.encode(images).latent_dist
-        reconstruction = vae.decode(posterior.sample()).sample
-        kl = posterior.kl().mean() / images[0].numel()
-        loss = F.mse_loss(reconstruction, images) + 0.1 * F.l1_loss(reconstruction, images) + 1e-4 * kl
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        optimiser.step()
-        schedule.step()
-        bar.set_postfix(psnr=f"{10 * np.log10(4 / max(F.mse_loss(reconstruction, images).item(), 1e-10)):.1f}")
+        bar.set_postfix(psnr=f"{vae_step(vae, as_pixels(cells), optimiser, schedule):.1f}")
     return vae.eval()
 
 
@@ -260,14 +258,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=5e-4)
     parser.add_argument("--checkpoint-every", type=int, default=500)
-    parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--seed", type=int, default=0)
+    run_options(parser)
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    torch.manual_seed(args.seed)
-    rng = random.Random(args.seed)
+    rng = seeded(args)
     examples = [example(rng) for _ in range(args.examples)]
     print(f"{len(examples)} examples drawn in {time.perf_counter() - started:.0f} s")
     if args.resume:
