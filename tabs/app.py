@@ -69,14 +69,14 @@ def build_app(studio: StudioContext) -> gr.Blocks:
         with gr.Tabs() as tabs:
             with gr.Tab("Text to image", id=text_to_image.TAB_ID):
                 history, reused = text_to_image.build(studio)
-            with gr.Tab("Colour editing"):
-                colour_edit.build(studio, history)
+            with gr.Tab("Colour editing", id=colour_edit.TAB_ID):
+                to_colour = colour_edit.build(studio, history)
             with gr.Tab("Multi-prompt video"):
                 video.build(studio)
-            with gr.Tab("Drag editing"):
-                drag.build(studio, history)
-            with gr.Tab("Virtual try-on"):
-                tryon.build(studio)
+            with gr.Tab("Drag editing", id=drag.TAB_ID):
+                to_drag = drag.build(studio, history)
+            with gr.Tab("Virtual try-on", id=tryon.TAB_ID):
+                to_tryon = tryon.build(studio)
             with gr.Tab("Layout to image"):
                 layout.build(studio)
             with gr.Tab("In-context image sets"):
@@ -84,7 +84,7 @@ def build_app(studio: StudioContext) -> gr.Blocks:
             with gr.Tab("Live sketch"):
                 live.build(studio)
             with gr.Tab("History") as history_tab:
-                history_panel.build(studio, demo, history_tab, tabs, reused)
+                history_panel.build(studio, demo, history_tab, tabs, reused, [to_colour, to_drag, to_tryon])
         demo.unload(adapters_leave_with(studio))
     # Room for many visitors' jobs; the GPU slot still runs one at a time.
     demo.queue(max_size=256, default_concurrency_limit=1)

@@ -158,7 +158,11 @@ def edit_handler(studio: StudioContext, form: common.Form) -> Callable:
     return on_edit
 
 
-def build(studio: StudioContext, text_to_image_history: gr.State) -> None:
+TAB_ID = "colour-editing"
+
+
+def build(studio: StudioContext, text_to_image_history: gr.State) -> common.SendTarget:
+    """The tab; returns where a history image goes in it (the image to recolour)."""
     ui = layout(studio)
     catalogue = studio.registry.catalogue
     steps, guidance, width, height, _ = ui.sampling.components()
@@ -186,3 +190,4 @@ def build(studio: StudioContext, text_to_image_history: gr.State) -> None:
     )
     common.start_slider_at_change(job, ui.outputs[0])
     common.wire_cancel(studio, ui.cancel, job, "colour_cancel")
+    return ui.source.send_target("Colour editing (as the image to recolour)", TAB_ID)

@@ -346,6 +346,17 @@ UPLOAD_SOURCE = "Edit an image (inverted)"
 
 
 @dataclass
+class SendTarget:
+    """A tab a result from the history can be sent to: its name, its tab id, the components the
+    image fills and what it puts in each (`fill(image)`, one value or update per component)."""
+
+    label: str
+    tab_id: str
+    components: list[Any]
+    fill: Callable[[Image.Image], tuple[Any, ...]]
+
+
+@dataclass
 class SourcePicker:
     """Where an editing tab's image comes from: remade from a prompt and seed (the `generate`
     choice), an upload (inverted), or the last text-to-image result (remade where the tab's
@@ -378,6 +389,12 @@ class SourcePicker:
             api_visibility="private",
         )
 
+    def send_target(self, label: str, tab_id: str) -> SendTarget:
+        """A history image becomes the image to edit (an upload, inverted)."""
+        return SendTarget(
+            label, tab_id, [self.mode, self.image], lambda image: (UPLOAD_SOURCE, gr.update(value=image, visible=True))
+        )
+
     def use_last_handler(self, studio: StudioContext, serves: Callable[[ModelSpec], bool], unable: str) -> Callable:
         catalogue = studio.registry.catalogue
 
@@ -404,6 +421,7 @@ class SourcePicker:
 
 def source_picker(generate: str) -> SourcePicker:
     mode = gr.Radio([generate, UPLOAD_SOURCE], value=generate, label="Source")
-    image = gr.Image(type="pil", label="Image to edit", visible=False, sources=["upload", "clipboard"])
+    # PNG both ways: an image sent here from the history must arrive pixel for pixel.
+    image = gr.Image(type="pil", label="Image to edit", visible=False, sources=["upload", "clipboard"], format="png")
     use_last = gr.Button("Use the last text-to-image result", size="sm")
     return SourcePicker(generate, mode, image, use_last)

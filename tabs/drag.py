@@ -421,7 +421,11 @@ def redraw(editor: Any, drags: list[list], pending: list[float] | None) -> Any:
     return draw_drags(background, painted_mask(editor), parsed, (pending[0], pending[1]) if pending else None)
 
 
-def build(studio: StudioContext, text_to_image_history: gr.State) -> None:
+TAB_ID = "drag-editing"
+
+
+def build(studio: StudioContext, text_to_image_history: gr.State) -> common.SendTarget:
+    """The tab; returns where a history image goes in it (the image to drag in)."""
     ui = layout(studio)
     catalogue = studio.registry.catalogue
     steps, guidance, width, height, seed = ui.sampling.components()
@@ -482,3 +486,4 @@ def build(studio: StudioContext, text_to_image_history: gr.State) -> None:
          ui.drag_list],
         api_name="drag_reuse",
     )  # fmt: skip
+    return ui.source.send_target("Drag editing (as the image to edit)", TAB_ID)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import gradio as gr
+from PIL import Image
 
 from studio.context import StudioContext
 from tabs import common, text_to_image
@@ -31,11 +32,13 @@ class HistoryTab:
     refresh: gr.Button
     settings: gr.JSON
     reuse: gr.Button
+    target: gr.Dropdown
+    send: gr.Button
     delete: gr.Button
     picked: gr.Textbox
 
 
-def layout() -> HistoryTab:
+def layout(targets: list[common.SendTarget]) -> HistoryTab:
     owner = gr.Textbox(visible=False)
     with gr.Row():
         with gr.Column(scale=3):
@@ -46,9 +49,14 @@ def layout() -> HistoryTab:
             refresh = gr.Button("Refresh", size="sm")
             settings = gr.JSON(label="Settings of the picked result")
             reuse = gr.Button("Reuse its settings in Text to image", size="sm")
+            with gr.Row():
+                labels = [target.label for target in targets]
+                target = gr.Dropdown(labels, value=labels[0] if labels else None, label="Send the picked image to")
+                send = gr.Button("Send", size="sm")
             delete = gr.Button("Delete the picked result", variant="stop", size="sm")
     # The picked result's file name: a hidden box, so API clients name it too.
-    return HistoryTab(owner, gallery, refresh, settings, reuse, delete, gr.Textbox(visible=False))
+    picked = gr.Textbox(visible=False)
+    return HistoryTab(owner, gallery, refresh, settings, reuse, target, send, delete, picked)
 
 
 def shown(studio: StudioContext, request: gr.Request | None) -> list[tuple[str, str]]:
@@ -91,8 +99,37 @@ def reuse_in_text_to_image(studio: StudioContext) -> Callable:
     return on_reuse
 
 
-def build(studio: StudioContext, demo: gr.Blocks, tab: gr.Tab, tabs: gr.Tabs, text_to_image_settings: list) -> None:
-    ui = layout()
+def send_to(studio: StudioContext, targets: list[common.SendTarget]) -> Callable:
+    """The picked result's image into the chosen tab's components (the others left as they are),
+    and that tab shown."""
+
+    def on_send(name: str | None, label: str | None, request: gr.Request):
+        chosen = next((target for target in targets if target.label == label), None)
+        if chosen is None:
+            raise gr.Error("Pick the tab to send the image to.")
+        with common.user_errors("Sending"):
+            path = studio.history.find(common.session_of(request), name or "")
+        with Image.open(path) as opened:
+            image = opened.convert("RGB")
+        updates = [
+            value
+            for target in targets
+            for value in (target.fill(image) if target is chosen else [gr.update()] * len(target.components))
+        ]
+        return *updates, gr.Tabs(selected=chosen.tab_id)
+
+    return on_send
+
+
+def build(
+    studio: StudioContext,
+    demo: gr.Blocks,
+    tab: gr.Tab,
+    tabs: gr.Tabs,
+    text_to_image_settings: list,
+    targets: list[common.SendTarget],
+) -> None:
+    ui = layout(targets)
     on_load, on_refresh, on_select, on_delete = handlers(studio)
     demo.load(None, None, ui.owner, js=OWNER_SCRIPT)
     ui.owner.change(on_load, ui.owner, ui.gallery, api_visibility="private")
@@ -101,3 +138,5 @@ def build(studio: StudioContext, demo: gr.Blocks, tab: gr.Tab, tabs: gr.Tabs, te
     ui.gallery.select(on_select, None, [ui.settings, ui.picked], api_visibility="private")
     ui.delete.click(on_delete, ui.picked, refreshed, api_name="history_delete")
     ui.reuse.click(reuse_in_text_to_image(studio), ui.picked, [*text_to_image_settings, tabs], api_name="history_reuse")
+    filled = [component for target in targets for component in target.components]
+    ui.send.click(send_to(studio, targets), [ui.picked, ui.target], [*filled, tabs], api_name="history_send")

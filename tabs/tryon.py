@@ -53,10 +53,15 @@ def layout(studio: StudioContext) -> TryOnTab:
             with gr.Row():
                 person = gr.Image(
                     type="pil", label="Person", sources=["upload", "webcam", "clipboard"], height=256,
-                    elem_id="tryon-person",
+                    elem_id="tryon-person", format="png",
                 )  # fmt: skip
                 garment = gr.Image(
-                    type="pil", label="Garment", sources=["upload", "clipboard"], height=256, elem_id="tryon-garment"
+                    type="pil",
+                    label="Garment",
+                    sources=["upload", "clipboard"],
+                    height=256,
+                    elem_id="tryon-garment",
+                    format="png",
                 )
             use_last = gr.Button("Use the last try-on result as the person (dress in layers)", size="sm")
             kind = gr.Radio([(KIND_LABELS[k], k) for k in KINDS], value="upper", label="Garment kind")
@@ -193,7 +198,11 @@ def use_last_result(last: Image.Image | None) -> Any:
     return last
 
 
-def build(studio: StudioContext) -> None:
+TAB_ID = "virtual-try-on"
+
+
+def build(studio: StudioContext) -> common.SendTarget:
+    """The tab; returns where a history image goes in it (the person)."""
     ui = layout(studio)
     catalogue = studio.registry.catalogue
     steps, guidance, width, height, _ = ui.sampling.components()
@@ -220,3 +229,4 @@ def build(studio: StudioContext) -> None:
     )
     common.start_slider_at_change(job, ui.outputs[0])
     common.wire_cancel(studio, ui.cancel, job, "tryon_cancel")
+    return common.SendTarget("Virtual try-on (as the person)", TAB_ID, [ui.person], lambda image: (image,))

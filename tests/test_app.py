@@ -514,3 +514,22 @@ def test_a_history_result_s_settings_go_back_to_text_to_image(running_app):
     for hostile in ("../secret.png", "/etc/passwd", "missing.png"):
         with pytest.raises(Exception, match="Pick one of your results|not in your history"):
             client.predict(hostile, api_name="/history_reuse")
+
+
+def test_a_history_image_is_sent_to_another_tab(running_app):
+    """History → "Send the picked image to": the result becomes the try-on's person, or the colour
+    tab's image to edit (as an upload); names outside the session are refused."""
+    client, output_dir = running_app
+    client.predict("tiny-flux-dev", "a blue square", "", 2, 2.5, 64, 64, 5, 1, api_name="/generate")
+    name = next(output_dir.glob("*tiny-flux-dev-5-*.png")).name
+    sent = client.predict(name, "Virtual try-on (as the person)", api_name="/history_send")
+    colour_mode, colour_image, drag_mode, drag_image, person = sent
+    with Image.open(person) as received, Image.open(output_dir / name) as original:
+        assert np.array_equal(np.asarray(received.convert("RGB")), np.asarray(original.convert("RGB")))
+    # The other tabs' components come back as bare updates: left as they were.
+    assert all(value == {"__type__": "update"} for value in (colour_mode, colour_image, drag_mode, drag_image))
+    sent = client.predict(name, "Colour editing (as the image to recolour)", api_name="/history_send")
+    assert sent[0] == "Edit an image (inverted)" and sent[1]["visible"] is True
+    assert sent[4] == {"__type__": "update"}
+    with pytest.raises(Exception, match="Pick one of your results|not in your history"):
+        client.predict("../secret.png", "Virtual try-on (as the person)", api_name="/history_send")
