@@ -62,6 +62,7 @@ class Method:
 
 _METHODS: dict[str, Method] = {}
 _loaded = threading.Lock()
+_all_imported = False
 
 
 def register(method: Method) -> Method:
@@ -70,14 +71,17 @@ def register(method: Method) -> Method:
 
 
 def methods() -> dict[str, Method]:
-    """Every registered method (importing the method modules once)."""
+    """Every registered method (importing every method module once: a module imported on its own
+    before this registers only its own method)."""
+    global _all_imported
     with _loaded:
-        if not _METHODS:
+        if not _all_imported:
             import studio.methods
 
             importlib.import_module("studio.generation")
             for info in pkgutil.iter_modules(studio.methods.__path__):
                 importlib.import_module(f"studio.methods.{info.name}")
+            _all_imported = True
     return dict(_METHODS)
 
 

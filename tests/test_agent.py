@@ -53,3 +53,38 @@ def test_panelised_prompts_take_the_grids_own_tags():
     twelve, _, _ = grid_prompt(panelised("", [str(n) for n in range(12)]), 12)
     assert "[PANEL-1] 0" in twelve and "[PANEL-12] 11" in twelve and "[PANEL-1]2" not in twelve
     assert panelised("a red circle", ["on the left"]) == "a red circle on the left"
+
+
+def test_every_method_is_a_tool_described_from_its_settings():
+    from studio.agent.tools import describe_tools, tools
+
+    names = set(tools())
+    assert {"generate", "colour_edit", "layout", "drag_edit", "try_on", "multi_prompt_video", "image_set"} <= names
+    text = describe_tools()
+    assert "colour_edit:" in text and "- intensity: Intensity of the new colour word" in text
+    assert "- person (input): the person photo" in text
+
+
+def test_tool_arguments_are_checked_against_the_settings_type():
+    from studio.agent.tools import tool_settings
+    from studio.methods.layout import Region
+
+    settings = tool_settings(
+        "layout",
+        {
+            "model": "shapes-flux",
+            "caption": "two shapes",
+            "regions": [{"caption": "a red circle", "box": [0, 0, 0.5, 0.5]}],
+        },
+    )
+    assert settings.regions == (Region("a red circle", (0, 0, 0.5, 0.5)),)
+    with pytest.raises(
+        InvalidRequest, match="colour_edit has no field 'colour'|ColourEditSettings has no field 'colour'"
+    ):
+        tool_settings("colour_edit", {"model": "shapes-flux", "colour": "blue"})
+    with pytest.raises(InvalidRequest, match="Steps must be between"):
+        tool_settings("generate", {"model": "shapes-flux", "prompt": "a red circle", "steps": 10_000})
+    with pytest.raises(InvalidRequest, match="no tool 'paint'"):
+        tool_settings("paint", {})
+    with pytest.raises(InvalidRequest, match="regions: expected a list"):
+        tool_settings("layout", {"model": "shapes-flux", "caption": "x", "regions": "everywhere"})
