@@ -88,3 +88,74 @@ def test_tool_arguments_are_checked_against_the_settings_type():
         tool_settings("paint", {})
     with pytest.raises(InvalidRequest, match="regions: expected a list"):
         tool_settings("layout", {"model": "shapes-flux", "caption": "x", "regions": "everywhere"})
+
+
+def test_the_rule_planner_reads_counts_objects_and_places():
+    from studio.agent.rules import plan
+
+    answer = plan("three images of a green triangle, on the left, in the centre and on the right", [], "shapes-flux")
+    assert answer.outputs == (
+        "a green triangle on the left",
+        "a green triangle in the centre",
+        "a green triangle on the right",
+    )
+    answer = plan("Draw a large red circle on the left, grey background", [], "shapes-flux")
+    assert answer.outputs == ("a large red circle on the left, gray background",)
+    assert plan("two pictures of a blue square at the top left", [], "m").outputs == (
+        "a blue square at the top left",
+        "a blue square at the top left",
+    )
+    assert not plan("what can you do?", [], "m").outputs and "shapes world" in plan("hello", [], "m").reply
+
+
+def test_the_rule_planner_recolours_the_image_a_request_points_at():
+    from studio.agent.rules import ImageRecord, plan
+
+    made = [
+        ImageRecord(
+            "output-1", "generate", {"model": "shapes-flux", "prompt": "a large red circle on the left", "seed": 3}
+        ),
+        ImageRecord(
+            "output-2", "generate", {"model": "shapes-flux", "prompt": "a small green square at the top", "seed": 4}
+        ),
+    ]
+    call = plan("make it blue", made, "shapes-flux").calls[0]
+    assert call.tool == "colour_edit" and call.arguments["word"] == "square" and call.arguments["seed"] == 4
+    assert call.arguments["target_prompt"] == "a small blue square at the top"
+    first = plan("make the first one purple", made, "shapes-flux").calls[0]
+    assert first.arguments["source_prompt"] == "a large red circle on the left" and first.arguments["seed"] == 3
+    assert first.arguments["target_prompt"] == "a large purple circle on the left"
+
+
+def test_the_rule_planner_draws_a_layout_when_asked_for_boxes():
+    from studio.agent.rules import plan
+    from studio.agent.tools import tool_settings
+
+    answer = plan("a layout with a red circle at the top left and a blue square at the bottom right", [], "shapes-flux")
+    call = answer.calls[0]
+    assert call.tool == "layout"
+    settings = tool_settings(call.tool, call.arguments)
+    (first, second) = settings.regions
+    assert first.caption == "a red circle at the top left" and first.box[2] <= 0.5 and first.box[3] <= 0.5
+    assert second.caption == "a blue square at the bottom right" and second.box[0] >= 0.5 and second.box[1] >= 0.5
+
+
+def test_answers_are_parsed_and_checked():
+    from studio.agent.schema import Answer, ToolCall, parse_answer
+
+    answer = Answer("ok", "two circles", ("a red circle", "a blue circle"))
+    assert parse_answer("Sure! " + answer.to_json() + " Anything else?") == answer
+    call = Answer("ok", calls=(ToolCall("colour_edit", {"word": "circle"}, {"image": "output-1"}),))
+    assert parse_answer(call.to_json()) == call
+    for bad, message in [
+        ("no json here", "no JSON"),
+        ('{"reply": "x", "outputs": ["a"], "calls": [{"tool": "generate"}]}', "either"),
+        ('{"reply": "x"}', "either"),
+        ('{"reply": "x", "outputs": ' + str(["a"] * 13).replace("'", '"') + "}", "At most 12"),
+        ('{"reply": "x", "calls": [{"tool": "t", "images": {"image": "../etc/passwd"}}]}', "image id"),
+        ('{"reply": "x", "outputs": ["a"], "mood": "happy"}', "no field 'mood'"),
+        ('{"reply": "x", "outputs": [1]}', "must be a string"),
+        ('{"reply": "x", "outputs": ["a",]}', "not valid JSON"),
+    ]:
+        with pytest.raises(InvalidRequest, match=message):
+            parse_answer(bad)
