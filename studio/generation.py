@@ -191,6 +191,7 @@ register(
         GenerationSettings,
         lambda registry, settings, inputs, on_step, cancel: generate(registry, settings, on_step, cancel),
         "text to image: `count` images from one prompt (seeds seed, seed+1, ...), one at a time",
+        pictures=lambda results: [made.image for made in results],
         remaining=lambda settings, done: replace(
             settings, seed=(settings.seed + done) % (MAX_SEED + 1), count=settings.count - done
         ),

@@ -22,6 +22,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Protocol
 
 import torch
+from PIL import Image
 
 from studio.device import release_memory
 from studio.errors import InvalidRequest
@@ -46,6 +47,8 @@ class Method:
     # For a method that yields results one at a time: the settings for what is left after
     # `done` results (so an interrupted run resumes instead of starting over).
     remaining: Callable[[Any, int], Any] | None = None
+    # The images of a result (what an agent shows for a tool call): its `image` unless said.
+    pictures: Callable[[Any], list[Image.Image]] = lambda result: [result.image]
 
     def describe(self) -> str:
         """The method and every declared setting, one line each."""

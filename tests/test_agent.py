@@ -1,6 +1,7 @@
 """The agent: ChatDiT's referencing rules and panelising."""
 
 import pytest
+from PIL import Image
 
 from studio.agent.planning import Step, grid_prompt, panelised, plan_steps
 from studio.errors import InvalidRequest
@@ -159,3 +160,54 @@ def test_answers_are_parsed_and_checked():
     ]:
         with pytest.raises(InvalidRequest, match=message):
             parse_answer(bad)
+
+
+@pytest.fixture(scope="module")
+def runner(registry):
+    from studio.runner import LocalRunner
+
+    return LocalRunner(registry)
+
+
+def test_three_images_of_a_green_triangle_at_three_places(runner):
+    from studio.agent.agent import Conversation, RulePlanner, turn
+    from studio.toyworld.measure import centroid, classify_shape, colour_mask, largest_blob
+    from studio.toyworld.scene import POSITIONS
+
+    conversation = Conversation()
+    request = "three images of a green triangle, on the left, in the centre and on the right"
+    answer, made = turn(runner, RulePlanner(), conversation, request, [], "shapes-flux", in_context=False)
+    assert [m.record.id for m in made] == ["output-1", "output-2", "output-3"] and len(answer.outputs) == 3
+    for item, place in zip(made, ("left", "centre", "right")):
+        blob = largest_blob(colour_mask(item.image, "green"))
+        assert blob.sum() > 50 and classify_shape(blob) == "triangle"
+        assert abs(centroid(blob)[0] - POSITIONS[place][0]) < 0.15
+    assert conversation.messages[-1]["role"] == "assistant"
+
+
+def test_make_it_blue_recolours_the_last_image_in_place(runner):
+    from studio.agent.agent import Conversation, RulePlanner, turn
+    from studio.toyworld.measure import colour_mask, iou, largest_blob
+
+    conversation = Conversation()
+    _, (first,) = turn(
+        runner, RulePlanner(), conversation, "draw a large red circle on the left", [], "shapes-flux", False
+    )
+    answer, (second,) = turn(runner, RulePlanner(), conversation, "make it blue", [], "shapes-flux", False)
+    assert answer.calls[0].tool == "colour_edit" and second.record.id == "output-2"
+    red, blue = largest_blob(colour_mask(first.image, "red")), largest_blob(colour_mask(second.image, "blue"))
+    assert red.sum() > 100 and iou(red, blue) >= 0.85
+
+
+def test_a_failing_turn_leaves_the_conversation_as_it_was(runner):
+    from studio.agent.agent import Conversation, turn
+    from studio.agent.schema import Answer, ToolCall
+
+    class Careless:
+        def answer(self, message, conversation, model):
+            return Answer("ok", calls=(ToolCall("generate", {"prompt": "a red circle", "steps": 0}),))
+
+    conversation = Conversation()
+    with pytest.raises(InvalidRequest, match="Steps"):
+        turn(runner, Careless(), conversation, "hi", [Image.new("RGB", (64, 64))], "shapes-flux", False)
+    assert conversation.images == [] and conversation.messages == []

@@ -368,5 +368,6 @@ register(
         ),
         "recolour one object (ColorCtrl): the word's object takes the target prompt's colour, the rest is kept",
         {"image": "an image to edit (inverted); without it the source is generated from the source prompt"},
+        pictures=lambda edit: [edit.result],
     )
 )

@@ -606,5 +606,6 @@ register(
             "image": "the image to edit (inverted); without it the seed's image is remade from the prompt",
             "fixed": "an optional painted area that must stay as it is",
         },
+        pictures=lambda edit: [edit.result],
     )
 )

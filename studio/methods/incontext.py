@@ -325,5 +325,6 @@ register(
         SetRequest,
         lambda registry, settings, inputs, on_step, cancel: generate_set(registry, settings, on_step, cancel),
         "an in-context image set: panels on one grid from one tagged prompt, some panels optionally given",
+        pictures=lambda made: list(made.panels),
     )
 )

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 from diffusers import CogVideoXDPMScheduler, DiffusionPipeline
+from PIL import Image
 
 from studio.attention import (
     AttentionController,
@@ -615,6 +616,12 @@ def _run(
     return multi_prompt_video(registry, settings, inputs.get("previous"), on_step, cancel)
 
 
+def key_frames(video: VideoResult, count: int = 3) -> list[Image.Image]:
+    """The first, middle and last frames (`count` evenly spaced): a video seen at a glance."""
+    last = len(video.frames) - 1
+    return [Image.fromarray(video.frames[round(i * last / max(1, count - 1))]) for i in range(count)]
+
+
 register(
     Method(
         "multi_prompt_video",
@@ -623,5 +630,6 @@ register(
         "One continuous video following a sequence of prompts (DiTCtrl: latent blending of overlapping segments, "
         "KV sharing between neighbours); one prompt is plain text-to-video; with a previous video, continues it.",
         inputs={"previous": "frames of a finished video to continue (optional)"},
+        pictures=lambda items: key_frames(next(item for item in items if isinstance(item, VideoResult))),
     )
 )

@@ -1,0 +1,164 @@
+"""One turn of the agent: a planner answers the message (`schema.Answer`), the answer runs through
+the studio's runner (in-context generation as ChatDiT, or tool calls), and the images join the
+conversation under ids later messages can name ("make the second one blue")."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from PIL import Image
+
+from studio.agent.planning import grid_prompt, input_id, output_id, panelised, plan_steps
+from studio.agent.rules import ImageRecord, plan
+from studio.agent.schema import Answer, ToolCall
+from studio.agent.tools import tool_settings, tools
+from studio.errors import InvalidRequest
+from studio.params import StepCallback
+from studio.runner import Job, Runner
+
+
+@dataclass
+class Made:
+    """An image of the conversation and what it is."""
+
+    record: ImageRecord
+    image: Image.Image
+
+
+@dataclass
+class Conversation:
+    """What a chat holds: its images (the user's and the agent's, by id) and its messages."""
+
+    images: list[Made] = field(default_factory=list)
+    messages: list[dict[str, str]] = field(default_factory=list)
+
+    def records(self) -> list[ImageRecord]:
+        return [made.record for made in self.images]
+
+    def find(self, image_id: str) -> Image.Image:
+        for made in self.images:
+            if made.record.id == image_id:
+                return made.image
+        raise InvalidRequest(f"There is no image {image_id} in this conversation.")
+
+    def prompt_of(self, image_id: str) -> str:
+        """What an image shows, for a panel's text: its prompt, or "the given image" for the user's."""
+        for made in self.images:
+            if made.record.id == image_id:
+                return str(made.record.settings.get("prompt", "the given image"))
+        raise InvalidRequest(f"There is no image {image_id} in this conversation.")
+
+    def add_input(self, image: Image.Image) -> str:
+        index = sum(made.record.id.startswith("input-") for made in self.images)
+        self.images.append(Made(ImageRecord(input_id(index), ""), image.convert("RGB")))
+        return input_id(index)
+
+    def add_output(self, image: Image.Image, method: str, settings: dict[str, Any]) -> Made:
+        index = sum(made.record.id.startswith("output-") for made in self.images)
+        made = Made(ImageRecord(output_id(index), method, settings), image)
+        self.images.append(made)
+        return made
+
+
+class Planner(Protocol):
+    def answer(self, message: str, conversation: Conversation, model: str) -> Answer: ...
+
+
+class RulePlanner:
+    """The offline planner (`rules.plan`): no language model."""
+
+    def answer(self, message: str, conversation: Conversation, model: str) -> Answer:
+        return plan(message, conversation.records(), model)
+
+
+def _with_model(arguments: dict[str, Any], model: str) -> dict[str, Any]:
+    return {"model": model, **arguments}
+
+
+def run_call(runner: Runner, call: ToolCall, conversation: Conversation, model: str, on_step, cancel) -> list[Made]:
+    """One tool call: settings checked against the tool's type, images fetched by id, the method
+    run, its pictures added as outputs."""
+    settings = tool_settings(call.tool, _with_model(call.arguments, model))
+    method = tools()[call.tool]
+    unknown = set(call.images) - set(method.inputs)
+    if unknown:
+        raise InvalidRequest(f"{call.tool} takes no image {sorted(unknown)[0]!r}.")
+    inputs = {name: conversation.find(image_id) for name, image_id in call.images.items()}
+    result = runner.run(Job(call.tool, settings, inputs), on_step, cancel)
+    return [conversation.add_output(picture, call.tool, settings.to_dict()) for picture in method.pictures(result)]
+
+
+def run_outputs(
+    runner: Runner,
+    answer: Answer,
+    conversation: Conversation,
+    given: Sequence[str],
+    model: str,
+    in_context: bool,
+    seed: int,
+    on_step: StepCallback | None,
+    cancel: threading.Event | None,
+) -> list[Made]:
+    """The answer's output prompts, ChatDiT's way: steps by the referencing rules, each a grid of
+    its references and new panels (`in_context`). A model without in-context ability (the small
+    built-ins, trained on single scenes) makes each output on its own from its prompt."""
+    if not in_context:
+        made = []
+        for index, prompt in enumerate(answer.outputs):
+            settings = tool_settings("generate", {"model": model, "prompt": prompt, "seed": seed + index})
+            result = runner.run(Job("generate", settings, {}), on_step, cancel)
+            made += [conversation.add_output(r.image, "generate", r.settings.to_dict()) for r in result]
+        return made
+    outputs: dict[int, Made] = {}
+    for step in plan_steps(len(given), len(answer.outputs)):
+        texts = [conversation.prompt_of(reference) for reference in step.references]
+        texts += [answer.outputs[index] for index in step.outputs]
+        prompt, rows, columns = grid_prompt(panelised(answer.overview, texts), step.panels)
+        arguments = {"model": model, "prompt": prompt, "rows": rows, "columns": columns, "seed": seed}
+        checked: Any = tool_settings("image_set", arguments)
+        request = dataclasses.replace(
+            checked,
+            references={position: conversation.find(reference) for position, reference in enumerate(step.references)},
+        )
+        result = runner.run(Job("image_set", request, {}), on_step, cancel)
+        for offset, index in enumerate(step.outputs):
+            panel = result.panels[len(step.references) + offset]
+            outputs[index] = conversation.add_output(
+                panel, "image_set", {"prompt": answer.outputs[index], "model": model}
+            )
+    return [outputs[index] for index in sorted(outputs)]
+
+
+def turn(
+    runner: Runner,
+    planner: Planner,
+    conversation: Conversation,
+    message: str,
+    images: Sequence[Image.Image],
+    model: str,
+    in_context: bool,
+    seed: int = 0,
+    on_step: StepCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> tuple[Answer, list[Made]]:
+    """One message in, the planner's answer and the images it made out. A turn that fails leaves
+    the conversation as it was before the message (nothing half-run stays)."""
+    kept_images, kept_messages = len(conversation.images), len(conversation.messages)
+    try:
+        given = [conversation.add_input(image) for image in images]
+        answer = planner.answer(message, conversation, model)
+        made = (
+            run_outputs(runner, answer, conversation, given, model, in_context, seed, on_step, cancel)
+            if answer.outputs
+            else [m for call in answer.calls for m in run_call(runner, call, conversation, model, on_step, cancel)]
+        )
+    except BaseException:
+        del conversation.images[kept_images:]
+        del conversation.messages[kept_messages:]
+        raise
+    conversation.messages += [{"role": "user", "content": message}, {"role": "assistant", "content": answer.reply}]
+    return answer, made
