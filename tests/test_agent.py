@@ -211,3 +211,34 @@ def test_a_failing_turn_leaves_the_conversation_as_it_was(runner):
     with pytest.raises(InvalidRequest, match="Steps"):
         turn(runner, Careless(), conversation, "hi", [Image.new("RGB", (64, 64))], "shapes-flux", False)
     assert conversation.images == [] and conversation.messages == []
+
+
+class Scripted:
+    """A chat backend that answers from a script and keeps what it was sent."""
+
+    def __init__(self, *answers):
+        self.answers, self.sent = list(answers), []
+
+    def complete(self, messages):
+        self.sent.append(list(messages))
+        return self.answers.pop(0)
+
+
+def test_a_malformed_answer_is_sent_back_with_its_reason_then_accepted():
+    from studio.agent.agent import Conversation, LanguageModelPlanner
+
+    good = '{"reply": "ok", "overview": "two circles", "outputs": ["a red circle", "a blue circle"]}'
+    backend = Scripted("Sure, here you go: {not json}", good)
+    answer = LanguageModelPlanner(backend).answer("two circles please", Conversation(), "shapes-flux")
+    assert answer.outputs == ("a red circle", "a blue circle")
+    retry = backend.sent[1]
+    assert retry[-1]["role"] == "user" and "not valid JSON" in retry[-1]["content"]
+    assert "colour_edit:" in backend.sent[0][0]["content"]  # the tools are described to the model
+
+
+def test_three_unusable_answers_are_refused():
+    from studio.agent.agent import Conversation, LanguageModelPlanner
+
+    backend = Scripted('{"reply": "x"}', '{"reply": "x", "outputs": [], "calls": []}', "no")
+    with pytest.raises(InvalidRequest, match="no usable plan in 3 tries"):
+        LanguageModelPlanner(backend).answer("hi", Conversation(), "shapes-flux")

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from PIL import Image
 
+from studio.agent.llm import ChatBackend, ask
 from studio.agent.planning import grid_prompt, input_id, output_id, panelised, plan_steps
 from studio.agent.rules import ImageRecord, plan
 from studio.agent.schema import Answer, ToolCall
@@ -73,6 +74,16 @@ class RulePlanner:
 
     def answer(self, message: str, conversation: Conversation, model: str) -> Answer:
         return plan(message, conversation.records(), model)
+
+
+class LanguageModelPlanner:
+    """A language model asked for the answer as JSON (`llm.ask`: checked, retried with the reason)."""
+
+    def __init__(self, backend: ChatBackend) -> None:
+        self.backend = backend
+
+    def answer(self, message: str, conversation: Conversation, model: str) -> Answer:
+        return ask(self.backend, conversation.messages, message, [record.id for record in conversation.records()])
 
 
 def _with_model(arguments: dict[str, Any], model: str) -> dict[str, Any]:
