@@ -8,7 +8,7 @@ from typing import Any
 import gradio as gr
 
 from studio.context import StudioContext
-from tabs import colour_edit, drag, image_sets, layout, live, text_to_image, tryon, video
+from tabs import agent, colour_edit, drag, image_sets, layout, live, text_to_image, tryon, video
 from tabs import history as history_panel
 from tabs.common import session_of
 
@@ -83,6 +83,8 @@ def build_app(studio: StudioContext) -> gr.Blocks:
                 image_sets.build(studio)
             with gr.Tab("Live sketch"):
                 live.build(studio)
+            with gr.Tab("Agent"):
+                agent.build(studio)
             with gr.Tab("History") as history_tab:
                 history_panel.build(studio, demo, history_tab, tabs, reused, [to_colour, to_drag, to_tryon])
         demo.unload(adapters_leave_with(studio))

@@ -242,3 +242,18 @@ def test_three_unusable_answers_are_refused():
     backend = Scripted('{"reply": "x"}', '{"reply": "x", "outputs": [], "calls": []}', "no")
     with pytest.raises(InvalidRequest, match="no usable plan in 3 tries"):
         LanguageModelPlanner(backend).answer("hi", Conversation(), "shapes-flux")
+
+
+def test_the_agent_endpoint_plans_runs_and_keeps_the_thread(running_app):
+    client, output_dir = running_app
+    message = {"text": "two images of a red circle on the left", "files": []}
+    chat, _, plan, _ = client.predict(
+        "shapes-flux", "Offline rules (the shapes world)", "", "", "", [], message, "", api_name="/agent"
+    )
+    assert '"outputs"' in plan and chat[0]["role"] == "user"
+    pictures = [entry for entry in chat if entry["role"] == "assistant" and isinstance(entry["content"], dict)]
+    assert len(pictures) == 2
+    assert len(list(output_dir.rglob("*agent-output-*.png"))) == 2
+    with pytest.raises(Exception, match="Write a message first"):
+        client.predict("shapes-flux", "Offline rules (the shapes world)", "", "", "", [], {"text": " ", "files": []},
+                       "", api_name="/agent")  # fmt: skip

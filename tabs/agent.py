@@ -1,0 +1,140 @@
+"""Agent tab (ChatDiT-style): chat in, plan shown, the studio's tools run, images back in the
+thread. UI and wiring only; the agent is studio.agent."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import gradio as gr
+from PIL import Image
+
+from studio.agent.agent import Conversation, LanguageModelPlanner, Planner, RulePlanner, turn
+from studio.agent.llm import OpenAICompatible
+from studio.agent.schema import Answer, parse_answer
+from studio.context import StudioContext
+from studio.errors import InvalidRequest
+from studio.metadata import save_image
+from tabs import common
+
+RULES, ENDPOINT = "Offline rules (the shapes world)", "OpenAI-compatible endpoint"
+KEY_VARIABLE = "DIT_STUDIO_LLM_KEY"
+MAX_IMAGES_A_MESSAGE = 11
+
+
+@dataclass
+class AgentTab:
+    model: gr.Dropdown
+    planner: gr.Radio
+    endpoint: gr.Textbox
+    llm: gr.Textbox
+    key: gr.Textbox
+    chat: gr.Chatbot
+    message: gr.MultimodalTextbox
+    plan: gr.Code
+    run_plan: gr.Button
+    new_chat: gr.Button
+    cancel: gr.Button
+    conversation: gr.State
+
+
+def layout(studio: StudioContext) -> AgentTab:
+    default = common.default_model(studio, common.makes_images)
+    with gr.Row():
+        with gr.Column(scale=3):
+            chat = gr.Chatbot(label="Conversation", height=460, elem_id="agent-chat")
+            message = gr.MultimodalTextbox(
+                placeholder="e.g. three images of a green triangle, on the left, in the centre and on the right",
+                file_types=["image"],
+                file_count="multiple",
+                show_label=False,
+                elem_id="agent-message",
+            )
+            with gr.Row():
+                new_chat = gr.Button("New chat", size="sm")
+                cancel = gr.Button("Cancel", variant="stop", size="sm", elem_classes=["studio-cancel"])
+        with gr.Column(scale=2):
+            model = gr.Dropdown(common.model_choices(studio), value=default.id, label="Model the tools use")
+            planner = gr.Radio([RULES, ENDPOINT], value=RULES, label="Planner")
+            with gr.Accordion("Language model (OpenAI-compatible: OpenAI, vLLM, Ollama, llama.cpp)", open=False):
+                endpoint = gr.Textbox(label="Base URL", placeholder="http://127.0.0.1:11434/v1")
+                llm = gr.Textbox(label="Model", placeholder="qwen2.5:7b-instruct")
+                key = gr.Textbox(label=f"Key (empty: ${KEY_VARIABLE}; never saved)", type="password")
+            plan = gr.Code(label="Plan of the last turn (edit, then run it again)", language="json", interactive=True)
+            run_plan = gr.Button("Run this plan", size="sm")
+    return AgentTab(model, planner, endpoint, llm, key, chat, message, plan, run_plan, new_chat, cancel, gr.State(None))
+
+
+def planner_for(kind: str, endpoint: str, llm: str, key: str) -> Planner:
+    if kind != ENDPOINT:
+        return RulePlanner()
+    if not (endpoint or "").strip() or not (llm or "").strip():
+        raise InvalidRequest("Give the language model's base URL and model name, or use the offline rules.")
+    return LanguageModelPlanner(
+        OpenAICompatible(endpoint.strip(), llm.strip(), key or os.environ.get(KEY_VARIABLE, ""))
+    )
+
+
+class Fixed:
+    """A planner that answers with a plan the user edited."""
+
+    def __init__(self, answer: Answer) -> None:
+        self._answer = answer
+
+    def answer(self, message: str, conversation: Conversation, model: str) -> Answer:
+        return self._answer
+
+
+def run_turn_handler(studio: StudioContext, from_plan: bool) -> Callable:
+    catalogue = studio.registry.catalogue
+
+    def on_turn(request: gr.Request, progress=gr.Progress(), *values):
+        model_id, kind, endpoint, llm, key, chat, message, plan_text, conversation = values
+        conversation = conversation or Conversation()
+        chat = list(chat or [])
+        message = message or {"text": "", "files": []}
+        text = (message.get("text") or "").strip() if not from_plan else "(the edited plan)"
+        files = [] if from_plan else list(message.get("files") or [])
+        if not text and not files:
+            raise gr.Error("Write a message first.")
+        if len(files) > MAX_IMAGES_A_MESSAGE:
+            raise gr.Error(f"At most {MAX_IMAGES_A_MESSAGE} images a message.")
+        with common.user_errors("Agent"):
+            spec = catalogue.get(model_id)
+            planner = Fixed(parse_answer(plan_text or "")) if from_plan else planner_for(kind, endpoint, llm, key)
+            images = [_opened(path) for path in files]
+        chat += [{"role": "user", "content": {"path": path}} for path in files]
+        chat.append({"role": "user", "content": text})
+        phase = common.progress_callback(progress, "Running the plan")
+        with studio.cancellations.job(common.session_of(request)) as cancel, common.user_errors("Agent"):
+            answer, made = turn(
+                studio.runner, planner, conversation, text, images, spec.id, in_context=not spec.builtin,
+                on_step=phase, cancel=cancel,
+            )  # fmt: skip
+        folder = studio.history.folder(common.session_of(request))
+        chat.append({"role": "assistant", "content": answer.reply, "metadata": {"title": "Planned", "status": "done"}})
+        for item in made:
+            payload = {"method": f"agent: {item.record.method}", "id": item.record.id, **item.record.settings}
+            path = save_image(item.image, payload, folder, f"agent-{item.record.id}")
+            chat.append({"role": "assistant", "content": {"path": str(path), "alt_text": item.record.id}})
+        return chat, gr.MultimodalTextbox(value=None), answer.to_json(), conversation
+
+    return on_turn
+
+
+def _opened(path: str) -> Image.Image:
+    with Image.open(path) as picture:
+        return picture.convert("RGB")
+
+
+def build(studio: StudioContext) -> None:
+    ui = layout(studio)
+    inputs = [ui.model, ui.planner, ui.endpoint, ui.llm, ui.key, ui.chat, ui.message, ui.plan, ui.conversation]
+    outputs = [ui.chat, ui.message, ui.plan, ui.conversation]
+    talk = common.in_gpu_slot(ui.message.submit, run_turn_handler(studio, False), inputs, outputs, api_name="agent")
+    rerun = common.in_gpu_slot(
+        ui.run_plan.click, run_turn_handler(studio, True), inputs, outputs, api_name="agent_run_plan"
+    )
+    ui.new_chat.click(lambda: ([], None, "", None), None, outputs, api_name="agent_new_chat")
+    common.wire_cancel(studio, ui.cancel, [talk, rerun], "agent_cancel")
