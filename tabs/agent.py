@@ -92,9 +92,11 @@ def run_turn_handler(studio: StudioContext, from_plan: bool) -> Callable:
     def on_turn(request: gr.Request, progress=gr.Progress(), *values):
         model_id, kind, endpoint, llm, key, chat, message, plan_text, conversation = values
         conversation = conversation or Conversation()
-        chat = list(chat or [])
+        chat = list(chat) if isinstance(chat, list) else []
         message = message or {"text": "", "files": []}
-        text = (message.get("text") or "").strip() if not from_plan else "(the edited plan)"
+        if not isinstance(message, dict):
+            raise gr.Error("A message is text and, optionally, images.")
+        text = str(message.get("text") or "").strip() if not from_plan else "(the edited plan)"
         files = [] if from_plan else list(message.get("files") or [])
         if not text and not files:
             raise gr.Error("Write a message first.")
@@ -102,7 +104,7 @@ def run_turn_handler(studio: StudioContext, from_plan: bool) -> Callable:
             raise gr.Error(f"At most {MAX_IMAGES_A_MESSAGE} images a message.")
         with common.user_errors("Agent"):
             spec = catalogue.get(model_id)
-            planner = Fixed(parse_answer(plan_text or "")) if from_plan else planner_for(kind, endpoint, llm, key)
+            planner = Fixed(parse_answer(str(plan_text or ""))) if from_plan else planner_for(kind, endpoint, llm, key)
             images = [_opened(path) for path in files]
         chat += [{"role": "user", "content": {"path": path}} for path in files]
         chat.append({"role": "user", "content": text})
