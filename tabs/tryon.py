@@ -66,6 +66,9 @@ def layout(studio: StudioContext) -> TryOnTab:
             use_last = gr.Button("Use the last try-on result as the person (dress in layers)", size="sm")
             kind = gr.Radio([(KIND_LABELS[k], k) for k in KINDS], value="upper", label="Garment kind")
             clean_garment = gr.Checkbox(False, label="Remove the garment photo's plain background")
+            keep_backdrop = gr.Checkbox(
+                True, label="Keep the photo's backdrop inside the mask (where the result shows it)"
+            )
             description = gr.Textbox(
                 label="Garment description (optional: fills the prompt's product-shot part)",
                 placeholder="a red striped top",
@@ -99,7 +102,7 @@ def layout(studio: StudioContext) -> TryOnTab:
                 api_mask = gr.Image(type="pil", image_mode="L", label="Mask (API: white repaints; empty: automatic)")
     steps, guidance, width, height, seed = sampling.components()
     fields = {"kind": kind, "description": description, "steps": steps, "guidance": guidance}
-    fields |= {"width": width, "height": height, "seed": seed, "lora_scale": lora_scale}
+    fields |= {"width": width, "height": height, "seed": seed, "lora_scale": lora_scale, "keep_backdrop": keep_backdrop}
     return TryOnTab(
         model,
         person,

@@ -230,7 +230,7 @@ def test_the_endpoint_makes_a_tryon_with_the_automatic_mask(running_app):
     assert editor["layers"], "the automatic mask comes back as a layer to edit"
     compare, result, _canvas, info = client.predict(
         MODEL, handle_file(person), handle_file(garment), False, None, None,
-        "upper", "", 30, 30.0, 96, 64, 0, 1.0, api_name="/try_on",
+        "upper", "", 30, 30.0, 96, 64, 0, 1.0, True, api_name="/try_on",
     )  # fmt: skip
     with Image.open(result) as made, Image.open(person) as photo:
         assert made.size == photo.size

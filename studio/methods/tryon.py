@@ -4,7 +4,8 @@ The canvas is [garment | person], each at the model's cell size; the garment hal
 person's clothing area (the agnostic mask) is inpainted by a FLUX Fill model with the in-context
 prompt, so the transformer copies the garment from the left panel onto the person on the right.
 The result is the right half, brought back to the person photo's size and pasted in the mask
-only: every pixel outside the mask is the person's own, bit for bit.
+only: every pixel outside the mask is the person's own, bit for bit; inside it, where both the
+photo and the result parse as backdrop, the photo's backdrop stays too.
 
 The agnostic mask comes from a human parser (segformer_b2_clothes, ATR labels) by garment kind,
 dilated and boxed, and never covers the face, hair, hands or shoes; or it is painted by hand.
@@ -283,6 +284,9 @@ class TryOnSettings(SamplingSettings):
     description: str = ""
     # The baseline: inpaint from the prompt alone, the garment panel left blank.
     without_garment: bool = False
+    # Inside the mask, where both the photo and the result show backdrop (the parser's label 0),
+    # keep the photo's own: the model redraws the person, not the room behind them.
+    keep_backdrop: bool = True
 
 
 @dataclass
@@ -366,6 +370,16 @@ def try_on(
             generated = pipe(**arguments).images[0]
     person_half = generated.crop((cell[0], 0, 2 * cell[0], cell[1]))
     image = paste_back(person, placement.crop(person_half), mask)
+    if settings.keep_backdrop:
+        try:
+            source = parser_for(spec)
+            backdrop = (parse(person, source, registry.offline_only) == 0) & (
+                parse(image, source, registry.offline_only) == 0
+            )
+        except ModelUnavailable:
+            notes.append("The backdrop inside the mask is the model's: no human parser here to tell it apart.")
+        else:
+            image = paste_back(person, image, mask & ~backdrop)
     return TryOnResult(image, generated, mask, settings, time.perf_counter() - started, notes)
 
 
