@@ -65,6 +65,11 @@ def size_for_aspect(spec: ModelSpec, ratio: str) -> tuple[int, int]:
     return snap(math.sqrt(area * aspect), spec.size_multiple), snap(math.sqrt(area / aspect), spec.size_multiple)
 
 
+def model_sampling(spec: ModelSpec) -> dict[str, Any]:
+    """A model's own sampling (steps, guidance, size): what a request that names none gets."""
+    return {"steps": spec.steps, "guidance": spec.guidance_scale, "width": spec.width, "height": spec.height}
+
+
 def validate(settings: GenerationSettings, spec: ModelSpec) -> GenerationSettings:
     """The settings made safe to run, or InvalidRequest saying what is wrong."""
     if spec.kind != "image":

@@ -111,7 +111,7 @@ def run_turn_handler(studio: StudioContext, from_plan: bool) -> Callable:
         phase = common.progress_callback(progress, "Running the plan")
         with studio.cancellations.job(common.session_of(request)) as cancel, common.user_errors("Agent"):
             answer, made = turn(
-                studio.runner, planner, conversation, text, images, spec.id, in_context=not spec.builtin,
+                studio.runner, catalogue, planner, conversation, text, images, spec.id, in_context=not spec.builtin,
                 on_step=phase, cancel=cancel,
             )  # fmt: skip
         folder = studio.history.folder(common.session_of(request))

@@ -17,7 +17,9 @@ from studio.agent.planning import grid_prompt, input_id, output_id, panelised, p
 from studio.agent.rules import ImageRecord, plan
 from studio.agent.schema import Answer, ToolCall
 from studio.agent.tools import tool_settings, tools
+from studio.catalogue import Catalogue
 from studio.errors import InvalidRequest
+from studio.generation import model_sampling
 from studio.params import StepCallback
 from studio.runner import Job, Runner
 
@@ -86,14 +88,19 @@ class LanguageModelPlanner:
         return ask(self.backend, conversation.messages, message, [record.id for record in conversation.records()])
 
 
-def _with_model(arguments: dict[str, Any], model: str) -> dict[str, Any]:
-    return {"model": model, **arguments}
+def with_defaults(catalogue: Catalogue, arguments: dict[str, Any], model: str) -> dict[str, Any]:
+    """A tool's arguments with the model (the chat's unless named) and that model's own sampling
+    where the arguments name none (a settings type's defaults are a hub model's 1024²)."""
+    chosen = str(arguments.get("model", model))
+    return {**model_sampling(catalogue.get(chosen)), "model": chosen, **arguments}
 
 
-def run_call(runner: Runner, call: ToolCall, conversation: Conversation, model: str, on_step, cancel) -> list[Made]:
+def run_call(
+    runner: Runner, catalogue: Catalogue, call: ToolCall, conversation: Conversation, model: str, on_step, cancel
+) -> list[Made]:
     """One tool call: settings checked against the tool's type, images fetched by id, the method
     run, its pictures added as outputs."""
-    settings = tool_settings(call.tool, _with_model(call.arguments, model))
+    settings = tool_settings(call.tool, with_defaults(catalogue, call.arguments, model))
     method = tools()[call.tool]
     unknown = set(call.images) - set(method.inputs)
     if unknown:
@@ -105,6 +112,7 @@ def run_call(runner: Runner, call: ToolCall, conversation: Conversation, model: 
 
 def run_outputs(
     runner: Runner,
+    catalogue: Catalogue,
     answer: Answer,
     conversation: Conversation,
     given: Sequence[str],
@@ -120,7 +128,8 @@ def run_outputs(
     if not in_context:
         made = []
         for index, prompt in enumerate(answer.outputs):
-            settings = tool_settings("generate", {"model": model, "prompt": prompt, "seed": seed + index})
+            arguments = with_defaults(catalogue, {"prompt": prompt, "seed": seed + index}, model)
+            settings = tool_settings("generate", arguments)
             result = runner.run(Job("generate", settings, {}), on_step, cancel)
             made += [conversation.add_output(r.image, "generate", r.settings.to_dict()) for r in result]
         return made
@@ -129,8 +138,10 @@ def run_outputs(
         texts = [conversation.prompt_of(reference) for reference in step.references]
         texts += [answer.outputs[index] for index in step.outputs]
         prompt, rows, columns = grid_prompt(panelised(answer.overview, texts), step.panels)
-        arguments = {"model": model, "prompt": prompt, "rows": rows, "columns": columns, "seed": seed}
-        checked: Any = tool_settings("image_set", arguments)
+        spec = catalogue.get(model)
+        size = {"width": spec.width * columns, "height": spec.height * rows} if spec.builtin else {}
+        arguments = with_defaults(catalogue, {"prompt": prompt, "rows": rows, "columns": columns, "seed": seed}, model)
+        checked: Any = tool_settings("image_set", arguments | size)
         request = dataclasses.replace(
             checked,
             references={position: conversation.find(reference) for position, reference in enumerate(step.references)},
@@ -146,6 +157,7 @@ def run_outputs(
 
 def turn(
     runner: Runner,
+    catalogue: Catalogue,
     planner: Planner,
     conversation: Conversation,
     message: str,
@@ -163,9 +175,13 @@ def turn(
         given = [conversation.add_input(image) for image in images]
         answer = planner.answer(message, conversation, model)
         made = (
-            run_outputs(runner, answer, conversation, given, model, in_context, seed, on_step, cancel)
+            run_outputs(runner, catalogue, answer, conversation, given, model, in_context, seed, on_step, cancel)
             if answer.outputs
-            else [m for call in answer.calls for m in run_call(runner, call, conversation, model, on_step, cancel)]
+            else [
+                made
+                for call in answer.calls
+                for made in run_call(runner, catalogue, call, conversation, model, on_step, cancel)
+            ]
         )
     except BaseException:
         del conversation.images[kept_images:]

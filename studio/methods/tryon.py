@@ -306,10 +306,6 @@ def check_model(spec: ModelSpec) -> None:
         )
 
 
-def defaults_for(spec: ModelSpec) -> dict[str, float | int]:
-    return {"steps": spec.steps, "guidance": spec.guidance_scale, "width": spec.width, "height": spec.height}
-
-
 def adapters_for(registry: Registry, spec: ModelSpec, scale: float) -> dict[str, float]:
     """catvton-flux's LoRA on hub FLUX Fill models (fetched once); the built-in learnt try-on in
     its own weights."""
