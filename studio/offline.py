@@ -33,7 +33,7 @@ from transformers import (
 
 from studio.toyworld.scene import VOCABULARY
 
-BUILTIN_FORMAT_VERSION = "6"
+BUILTIN_FORMAT_VERSION = "7"
 _build_lock = threading.Lock()
 
 

@@ -15,13 +15,13 @@ Capability = Callable[[ModelSpec], bool]
 
 
 def joint(spec: ModelSpec) -> bool:
-    """Text and image tokens in one attention (FLUX, SD3)."""
-    return spec.family.token_order in ("text-image", "image-text")
+    """Makes images from text with text and image tokens in one attention (FLUX, SD3)."""
+    return image(spec) and spec.family.token_order in ("text-image", "image-text")
 
 
 def cross(spec: ModelSpec) -> bool:
-    """Text read through cross-attention (PixArt, SANA)."""
-    return spec.family.token_order == "cross-attention"
+    """Makes images from text, reading the text through cross-attention (PixArt, SANA)."""
+    return image(spec) and spec.family.token_order == "cross-attention"
 
 
 def controllable(spec: ModelSpec) -> bool:

@@ -173,6 +173,8 @@ VOCABULARY: tuple[str, ...] = tuple(
         + ["top", "dress", "trousers", "skirt", "plain", "striped", "dotted", "checked", "clothing", "cloth"]
         + ["The", "pair", "highlights", "its", "styling", "model", "high", "resolution", "4K", "8K", "IMAGE"]
         + ["Detailed", "product", "shot", "worn", "by", "lifestyle", "setting", "person", "wearing"]
+        # CLIP lower-cases what it reads, so the capitalised words need their lower-case forms.
+        + ["detailed", "4k", "8k"]
         + [word for words in BACKGROUND_WORDS.values() for word in words]
         + list(SHAPES)
         + list(PLURALS.values())
