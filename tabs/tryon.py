@@ -13,7 +13,7 @@ from PIL import Image
 from studio.catalogue import PROJECT_ROOT, ModelSpec
 from studio.context import StudioContext
 from studio.metadata import encode_mask, save_image
-from studio.methods.tryon import KINDS, TryOnSettings, automatic_mask, check_image, mask_overlay, without_backdrop
+from studio.methods.tryon import KINDS, TryOnSettings, automatic_mask, check_image, without_backdrop
 from studio.presets import example_rows
 from studio.runner import Job
 from tabs import common
@@ -133,8 +133,15 @@ def painted(editor: Any) -> np.ndarray | None:
     return joined if joined is not None and joined.any() else None
 
 
+def mask_layer(mask: np.ndarray) -> Image.Image:
+    """The mask as a translucent brush layer the size of the person, to show and to edit."""
+    layer = np.zeros((*mask.shape, 4), dtype=np.uint8)
+    layer[mask] = (255, 40, 200, 160)
+    return Image.fromarray(layer, mode="RGBA")
+
+
 def mask_editor(person: Image.Image, mask: np.ndarray | None) -> dict:
-    layers = [] if mask is None else [mask_overlay(person, mask)]
+    layers = [] if mask is None else [mask_layer(mask)]
     return {"background": person, "layers": layers, "composite": person}
 
 

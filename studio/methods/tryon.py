@@ -177,13 +177,6 @@ def automatic_mask(person: Image.Image, kind: str, spec: ModelSpec, offline: boo
     return agnostic_mask(parse(person, parser_for(spec), offline), kind)
 
 
-def mask_overlay(person: Image.Image, mask: np.ndarray) -> Image.Image:
-    """The mask as a translucent layer the size of the person (for showing and brushing)."""
-    layer = np.zeros((*mask.shape, 4), dtype=np.uint8)
-    layer[mask] = (255, 40, 200, 160)
-    return Image.fromarray(layer, mode="RGBA")
-
-
 # --- Canvas -----------------------------------------------------------------------------------
 
 
@@ -338,8 +331,11 @@ def try_on(
     if settings.width % (2 * spec.size_multiple):
         settings = TryOnSettings(**{**settings.to_dict(), "width": settings.width + spec.size_multiple})
     prompt = prompt_for(settings.description)
+    # The person's labels, read once: for the automatic mask and for keeping the backdrop.
+    labels: np.ndarray | None = None
     if mask is None:
-        mask = automatic_mask(person, settings.kind, spec, registry.offline_only)
+        labels = parse(person, parser_for(spec), registry.offline_only)
+        mask = agnostic_mask(labels, settings.kind)
     elif mask.shape != (person.height, person.width):
         raise InvalidRequest("The mask must be the size of the person image.")
     mask = checked_mask(mask)
