@@ -404,3 +404,14 @@ def test_upload_a_person_and_a_garment_and_try_it_on(page, tmp_path, artifacts):
     with Image.open(results[0]) as made, Image.open("assets/examples/tryon/person-2.png") as person:
         assert made.size == person.size
         assert (np.asarray(made.convert("RGB")) != np.asarray(person.convert("RGB"))).any()
+
+
+def test_type_a_request_to_the_agent_and_see_the_plan_and_images(page, tmp_path, artifacts):
+    page.get_by_role("tab", name="Agent").click()
+    box = page.locator("#agent-message textarea").first
+    box.fill("two images of a red circle on the left, gray background")
+    box.press("Enter")
+    page.locator("#agent-chat img").nth(1).wait_for(timeout=120_000)
+    page.screenshot(path=str(artifacts / "agent.png"), full_page=True)
+    assert page.get_by_text("Making 2 images").first.is_visible()
+    assert len(list(tmp_path.glob("*agent-output-*.png"))) == 2
