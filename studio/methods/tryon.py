@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from studio.catalogue import PROJECT_ROOT, ModelSpec
 from studio.errors import InvalidRequest, ModelUnavailable
 from studio.generation import GenerationSettings, call_arguments, validate_sampling
+from studio.methods import incontext
 from studio.params import SamplingSettings, StepCallback, StepReporter, redefault, setting
 from studio.registry import Registry
 from studio.runner import Method, register
@@ -235,11 +236,8 @@ def without_backdrop(garment: Image.Image, tolerance: float = 40.0) -> Image.Ima
 
 
 def compose(garment: Image.Image, person: Image.Image) -> Image.Image:
-    """The canvas [garment | person] (both one cell)."""
-    canvas = Image.new("RGB", (garment.width + person.width, person.height))
-    canvas.paste(garment, (0, 0))
-    canvas.paste(person, (garment.width, 0))
-    return canvas
+    """The canvas [garment | person] (both one cell): the in-context toolkit's 1x2 grid."""
+    return incontext.compose([garment, person], rows=1, columns=2)
 
 
 def canvas_mask(person_mask: np.ndarray, cell: tuple[int, int]) -> np.ndarray:
@@ -329,7 +327,7 @@ def try_on(
     )
     settings = validate_sampling(settings, spec)
     if settings.width % (2 * spec.size_multiple):
-        settings = TryOnSettings(**{**settings.to_dict(), "width": settings.width + spec.size_multiple})
+        settings = replace(settings, width=settings.width + spec.size_multiple)
     prompt = prompt_for(settings.description)
     # The person's labels, read once: for the automatic mask and for keeping the backdrop.
     labels: np.ndarray | None = None
