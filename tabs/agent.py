@@ -4,13 +4,13 @@ thread. UI and wiring only; the agent is studio.agent."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import gradio as gr
 from PIL import Image
 
-from studio.agent.agent import Conversation, LanguageModelPlanner, Planner, RulePlanner, turn
+from studio.agent.agent import Check, Conversation, LanguageModelPlanner, Planner, RulePlanner, turn
 from studio.agent.llm import OpenAICompatible
 from studio.agent.schema import Answer, parse_answer
 from studio.context import StudioContext
@@ -82,7 +82,9 @@ class Fixed:
     def __init__(self, answer: Answer) -> None:
         self._answer = answer
 
-    def answer(self, message: str, conversation: Conversation, model: str) -> Answer:
+    def answer(
+        self, message: str, conversation: Conversation, model: str, given: Sequence[str], check: Check
+    ) -> Answer:
         return self._answer
 
 

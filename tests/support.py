@@ -66,3 +66,57 @@ def pipeline_of(registry: Registry, model_id: str, task: str = "t2i") -> Diffusi
     budget (or one the test itself controls), so nothing evicts it while the test reads it."""
     with registry.use(model_id, task) as pipe:
         return pipe
+
+
+class ChatServer:
+    """A real HTTP server speaking OpenAI's chat-completions protocol with scripted answers: each
+    request takes the next answer (a text, or an HTTP status for an error) and is kept."""
+
+    def __init__(self, *answers: str | int, key: str = "test-key", json_mode: bool = True) -> None:
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.answers, self.requests = list(answers), []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet test output
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+                if self.headers.get("Authorization") != f"Bearer {key}":
+                    return self.reply(401, {"error": {"message": "Incorrect API key provided", "type": "auth"}})
+                if "response_format" in body and not json_mode:
+                    return self.reply(400, {"error": {"message": "response_format is not supported"}})
+                answer = server.answers.pop(0)
+                if isinstance(answer, int):
+                    return self.reply(answer, {"error": {"message": f"scripted failure {answer}"}})
+                message = {"role": "assistant", "content": answer}
+                self.reply(200, {
+                    "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": body["model"],
+                    "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                })  # fmt: skip
+
+            def reply(self, status, payload):
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> ChatServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

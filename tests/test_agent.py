@@ -205,13 +205,28 @@ def test_a_failing_turn_leaves_the_conversation_as_it_was(runner, catalogue):
     from studio.agent.schema import Answer, ToolCall
 
     class Careless:
-        def answer(self, message, conversation, model):
-            return Answer("ok", calls=(ToolCall("generate", {"prompt": "a red circle", "steps": 0}),))
+        """Its first call is good, its second is not: nothing may run."""
 
-    conversation = Conversation()
+        def answer(self, message, conversation, model, given, check):
+            good = ToolCall("generate", {"prompt": "a red circle", "steps": 2})
+            return Answer("ok", calls=(good, ToolCall("generate", {"prompt": "a red circle", "steps": 0})))
+
+    class Counting:
+        def __init__(self):
+            self.jobs = 0
+
+        def run(self, job, on_step=None, cancel=None):
+            self.jobs += 1
+            return runner.run(job, on_step, cancel)
+
+    conversation, counting = Conversation(), Counting()
     with pytest.raises(InvalidRequest, match="Steps"):
-        turn(runner, catalogue, Careless(), conversation, "hi", [Image.new("RGB", (64, 64))], "shapes-flux", False)
-    assert conversation.images == [] and conversation.messages == []
+        turn(counting, catalogue, Careless(), conversation, "hi", [Image.new("RGB", (64, 64))], "shapes-flux", False)
+    assert conversation.images == [] and conversation.messages == [] and counting.jobs == 0
+
+
+def _any(answer):
+    """A check that lets every parsed answer through."""
 
 
 class Scripted:
@@ -230,7 +245,7 @@ def test_a_malformed_answer_is_sent_back_with_its_reason_then_accepted():
 
     good = '{"reply": "ok", "overview": "two circles", "outputs": ["a red circle", "a blue circle"]}'
     backend = Scripted("Sure, here you go: {not json}", good)
-    answer = LanguageModelPlanner(backend).answer("two circles please", Conversation(), "shapes-flux")
+    answer = LanguageModelPlanner(backend).answer("two circles please", Conversation(), "shapes-flux", [], _any)
     assert answer.outputs == ("a red circle", "a blue circle")
     retry = backend.sent[1]
     assert retry[-1]["role"] == "user" and "not valid JSON" in retry[-1]["content"]
@@ -242,7 +257,7 @@ def test_three_unusable_answers_are_refused():
 
     backend = Scripted('{"reply": "x"}', '{"reply": "x", "outputs": [], "calls": []}', "no")
     with pytest.raises(InvalidRequest, match="no usable plan in 3 tries"):
-        LanguageModelPlanner(backend).answer("hi", Conversation(), "shapes-flux")
+        LanguageModelPlanner(backend).answer("hi", Conversation(), "shapes-flux", [], _any)
 
 
 def test_the_agent_endpoint_plans_runs_and_keeps_the_thread(running_app):
@@ -260,3 +275,171 @@ def test_the_agent_endpoint_plans_runs_and_keeps_the_thread(running_app):
     with pytest.raises(Exception, match="Write a message first"):
         client.predict("shapes-flux", "Offline rules (the shapes world)", "", "", "", [], {"text": " ", "files": []},
                        "", api_name="/agent")  # fmt: skip
+
+
+# --- A language model over HTTP (the `openai` client against a scripted server) ----------------
+
+
+def _plan(outputs=(), calls=(), inputs=None, overview="a set"):
+    import json
+
+    return json.dumps(
+        {
+            "reply": "On it.",
+            "overview": overview,
+            "outputs": list(outputs),
+            "calls": list(calls),
+            "inputs": inputs or {},
+        }
+    )
+
+
+class Recording:
+    """The studio's runner, keeping every job it was given."""
+
+    def __init__(self, runner):
+        self.runner, self.jobs = runner, []
+
+    def run(self, job, on_step=None, cancel=None):
+        self.jobs.append(job)
+        return self.runner.run(job, on_step, cancel)
+
+
+def _planner(server, key="test-key"):
+    from studio.agent.agent import LanguageModelPlanner
+    from studio.agent.llm import OpenAICompatible
+
+    return LanguageModelPlanner(OpenAICompatible(server.url, "planner-model", key, timeout=10))
+
+
+def test_an_openai_endpoint_plans_text_to_one_image(runner, catalogue):
+    from support import ChatServer
+
+    from studio.agent.agent import Conversation, turn
+
+    with ChatServer(_plan(["a red circle on the left"])) as server:
+        answer, made = turn(
+            runner, catalogue, _planner(server), Conversation(), "a red circle", [], "shapes-flux", False
+        )
+    (request,) = server.requests
+    assert request["path"] == "/v1/chat/completions" and request["auth"] == "Bearer test-key"
+    body = request["body"]
+    assert body["model"] == "planner-model" and body["response_format"] == {"type": "json_object"}
+    assert body["messages"][0]["role"] == "system" and "colour_edit:" in body["messages"][0]["content"]
+    assert body["messages"][-1] == {"role": "user", "content": "a red circle"}
+    assert answer.outputs == ("a red circle on the left",) and [m.record.id for m in made] == ["output-1"]
+    assert made[0].image.size == (64, 64)
+
+
+def test_text_to_many_runs_chatdits_groups_in_context(runner, catalogue):
+    """Five outputs, no inputs: the first four on one 2x2 grid, the fifth on a grid whose first
+    three cells are the first three outputs (ChatDiT's referencing), through the image-set tool."""
+    from support import ChatServer
+
+    from studio.agent.agent import Conversation, turn
+
+    prompts = [f"a {colour} circle" for colour in ("red", "green", "blue", "yellow", "purple")]
+    recording, conversation = Recording(runner), Conversation()
+    with ChatServer(_plan(prompts, overview="five circles")) as server:
+        _, made = turn(recording, catalogue, _planner(server), conversation, "five circles", [], "shapes-flux", True)
+    assert [m.record.id for m in made] == [f"output-{n}" for n in range(1, 6)]
+    first, second = recording.jobs
+    assert first.method == second.method == "image_set"
+    assert (first.settings.rows, first.settings.columns) == (2, 2) and not first.settings.references
+    assert "[FOUR-PANEL] five circles [TOP-LEFT] a red circle" in first.settings.prompt
+    assert "[BOTTOM-RIGHT] a yellow circle" in first.settings.prompt
+    # The fifth: references in cells 0-2, pixel for pixel the first three outputs.
+    assert sorted(second.settings.references) == [0, 1, 2]
+    for position in range(3):
+        assert second.settings.references[position].tobytes() == made[position].image.tobytes()
+    assert second.settings.prompt.endswith("[BOTTOM-LEFT] a blue circle [BOTTOM-RIGHT] a purple circle")
+    assert all(m.image.size == (64, 64) for m in made)
+
+
+def test_image_to_many_is_sequential_and_the_model_sees_and_describes_the_image(runner, catalogue):
+    from support import ChatServer
+
+    from studio.agent.agent import Conversation, turn
+    from studio.toyworld.scene import POSITIONS, Scene, object_at, render
+
+    circle = object_at("red", "circle", 0.4, POSITIONS["left"])
+    given, _ = render(Scene((circle,), "gray"), 64)
+    described = {"input-1": "a red circle on the left"}
+    recording, conversation = Recording(runner), Conversation()
+    with ChatServer(_plan(["a red circle in the centre", "a red circle on the right"], inputs=described)) as server:
+        _, made = turn(
+            recording, catalogue, _planner(server), conversation, "move it along", [given], "shapes-flux", True
+        )
+    content = server.requests[0]["body"]["messages"][-1]["content"]
+    assert content[0]["type"] == "text" and "input-1" in content[0]["text"]
+    assert content[1]["type"] == "image_url" and content[1]["image_url"]["url"].startswith("data:image/png;base64,")
+    first, second = recording.jobs
+    assert list(first.settings.references) == [0] and list(second.settings.references) == [0, 1]
+    assert second.settings.references[1].tobytes() == made[0].image.tobytes()
+    # The description is the reference panel's text.
+    assert (
+        "a red circle on the left" in first.settings.prompt
+        and conversation.prompt_of("input-1") == described["input-1"]
+    )
+
+
+def test_images_to_images_condition_every_output_on_all_inputs(runner, catalogue):
+    from support import ChatServer
+
+    from studio.agent.agent import Conversation, turn
+
+    inputs = [Image.new("RGB", (64, 64), colour) for colour in ("red", "blue")]
+    recording = Recording(runner)
+    with ChatServer(_plan(["a mix", "another mix"])) as server:
+        _, made = turn(recording, catalogue, _planner(server), Conversation(), "mix them", inputs, "shapes-flux", True)
+    assert len(made) == 2 and len(server.requests[0]["body"]["messages"][-1]["content"]) == 3
+    assert [sorted(job.settings.references) for job in recording.jobs] == [[0, 1], [0, 1]]
+
+
+def test_a_malformed_http_answer_is_retried_then_accepted_and_a_bad_tool_call_sent_back(runner, catalogue):
+    from support import ChatServer
+
+    from studio.agent.agent import Conversation, turn
+
+    bad_call = _plan(calls=[{"tool": "colour_edit", "arguments": {"colour": "blue"}}])
+    with ChatServer("Here it is: {oops", bad_call, _plan(["a blue square"])) as server:
+        answer, made = turn(runner, catalogue, _planner(server), Conversation(), "a square", [], "shapes-flux", False)
+    assert answer.outputs == ("a blue square",) and len(made) == 1 and len(server.requests) == 3
+    assert "holds no JSON object" in server.requests[1]["body"]["messages"][-1]["content"]
+    assert "has no field 'colour'" in server.requests[2]["body"]["messages"][-1]["content"]
+
+
+def test_schema_violations_three_times_are_refused_and_nothing_runs(runner, catalogue):
+    from support import ChatServer
+
+    from studio.agent.agent import Conversation, turn
+
+    too_many = _plan([f"a circle {n}" for n in range(13)])
+    recording, conversation = Recording(runner), Conversation()
+    refused = pytest.raises(InvalidRequest, match="no usable plan in 3 tries")
+    with ChatServer(too_many, too_many, '{"reply": "x", "mood": "happy"}') as server, refused:
+        turn(recording, catalogue, _planner(server), conversation, "lots", [], "shapes-flux", False)
+    assert recording.jobs == [] and conversation.images == [] and conversation.messages == []
+
+
+def test_server_failures_are_one_sentence(catalogue):
+    from support import ChatServer
+
+    from studio.agent.agent import Conversation
+    from studio.errors import StudioError
+
+    def ask(server, key="test-key"):
+        return _planner(server, key).answer("hi", Conversation(), "shapes-flux", [], _any)
+
+    with ChatServer(_plan(["a circle"])) as server, pytest.raises(StudioError, match="refused the key"):
+        ask(server, key="wrong")
+    with ChatServer(500) as server, pytest.raises(StudioError, match="language model failed"):
+        ask(server)
+    # A server without JSON mode is asked again without it.
+    with ChatServer(_plan(["a circle"]), json_mode=False) as server:
+        assert ask(server).outputs == ("a circle",)
+        assert "response_format" not in server.requests[-1]["body"]
+    closed = ChatServer()
+    closed.httpd.server_close()
+    with pytest.raises(StudioError, match="cannot be reached"):
+        ask(closed)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -15,12 +15,12 @@ from PIL import Image
 from studio.agent.llm import ChatBackend, ask
 from studio.agent.planning import grid_prompt, input_id, output_id, panelised, plan_steps
 from studio.agent.rules import ImageRecord, plan
-from studio.agent.schema import Answer, ToolCall
+from studio.agent.schema import Answer
 from studio.agent.tools import tool_settings, tools
 from studio.catalogue import Catalogue
 from studio.errors import InvalidRequest
 from studio.generation import model_sampling
-from studio.params import StepCallback
+from studio.params import SamplingSettings, StepCallback
 from studio.runner import Job, Runner
 
 
@@ -55,6 +55,12 @@ class Conversation:
                 return str(made.record.settings.get("prompt", "the given image"))
         raise InvalidRequest(f"There is no image {image_id} in this conversation.")
 
+    def describe(self, descriptions: dict[str, str]) -> None:
+        """The user's images as a planner described them (their text in later panels)."""
+        for made in self.images:
+            if made.record.id in descriptions:
+                made.record = dataclasses.replace(made.record, settings={"prompt": descriptions[made.record.id]})
+
     def add_input(self, image: Image.Image) -> str:
         index = sum(made.record.id.startswith("input-") for made in self.images)
         self.images.append(Made(ImageRecord(input_id(index), ""), image.convert("RGB")))
@@ -68,24 +74,45 @@ class Conversation:
 
 
 class Planner(Protocol):
-    def answer(self, message: str, conversation: Conversation, model: str) -> Answer: ...
+    def answer(
+        self, message: str, conversation: Conversation, model: str, given: Sequence[str], check: Check
+    ) -> Answer: ...
+
+
+Check = Callable[[Answer], None]
 
 
 class RulePlanner:
     """The offline planner (`rules.plan`): no language model."""
 
-    def answer(self, message: str, conversation: Conversation, model: str) -> Answer:
+    def answer(
+        self, message: str, conversation: Conversation, model: str, given: Sequence[str], check: Check
+    ) -> Answer:
         return plan(message, conversation.records(), model)
 
 
 class LanguageModelPlanner:
-    """A language model asked for the answer as JSON (`llm.ask`: checked, retried with the reason)."""
+    """A language model asked for the answer as JSON (`llm.ask`): it sees the user's images (a
+    vision model describes them, ChatDiT's parsing), and an answer that fails the schema or the
+    check is sent back with the reason."""
 
     def __init__(self, backend: ChatBackend) -> None:
         self.backend = backend
 
-    def answer(self, message: str, conversation: Conversation, model: str) -> Answer:
-        return ask(self.backend, conversation.messages, message, [record.id for record in conversation.records()])
+    def answer(
+        self, message: str, conversation: Conversation, model: str, given: Sequence[str], check: Check
+    ) -> Answer:
+        images = [_line(made) for made in conversation.images]
+        attached = [(image_id, conversation.find(image_id)) for image_id in given]
+        return ask(self.backend, conversation.messages, message, images, attached, check)
+
+
+def _line(made: Made) -> str:
+    """An image of the chat as the language model is told of it."""
+    what = made.record.settings.get("prompt")
+    if made.record.id.startswith("input-"):
+        return f"{made.record.id}: the user's image" + (f" ({what})" if what else "")
+    return f"{made.record.id}: {what or 'an image'} (made by {made.record.method})"
 
 
 def with_defaults(catalogue: Catalogue, arguments: dict[str, Any], model: str) -> dict[str, Any]:
@@ -95,19 +122,47 @@ def with_defaults(catalogue: Catalogue, arguments: dict[str, Any], model: str) -
     return {**model_sampling(catalogue.get(chosen)), "model": chosen, **arguments}
 
 
-def run_call(
-    runner: Runner, catalogue: Catalogue, call: ToolCall, conversation: Conversation, model: str, on_step, cancel
-) -> list[Made]:
-    """One tool call: settings checked against the tool's type, images fetched by id, the method
-    run, its pictures added as outputs."""
-    settings = tool_settings(call.tool, with_defaults(catalogue, call.arguments, model))
-    method = tools()[call.tool]
-    unknown = set(call.images) - set(method.inputs)
-    if unknown:
-        raise InvalidRequest(f"{call.tool} takes no image {sorted(unknown)[0]!r}.")
-    inputs = {name: conversation.find(image_id) for name, image_id in call.images.items()}
-    result = runner.run(Job(call.tool, settings, inputs), on_step, cancel)
-    return [conversation.add_output(picture, call.tool, settings.to_dict()) for picture in method.pictures(result)]
+@dataclass(frozen=True)
+class CheckedCall:
+    """A tool call whose settings passed their type's checks and whose images exist."""
+
+    tool: str
+    settings: SamplingSettings
+    inputs: dict[str, Image.Image]
+
+
+def checked_calls(catalogue: Catalogue, answer: Answer, conversation: Conversation, model: str) -> list[CheckedCall]:
+    """Every call of an answer checked before any runs (a plan never half-runs on a bad call)."""
+    made = []
+    for call in answer.calls:
+        settings = tool_settings(call.tool, with_defaults(catalogue, call.arguments, model))
+        method = tools()[call.tool]
+        unknown = set(call.images) - set(method.inputs)
+        if unknown:
+            raise InvalidRequest(f"{call.tool} takes no image {sorted(unknown)[0]!r}.")
+        inputs = {name: conversation.find(image_id) for name, image_id in call.images.items()}
+        made.append(CheckedCall(call.tool, settings, inputs))
+    return made
+
+
+def check_answer(
+    catalogue: Catalogue, answer: Answer, conversation: Conversation, model: str, given: Sequence[str]
+) -> None:
+    """InvalidRequest when the answer cannot run as it is: a call's settings or images, the
+    described inputs, or more panels than a grid holds."""
+    checked_calls(catalogue, answer, conversation, model)
+    for image_id in answer.inputs:
+        if image_id not in given:
+            raise InvalidRequest(f"inputs: {image_id} is not one of the images of this message ({', '.join(given)}).")
+    if answer.outputs:
+        plan_steps(len(given), len(answer.outputs))
+
+
+def run_call(runner: Runner, call: CheckedCall, conversation: Conversation, on_step, cancel) -> list[Made]:
+    """One checked tool call: the method run, its pictures added as outputs."""
+    result = runner.run(Job(call.tool, call.settings, call.inputs), on_step, cancel)
+    pictures = tools()[call.tool].pictures(result)
+    return [conversation.add_output(picture, call.tool, call.settings.to_dict()) for picture in pictures]
 
 
 def run_outputs(
@@ -173,16 +228,18 @@ def turn(
     kept_images, kept_messages = len(conversation.images), len(conversation.messages)
     try:
         given = [conversation.add_input(image) for image in images]
-        answer = planner.answer(message, conversation, model)
-        made = (
-            run_outputs(runner, catalogue, answer, conversation, given, model, in_context, seed, on_step, cancel)
-            if answer.outputs
-            else [
-                made
-                for call in answer.calls
-                for made in run_call(runner, catalogue, call, conversation, model, on_step, cancel)
-            ]
-        )
+
+        def check(answer: Answer) -> None:
+            check_answer(catalogue, answer, conversation, model, given)
+
+        answer = planner.answer(message, conversation, model, given, check)
+        check(answer)
+        conversation.describe(answer.inputs)
+        if answer.outputs:
+            made = run_outputs(runner, catalogue, answer, conversation, given, model, in_context, seed, on_step, cancel)
+        else:
+            calls = checked_calls(catalogue, answer, conversation, model)
+            made = [made for call in calls for made in run_call(runner, call, conversation, on_step, cancel)]
     except BaseException:
         del conversation.images[kept_images:]
         del conversation.messages[kept_messages:]

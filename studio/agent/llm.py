@@ -4,15 +4,22 @@ JSON answer, checks it, and asks again with the reason when it fails (three trie
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import base64
+import io
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
+
+from PIL import Image
 
 from studio.agent.schema import MAX_OUTPUTS, Answer, parse_answer
 from studio.agent.tools import describe_tools
 from studio.errors import InvalidRequest, StudioError
 
 TRIES = 3
+# The user's images are shown to a vision model at most this large (their longer side, pixels).
+SHOWN_SIDE = 512
+Message = dict[str, Any]
 
 SYSTEM = """You are the planner of DiT Studio, an image studio. Turn the user's message into images.
 Answer with one JSON object only:
@@ -20,8 +27,10 @@ Answer with one JSON object only:
   "overview": "what the whole set of images shows (for in-context generation)",
   "outputs": ["one prompt per image to make", ...],
   "calls": [{{"tool": "a tool name", "arguments": {{...its settings...}}, "images": {{"input name": "output-1"}}}}]}}
+  "inputs": {{"input-1": "what the user's image shows, one sentence", ...}}}}
 Give either "outputs" (1 to {max_outputs} prompts, made together in context, as ChatDiT does) or "calls"
 (tool calls, when the message asks for an edit of an earlier image or a tool's own task), never both.
+Describe every image the user attached in "inputs" (later panels refer to it by that description).
 Images are named by id: "input-N" for the user's images, "output-N" for images made in this chat.
 The images so far: {images}.
 The tools and their settings:
@@ -29,7 +38,7 @@ The tools and their settings:
 
 
 class ChatBackend(Protocol):
-    def complete(self, messages: Sequence[dict[str, str]]) -> str: ...
+    def complete(self, messages: Sequence[Message]) -> str: ...
 
 
 @dataclass
@@ -45,7 +54,7 @@ class OpenAICompatible:
     def __repr__(self) -> str:  # the key never reaches a log line
         return f"OpenAICompatible(base_url={self.base_url!r}, model={self.model!r})"
 
-    def complete(self, messages: Sequence[dict[str, str]]) -> str:
+    def complete(self, messages: Sequence[Message]) -> str:
         try:
             import openai
         except ImportError:
@@ -53,43 +62,66 @@ class OpenAICompatible:
         client = openai.OpenAI(
             base_url=self.base_url, api_key=self.api_key or "none", timeout=self.timeout, max_retries=0
         )
-        arguments = {"model": self.model, "messages": list(messages), "response_format": {"type": "json_object"}}
+        arguments: dict[str, Any] = {"model": self.model, "messages": list(messages)}
         try:
-            reply = client.chat.completions.create(**arguments)
-        except openai.BadRequestError:
-            # Servers without JSON mode refuse the response format: ask again without it.
-            arguments.pop("response_format")
-            reply = self._call(client, arguments)
+            try:
+                reply = client.chat.completions.create(**arguments, response_format={"type": "json_object"})
+            except openai.BadRequestError:
+                # Servers without JSON mode refuse the response format: ask again without it.
+                reply = client.chat.completions.create(**arguments)
         except openai.AuthenticationError:
             raise StudioError("The language model refused the key: check it in the agent's settings.") from None
         except (openai.APIConnectionError, openai.APITimeoutError):
             raise StudioError(f"The language model at {self.base_url} cannot be reached.") from None
         except openai.APIError as error:
             raise StudioError(f"The language model failed: {error.message}") from None
+        if not reply.choices:
+            raise StudioError("The language model answered with no message.")
         return reply.choices[0].message.content or ""
 
-    def _call(self, client, arguments):
-        import openai
 
-        try:
-            return client.chat.completions.create(**arguments)
-        except openai.APIError as error:
-            raise StudioError(f"The language model failed: {error.message}") from None
+def system_prompt(images: Sequence[str]) -> str:
+    """The planner's instructions; `images`: one line per image of the chat ("output-1: a red circle")."""
+    return SYSTEM.format(max_outputs=MAX_OUTPUTS, images="; ".join(images) or "none", tools=describe_tools())
 
 
-def system_prompt(image_ids: Sequence[str]) -> str:
-    return SYSTEM.format(max_outputs=MAX_OUTPUTS, images=", ".join(image_ids) or "none", tools=describe_tools())
+def data_url(image: Image.Image) -> str:
+    """An image as a PNG data URL, at most SHOWN_SIDE on its longer side (what a vision model reads)."""
+    shown = image.convert("RGB")
+    shown.thumbnail((SHOWN_SIDE, SHOWN_SIDE))
+    buffer = io.BytesIO()
+    shown.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def ask(backend: ChatBackend, history: Sequence[dict[str, str]], message: str, image_ids: Sequence[str]) -> Answer:
-    """The model's checked answer; a malformed one is sent back with the reason, up to TRIES times,
-    then refused (nothing runs on an unchecked answer)."""
-    messages = [{"role": "system", "content": system_prompt(image_ids)}, *history, {"role": "user", "content": message}]
+def user_message(text: str, attached: Sequence[tuple[str, Image.Image]]) -> Message:
+    """The user's turn: plain text, or text and the attached images by id (OpenAI's vision parts)."""
+    if not attached:
+        return {"role": "user", "content": text}
+    parts: list[dict[str, Any]] = [{"type": "text", "text": f"{text}\n(Attached: {', '.join(i for i, _ in attached)})"}]
+    parts += [{"type": "image_url", "image_url": {"url": data_url(image)}} for _, image in attached]
+    return {"role": "user", "content": parts}
+
+
+def ask(
+    backend: ChatBackend,
+    history: Sequence[Message],
+    message: str,
+    images: Sequence[str],
+    attached: Sequence[tuple[str, Image.Image]] = (),
+    check: Callable[[Answer], None] = lambda answer: None,
+) -> Answer:
+    """The model's checked answer: parsed against the schema, then `check`ed (tool settings against
+    their types, image ids against the chat); a failing one is sent back with the reason, up to
+    TRIES times, then refused (nothing runs on an unchecked answer)."""
+    messages = [{"role": "system", "content": system_prompt(images)}, *history, user_message(message, attached)]
     problem = ""
     for _ in range(TRIES):
         text = backend.complete(messages)
         try:
-            return parse_answer(text)
+            answer = parse_answer(text)
+            check(answer)
+            return answer
         except InvalidRequest as error:
             problem = str(error)
             messages += [

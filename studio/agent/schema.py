@@ -33,6 +33,9 @@ class Answer:
     overview: str = ""
     outputs: tuple[str, ...] = ()
     calls: tuple[ToolCall, ...] = ()
+    # What each of the user's images shows, by id (ChatDiT's parsing agent describes its inputs:
+    # the text of a reference panel in the in-context prompt).
+    inputs: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -41,6 +44,7 @@ class Answer:
                 "overview": self.overview,
                 "outputs": list(self.outputs),
                 "calls": [{"tool": c.tool, "arguments": c.arguments, "images": c.images} for c in self.calls],
+                "inputs": self.inputs,
             },
             indent=1,
         )
@@ -80,7 +84,7 @@ def parse_answer(text: str) -> Answer:
         raise InvalidRequest(f"The answer is not valid JSON: {error.msg} (character {error.pos}).") from None
     if not isinstance(data, Mapping):
         raise InvalidRequest("The answer must be a JSON object.")
-    unknown = set(data) - {"reply", "overview", "outputs", "calls"}
+    unknown = set(data) - {"reply", "overview", "outputs", "calls", "inputs"}
     if unknown:
         raise InvalidRequest(f"The answer has no field {sorted(unknown)[0]!r}.")
     outputs = data.get("outputs", [])
@@ -91,9 +95,16 @@ def parse_answer(text: str) -> Answer:
         raise InvalidRequest("Give either output prompts or tool calls (one of the two).")
     if len(outputs) > MAX_OUTPUTS:
         raise InvalidRequest(f"At most {MAX_OUTPUTS} images a turn.")
+    described = data.get("inputs", {})
+    if not isinstance(described, Mapping):
+        raise InvalidRequest("inputs must be an object of image id to description.")
+    for image_id in described:
+        if not IMAGE_ID.match(image_id) or not image_id.startswith("input-"):
+            raise InvalidRequest(f"inputs: {image_id!r} is not an input image id such as 'input-1'.")
     return Answer(
         reply=_text(data.get("reply", ""), "reply"),
         overview=_text(data.get("overview", ""), "overview"),
         outputs=tuple(_text(prompt, f"outputs[{index}]") for index, prompt in enumerate(outputs)),
         calls=tuple(_call(call, index) for index, call in enumerate(calls)),
+        inputs={image_id: _text(text, f"inputs.{image_id}") for image_id, text in described.items()},
     )
