@@ -62,6 +62,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(on by itself with --share, a host open to the network, or on Spaces)",
     )
     parser.add_argument(
+        "--mcp",
+        action="store_true",
+        help="also serve the studio's tools over the Model Context Protocol at /gradio_api/mcp/ "
+        "(a shared studio only behind a login)",
+    )
+    parser.add_argument(
         "--models",
         nargs="+",
         default=None,
@@ -169,13 +175,18 @@ def main(argv: list[str] | None = None) -> None:
             "dit-studio: --share makes the studio public: give --auth USER:PASSWORD (or --auth-file), "
             "or --share-without-auth to publish it to anyone with the link."
         )
+    if args.mcp and studio.shared and not auth:
+        sys.exit(
+            "dit-studio: --mcp on a shared studio lets any program run its tools: give --auth USER:PASSWORD "
+            "(or --auth-file) as well."
+        )
     if share and (args.offline or not internet_reachable()):
         print(
             f"--share: no public link, the internet is not reachable from here; "
             f"the studio is still served at http://{args.host}:{args.port}"
         )
         share = False
-    demo = build_app(studio)
+    demo = build_app(studio, mcp=args.mcp)
     demo.launch(
         server_name=args.host,
         server_port=args.port,
@@ -186,6 +197,7 @@ def main(argv: list[str] | None = None) -> None:
         auth=auth or None,
         **launch_options(),
         max_file_size=MAX_UPLOAD,
+        mcp_server=args.mcp,
     )
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import gradio as gr
 
 from studio.context import StudioContext
-from tabs import agent, colour_edit, drag, image_sets, layout, live, text_to_image, tryon, video
+from tabs import agent, colour_edit, drag, image_sets, layout, live, text_to_image, tools, tryon, video
 from tabs import history as history_panel
 from tabs.common import session_of
 
@@ -59,7 +59,8 @@ def adapters_leave_with(studio: StudioContext) -> Callable[[gr.Request], None]:
     return on_unload
 
 
-def build_app(studio: StudioContext) -> gr.Blocks:
+def build_app(studio: StudioContext, mcp: bool = False) -> gr.Blocks:
+    """The studio's page; `mcp`: programs (MCP clients, the API page) are offered the tools only."""
     registry = studio.registry
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(
@@ -87,8 +88,11 @@ def build_app(studio: StudioContext) -> gr.Blocks:
                 agent.build(studio)
             with gr.Tab("History") as history_tab:
                 history_panel.build(studio, demo, history_tab, tabs, reused, [to_colour, to_drag, to_tryon])
+        tools.build(studio)
         demo.unload(adapters_leave_with(studio))
     # Room for many visitors' jobs; the GPU slot still runs one at a time.
+    if mcp:
+        tools.programs_see_only_tools(demo)
     demo.queue(max_size=256, default_concurrency_limit=1)
     if studio.shared:
         limit_jobs_per_session(demo, JOBS_PER_VISITOR)

@@ -106,7 +106,7 @@ def launched(monkeypatch) -> dict:
             options.update(kwargs)
 
     monkeypatch.setattr("studio.cli.internet_reachable", lambda *a, **k: False)
-    monkeypatch.setattr("tabs.app.build_app", lambda studio: FakeDemo())
+    monkeypatch.setattr("tabs.app.build_app", lambda studio, mcp=False: FakeDemo())
     return options
 
 
@@ -119,6 +119,18 @@ def test_share_without_internet_says_so_in_one_line_and_serves_locally(launched,
     ]
     assert launched["share"] is False and launched["server_port"] == 7999
     assert launched["auth"] == [("ann", "pw")] and launched["max_file_size"]
+
+
+def test_mcp_is_off_by_default_and_on_a_shared_studio_only_behind_a_login(launched, monkeypatch):
+    monkeypatch.delenv("DIT_STUDIO_AUTH", raising=False)
+    main(["--no-browser", "--default-model", "tiny-sd3"])
+    assert launched["mcp_server"] is False
+    launched.clear()
+    with pytest.raises(SystemExit, match="--mcp on a shared studio lets any program run its tools: give --auth"):
+        main(["--mcp", "--shared", "--no-browser", "--default-model", "tiny-sd3"])
+    assert not launched
+    main(["--mcp", "--shared", "--auth", "ann:pw", "--no-browser", "--default-model", "tiny-sd3"])
+    assert launched["mcp_server"] is True and launched["auth"] == [("ann", "pw")]
 
 
 def test_share_needs_a_login_unless_said_otherwise(launched, monkeypatch, tmp_path):

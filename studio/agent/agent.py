@@ -16,10 +16,9 @@ from studio.agent.llm import ChatBackend, ask
 from studio.agent.planning import grid_prompt, input_id, output_id, panelised, plan_steps
 from studio.agent.rules import ImageRecord, plan
 from studio.agent.schema import Answer
-from studio.agent.tools import tool_settings, tools
+from studio.agent.tools import tool_settings, tools, with_defaults
 from studio.catalogue import Catalogue
 from studio.errors import InvalidRequest
-from studio.generation import model_sampling
 from studio.params import SamplingSettings, StepCallback
 from studio.runner import Job, Runner
 
@@ -113,13 +112,6 @@ def _line(made: Made) -> str:
     if made.record.id.startswith("input-"):
         return f"{made.record.id}: the user's image" + (f" ({what})" if what else "")
     return f"{made.record.id}: {what or 'an image'} (made by {made.record.method})"
-
-
-def with_defaults(catalogue: Catalogue, arguments: dict[str, Any], model: str) -> dict[str, Any]:
-    """A tool's arguments with the model (the chat's unless named) and that model's own sampling
-    where the arguments name none (a settings type's defaults are a hub model's 1024²)."""
-    chosen = str(arguments.get("model", model))
-    return {**model_sampling(catalogue.get(chosen)), "model": chosen, **arguments}
 
 
 @dataclass(frozen=True)
