@@ -10,9 +10,10 @@ from dataclasses import dataclass
 import gradio as gr
 from PIL import Image
 
-from studio.agent.agent import Check, Conversation, LanguageModelPlanner, Planner, RulePlanner, turn
+from studio.agent.agent import WORLD_BACKGROUND, Check, Conversation, LanguageModelPlanner, Planner, RulePlanner, turn
 from studio.agent.llm import OpenAICompatible
 from studio.agent.schema import Answer, parse_answer
+from studio.catalogue import ModelSpec
 from studio.context import StudioContext
 from studio.errors import InvalidRequest
 from studio.metadata import save_image
@@ -66,9 +67,10 @@ def layout(studio: StudioContext) -> AgentTab:
     return AgentTab(model, planner, endpoint, llm, key, chat, message, plan, run_plan, new_chat, cancel, gr.State(None))
 
 
-def planner_for(kind: str, endpoint: str, llm: str, key: str) -> Planner:
+def planner_for(kind: str, endpoint: str, llm: str, key: str, spec: ModelSpec) -> Planner:
     if kind != ENDPOINT:
-        return RulePlanner()
+        # The built-ins are the shapes world's: prompts in its captions' form.
+        return RulePlanner(WORLD_BACKGROUND if spec.builtin else None)
     if not (endpoint or "").strip() or not (llm or "").strip():
         raise InvalidRequest("Give the language model's base URL and model name, or use the offline rules.")
     return LanguageModelPlanner(
@@ -106,7 +108,9 @@ def run_turn_handler(studio: StudioContext, from_plan: bool) -> Callable:
             raise gr.Error(f"At most {MAX_IMAGES_A_MESSAGE} images a message.")
         with common.user_errors("Agent"):
             spec = catalogue.get(model_id)
-            planner = Fixed(parse_answer(str(plan_text or ""))) if from_plan else planner_for(kind, endpoint, llm, key)
+            planner = (
+                Fixed(parse_answer(str(plan_text or ""))) if from_plan else planner_for(kind, endpoint, llm, key, spec)
+            )
             images = [_opened(path) for path in files]
         chat += [{"role": "user", "content": {"path": path}} for path in files]
         chat.append({"role": "user", "content": text})

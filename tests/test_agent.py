@@ -443,3 +443,65 @@ def test_server_failures_are_one_sentence(catalogue):
     closed.httpd.server_close()
     with pytest.raises(StudioError, match="cannot be reached"):
         ask(closed)
+
+
+def test_the_rule_planner_plans_every_evaluation_request_by_its_kind_and_count():
+    """The evaluation's requests (people's wording: digits, plurals, synonyms, follow-ups) are
+    planned as the right kind with the right count; what the images show is the evaluation's."""
+    from studio.agent.agent import WORLD_BACKGROUND
+    from studio.agent.evaluate import REQUESTS
+    from studio.agent.rules import ImageRecord, plan
+
+    for request in REQUESTS:
+        records: list[ImageRecord] = []
+        for message in request.messages:
+            answer = plan(message, records, "shapes-flux", WORLD_BACKGROUND)
+            records += [
+                ImageRecord(f"output-{len(records) + 1}", "generate", {"prompt": prompt, "model": "shapes-flux"})
+                for prompt in answer.outputs
+            ]
+        kind = answer.calls[0].tool if answer.calls else ""
+        made = len(answer.calls) if answer.calls else len(answer.outputs)
+        assert (kind, made) == (request.tool, 1 if request.tool else len(request.expected)), request.messages
+        for prompt, wanted in zip(answer.outputs, request.expected):
+            (expected,) = wanted
+            assert expected.colour in prompt and str(expected.shape) in prompt and prompt.endswith("background")
+        if request.recoloured is not None:
+            index, old = request.recoloured
+            arguments = answer.calls[0].arguments
+            assert old in arguments["source_prompt"] and request.expected[0][0].colour in arguments["target_prompt"]
+            assert arguments["source_prompt"] == records[index].settings["prompt"]
+
+
+def test_too_many_images_are_refused_in_one_sentence():
+    from studio.agent.rules import plan
+
+    with pytest.raises(InvalidRequest, match="A turn makes 1 to 12 images; ask for fewer \\(you asked for 40\\)"):
+        plan("40 pictures of a red circle", [], "shapes-flux")
+    assert len(plan("twelve images of a red circle", [], "shapes-flux").outputs) == 12
+
+
+def test_the_agent_endpoint_runs_a_language_models_plan_for_an_attached_image(running_app, tmp_path):
+    from gradio_client import handle_file
+    from support import ChatServer
+
+    client, output_dir = running_app
+    attached = tmp_path / "given.png"
+    Image.new("RGB", (64, 64), "red").save(attached)
+    plan = _plan(["a red circle on the left"], inputs={"input-1": "a red square"})
+    with ChatServer(plan, key="secret") as server:
+        message = {"text": "one more like it", "files": [handle_file(str(attached))]}
+        chat, _, shown = client.predict(
+            "tiny-flux-dev", "OpenAI-compatible endpoint", server.url, "planner-model", "secret", [], message, "",
+            api_name="/agent",
+        )  # fmt: skip
+    sent = server.requests[0]["body"]["messages"][-1]["content"]
+    assert [part["type"] for part in sent] == ["text", "image_url"] and server.requests[0]["auth"] == "Bearer secret"
+    assert '"input-1": "a red square"' in shown
+    files = [part for entry in chat for part in entry["content"] if part["type"] == "file"]
+    assert len(files) == 2  # the user's image, then the one made
+    saved = list(output_dir.rglob("*agent-output-1*.png"))
+    assert len(saved) == 1 and "secret" not in Image.open(saved[0]).info.get("dit-studio", "")
+    with pytest.raises(Exception, match="cannot be reached"):
+        client.predict("tiny-flux-dev", "OpenAI-compatible endpoint", server.url, "m", "secret", [],
+                       {"text": "hi", "files": []}, "", api_name="/agent")  # fmt: skip

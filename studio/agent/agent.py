@@ -72,6 +72,10 @@ class Conversation:
         return made
 
 
+# The shapes world's captions always name a background; gray is its most common.
+WORLD_BACKGROUND = "gray"
+
+
 class Planner(Protocol):
     def answer(
         self, message: str, conversation: Conversation, model: str, given: Sequence[str], check: Check
@@ -82,12 +86,16 @@ Check = Callable[[Answer], None]
 
 
 class RulePlanner:
-    """The offline planner (`rules.plan`): no language model."""
+    """The offline planner (`rules.plan`): no language model. `background`: what its prompts
+    name when a message names none (WORLD_BACKGROUND for the shapes world's models)."""
+
+    def __init__(self, background: str | None = None) -> None:
+        self.background = background
 
     def answer(
         self, message: str, conversation: Conversation, model: str, given: Sequence[str], check: Check
     ) -> Answer:
-        return plan(message, conversation.records(), model)
+        return plan(message, conversation.records(), model, self.background)
 
 
 class LanguageModelPlanner:

@@ -16,14 +16,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from studio.agent.schema import MAX_OUTPUTS, Answer, ToolCall
+from studio.errors import InvalidRequest
 from studio.methods.colour import recolour_prompt
-from studio.toyworld.scene import COLOURS, POSITION_PHRASES, POSITION_VARIANTS, POSITIONS, SHAPES, SIZES
+from studio.toyworld.scene import COLOURS, PLURALS, POSITION_PHRASES, POSITION_VARIANTS, POSITIONS, SHAPES
 
 NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9}
 NUMBERS |= {"ten": 10, "eleven": 11, "twelve": 12, "a couple of": 2, "a pair of": 2, "several": 3}
 ORDINALS = {"first": 0, "second": 1, "third": 2, "fourth": 3, "fifth": 4, "sixth": 5, "last": -1}
 RECOLOUR_VERBS = ("make", "turn", "recolour", "recolor", "paint", "change", "colour", "color")
 BACKGROUND_WORDS = {"gray": "gray", "grey": "gray", "white": "white", "black": "black"}
+SIZE_WORDS = {"small": "small", "little": "small", "tiny": "small", "medium": "medium", "mid sized": "medium"}
+SIZE_WORDS |= {"large": "large", "big": "large", "huge": "large"}
+SHAPE_WORDS = {shape: shape for shape in SHAPES} | {PLURALS[shape]: shape for shape in SHAPES}
 # A named place's box for a layout: a square of this side around the place's centre.
 LAYOUT_BOX_SIDE = 0.45
 
@@ -65,21 +69,39 @@ def _first(words: str, choices: Sequence[str]) -> str | None:
 
 
 def object_phrase(text: str) -> str | None:
-    """ "[size] colour shape" as the text says it (colour or shape may be missing), or None."""
+    """ "[size] colour shape" in the world's words (colour or shape may be missing: "big red
+    circles" is "large red circle"), or None."""
     words = _words(text)
-    size, colour, shape = _first(words, SIZES), _first(words, list(COLOURS)), _first(words, SHAPES)
+    size, colour, shape = (
+        _first(words, list(SIZE_WORDS)),
+        _first(words, list(COLOURS)),
+        _first(words, list(SHAPE_WORDS)),
+    )
     if shape is None and colour is None:
         return None
-    return " ".join(part for part in (size, colour, shape or "shape") if part)
+    return " ".join(
+        part for part in (size and SIZE_WORDS[size], colour, SHAPE_WORDS[shape] if shape else "shape") if part
+    )
+
+
+COUNTED = r"(images|pictures|versions|variations|panels|copies|of|(?:[a-z]+ ){0,2}(?:circles|squares|triangles|shapes))"
 
 
 def count_in(text: str) -> int | None:
+    """How many images a text asks for ("three images of …", "4 pictures", "two red circles"),
+    or None when it names no number; InvalidRequest over the turn's limit."""
     words = _words(text)
+    found = None
     for phrase, number in sorted(NUMBERS.items(), key=lambda pair: -len(pair[0])):
-        if re.search(rf" {phrase} (images|pictures|versions|variations|panels|of)", words):
-            return number
-    digits = re.search(r" (\d{1,2}) (images|pictures|versions|variations|panels)", words)
-    return int(digits.group(1)) if digits else None
+        if re.search(rf" {phrase} {COUNTED} ", words):
+            found = number
+            break
+    digits = re.search(rf" (\d{{1,4}}) {COUNTED} ", words)
+    if found is None and digits:
+        found = int(digits.group(1))
+    if found is not None and not 1 <= found <= MAX_OUTPUTS:
+        raise InvalidRequest(f"A turn makes 1 to {MAX_OUTPUTS} images; ask for fewer (you asked for {found}).")
+    return found
 
 
 def background_in(text: str) -> str | None:
@@ -132,7 +154,7 @@ def recolour(text: str, images: Sequence[ImageRecord], model: str) -> Answer | N
     )
 
 
-def layout(text: str, model: str) -> Answer | None:
+def layout(text: str, model: str, default_background: str | None) -> Answer | None:
     words = _words(text)
     if not any(f" {word} " in words for word in ("layout", "box", "boxes", "regions")):
         return None
@@ -149,7 +171,7 @@ def layout(text: str, model: str) -> Answer | None:
             regions.append({"caption": captions[-1], "box": box})
     if not regions:
         return None
-    background = background_in(text)
+    background = background_in(text) or default_background
     caption = " and ".join(captions) + (f", {background} background" if background else "")
     return Answer(
         reply=f"Drawing a layout of {len(regions)} boxes (regional attention).",
@@ -157,14 +179,13 @@ def layout(text: str, model: str) -> Answer | None:
     )
 
 
-def generation(text: str) -> Answer | None:
+def generation(text: str, default_background: str | None) -> Answer | None:
     phrase = object_phrase(text)
     if phrase is None:
         return None
     places = places_in(text)
     count = count_in(text) or max(1, len(places))
-    count = min(count, MAX_OUTPUTS)
-    background = background_in(text)
+    background = background_in(text) or default_background
     if places and len(places) not in (1, count):
         places = places[:count]
     prompts = [
@@ -174,9 +195,16 @@ def generation(text: str) -> Answer | None:
     return Answer(reply=f"Making {overview}.", overview=overview, outputs=tuple(prompts))
 
 
-def plan(text: str, images: Sequence[ImageRecord], model: str) -> Answer:
-    """The offline planner's answer for a message, or a reply saying what it understands."""
-    for attempt in (lambda: recolour(text, images, model), lambda: layout(text, model), lambda: generation(text)):
+def plan(text: str, images: Sequence[ImageRecord], model: str, default_background: str | None = None) -> Answer:
+    """The offline planner's answer for a message, or a reply saying what it understands.
+    `default_background`: the background prompts name when the message names none (the shapes
+    world's captions always name one; a prompt without it is one its models never saw)."""
+    attempts = (
+        lambda: recolour(text, images, model),
+        lambda: layout(text, model, default_background),
+        lambda: generation(text, default_background),
+    )
+    for attempt in attempts:
         answer = attempt()
         if answer is not None:
             return answer
