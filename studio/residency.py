@@ -67,6 +67,9 @@ class ResidentModels:
         # One model loads at a time: two requests for one model load it once, and two different
         # loads never race for the same device memory.
         self._load_lock = threading.Lock()
+        # Memory held by models the registry does not load but must count (a language model the
+        # agent runs in-process), by name.
+        self._reserved: dict[str, int] = {}
 
     def ids(self) -> list[str]:
         """Loaded models, least recently used first."""
@@ -79,7 +82,23 @@ class ResidentModels:
 
     def used_bytes(self) -> int:
         with self._state_lock:
-            return sum(m.size_bytes for m in self._loaded.values() if m.on_device)
+            return sum(m.size_bytes for m in self._loaded.values() if m.on_device) + sum(self._reserved.values())
+
+    def reserve(self, name: str, size: int) -> None:
+        """Count `size` bytes held outside the registry's models under `name`: idle models make
+        room first; LoadFailed when it cannot fit the budget at all."""
+        if self.budget_bytes is not None and size > self.budget_bytes:
+            raise LoadFailed(
+                f"{name} needs {size / 2**30:.1f} GB, more than the studio's memory budget "
+                f"({self.budget_bytes / 2**30:.1f} GB): pick a smaller model or raise --memory-budget."
+            )
+        self.make_room(size, keep="")
+        with self._state_lock:
+            self._reserved[name] = size
+
+    def release(self, name: str) -> None:
+        with self._state_lock:
+            self._reserved.pop(name, None)
 
     @contextmanager
     def lease(self, spec: ModelSpec) -> Iterator[LoadedModel]:

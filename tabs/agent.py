@@ -11,7 +11,7 @@ import gradio as gr
 from PIL import Image
 
 from studio.agent.agent import WORLD_BACKGROUND, Check, Conversation, LanguageModelPlanner, Planner, RulePlanner, turn
-from studio.agent.llm import OpenAICompatible
+from studio.agent.llm import InProcessModel, OpenAICompatible
 from studio.agent.schema import Answer, parse_answer
 from studio.catalogue import ModelSpec
 from studio.context import StudioContext
@@ -20,6 +20,7 @@ from studio.metadata import save_image
 from tabs import common
 
 RULES, ENDPOINT = "Offline rules (the shapes world)", "OpenAI-compatible endpoint"
+IN_PROCESS = "In-process model (transformers)"
 KEY_VARIABLE = "DIT_STUDIO_LLM_KEY"
 MAX_IMAGES_A_MESSAGE = 11
 
@@ -57,17 +58,24 @@ def layout(studio: StudioContext) -> AgentTab:
                 cancel = gr.Button("Cancel", variant="stop", size="sm", elem_classes=["studio-cancel"])
         with gr.Column(scale=2):
             model = gr.Dropdown(common.model_choices(studio), value=default.id, label="Model the tools use")
-            planner = gr.Radio([RULES, ENDPOINT], value=RULES, label="Planner")
+            planner = gr.Radio([RULES, ENDPOINT, IN_PROCESS], value=RULES, label="Planner")
             with gr.Accordion("Language model (OpenAI-compatible: OpenAI, vLLM, Ollama, llama.cpp)", open=False):
-                endpoint = gr.Textbox(label="Base URL", placeholder="http://127.0.0.1:11434/v1")
-                llm = gr.Textbox(label="Model", placeholder="qwen2.5:7b-instruct")
+                endpoint = gr.Textbox(label="Base URL (endpoint only)", placeholder="http://127.0.0.1:11434/v1")
+                llm = gr.Textbox(
+                    label="Model (the endpoint's name, or a hub id in process)",
+                    placeholder="qwen2.5:7b-instruct · Qwen/Qwen2.5-1.5B-Instruct",
+                )
                 key = gr.Textbox(label=f"Key (empty: ${KEY_VARIABLE}; never saved)", type="password")
             plan = gr.Code(label="Plan of the last turn (edit, then run it again)", language="json", interactive=True)
             run_plan = gr.Button("Run this plan", size="sm")
     return AgentTab(model, planner, endpoint, llm, key, chat, message, plan, run_plan, new_chat, cancel, gr.State(None))
 
 
-def planner_for(kind: str, endpoint: str, llm: str, key: str, spec: ModelSpec) -> Planner:
+def planner_for(studio: StudioContext, kind: str, endpoint: str, llm: str, key: str, spec: ModelSpec) -> Planner:
+    if kind == IN_PROCESS:
+        if not (llm or "").strip():
+            raise InvalidRequest("Give the hub id of an instruct model to run in process, or use the offline rules.")
+        return LanguageModelPlanner(InProcessModel(llm.strip(), studio.registry))
     if kind != ENDPOINT:
         # The built-ins are the shapes world's: prompts in its captions' form.
         return RulePlanner(WORLD_BACKGROUND if spec.builtin else None)
@@ -109,7 +117,9 @@ def run_turn_handler(studio: StudioContext, from_plan: bool) -> Callable:
         with common.user_errors("Agent"):
             spec = catalogue.get(model_id)
             planner = (
-                Fixed(parse_answer(str(plan_text or ""))) if from_plan else planner_for(kind, endpoint, llm, key, spec)
+                Fixed(parse_answer(str(plan_text or "")))
+                if from_plan
+                else planner_for(studio, kind, endpoint, llm, key, spec)
             )
             images = [_opened(path) for path in files]
         chat += [{"role": "user", "content": {"path": path}} for path in files]

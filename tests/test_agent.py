@@ -505,3 +505,48 @@ def test_the_agent_endpoint_runs_a_language_models_plan_for_an_attached_image(ru
     with pytest.raises(Exception, match="cannot be reached"):
         client.predict("tiny-flux-dev", "OpenAI-compatible endpoint", server.url, "m", "secret", [],
                        {"text": "hi", "files": []}, "", api_name="/agent")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_instruct_model(tmp_path_factory):
+    """A tiny random Qwen2 chat model with a chat template, saved as a hub repo is (offline)."""
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    from studio.offline import gemma_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-instruct")
+    slow = gemma_tokenizer()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=slow.backend_tokenizer, eos_token="<eos>", pad_token="<pad>")
+    tokenizer.chat_template = (
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant: {% endif %}"
+    )
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=8192,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    Qwen2ForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_an_in_process_model_plans_through_the_budget_and_its_nonsense_is_refused(tiny_instruct_model, catalogue):
+    from studio.agent.agent import Conversation, LanguageModelPlanner
+    from studio.agent.llm import InProcessModel
+    from studio.errors import LoadFailed
+    from studio.registry import Registry
+
+    registry = Registry(catalogue, device="cpu", memory_budget_gb=1.0, offline_only=True)
+    backend = InProcessModel(str(tiny_instruct_model), registry, max_new_tokens=8)
+    text = backend.complete([{"role": "system", "content": "plan"}, {"role": "user", "content": "a red circle"}])
+    assert isinstance(text, str)
+    assert registry.models.used_bytes() > 100_000  # the model's weights count in the budget
+    # A random model answers no JSON: sent back twice, then refused; nothing ran.
+    with pytest.raises(InvalidRequest, match="no usable plan in 3 tries"):
+        LanguageModelPlanner(backend).answer("a red circle", Conversation(), "shapes-flux", [], _any)
+    small = Registry(catalogue, device="cpu", memory_budget_gb=0.00001, offline_only=True)
+    with pytest.raises(LoadFailed, match="more than the studio's memory budget"):
+        InProcessModel(str(tiny_instruct_model) + "/", small).complete([{"role": "user", "content": "hi"}])
+    with pytest.raises(LoadFailed, match="cannot be loaded: not found in the local cache"):
+        InProcessModel("Qwen/Qwen2.5-1.5B-Instruct", small).complete([{"role": "user", "content": "hi"}])

@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import base64
 import io
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
+import torch
 from PIL import Image
 
 from studio.agent.schema import MAX_OUTPUTS, Answer, parse_answer
 from studio.agent.tools import describe_tools
-from studio.errors import InvalidRequest, StudioError
+from studio.errors import InvalidRequest, LoadFailed, StudioError
+from studio.registry import Registry
 
 TRIES = 3
 # The user's images are shown to a vision model at most this large (their longer side, pixels).
@@ -78,6 +81,75 @@ class OpenAICompatible:
         if not reply.choices:
             raise StudioError("The language model answered with no message.")
         return reply.choices[0].message.content or ""
+
+
+class InProcessModel:
+    """An instruct model run in this process by hub id (e.g. Qwen/Qwen2.5-1.5B-Instruct):
+    transformers, safetensors only, never remote code, offline from the local cache when the
+    studio is offline; its memory is counted in the registry's budget (idle image models make
+    room for it). One is kept loaded at a time. It reads text only: attached images are named to
+    it, not shown (an OpenAI-compatible endpoint with a vision model sees them)."""
+
+    # repo -> (model, tokenizer, the registry whose budget counts it)
+    _loaded: ClassVar[dict[str, tuple[Any, Any, Registry]]] = {}
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, repo: str, registry: Registry, max_new_tokens: int = 768) -> None:
+        self.repo, self.registry, self.max_new_tokens = repo, registry, max_new_tokens
+
+    def __repr__(self) -> str:
+        return f"InProcessModel({self.repo!r})"
+
+    def complete(self, messages: Sequence[Message]) -> str:
+        model, tokenizer = self._model()
+        prompt = tokenizer.apply_chat_template(
+            [text_only(message) for message in messages], add_generation_prompt=True, return_dict=True,
+            return_tensors="pt",
+        )  # fmt: skip
+        prompt = {name: tensor.to(model.device) for name, tensor in prompt.items()}
+        with torch.no_grad():
+            output = model.generate(
+                **prompt, max_new_tokens=self.max_new_tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id
+            )
+        return str(tokenizer.decode(output[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True))
+
+    def _model(self) -> tuple[Any, Any]:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        with self._lock:
+            if self.repo in self._loaded:
+                model, tokenizer, _ = self._loaded[self.repo]
+                return model, tokenizer
+            for name, (_, _, counted_by) in list(self._loaded.items()):  # one language model at a time
+                del self._loaded[name]
+                counted_by.models.release(name)
+            offline = self.registry.offline_only
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(self.repo, local_files_only=offline)
+                model = AutoModelForCausalLM.from_pretrained(
+                    self.repo, dtype=self.registry.dtype, use_safetensors=True, local_files_only=offline
+                )
+            except (OSError, ValueError) as error:
+                where = "in the local cache (the studio is offline)" if offline else "on the hub or on this disk"
+                raise LoadFailed(
+                    f"The language model {self.repo} cannot be loaded: not found {where} ({error})."
+                ) from None
+            if tokenizer.chat_template is None:
+                raise LoadFailed(f"{self.repo} has no chat template: pick an instruct (chat) model.")
+            size = sum(parameter.numel() * parameter.element_size() for parameter in model.parameters())
+            self.registry.models.reserve(self.repo, size)
+            model = model.to(self.registry.device).eval()
+            self._loaded[self.repo] = (model, tokenizer, self.registry)
+            return model, tokenizer
+
+
+def text_only(message: Message) -> Message:
+    """A message for a text model: its text parts, its images named."""
+    content = message["content"]
+    if isinstance(content, str):
+        return message
+    texts = [part["text"] for part in content if part.get("type") == "text"]
+    return {"role": message["role"], "content": "\n".join(texts)}
 
 
 def system_prompt(images: Sequence[str]) -> str:
