@@ -6,11 +6,21 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import gradio as gr
 from PIL import Image
 
-from studio.agent.agent import WORLD_BACKGROUND, Check, Conversation, LanguageModelPlanner, Planner, RulePlanner, turn
+from studio.agent.agent import (
+    WORLD_BACKGROUND,
+    Check,
+    Conversation,
+    LanguageModelPlanner,
+    Planner,
+    RulePlanner,
+    plan_turn,
+    run_turn,
+)
 from studio.agent.llm import InProcessModel, OpenAICompatible
 from studio.agent.schema import Answer, parse_answer
 from studio.catalogue import ModelSpec
@@ -114,36 +124,58 @@ def run_turn_handler(studio: StudioContext, from_plan: bool) -> Callable:
             raise gr.Error("Write a message first.")
         if len(files) > MAX_IMAGES_A_MESSAGE:
             raise gr.Error(f"At most {MAX_IMAGES_A_MESSAGE} images a message.")
+        before = list(chat)
         with common.user_errors("Agent"):
             spec = catalogue.get(model_id)
-            planner = (
-                Fixed(parse_answer(str(plan_text or "")))
-                if from_plan
-                else planner_for(studio, kind, endpoint, llm, key, spec)
-            )
+            if from_plan:
+                planner: Planner = Fixed(parse_answer(str(plan_text or "")))
+            else:
+                planner = planner_for(studio, kind, endpoint, llm, key, spec)
             images = [_opened(path) for path in files]
         chat += [{"role": "user", "content": {"path": path}} for path in files]
         chat.append({"role": "user", "content": text})
+        in_context = not spec.builtin
+        with common.user_errors("Agent"):
+            planned = plan_turn(catalogue, planner, conversation, text, images, spec.id)
+        answer = planned.answer
+        if answer.inputs:
+            parsed = "\n".join(f"{image_id}: {description}" for image_id, description in answer.inputs.items())
+            chat.append({"role": "assistant", "content": parsed, "metadata": {"title": "Parsed", "status": "done"}})
+        steps = "\n".join(planned.steps(in_context))
+        chat.append(
+            {"role": "assistant", "content": steps, "metadata": {"title": "Running the plan", "status": "pending"}}
+        )
+        yield chat, gr.MultimodalTextbox(), answer.to_json(), conversation
         phase = common.progress_callback(progress, "Running the plan")
-        with studio.cancellations.job(common.session_of(request)) as cancel, common.user_errors("Agent"):
-            answer, made = turn(
-                studio.runner, catalogue, planner, conversation, text, images, spec.id, in_context=not spec.builtin,
-                on_step=phase, cancel=cancel,
-            )  # fmt: skip
+        try:
+            with studio.cancellations.job(common.session_of(request)) as cancel, common.user_errors("Agent"):
+                made = run_turn(
+                    studio.runner, catalogue, conversation, planned, spec.id, in_context, on_step=phase, cancel=cancel
+                )
+        except gr.Error:
+            # Nothing of the turn stays: the thread as it was, the message still in the box to send again.
+            yield before, gr.MultimodalTextbox(), answer.to_json(), conversation
+            raise
+        chat[-1] = {"role": "assistant", "content": steps, "metadata": {"title": "Planned and ran", "status": "done"}}
+        chat.append({"role": "assistant", "content": answer.reply})
         folder = studio.history.folder(common.session_of(request))
-        chat.append({"role": "assistant", "content": answer.reply, "metadata": {"title": "Planned", "status": "done"}})
         for item in made:
             payload = {"method": f"agent: {item.record.method}", "id": item.record.id, **item.record.settings}
             path = save_image(item.image, payload, folder, f"agent-{item.record.id}")
             chat.append({"role": "assistant", "content": {"path": str(path), "alt_text": item.record.id}})
-        return chat, gr.MultimodalTextbox(value=None), answer.to_json(), conversation
+        yield chat, gr.MultimodalTextbox(value=None), answer.to_json(), conversation
 
     return on_turn
 
 
 def _opened(path: str) -> Image.Image:
-    with Image.open(path) as picture:
-        return picture.convert("RGB")
+    try:
+        with Image.open(path) as picture:
+            return picture.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError):
+        raise InvalidRequest(
+            f"{Path(path).name} is not an image the tools can take: attach PNG, JPEG or WebP pictures."
+        ) from None
 
 
 def build(studio: StudioContext) -> None:

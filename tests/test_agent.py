@@ -272,6 +272,16 @@ def test_the_agent_endpoint_plans_runs_and_keeps_the_thread(running_app):
     ]
     assert len(pictures) == 2
     assert len(list(output_dir.rglob("*agent-output-*.png"))) == 2
+    # The plan as a collapsed step: what ran, one line a step.
+    (step,) = [entry for entry in chat if (entry.get("metadata") or {}).get("title") == "Planned and ran"]
+    texts = [part["text"] for part in step["content"] if part["type"] == "text"]
+    assert "output-1: a red circle on the left" in texts[0] and "output-2:" in texts[0]
+    # An edited plan with a bad call: refused in one sentence, nothing run.
+    bad = '{"reply": "x", "calls": [{"tool": "generate", "arguments": {"prompt": "a circle", "steps": 0}}]}'
+    with pytest.raises(Exception, match="Steps must be between"):
+        client.predict("shapes-flux", "Offline rules (the shapes world)", "", "", "", [], {"text": "", "files": []},
+                       bad, api_name="/agent_run_plan")  # fmt: skip
+    assert len(list(output_dir.rglob("*agent-output-*.png"))) == 2
     with pytest.raises(Exception, match="Write a message first"):
         client.predict("shapes-flux", "Offline rules (the shapes world)", "", "", "", [], {"text": " ", "files": []},
                        "", api_name="/agent")  # fmt: skip
@@ -505,6 +515,12 @@ def test_the_agent_endpoint_runs_a_language_models_plan_for_an_attached_image(ru
     with pytest.raises(Exception, match="cannot be reached"):
         client.predict("tiny-flux-dev", "OpenAI-compatible endpoint", server.url, "m", "secret", [],
                        {"text": "hi", "files": []}, "", api_name="/agent")  # fmt: skip
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("not a picture")
+    with pytest.raises(Exception, match="notes.png is not an image the tools can take"):
+        client.predict("tiny-flux-dev", "Offline rules (the shapes world)", "", "", "", [],
+                       {"text": "a red circle", "files": [handle_file(str(not_an_image))]}, "",
+                       api_name="/agent")  # fmt: skip
 
 
 @pytest.fixture(scope="module")

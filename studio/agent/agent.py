@@ -210,6 +210,98 @@ def run_outputs(
     return [outputs[index] for index in sorted(outputs)]
 
 
+@dataclass(frozen=True)
+class Planned:
+    """A turn planned and checked, not yet run: the answer, the message's images by id, and what
+    the conversation held before the message (to put it back if the run fails)."""
+
+    message: str
+    answer: Answer
+    given: tuple[str, ...]
+    kept: tuple[int, int]
+
+    def steps(self, in_context: bool) -> list[str]:
+        """What will run, one line a step, for the user to see before it does."""
+        if self.answer.calls:
+            return [f"{call.tool}: {_arguments(call.arguments)}" for call in self.answer.calls]
+        if not in_context:
+            return [f"output-{n}: {prompt}" for n, prompt in enumerate(self.answer.outputs, start=1)]
+        lines = []
+        for step in plan_steps(len(self.given), len(self.answer.outputs)):
+            made = ", ".join(output_id(index) for index in step.outputs)
+            on = f" conditioned on {', '.join(step.references)}" if step.references else ""
+            lines.append(f"{made} in context ({step.panels} panels){on}")
+        return lines
+
+
+def _arguments(arguments: dict[str, Any]) -> str:
+    shown = ", ".join(f"{name}={value!r}" for name, value in arguments.items() if name != "model")
+    return shown if len(shown) <= 160 else shown[:157] + "…"
+
+
+def _restore(conversation: Conversation, kept: tuple[int, int]) -> None:
+    del conversation.images[kept[0] :]
+    del conversation.messages[kept[1] :]
+
+
+def plan_turn(
+    catalogue: Catalogue,
+    planner: Planner,
+    conversation: Conversation,
+    message: str,
+    images: Sequence[Image.Image],
+    model: str,
+) -> Planned:
+    """The planner's checked answer to a message (the message's images join the conversation);
+    on failure the conversation is as it was."""
+    kept = (len(conversation.images), len(conversation.messages))
+    try:
+        given = tuple(conversation.add_input(image) for image in images)
+
+        def check(answer: Answer) -> None:
+            check_answer(catalogue, answer, conversation, model, given)
+
+        answer = planner.answer(message, conversation, model, given, check)
+        check(answer)
+        conversation.describe(answer.inputs)
+    except BaseException:
+        _restore(conversation, kept)
+        raise
+    return Planned(message, answer, given, kept)
+
+
+def run_turn(
+    runner: Runner,
+    catalogue: Catalogue,
+    conversation: Conversation,
+    planned: Planned,
+    model: str,
+    in_context: bool,
+    seed: int = 0,
+    on_step: StepCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> list[Made]:
+    """A planned turn run; its images join the conversation. A run that fails or is cancelled
+    leaves the conversation as it was before the message (nothing half-run stays)."""
+    answer = planned.answer
+    try:
+        if answer.outputs:
+            made = run_outputs(
+                runner, catalogue, answer, conversation, planned.given, model, in_context, seed, on_step, cancel
+            )
+        else:
+            calls = checked_calls(catalogue, answer, conversation, model)
+            made = [made for call in calls for made in run_call(runner, call, conversation, on_step, cancel)]
+    except BaseException:
+        _restore(conversation, planned.kept)
+        raise
+    conversation.messages += [
+        {"role": "user", "content": planned.message},
+        {"role": "assistant", "content": answer.reply},
+    ]
+    return made
+
+
 def turn(
     runner: Runner,
     catalogue: Catalogue,
@@ -223,26 +315,7 @@ def turn(
     on_step: StepCallback | None = None,
     cancel: threading.Event | None = None,
 ) -> tuple[Answer, list[Made]]:
-    """One message in, the planner's answer and the images it made out. A turn that fails leaves
-    the conversation as it was before the message (nothing half-run stays)."""
-    kept_images, kept_messages = len(conversation.images), len(conversation.messages)
-    try:
-        given = [conversation.add_input(image) for image in images]
-
-        def check(answer: Answer) -> None:
-            check_answer(catalogue, answer, conversation, model, given)
-
-        answer = planner.answer(message, conversation, model, given, check)
-        check(answer)
-        conversation.describe(answer.inputs)
-        if answer.outputs:
-            made = run_outputs(runner, catalogue, answer, conversation, given, model, in_context, seed, on_step, cancel)
-        else:
-            calls = checked_calls(catalogue, answer, conversation, model)
-            made = [made for call in calls for made in run_call(runner, call, conversation, on_step, cancel)]
-    except BaseException:
-        del conversation.images[kept_images:]
-        del conversation.messages[kept_messages:]
-        raise
-    conversation.messages += [{"role": "user", "content": message}, {"role": "assistant", "content": answer.reply}]
-    return answer, made
+    """One message in, the planner's answer and the images it made out (`plan_turn`, then
+    `run_turn`); a turn that fails leaves the conversation as it was."""
+    planned = plan_turn(catalogue, planner, conversation, message, images, model)
+    return planned.answer, run_turn(runner, catalogue, conversation, planned, model, in_context, seed, on_step, cancel)
