@@ -101,10 +101,10 @@ def tool_handler(studio: StudioContext, method: Method) -> Callable:
         on_step = common.progress_callback(progress, method.name)
         with studio.cancellations.job(common.session_of(request)) as cancel, common.user_errors(method.name):
             try:
-                result = studio.runner.run(Job(method.name, settings, inputs), on_step, cancel)
+                # Inside the job's switch: a method's result may be made as it is read (generate).
+                pictures = method.pictures(studio.runner.run(Job(method.name, settings, inputs), on_step, cancel))
             except Cancelled:
                 raise gr.Error(f"cancelled: {method.name} was stopped before it finished; nothing was made.") from None
-        pictures = method.pictures(result)
         folder = studio.history.folder(common.session_of(request))
         payload = {"method": f"tool: {method.name}", **settings.to_dict()}
         for number, picture in enumerate(pictures, start=1):

@@ -112,3 +112,23 @@ def test_an_mcp_client_draws_and_recolours_through_the_tools(mcp_url):
     assert out_of_range.isError and "less than the minimum of 1" in out_of_range.content[0].text
     assert refused.isError and [part.type for part in refused.content] == ["text"]
     assert "video" in refused.content[0].text
+
+
+def test_a_tool_job_ends_finished_failed_or_cancelled_and_says_which(running_app):
+    """Through the same endpoints over HTTP: a finished job gives its image; a cancelled one an
+    error saying it was cancelled and nothing was made (never an image, never 'done')."""
+    import time
+
+    client, output_dir = running_app
+    finished = client.predict({"prompt": "a red circle", "steps": 2}, api_name="/tool_generate")
+    assert Image.open(finished).size == (64, 64)
+    (saved,) = output_dir.rglob("*generate-1-*.png")  # kept with its settings, like every tab's
+    assert '"method": "tool: generate"' in Image.open(saved).info["dit-studio"]
+    job = client.submit({"prompt": "a red circle", "steps": 100, "width": 512, "height": 512},
+                        api_name="/tool_generate")  # fmt: skip
+    time.sleep(1.0)
+    client.predict(api_name="/cancel")
+    with pytest.raises(Exception, match="cancelled: generate was stopped before it finished; nothing was made"):
+        job.result(timeout=120)
+    with pytest.raises(Exception, match="settings is not valid JSON|settings must be a JSON object"):
+        client.predict("[1, 2]", api_name="/tool_generate")
