@@ -56,26 +56,34 @@ def layout(studio: StudioContext) -> ColourTab:
         with gr.Column(scale=2):
             model = gr.Dropdown(common.model_choices(studio, serves), value=default.id, label="Model (SD3 and FLUX)")
             source = common.source_picker(GENERATE)
-            source_prompt = gr.Textbox(
-                label="Source prompt", lines=2, placeholder="a large red circle on the left, gray background"
-            )
+            found = example_rows("colour_edit", ["source", "word", "colour"])
+            opening = found[0] if found else ["", "", "blue"]
+            source_prompt = gr.Textbox(label="Source prompt", lines=2, value=opening[0], elem_id="colour-source")
             with gr.Row():
-                word = gr.Textbox(label="Object to recolour (a word of the source prompt)", placeholder="circle")
+                word = gr.Textbox(
+                    label="Object to recolour (a word of the source prompt)", value=opening[1], elem_id="colour-word"
+                )
                 colour = gr.Dropdown(
                     [name for name in COLOUR_NAMES if name != "grey"],
-                    value="blue",
+                    value=opening[2],
+                    elem_id="colour-colour",
                     allow_custom_value=True,
                     label="New colour",
                 )
                 picker = gr.ColorPicker(label="…or pick one", value="#2850dc")
-            target_prompt = gr.Textbox(label="Target prompt (built from the above; edit freely)", lines=2)
+            target_prompt = gr.Textbox(
+                label="Target prompt (built from the above; edit freely)",
+                lines=2,
+                value=recolour_prompt(*opening) if found else "",
+                elem_id="colour-target",
+            )
+            run, cancel = common.run_and_cancel("Recolour")
             intensity = common.setting_slider(ColourEditSettings, "intensity")
             with gr.Accordion("Sampling", open=False):
                 sampling = common.sampling_controls(ColourEditSettings, default, steps=default.steps)
                 threshold = common.setting_slider(ColourEditSettings, "threshold")
-            run, cancel = common.run_and_cancel("Recolour")
             gr.Examples(
-                example_rows("colour_edit", ["source", "word", "colour"]),
+                found,
                 inputs=[source_prompt, word, colour],
                 label="Examples",
             )

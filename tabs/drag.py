@@ -152,13 +152,17 @@ class DragTab:
     outputs: list[Any]
 
 
+# What the tab opens on: an image the default built-in draws, to paint a region of and drag.
+OPENING_PROMPT = "a large red square on the left, gray background"
+
+
 def layout(studio: StudioContext) -> DragTab:
     default = common.default_model(studio, serves)
     with gr.Row():
         with gr.Column(scale=2):
             model = gr.Dropdown(common.model_choices(studio, serves), value=default.id, label="Model (FLUX and SD3)")
             source = common.source_picker(GENERATE)
-            prompt = gr.Textbox(label="Prompt of the image", lines=2, placeholder="a large red square on the left")
+            prompt = gr.Textbox(label="Prompt of the image", lines=2, value=OPENING_PROMPT, elem_id="drag-prompt")
             show_source = gr.Button("Show the source image to paint on", size="sm")
             mode = gr.Radio(list(MODES), value="fast", label="Mode (precise: DragFlow, minutes; fast: seconds)")
             run, cancel = common.run_and_cancel("Drag")

@@ -56,8 +56,9 @@ def layout(studio: StudioContext, sets: dict[str, ImageSet]) -> SetsTab:
     first = next((s for s in sets.values() if s.lora_fits(default)), next(iter(sets.values())))
     with gr.Row():
         with gr.Column(scale=2):
-            chosen = gr.Dropdown([(s.label, s.id) for s in sets.values()], value=first.id, label="Image set")
-            model = gr.Dropdown(common.model_choices(studio, serves), value=default.id, label="Model (FLUX)")
+            with gr.Row():
+                chosen = gr.Dropdown([(s.label, s.id) for s in sets.values()], value=first.id, label="Image set")
+                model = gr.Dropdown(common.model_choices(studio, serves), value=default.id, label="Model (FLUX)")
             use_lora = gr.Checkbox(
                 value=first.lora_fits(default), label="Apply the set's In-Context LoRA (where it fits the model)"
             )
@@ -68,6 +69,7 @@ def layout(studio: StudioContext, sets: dict[str, ImageSet]) -> SetsTab:
                 lines=4,
                 label="Full prompt (composed from the above; edit freely)",
             )
+            run, cancel = common.run_and_cancel("Generate set")
             with gr.Accordion("Reference panels (optional: the other panels are generated to match)", open=False):
                 references = [
                     gr.Image(type="pil", label=f"Panel {i + 1}", visible=i < first.count, height=160)
@@ -77,7 +79,6 @@ def layout(studio: StudioContext, sets: dict[str, ImageSet]) -> SetsTab:
             with gr.Accordion("Sampling", open=False):
                 sampling = common.sampling_controls(SetRequest, default)
                 sampling.width.value, sampling.height.value = set_canvas(first, default)
-            run, cancel = common.run_and_cancel("Generate set")
         with gr.Column(scale=3):
             result = gr.Image(label="The set", type="pil", format="png", height=480, elem_id="image-set-result")
             gallery = gr.Gallery(label="Panels", columns=4, height="auto", format="png", object_fit="contain")

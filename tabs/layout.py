@@ -50,7 +50,7 @@ EDITOR_HTML = """
 <button type="button" class="layout-delete">Delete selected box</button></div>
 """
 EDITOR_CSS = """
-.layout-frame { max-width: 512px; margin: 0 auto; }
+.layout-frame { max-width: 400px; margin: 0 auto; }
 .layout-stage { position: relative; width: 100%; background: #f4f4f4; border: 1px solid #bbb; cursor: crosshair;
                 touch-action: none; user-select: none; }
 .layout-box { position: absolute; box-sizing: border-box; border: 2px solid; cursor: move; }
@@ -160,21 +160,37 @@ def layout(studio: StudioContext, examples: list[dict]) -> LayoutTab:
     default = common.default_model(studio, serves)
     with gr.Row():
         with gr.Column(scale=2):
-            method = gr.Radio([(label, key) for key, label in METHODS.items()], value="regional", label="Method")
-            model = gr.Dropdown(common.model_choices(studio, serves), value=default.id, label="Model")
-            caption = gr.Textbox(label="Global caption", lines=2)
-            new_caption = gr.Textbox(
-                label="Caption for the next box", placeholder="a large red circle on the left, gray background"
-            )
+            with gr.Row():
+                method = gr.Radio([(label, key) for key, label in METHODS.items()], value="regional", label="Method")
+                model = gr.Dropdown(common.model_choices(studio, serves), value=default.id, label="Model")
+            # Opens on the first example, which the default built-in draws.
+            opening: dict[str, Any] = examples[0] if examples else {"caption": "", "regions": []}
+            rows = [[region["caption"], *region["box"]] for region in opening["regions"]]
+            with gr.Row():
+                caption = gr.Textbox(
+                    label="Global caption", lines=2, value=opening["caption"], elem_id="layout-caption"
+                )
+                new_caption = gr.Textbox(
+                    label="Caption for the next box",
+                    lines=2,
+                    placeholder="a large red circle on the left, gray background",
+                )
             editor = gr.HTML(
-                editor_value([], default.width, default.height),
+                editor_value(rows, default.width, default.height),
                 html_template=EDITOR_HTML,
                 css_template=EDITOR_CSS,
                 js_on_load=EDITOR_SCRIPT,
                 elem_id="layout-editor",
                 label="Boxes",
             )
+            run, cancel = common.run_and_cancel("Generate layout")
+            example = gr.Dropdown(
+                [(scene["caption"], index) for index, scene in enumerate(examples)],
+                label="Load an example layout",
+                value=None,
+            )
             table = gr.Dataframe(
+                value=rows,
                 headers=HEADERS,
                 datatype=["str", "number", "number", "number", "number"],
                 column_count=5,
@@ -196,12 +212,6 @@ def layout(studio: StudioContext, examples: list[dict]) -> LayoutTab:
                     grounding = common.setting_slider(
                         LayoutSettings, "grounding_fraction", value=siamlayout.default_grounding(default)
                     )
-            run, cancel = common.run_and_cancel("Generate layout")
-            example = gr.Dropdown(
-                [(scene["caption"], index) for index, scene in enumerate(examples)],
-                label="Load an example layout",
-                value=None,
-            )
         with gr.Column(scale=3):
             overlay = gr.Checkbox(value=True, label="Show the boxes over the result")
             result = gr.Image(label="Result", type="pil", format="png", height=512, elem_id="layout-result")

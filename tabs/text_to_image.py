@@ -84,7 +84,9 @@ def layout(studio: StudioContext) -> TextToImageTab:
     with gr.Row():
         with gr.Column(scale=2):
             model = gr.Dropdown(common.model_choices(studio), value=default.id, label="Model")
-            prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a large red circle on the left, gray background")
+            prompts = example_prompts("text_to_image")
+            # Opens on an example the default built-in draws (a placeholder looks filled and is not).
+            prompt = gr.Textbox(label="Prompt", lines=2, value=prompts[0] if prompts else "", elem_id="t2i-prompt")
             negative = gr.Textbox(label="Negative prompt", visible=default.accepts_negative_prompt)
             sampling = common.sampling_controls(
                 GenerationSettings, default, steps=default.steps, guidance_display=guidance_display(default)
@@ -96,7 +98,7 @@ def layout(studio: StudioContext) -> TextToImageTab:
             run, cancel = common.run_and_cancel("Generate")
             lora = common.lora_controls()
             reuse = gr.File(label="Reuse settings: drop a PNG made by the studio", file_types=[".png"])
-            gr.Examples([[p] for p in example_prompts("text_to_image")], inputs=[prompt], label="Examples")
+            gr.Examples([[p] for p in prompts], inputs=[prompt], label="Examples")
         with gr.Column(scale=3):
             gallery = gr.Gallery(
                 label="Results", columns=3, height="auto", format="png", show_label=True, object_fit="contain"

@@ -47,15 +47,19 @@ class TryOnTab:
 
 def layout(studio: StudioContext) -> TryOnTab:
     default = common.default_model(studio, serves)
+    examples = example_rows("try_on", ["person", "garment", "kind"])
+    # Opens on the first example (the dress-up world's), which the default built-in dresses.
+    opening = [str(PROJECT_ROOT / examples[0][0]), str(PROJECT_ROOT / examples[0][1])] if examples else [None, None]
     with gr.Row():
         with gr.Column(scale=2):
             model = gr.Dropdown(common.model_choices(studio, serves), value=default.id, label="Model (FLUX Fill)")
             with gr.Row():
                 person = gr.Image(
-                    type="pil", label="Person", sources=["upload", "webcam", "clipboard"], height=256,
-                    elem_id="tryon-person", format="png",
+                    value=opening[0], type="pil", label="Person", sources=["upload", "webcam", "clipboard"],
+                    height=256, elem_id="tryon-person", format="png",
                 )  # fmt: skip
                 garment = gr.Image(
+                    value=opening[1],
                     type="pil",
                     label="Garment",
                     sources=["upload", "clipboard"],
@@ -64,7 +68,12 @@ def layout(studio: StudioContext) -> TryOnTab:
                     format="png",
                 )
             use_last = gr.Button("Use the last try-on result as the person (dress in layers)", size="sm")
-            kind = gr.Radio([(KIND_LABELS[k], k) for k in KINDS], value="upper", label="Garment kind")
+            kind = gr.Radio(
+                [(KIND_LABELS[k], k) for k in KINDS],
+                value=examples[0][2] if examples else "upper",
+                label="Garment kind",
+                elem_id="tryon-kind",
+            )
             clean_garment = gr.Checkbox(False, label="Remove the garment photo's plain background")
             keep_backdrop = gr.Checkbox(
                 True, label="Keep the photo's backdrop inside the mask (where the result shows it)"
@@ -77,7 +86,6 @@ def layout(studio: StudioContext) -> TryOnTab:
             with gr.Accordion("Sampling", open=False):
                 sampling = common.sampling_controls(TryOnSettings, default, steps=default.steps)
                 lora_scale = common.setting_slider(TryOnSettings, "lora_scale", info="catvton-flux LoRA (hub models)")
-            examples = example_rows("try_on", ["person", "garment", "kind"])
             gr.Examples(
                 [[str(PROJECT_ROOT / person), str(PROJECT_ROOT / garment), kind] for person, garment, kind in examples],
                 inputs=[person, garment, kind],

@@ -141,6 +141,11 @@ def drag(page, stage, start: tuple[float, float], end: tuple[float, float]) -> N
 
 def test_draw_move_delete_boxes_and_generate_a_layout(page, tmp_path, artifacts):
     page.get_by_role("tab", name="Layout to image").click()
+    # The tab opens on its first example's two boxes; clear them to draw one's own.
+    page.wait_for_function("() => document.querySelectorAll('#layout-editor .layout-box').length == 2", timeout=30_000)
+    assert len(table_rows(page)) == 2
+    page.get_by_role("button", name="Clear boxes").click()
+    page.wait_for_function("() => document.querySelectorAll('#layout-editor .layout-box').length == 0", timeout=30_000)
     page.get_by_label("Global caption", exact=True).fill("a large red circle on the left, gray background")
     page.get_by_label("Caption for the next box", exact=True).fill("a large red circle on the left, gray background")
     stage = page.locator("#layout-editor .layout-stage")
@@ -415,3 +420,24 @@ def test_type_a_request_to_the_agent_and_see_the_plan_and_images(page, tmp_path,
     page.screenshot(path=str(artifacts / "agent.png"), full_page=True)
     assert page.get_by_text("Making 2 images").first.is_visible()
     assert len(list(tmp_path.glob("*agent-output-*.png"))) == 2
+
+
+@pytest.mark.parametrize(
+    ("tab", "button"),
+    [
+        ("Text to image", "Generate"),
+        ("Colour editing", "Recolour"),
+        ("Multi-prompt video", "Make the video"),
+        ("Drag editing", "Drag"),
+        ("Virtual try-on", "Try on"),
+        ("Layout to image", "Generate layout"),
+        ("In-context image sets", "Generate set"),
+    ],
+)
+def test_each_tabs_run_button_is_above_the_fold(page, tab, button):
+    """At 1400×1000 a tab's run button shows without scrolling."""
+    page.get_by_role("tab", name=tab).click()
+    run = page.get_by_role("button", name=button, exact=True)
+    run.wait_for(timeout=30_000)
+    box = run.bounding_box()
+    assert box is not None and box["y"] + box["height"] <= 1000, (tab, box)
