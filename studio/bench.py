@@ -27,7 +27,7 @@ import transformers
 from studio import offline
 from studio.catalogue import Catalogue
 from studio.device import choose_device
-from studio.generation import GenerationSettings, call_arguments, generate, validate
+from studio.generation import GeneratedImage, GenerationSettings, call_arguments, generate, validate
 from studio.metadata import save_png
 from studio.methods.colour import ColourEditSettings, colour_edit, source_cache_bytes
 from studio.methods.control import LiveRenderer, LiveRequest, live_targets
@@ -101,7 +101,8 @@ def studio_overhead(registry: Registry, args: argparse.Namespace, device: str, d
 
         def studio_call():
             for result in generate(registry, settings, on_step=lambda done, total: None):
-                save_png(result, output)
+                if isinstance(result, GeneratedImage):
+                    save_png(result, output)
 
         bare_time, studio_time = median_seconds(bare_call, args.runs), median_seconds(studio_call, args.runs)
         print(

@@ -21,6 +21,7 @@ from PIL import Image
 from studio.catalogue import KIND_USES, ModelSpec
 from studio.errors import InvalidRequest
 from studio.params import MAX_SEED, SamplingSettings, StepCallback, StepReporter, checked, prompt_text, setting
+from studio.previews import Preview, Previewer, with_previews
 from studio.registry import Registry
 from studio.runner import Method, register
 
@@ -35,6 +36,8 @@ class GenerationSettings(SamplingSettings):
     prompt: str
     negative_prompt: str = ""
     count: int = setting("Images", 1, 1, MAX_IMAGES, 1)
+    # Previews while an image forms (what a tab shows; 0 for API clients and methods).
+    preview_every: int = setting("Preview every", 0, 0, 100, 1, info="steps between previews (0: none)")
     # LoRA adapters registered with the registry, as (name, scale) pairs.
     adapters: tuple[tuple[str, float], ...] = ()
 
@@ -102,9 +105,14 @@ def validate_sampling(settings: S, spec: ModelSpec) -> S:
 
 
 def call_arguments(
-    pipe: DiffusionPipeline, spec: ModelSpec, settings: GenerationSettings, on_step: Callable[[int], None] | None
+    pipe: DiffusionPipeline,
+    spec: ModelSpec,
+    settings: GenerationSettings,
+    on_step: Callable[[int], None] | None,
+    watch: Callable[[int, torch.Tensor], None] | None = None,
 ) -> dict[str, Any]:
-    """Keyword arguments for one image: the pipeline's signature decides what it is given."""
+    """Keyword arguments for one image: the pipeline's signature decides what it is given.
+    `on_step(done)` after each step; `watch(done, latents)` too, with the step's latents."""
     accepted = inspect.signature(pipe.__call__).parameters
     arguments: dict[str, Any] = dict(
         prompt=settings.prompt,
@@ -122,16 +130,23 @@ def call_arguments(
     if spec.max_sequence_length and "max_sequence_length" in accepted:
         arguments["max_sequence_length"] = spec.max_sequence_length
     arguments.update(spec.call_for(settings.steps))
-    if on_step is not None:
+    if on_step is not None or watch is not None:
+
+        def after_step(index: int, latents: torch.Tensor) -> None:
+            if on_step is not None:
+                on_step(index + 1)
+            if watch is not None:
+                watch(index + 1, latents)
+
         if "callback_on_step_end" in accepted:
 
             def step_end(_pipe, index, _timestep, tensors):
-                on_step(index + 1)
+                after_step(index, tensors["latents"])
                 return tensors
 
             arguments["callback_on_step_end"] = step_end
         elif "callback" in accepted:  # PixArt still has the older per-step callback
-            arguments.update(callback=lambda index, _t, _latents: on_step(index + 1), callback_steps=1)
+            arguments.update(callback=lambda index, _t, latents: after_step(index, latents), callback_steps=1)
     return {name: value for name, value in arguments.items() if name in accepted}
 
 
@@ -174,20 +189,43 @@ def generate(
     settings: GenerationSettings,
     on_step: StepCallback | None = None,
     cancel: threading.Event | None = None,
-) -> Iterator[GeneratedImage]:
-    """Images one at a time (seeds seed, seed+1, ...). `on_step(done, total)` counts denoising
-    steps over the whole batch; setting `cancel` stops at the next step with Cancelled."""
+) -> Iterator[GeneratedImage | Preview]:
+    """Images one at a time (seeds seed, seed+1, ...), with previews between when
+    `preview_every` asks. `on_step(done, total)` counts denoising steps over the whole batch;
+    setting `cancel` stops at the next step with Cancelled."""
     spec = registry.catalogue.get(settings.model)
     settings = validate(settings, spec)
     reporter = StepReporter(settings.steps * settings.count, on_step, cancel)
     with registry.use(spec.id, "t2i", dict(settings.adapters)) as pipe:
         reporter.begin()
         for index in range(settings.count):
-            single = replace(settings, seed=(settings.seed + index) % (MAX_SEED + 1), count=1)
+            single = replace(settings, seed=(settings.seed + index) % (MAX_SEED + 1), count=1, preview_every=0)
             reporter.check()
             started = time.perf_counter()
-            image = pipe(**call_arguments(pipe, spec, single, reporter.step)).images[0]
-            yield GeneratedImage(image, single, time.perf_counter() - started)
+            for item in denoised(pipe, spec, single, reporter, settings.preview_every, index):
+                if isinstance(item, Preview):
+                    yield item
+                else:
+                    yield GeneratedImage(item, single, time.perf_counter() - started)
+
+
+def denoised(
+    pipe: DiffusionPipeline,
+    spec: ModelSpec,
+    single: GenerationSettings,
+    reporter: StepReporter,
+    every: int,
+    index: int,
+) -> Iterator[Preview | Image.Image]:
+    """One image's pipeline call: its previews as they come (every `every` steps; 0: none), then
+    the image."""
+    if not every:
+        yield pipe(**call_arguments(pipe, spec, single, reporter.step)).images[0]
+        return
+    previewer = Previewer(pipe, spec, single.width, single.height, single.steps, every, index)
+    yield from with_previews(
+        lambda watch: pipe(**call_arguments(pipe, spec, single, reporter.step, watch)).images[0], previewer
+    )
 
 
 register(
@@ -196,7 +234,7 @@ register(
         GenerationSettings,
         lambda registry, settings, inputs, on_step, cancel: generate(registry, settings, on_step, cancel),
         "text to image: `count` images from one prompt (seeds seed, seed+1, ...), one at a time",
-        pictures=lambda results: [made.image for made in results],
+        pictures=lambda results: [made.image for made in results if isinstance(made, GeneratedImage)],
         remaining=lambda settings, done: replace(
             settings, seed=(settings.seed + done) % (MAX_SEED + 1), count=settings.count - done
         ),

@@ -27,6 +27,7 @@ from PIL import Image
 from studio.device import release_memory
 from studio.errors import InvalidRequest
 from studio.params import SamplingSettings, StepCallback, params
+from studio.previews import Preview
 from studio.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -163,7 +164,8 @@ class LocalRunner:
         while True:
             try:
                 for result in attempt(settings):
-                    done += 1
+                    # A preview of an image still forming is not a result to resume after.
+                    done += not isinstance(result, Preview)
                     yield result
                 return
             except torch.OutOfMemoryError:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -16,6 +16,7 @@ from studio.errors import Cancelled
 from studio.generation import ASPECT_RATIOS, MAX_SEED, GenerationSettings, size_for_aspect
 from studio.metadata import read_settings, save_png
 from studio.presets import example_prompts
+from studio.previews import Preview
 from studio.registry import ModelState
 from studio.runner import Job
 from tabs import common
@@ -109,6 +110,15 @@ def layout(studio: StudioContext) -> TextToImageTab:
     )
 
 
+# About this many previews of each image while it forms.
+PREVIEWS_PER_IMAGE = 6
+
+
+def previews_for(steps: int) -> int:
+    """Steps between previews: none for a one- or two-step model (the image is there at once)."""
+    return 0 if steps <= 2 else max(1, round(steps / PREVIEWS_PER_IMAGE))
+
+
 def generate_handler(studio: StudioContext) -> Callable:
     def on_generate(
         model_id,
@@ -135,11 +145,17 @@ def generate_handler(studio: StudioContext) -> Callable:
         values = (prompt_text, negative_text, step_count, guidance_scale, w, h, seed_value, image_count)
         with studio.cancellations.job(common.session_of(request)) as cancel, common.user_errors("Generation"):
             settings = common.settings_from(GenerationSettings, FIELDS, values, model=model_id, adapters=adapters)
+            settings = replace(settings, preview_every=previews_for(settings.steps))
             common.warn_if_far_from_native_size(studio, settings)
             try:
                 progress((0, settings.steps * settings.count), desc="Loading model")
                 phase = common.progress_callback(progress, "Denoising")
                 for result in studio.runner.run(Job("generate", settings, {}), phase, cancel):
+                    if isinstance(result, Preview):
+                        # The image forming, first in the gallery until it is done.
+                        forming = (result.image, f"forming: step {result.done} of {result.total}")
+                        yield [forming, *shown()], gr.update(), shown()
+                        continue
                     path = save_png(result, studio.history.folder(common.session_of(request)))
                     made.append((str(path), describe(result.settings, result.seconds)))
                     yield shown(), "\n\n".join(caption for _, caption in made), shown()

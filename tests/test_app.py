@@ -76,6 +76,16 @@ def test_generate_endpoint_returns_images_with_their_settings(running_app):
     assert reused == ["tiny-flux-dev", "a large red circle on the left, gray background", "", 3, 3.5, 64, 96, 42, 1]
 
 
+def test_the_image_shows_while_it_forms(running_app):
+    client, output_dir = running_app
+    job = client.submit("tiny-flux-dev", "a red circle", "", 12, 3.5, 64, 64, 0, 1, api_name="/generate")
+    job.result(timeout=120)
+    captions = [gallery[0]["caption"] for gallery, _ in job.outputs() if gallery]
+    forming = [caption for caption in captions if caption.startswith("forming")]
+    assert forming == [f"forming: step {step} of 12" for step in (2, 4, 6, 8, 10, 12)]
+    assert not captions[-1].startswith("forming") and len(list(output_dir.glob("*.png"))) == 1
+
+
 def test_model_defaults_follow_the_picked_model(running_app):
     client, _ = running_app
     outputs = client.predict("tiny-flux-schnell", api_name="/model_defaults")

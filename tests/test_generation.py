@@ -276,3 +276,34 @@ def test_a_shared_studio_refuses_a_job_over_its_work_budget(registry):
     assert len(list(runner.run(Job("generate", small)))) == 4
     with pytest.raises(InvalidRequest, match="larger than one visitor may ask"):
         runner.run(Job("generate", replace(small, steps=3)))
+
+
+@pytest.mark.parametrize("model", ["shapes-flux", "shapes-sd3", "tiny-pixart-sigma"])
+def test_previews_show_the_image_forming_and_change_nothing(registry, model):
+    """Previews every 4 of 16 steps: the last one is the image itself, each is nearer the image
+    than the one before (a rectified flow's previews are its predicted clean image), and the image
+    is bit for bit the one made without previews."""
+    from studio.previews import Preview
+
+    plain = run(registry, model=model, steps=16)
+    items = run(registry, model=model, steps=16, preview_every=4)
+    previews = [item for item in items if isinstance(item, Preview)]
+    (made,) = [item for item in items if not isinstance(item, Preview)]
+    assert [preview.done for preview in previews] == [4, 8, 12, 16] and previews[0].total == 16
+    assert np.array_equal(pixels(made), pixels(plain[0])) and made.settings.preview_every == 0
+    distances = [np.abs(np.asarray(p.image, np.int16) - pixels(made)).mean() for p in previews]
+    assert distances[-1] <= 1.0 and distances == sorted(distances, reverse=True), distances
+
+
+def test_a_preview_run_cancels_at_the_next_step(registry):
+    from studio.previews import Preview
+
+    switch = threading.Event()
+    settings = GenerationSettings(model="shapes-flux", prompt="a red circle", steps=12, width=64, height=64,
+                                  preview_every=2)  # fmt: skip
+    seen = []
+    with pytest.raises(Cancelled):
+        for item in generate(registry, settings, None, switch):
+            seen.append(item)
+            switch.set()
+    assert len(seen) == 1 and isinstance(seen[0], Preview)
