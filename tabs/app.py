@@ -78,16 +78,18 @@ def build_app(studio: StudioContext, mcp: bool = False) -> gr.Blocks:
                 to_drag = drag.build(studio, history)
             with gr.Tab("Virtual try-on", id=tryon.TAB_ID):
                 to_tryon = tryon.build(studio)
-            with gr.Tab("Layout to image"):
-                layout.build(studio)
+            with gr.Tab("Layout to image", id=layout.TAB_ID):
+                to_layout = layout.build(studio)
             with gr.Tab("In-context image sets"):
                 image_sets.build(studio)
-            with gr.Tab("Live sketch"):
-                live.build(studio)
+            with gr.Tab("Live sketch", id=live.TAB_ID):
+                to_live = live.build(studio)
             with gr.Tab("Agent"):
                 agent.build(studio)
             with gr.Tab("History") as history_tab:
-                history_panel.build(studio, demo, history_tab, tabs, reused, [to_colour, to_drag, to_tryon])
+                history_panel.build(
+                    studio, demo, history_tab, tabs, reused, [to_colour, to_drag, to_tryon, to_layout, to_live]
+                )
         tools.build(studio)
         demo.unload(adapters_leave_with(studio))
     # Room for many visitors' jobs; the GPU slot still runs one at a time.

@@ -348,12 +348,14 @@ UPLOAD_SOURCE = "Edit an image (inverted)"
 @dataclass
 class SendTarget:
     """A tab a result from the history can be sent to: its name, its tab id, the components the
-    image fills and what it puts in each (`fill(image)`, one value or update per component)."""
+    image fills and what it puts in each (`fill(image, settings)`, one value or update per
+    component; `settings`: the PNG's own, {} when it has none; StudioError when the tab cannot
+    take that image)."""
 
     label: str
     tab_id: str
     components: list[Any]
-    fill: Callable[[Image.Image], tuple[Any, ...]]
+    fill: Callable[[Image.Image, dict], tuple[Any, ...]]
 
 
 @dataclass
@@ -392,7 +394,10 @@ class SourcePicker:
     def send_target(self, label: str, tab_id: str) -> SendTarget:
         """A history image becomes the image to edit (an upload, inverted)."""
         return SendTarget(
-            label, tab_id, [self.mode, self.image], lambda image: (UPLOAD_SOURCE, gr.update(value=image, visible=True))
+            label,
+            tab_id,
+            [self.mode, self.image],
+            lambda image, settings: (UPLOAD_SOURCE, gr.update(value=image, visible=True)),
         )
 
     def use_last_handler(self, studio: StudioContext, serves: Callable[[ModelSpec], bool], unable: str) -> Callable:

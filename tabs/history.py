@@ -11,6 +11,8 @@ import gradio as gr
 from PIL import Image
 
 from studio.context import StudioContext
+from studio.errors import InvalidRequest
+from studio.metadata import read_payload
 from tabs import common, text_to_image
 
 # The browser keeps its owner token in its own storage (a random one the first time), so a page
@@ -109,12 +111,17 @@ def send_to(studio: StudioContext, targets: list[common.SendTarget]) -> Callable
             raise gr.Error("Pick the tab to send the image to.")
         with common.user_errors("Sending"):
             path = studio.history.find(common.session_of(request), name or "")
-        with Image.open(path) as opened:
-            image = opened.convert("RGB")
+            with Image.open(path) as opened:
+                image = opened.convert("RGB")
+            try:
+                settings = read_payload(path)
+            except InvalidRequest:
+                settings = {}
+            filled = chosen.fill(image, settings)
         updates = [
             value
             for target in targets
-            for value in (target.fill(image) if target is chosen else [gr.update()] * len(target.components))
+            for value in (filled if target is chosen else [gr.update()] * len(target.components))
         ]
         return *updates, gr.Tabs(selected=chosen.tab_id)
 

@@ -325,7 +325,27 @@ def method_picked(studio: StudioContext) -> Callable:
     return on_method
 
 
-def build(studio: StudioContext) -> None:
+TAB_ID = "layout-to-image"
+
+
+def send_target(ui: LayoutTab, width: gr.Slider, height: gr.Slider) -> common.SendTarget:
+    """A layout result from the history brings back its caption and boxes (and its size), to
+    change and draw again; an image made elsewhere has no boxes to bring."""
+
+    def fill(image: Image.Image, settings: dict) -> tuple[Any, ...]:
+        regions = settings.get("regions")
+        if not isinstance(regions, list) or not regions:
+            raise InvalidRequest("That image was not made in the layout tab: it has no boxes to bring back.")
+        rows = [[str(region["caption"]), *region["box"]] for region in regions]
+        w, h = image.size
+        return str(settings.get("caption", "")), rows, editor_value(rows, w, h), w, h
+
+    return common.SendTarget(
+        "Layout to image (its caption and boxes)", TAB_ID, [ui.caption, ui.table, ui.editor, width, height], fill
+    )
+
+
+def build(studio: StudioContext) -> common.SendTarget:
     examples = layout_examples()
     ui = layout(studio, examples)
     steps, guidance, width, height, seed = ui.sampling.components()
@@ -380,3 +400,4 @@ def build(studio: StudioContext) -> None:
         api_name="layout_generate",
     )
     common.wire_cancel(studio, ui.cancel, job, "layout_cancel")
+    return send_target(ui, width, height)

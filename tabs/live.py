@@ -24,7 +24,7 @@ from studio.methods.control import (
     live_targets,
     on_white,
 )
-from tabs.common import in_gpu_slot, session_of, setting_slider, user_errors
+from tabs.common import SendTarget, in_gpu_slot, session_of, setting_slider, user_errors
 
 PHOTO_KINDS = (("Canny edges", "canny"), ("Soft edges", "softedge"), ("Depth", "depth"))
 CANVAS_SIDE = 512
@@ -236,7 +236,31 @@ def keep_handler(studio: StudioContext) -> Callable:
     return on_keep
 
 
-def build(studio: StudioContext) -> None:
+TAB_ID = "live-sketch"
+SENT_FAMILY, SENT_KIND = "flux", "canny"
+
+
+def send_target(studio: StudioContext, ui: LiveTab) -> SendTarget:
+    """A history image becomes the live tab's photo: its edges (Canny) steer the live model, and
+    the frames follow the prompt as it is typed."""
+
+    def fill(image: Image.Image, settings: dict) -> tuple[Any, ...]:
+        options = target_choices(studio, SENT_FAMILY, "photo", SENT_KIND)
+        return (
+            SENT_FAMILY,
+            "photo",
+            gr.update(visible=False),
+            gr.update(visible=True),
+            image,
+            SENT_KIND,
+            gr.update(choices=options, value=options[0][1] if options else None),
+        )
+
+    components = [ui.family, ui.source, ui.sketch, ui.photo_group, ui.photo, ui.kind, ui.target]
+    return SendTarget("Live sketch (as the photo to draw from)", TAB_ID, components, fill)
+
+
+def build(studio: StudioContext) -> SendTarget:
     ui = layout(studio)
     catalogue = studio.registry.catalogue
     last = gr.State(None)
@@ -294,3 +318,4 @@ def build(studio: StudioContext) -> None:
     model_picked = ui.target.change(on_target, ui.target, ui.steps, api_visibility="private")
     in_gpu_slot(model_picked.then, on_frame, frame_inputs, frame_outputs, api_visibility="private", **live)
     ui.keep.click(keep_handler(studio), last, None, api_name="live_save")
+    return send_target(studio, ui)

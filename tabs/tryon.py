@@ -247,4 +247,4 @@ def build(studio: StudioContext) -> common.SendTarget:
     )
     common.start_slider_at_change(job, ui.outputs[0])
     common.wire_cancel(studio, ui.cancel, job, "tryon_cancel")
-    return common.SendTarget("Virtual try-on (as the person)", TAB_ID, [ui.person], lambda image: (image,))
+    return common.SendTarget("Virtual try-on (as the person)", TAB_ID, [ui.person], lambda image, settings: (image,))

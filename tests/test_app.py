@@ -545,13 +545,33 @@ def test_a_history_image_is_sent_to_another_tab(running_app):
     client.predict("tiny-flux-dev", "a blue square", "", 2, 2.5, 64, 64, 5, 1, api_name="/generate")
     name = next(output_dir.glob("*tiny-flux-dev-5-*.png")).name
     sent = client.predict(name, "Virtual try-on (as the person)", api_name="/history_send")
-    colour_mode, colour_image, drag_mode, drag_image, person = sent
+    colour_mode, colour_image, drag_mode, drag_image, person, *others = sent
     with Image.open(person) as received, Image.open(output_dir / name) as original:
         assert np.array_equal(np.asarray(received.convert("RGB")), np.asarray(original.convert("RGB")))
     # The other tabs' components come back as bare updates: left as they were.
-    assert all(value == {"__type__": "update"} for value in (colour_mode, colour_image, drag_mode, drag_image))
+    untouched = (colour_mode, colour_image, drag_mode, drag_image, *others)
+    # (layout: 5; live: 7, its photo group not among an API's outputs)
+    assert len(others) == 11 and all(value == {"__type__": "update"} or value["__type__"] == "update"
+                                     for value in untouched)  # fmt: skip
     sent = client.predict(name, "Colour editing (as the image to recolour)", api_name="/history_send")
     assert sent[0] == "Edit an image (inverted)" and sent[1]["visible"] is True
     assert sent[4] == {"__type__": "update"}
+    # The live sketch takes it as the photo to draw from (its edges steer the live model).
+    family, source, sketch, photo, kind, target = client.predict(
+        name, "Live sketch (as the photo to draw from)", api_name="/history_send"
+    )[-6:]
+    assert (family, source, kind) == ("flux", "photo", "canny") and sketch["visible"] is False
+    assert Image.open(photo).size == (64, 64) and target["value"]
+    # A layout takes back the boxes of a layout result; an image made elsewhere has none.
+    with pytest.raises(Exception, match="not made in the layout tab"):
+        client.predict(name, "Layout to image (its caption and boxes)", api_name="/history_send")
+    layout_call(client, steps=2)
+    made = next(output_dir.glob("*layout-shapes-flux-*.png")).name
+    caption, table, editor, width, height = client.predict(
+        made, "Layout to image (its caption and boxes)", api_name="/history_send"
+    )[5:10]
+    assert caption == LAYOUT_DEFAULTS["caption"] and (value(width), value(height)) == (64, 64)
+    assert [[float(cell) for cell in row[1:]] for row in table["data"]] == [row[1:] for row in LAYOUT_BOXES["data"]]
+    assert '"x1": 0.5' in editor
     with pytest.raises(Exception, match="Pick one of your results|not in your history"):
         client.predict("../secret.png", "Virtual try-on (as the person)", api_name="/history_send")
