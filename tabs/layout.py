@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,7 +172,7 @@ def layout(studio: StudioContext, examples: list[dict]) -> LayoutTab:
                     label="Global caption", lines=2, value=opening["caption"], elem_id="layout-caption"
                 )
                 new_caption = gr.Textbox(
-                    label="Caption for the next box",
+                    label="Caption of the next box (or of the last one drawn without one)",
                     lines=2,
                     placeholder="a large red circle on the left, gray background",
                 )
@@ -235,6 +236,21 @@ def layout(studio: StudioContext, examples: list[dict]) -> LayoutTab:
         result,
         info,
     )
+
+
+PLACEHOLDER = re.compile(r"^box \d+$")
+
+
+def caption_last_uncaptioned(rows: Any, caption: str, w: float, h: float) -> tuple[Any, Any]:
+    """Box first, caption after: a caption typed once a box is drawn names the last box that still
+    has only its placeholder ("box 2"); with none, it waits for the next box."""
+    rows = [list(row) for row in (rows or [])]
+    caption = (caption or "").strip()
+    waiting = [row for row in rows if row and PLACEHOLDER.match(str(row[0]).strip())]
+    if not caption or not waiting:
+        return gr.update(), gr.update()
+    waiting[-1][0] = caption
+    return rows, editor_value(rows, int(w), int(h))
 
 
 def on_editor_input(value: str, next_caption: str, w: float, h: float) -> tuple[list[list], str]:
@@ -355,6 +371,13 @@ def build(studio: StudioContext) -> common.SendTarget:
     private = {"api_visibility": "private"}
     ui.model.change(model_picked(studio), ui.model, [width, height, guidance, steps, grounding], **private)
     ui.editor.input(on_editor_input, [ui.editor, ui.new_caption, width, height], [ui.table, ui.editor], **private)
+    gr.on(
+        [ui.new_caption.submit, ui.new_caption.blur],
+        caption_last_uncaptioned,
+        [ui.table, ui.new_caption, width, height],
+        [ui.table, ui.editor],
+        **private,
+    )
     gr.on(
         [ui.table.input, width.change, height.change],
         lambda rows, w, h: editor_value(rows, int(w), int(h)),

@@ -147,10 +147,18 @@ def test_draw_move_delete_boxes_and_generate_a_layout(page, tmp_path, artifacts)
     page.get_by_role("button", name="Clear boxes").click()
     page.wait_for_function("() => document.querySelectorAll('#layout-editor .layout-box').length == 0", timeout=30_000)
     page.get_by_label("Global caption", exact=True).fill("a large red circle on the left, gray background")
-    page.get_by_label("Caption for the next box", exact=True).fill("a large red circle on the left, gray background")
     stage = page.locator("#layout-editor .layout-stage")
     stage.wait_for(timeout=30_000)
+    # Box first, caption after: the box waits as "box 1" until its caption is typed.
     drag(page, stage, (0.05, 0.2), (0.5, 0.8))
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#layout-table [role=gridcell]')]"
+        ".some(e => e.textContent.trim() == 'box 1')",
+        timeout=30_000,
+    )
+    caption = page.get_by_label("Caption of the next box (or of the last one drawn without one)", exact=True)
+    caption.fill("a large red circle on the left, gray background")
+    caption.press("Enter")
     # The box lands in the table with the caption typed for it, at the corners dragged.
     page.wait_for_function(
         "() => [...document.querySelectorAll('#layout-table [role=gridcell]')]"

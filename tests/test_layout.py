@@ -193,3 +193,14 @@ def test_cross_attention_families_get_regional_masks(registry, model_id, monkeyp
     monkeypatch.setattr(layout_module, "AttentionController", original)
     plain = np.asarray(regional_generate(registry, replace(settings, inject_steps=0)).image, float)
     assert np.abs(regional - plain).mean() > 0.1
+
+
+def test_a_caption_typed_after_drawing_names_the_last_uncaptioned_box():
+    from tabs.layout import caption_last_uncaptioned
+
+    rows = [["a red circle", 0, 0, 0.5, 0.5], ["box 2", 0.5, 0.5, 1, 1]]
+    table, editor = caption_last_uncaptioned(rows, " a blue square ", 64, 64)
+    assert [row[0] for row in table] == ["a red circle", "a blue square"] and "a blue square" in editor
+    # Nothing waiting for a caption (or nothing typed): the caption is for the next box.
+    assert caption_last_uncaptioned(table, "a green triangle", 64, 64) == ({"__type__": "update"},) * 2
+    assert caption_last_uncaptioned(rows, "  ", 64, 64) == ({"__type__": "update"},) * 2
