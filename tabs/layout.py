@@ -173,7 +173,6 @@ def layout(studio: StudioContext, examples: list[dict]) -> LayoutTab:
                 )
                 new_caption = gr.Textbox(
                     label="Caption of the next box (or of the last one drawn without one)",
-                    lines=2,
                     placeholder="a large red circle on the left, gray background",
                 )
             editor = gr.HTML(
