@@ -24,6 +24,7 @@ from studio.params import MAX_SEED, SamplingSettings, StepCallback, StepReporter
 from studio.previews import Preview, Previewer, with_previews
 from studio.registry import Registry
 from studio.runner import Method, register
+from studio.speed import OFF, cached, chosen
 
 S = TypeVar("S", bound=SamplingSettings)
 
@@ -36,6 +37,8 @@ class GenerationSettings(SamplingSettings):
     prompt: str
     negative_prompt: str = ""
     count: int = setting("Images", 1, 1, MAX_IMAGES, 1)
+    # diffusers' cache hooks for the run (`speed.SPEEDS`), where they fit it.
+    speed: str = OFF
     # Previews while an image forms (what a tab shows; 0 for API clients and methods).
     preview_every: int = setting("Preview every", 0, 0, 100, 1, info="steps between previews (0: none)")
     # LoRA adapters registered with the registry, as (name, scale) pairs.
@@ -52,9 +55,11 @@ class GenerationSettings(SamplingSettings):
 @dataclass(frozen=True)
 class GeneratedImage:
     image: Image.Image
-    # The settings that remake exactly this image: its own seed, a count of one.
+    # The settings that remake exactly this image: its own seed, a count of one, the speed it ran with.
     settings: GenerationSettings
     seconds: float
+    # What the run changed of the request, and why (a speed setting it went without).
+    notes: tuple[str, ...] = ()
 
 
 def snap(value: float, multiple: int) -> int:
@@ -196,17 +201,20 @@ def generate(
     spec = registry.catalogue.get(settings.model)
     settings = validate(settings, spec)
     reporter = StepReporter(settings.steps * settings.count, on_step, cancel)
-    with registry.use(spec.id, "t2i", dict(settings.adapters)) as pipe:
+    choice = chosen(spec, settings.speed, settings.steps)
+    notes = (choice.notice,) if choice.notice else ()
+    with registry.use(spec.id, "t2i", dict(settings.adapters)) as pipe, cached(pipe, choice.speed):
         reporter.begin()
         for index in range(settings.count):
-            single = replace(settings, seed=(settings.seed + index) % (MAX_SEED + 1), count=1, preview_every=0)
+            seed = (settings.seed + index) % (MAX_SEED + 1)
+            single = replace(settings, seed=seed, count=1, preview_every=0, speed=choice.speed)
             reporter.check()
             started = time.perf_counter()
             for item in denoised(pipe, spec, single, reporter, settings.preview_every, index):
                 if isinstance(item, Preview):
                     yield item
                 else:
-                    yield GeneratedImage(item, single, time.perf_counter() - started)
+                    yield GeneratedImage(item, single, time.perf_counter() - started, notes)
 
 
 def denoised(

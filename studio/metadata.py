@@ -102,6 +102,7 @@ def read_settings(path: str | Path) -> GenerationSettings:
             height=int(data["height"]),
             seed=int(data["seed"]),
             count=1,
+            speed=str(data.get("speed", "off")),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise InvalidRequest("The settings in that image are damaged and cannot be reused.") from error

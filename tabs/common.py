@@ -20,6 +20,7 @@ from studio.metadata import read_settings
 from studio.params import SamplingSettings, StepCallback, param, params
 from studio.registry import ModelState
 from studio.runner import Job
+from studio.speed import SPEEDS, offered
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,12 @@ def run_and_cancel(label: str) -> tuple[gr.Button, gr.Button]:
     with gr.Row():
         run = gr.Button(label, variant="primary", elem_classes=["studio-run"])
         return run, gr.Button("Cancel", variant="stop", elem_classes=["studio-cancel"])
+
+
+def speed_choices(spec: ModelSpec) -> list[tuple[str, str]]:
+    """The speed settings a model takes (`speed.offered`), labelled with what they cost on the
+    shapes world where that is more than a little."""
+    return [(SPEEDS[name].label + SPEEDS[name].measured, name) for name in offered(spec)]
 
 
 def steps_within(spec: ModelSpec, preferred: int) -> int:

@@ -24,7 +24,8 @@ from studio.methods.control import (
     live_targets,
     on_white,
 )
-from tabs.common import SendTarget, in_gpu_slot, session_of, setting_slider, user_errors
+from studio.speed import OFF
+from tabs.common import SendTarget, in_gpu_slot, session_of, setting_slider, speed_choices, user_errors
 
 PHOTO_KINDS = (("Canny edges", "canny"), ("Soft edges", "softedge"), ("Depth", "depth"))
 CANVAS_SIDE = 512
@@ -86,6 +87,7 @@ class LiveTab:
     start: gr.Slider
     end: gr.Slider
     seed: gr.Number
+    speed: gr.Dropdown
     result: gr.Image
     control: gr.Image
     latency: gr.Markdown
@@ -144,6 +146,11 @@ def layout(studio: StudioContext) -> LiveTab:
                     start = setting_slider(LiveRequest, "control_start")
                     end = setting_slider(LiveRequest, "control_end")
                 seed = gr.Number(value=0, precision=0, minimum=0, label="Seed (fixed: frames stay stable)")
+                speed = gr.Dropdown(
+                    speed_choices(studio.registry.catalogue.get(first_target.model)) if first_target else [],
+                    value=OFF,
+                    label="Speed (diffusers' cache hooks: not beside a ControlNet, not at 4 steps or fewer)",
+                )
         with gr.Column():
             with gr.Row():
                 result = gr.Image(label="Live result", type="pil", format="png", height=320, elem_id="live-result")
@@ -166,6 +173,7 @@ def layout(studio: StudioContext) -> LiveTab:
         start,
         end,
         seed,
+        speed,
         result,
         control,
         latency,
@@ -189,6 +197,7 @@ def frame_handler(studio: StudioContext) -> Callable:
         control_start,
         control_end,
         step_count,
+        speed=OFF,
     ):
         strokes = picture if chosen_source == "photo" else strokes_of(drawing)
         if strokes is None:
@@ -207,6 +216,7 @@ def frame_handler(studio: StudioContext) -> Callable:
                     conditioning_scale=float(conditioning),
                     control_start=float(control_start),
                     control_end=float(control_end),
+                    speed=speed or OFF,
                 )
             )
         spec = studio.registry.catalogue.get(frame.settings.model)
@@ -214,7 +224,7 @@ def frame_handler(studio: StudioContext) -> Callable:
         note = (
             f"**{frame.seconds * 1000:.0f} ms** per frame · {chosen.describe(spec)} · "
             f"{frame.settings.width}×{frame.settings.height} · {text_note}"
-        )
+        ) + "".join(f" · {note}" for note in frame.notes)
         return preview(frame.image), preview(frame.control_image), note, frame
 
     # The GPU work is the frame (a ZeroGPU slot for each; 30 s is ample for one).
@@ -273,9 +283,10 @@ def build(studio: StudioContext) -> SendTarget:
 
     def on_target(target_id):
         if not target_id:
-            return gr.update()
+            return gr.update(), gr.update()
         chosen = parse_target(target_id)
-        return gr.update(value=chosen.steps, maximum=catalogue.get(chosen.model).max_steps)
+        spec = catalogue.get(chosen.model)
+        return gr.update(value=chosen.steps, maximum=spec.max_steps), gr.update(choices=speed_choices(spec), value=OFF)
 
     ui.family.input(on_family, [ui.family, ui.source, ui.kind], ui.target, api_visibility="private")
     gr.on(
@@ -306,6 +317,7 @@ def build(studio: StudioContext) -> SendTarget:
         ui.start,
         ui.end,
         ui.steps,
+        ui.speed,
     ]
     frame_outputs = [ui.result, ui.control, ui.latency, last]
     live: dict[str, Any] = dict(trigger_mode="always_last", show_progress="hidden", duration=30)
@@ -315,7 +327,7 @@ def build(studio: StudioContext) -> SendTarget:
     every_change = partial(gr.on, [*changes, *releases])
     in_gpu_slot(every_change, on_frame, frame_inputs, frame_outputs, api_name="live_frame", **live)
     # A new model first sets its own step count, then draws.
-    model_picked = ui.target.change(on_target, ui.target, ui.steps, api_visibility="private")
+    model_picked = ui.target.change(on_target, ui.target, [ui.steps, ui.speed], api_visibility="private")
     in_gpu_slot(model_picked.then, on_frame, frame_inputs, frame_outputs, api_visibility="private", **live)
     ui.keep.click(keep_handler(studio), last, None, api_name="live_save")
     return send_target(studio, ui)

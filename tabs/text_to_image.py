@@ -19,6 +19,7 @@ from studio.presets import example_prompts
 from studio.previews import Preview
 from studio.registry import ModelState
 from studio.runner import Job
+from studio.speed import OFF, SPEEDS, offered
 from tabs import common
 
 HISTORY_LIMIT = 48
@@ -32,10 +33,11 @@ GUIDANCE_LABELS = {
 }
 
 
-def describe(settings: GenerationSettings, seconds: float) -> str:
+def describe(settings: GenerationSettings, seconds: float, notes: tuple[str, ...] = ()) -> str:
+    speed = f" · {SPEEDS[settings.speed].label}" if settings.speed != OFF else ""
     return (
         f"{settings.model} · seed {settings.seed} · {settings.steps} steps · guidance {settings.guidance:g} · "
-        f"{settings.width}×{settings.height} · {seconds:.2f} s"
+        f"{settings.width}×{settings.height} · {seconds:.2f} s{speed}" + "".join(f" · {note}" for note in notes)
     )
 
 
@@ -56,6 +58,7 @@ def control_updates(spec: ModelSpec) -> tuple[Any, ...]:
         height,
         gr.update(visible=spec.accepts_negative_prompt),
         gr.update(value="1:1"),
+        gr.update(choices=common.speed_choices(spec), value=OFF),
     )
 
 
@@ -72,6 +75,7 @@ class TextToImageTab:
     aspect: gr.Dropdown
     dice: gr.Button
     count: gr.Slider
+    speed: gr.Dropdown
     run: gr.Button
     cancel: gr.Button
     lora: common.LoraControls
@@ -96,6 +100,11 @@ def layout(studio: StudioContext) -> TextToImageTab:
                 aspect = gr.Dropdown(list(ASPECT_RATIOS), value="1:1", label="Aspect ratio")
                 dice = gr.Button("Random seed", size="sm")
                 count = common.setting_slider(GenerationSettings, "count")
+            speed = gr.Dropdown(
+                common.speed_choices(default),
+                value=OFF,
+                label="Speed (diffusers' cache hooks, where the family has them)",
+            )
             run, cancel = common.run_and_cancel("Generate")
             lora = common.lora_controls()
             reuse = gr.File(label="Reuse settings: drop a PNG made by the studio", file_types=[".png"])
@@ -106,7 +115,7 @@ def layout(studio: StudioContext) -> TextToImageTab:
             )
             info = gr.Markdown(label="Settings of these results")
     return TextToImageTab(
-        model, prompt, negative, sampling, aspect, dice, count, run, cancel, lora, reuse, gallery, info
+        model, prompt, negative, sampling, aspect, dice, count, speed, run, cancel, lora, reuse, gallery, info
     )
 
 
@@ -133,6 +142,7 @@ def generate_handler(studio: StudioContext) -> Callable:
         past,
         active_adapters=(),
         adapter_scale=1.0,
+        speed=OFF,
         request: gr.Request = None,
         progress=gr.Progress(),
     ):
@@ -145,7 +155,7 @@ def generate_handler(studio: StudioContext) -> Callable:
         values = (prompt_text, negative_text, step_count, guidance_scale, w, h, seed_value, image_count)
         with studio.cancellations.job(common.session_of(request)) as cancel, common.user_errors("Generation"):
             settings = common.settings_from(GenerationSettings, FIELDS, values, model=model_id, adapters=adapters)
-            settings = replace(settings, preview_every=previews_for(settings.steps))
+            settings = replace(settings, preview_every=previews_for(settings.steps), speed=speed or OFF)
             common.warn_if_far_from_native_size(studio, settings)
             try:
                 progress((0, settings.steps * settings.count), desc="Loading model")
@@ -157,7 +167,7 @@ def generate_handler(studio: StudioContext) -> Callable:
                         yield [forming, *shown()], gr.update(), shown()
                         continue
                     path = save_png(result, studio.history.folder(common.session_of(request)))
-                    made.append((str(path), describe(result.settings, result.seconds)))
+                    made.append((str(path), describe(result.settings, result.seconds, result.notes)))
                     yield shown(), "\n\n".join(caption for _, caption in made), shown()
             except Cancelled:
                 gr.Info(f"Cancelled; kept the {len(made)} finished image(s).")
@@ -171,7 +181,7 @@ def reuse_handler(studio: StudioContext) -> Callable:
 
     def on_reuse(path: str | None):
         if not path:
-            return (gr.update(),) * 9
+            return (gr.update(),) * 10
         with common.user_errors("Reading settings"):
             settings = read_settings(path)
         if settings.model not in catalogue:
@@ -187,6 +197,10 @@ def reuse_handler(studio: StudioContext) -> Callable:
             gr.update(value=settings.height, step=spec.size_multiple),
             settings.seed,
             1,
+            # The speed it ran with, where this model takes it (a cache changes the image a little).
+            gr.update(
+                choices=common.speed_choices(spec), value=settings.speed if settings.speed in offered(spec) else OFF
+            ),
         )
 
     return on_reuse
@@ -210,7 +224,7 @@ def build(studio: StudioContext) -> tuple[gr.State, list[Any]]:
     job = common.in_gpu_slot(
         partial(gr.on, [ui.run.click, ui.prompt.submit]),
         generate_handler(studio),
-        [*inputs, ui.lora.active, ui.lora.scale],
+        [*inputs, ui.lora.active, ui.lora.scale, ui.speed],
         [ui.gallery, ui.info, history],
         api_name="generate",
     )
@@ -222,7 +236,10 @@ def build(studio: StudioContext) -> tuple[gr.State, list[Any]]:
     )
     common.wire_cancel(studio, ui.cancel, job, "cancel")
     ui.model.input(
-        on_model_picked, ui.model, [steps, guidance, width, height, ui.negative, ui.aspect], api_name="model_defaults"
+        on_model_picked,
+        ui.model,
+        [steps, guidance, width, height, ui.negative, ui.aspect, ui.speed],
+        api_name="model_defaults",
     )
     ui.lora.wire(studio, ui.model, api_name="add_adapter")
     ui.aspect.input(
@@ -232,6 +249,6 @@ def build(studio: StudioContext) -> tuple[gr.State, list[Any]]:
         api_name="aspect_size",
     )
     ui.dice.click(lambda: random.randint(0, MAX_SEED), None, seed, api_name="random_seed")
-    reused = [ui.model, ui.prompt, ui.negative, steps, guidance, width, height, seed, ui.count]
+    reused = [ui.model, ui.prompt, ui.negative, steps, guidance, width, height, seed, ui.count, ui.speed]
     ui.reuse.upload(reuse_handler(studio), ui.reuse, reused, api_name="reuse_settings")
     return history, reused

@@ -73,7 +73,18 @@ def test_generate_endpoint_returns_images_with_their_settings(running_app):
     assert len(list(output_dir.glob("*.png"))) == 2
 
     reused = [value(v) for v in client.predict(handle_file(gallery[1]["image"]), api_name="/reuse_settings")]
-    assert reused == ["tiny-flux-dev", "a large red circle on the left, gray background", "", 3, 3.5, 64, 96, 42, 1]
+    assert reused == [
+        "tiny-flux-dev",
+        "a large red circle on the left, gray background",
+        "",
+        3,
+        3.5,
+        64,
+        96,
+        42,
+        1,
+        "off",
+    ]
 
 
 def test_the_image_shows_while_it_forms(running_app):
@@ -89,8 +100,13 @@ def test_the_image_shows_while_it_forms(running_app):
 def test_model_defaults_follow_the_picked_model(running_app):
     client, _ = running_app
     outputs = client.predict("tiny-flux-schnell", api_name="/model_defaults")
-    steps, guidance, width, height, negative, aspect = outputs
+    steps, guidance, width, height, negative, aspect, speed = outputs
     assert [value(v) for v in (steps, guidance, width, height, aspect)] == [2, 0.0, 64, 64, "1:1"]
+    # FLUX takes diffusers' caches; SD3 has none (off only).
+    assert [name for _, name in speed["choices"]] == ["off", "first-block-cache", "taylorseer",
+                                                      "pyramid-attention-broadcast"]  # fmt: skip
+    sd3 = client.predict("tiny-sd3", api_name="/model_defaults")[-1]
+    assert [name for _, name in sd3["choices"]] == ["off"]
     assert guidance["visible"] is False and negative["visible"] is False and steps["maximum"] == 4
     width, height = client.predict("flux-dev", "16:9", api_name="/aspect_size")
     assert (width, height) == (1360, 768)
@@ -527,7 +543,7 @@ def test_a_history_result_s_settings_go_back_to_text_to_image(running_app):
     name = next(output_dir.glob("*tiny-flux-dev-11-*.png")).name
     filled = client.predict(name, api_name="/history_reuse")
     # Components updated with more than a value (a slider's range) come as updates.
-    model, prompt, _, steps, guidance, width, height, seed, count = (
+    model, prompt, _, steps, guidance, width, height, seed, count, _ = (
         value["value"] if isinstance(value, dict) else value for value in filled
     )
     assert (model, prompt, steps, guidance, width, height, seed, count) == (

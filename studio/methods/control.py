@@ -32,6 +32,7 @@ from studio.generation import GenerationSettings, call_arguments, encode_prompt_
 from studio.params import SamplingSettings, prompt_text, redefault, setting
 from studio.registry import ModelState, Registry
 from studio.runner import Method, register
+from studio.speed import OFF, cached, chosen
 
 # ControlNets that read line drawings, best first: strokes are scribbles, then soft edges, then edges.
 STROKE_KINDS = ("scribble", "softedge", "canny")
@@ -56,6 +57,8 @@ class ControlSettings(SamplingSettings):
     conditioning_scale: float = setting("Conditioning scale", 1.0, 0.0, 2.0, 0.05)
     control_start: float = setting("Control start", 0.0, 0.0, 1.0, 0.05, "share of the steps before control acts")
     control_end: float = setting("Control end", 1.0, 0.0, 1.0, 0.05, "share of the steps after which it stops")
+    # diffusers' cache hooks (`speed.SPEEDS`), where they fit the run (never beside a ControlNet).
+    speed: str = OFF
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,8 @@ class ControlResult:
     seconds: float
     # Whether this call ran the text encoders (False: the prompt came from the cache).
     encoded_prompt: bool
+    # What the run changed of the request, and why (a speed setting it went without).
+    notes: tuple[str, ...] = ()
 
 
 def control_image_for(
@@ -154,8 +159,10 @@ def control_generate(
     task = control.task if control else "img2img"
     prompts = prompts or PromptCache(enabled=False)
     control_image = control_image.convert("RGB").resize((settings.width, settings.height), Image.Resampling.BILINEAR)
+    choice = chosen(spec, settings.speed, settings.steps, controlnet=control is not None)
+    settings = replace(settings, speed=choice.speed)
 
-    with registry.use(spec.id, task) as pipe:
+    with registry.use(spec.id, task) as pipe, cached(pipe, choice.speed):
         started = time.perf_counter()
         plain = GenerationSettings.sampled_as(settings, settings.prompt, negative_prompt=settings.negative_prompt)
         arguments = call_arguments(pipe, spec, plain, None)
@@ -173,7 +180,8 @@ def control_generate(
         with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
             torch.manual_seed(settings.seed)
             image = pipe(**arguments).images[0]
-        return ControlResult(image, control_image, settings, time.perf_counter() - started, encoded)
+        notes = (choice.notice,) if choice.notice else ()
+        return ControlResult(image, control_image, settings, time.perf_counter() - started, encoded, notes)
 
 
 def control_arguments(
@@ -248,6 +256,7 @@ class LiveRequest:
     conditioning_scale: float = redefault("conditioning_scale", 1.0, ControlSettings)
     control_start: float = redefault("control_start", 0.0, ControlSettings)
     control_end: float = redefault("control_end", 1.0, ControlSettings)
+    speed: str = OFF
     width: int | None = None
     height: int | None = None
 
@@ -284,6 +293,7 @@ class LiveRenderer:
             conditioning_scale=request.conditioning_scale,
             control_start=request.control_start,
             control_end=request.control_end,
+            speed=request.speed,
         )
         return control_generate(self.registry, settings, drawing, self.prompts)
 

@@ -1,6 +1,7 @@
 """Evaluate a shapes-world model on held-out prompts and print a table.
 
     python -m studio.toyworld.evaluate [--model shapes-flux] [--seeds 2] [--guidance 3]
+    python -m studio.toyworld.evaluate --speeds      # each speed setting against off: × and measures
 
 Single-object prompts use the (colour, shape, position) combinations held out of training; an
 image counts when the object of the asked colour is there, at the asked position, of the asked
@@ -21,6 +22,7 @@ from PIL import Image
 from studio.catalogue import Catalogue
 from studio.generation import GenerationSettings, generate
 from studio.registry import Registry
+from studio.speed import OFF, offered
 from studio.toyworld.data import HELD_OUT
 from studio.toyworld.measure import check_object
 from studio.toyworld.scene import (
@@ -69,14 +71,16 @@ def evaluate(
     guidance: float,
     steps: int,
     samples: list[Image.Image] | None = None,
+    speed: str = OFF,
 ) -> dict:
     """Fractions of images that hold what was asked; `samples` collects the images made."""
     hits = {name: 0 for name in (*ATTRIBUTES, "all", "binding")}
     total = 0
     for scene in scenes:
         settings = GenerationSettings(
-            model=model, prompt=scene.caption, steps=steps, guidance=guidance, width=64, height=64, seed=0, count=seeds
-        )
+            model=model, prompt=scene.caption, steps=steps, guidance=guidance, width=64, height=64, seed=0, count=seeds,
+            speed=speed,
+        )  # fmt: skip
         for result in generate(registry, settings):
             if samples is not None:
                 samples.append(result.image)
@@ -91,6 +95,32 @@ def evaluate(
                     hits[name] += all(c[name] for c in checks)
                 hits["binding"] += all(c["colour"] and c["position"] for c in checks)
     return {name: value / total for name, value in hits.items()} | {"images": total}
+
+
+MEASURES = ("colour", "position", "shape", "all", "binding")
+
+
+def compare_speeds(registry: Registry, model: str, seeds: int, guidance: float, steps: int, pairs: int) -> None:
+    """Each speed setting the model takes against none: seconds per image and the measures, with
+    the largest loss (a setting losing more than LOSS_LABEL of any measure is labelled so)."""
+    rows = {}
+    for speed in offered(registry.catalogue.get(model)):
+        started = time.perf_counter()
+        single = evaluate(registry, model, single_object_scenes(), seeds, guidance, steps, speed=speed)
+        double = evaluate(registry, model, two_object_scenes(pairs), seeds, guidance, steps, speed=speed)
+        seconds = (time.perf_counter() - started) / (single["images"] + double["images"])
+        rows[speed] = (seconds, single | {"binding": double["binding"]})
+    base_seconds, base = rows[OFF]
+    print(f"\nSpeed settings on {model}, {steps} steps, guidance {guidance:g} (CPU, 64×64)\n")
+    print("| speed | s / image | speed-up | " + " | ".join(MEASURES) + " | largest loss |")
+    print("|---|---|---|" + "---|" * len(MEASURES) + "---|")
+    for speed, (seconds, measures) in rows.items():
+        loss = max(base[name] - measures[name] for name in MEASURES)
+        print(
+            f"| {speed} | {seconds:.3f} | ×{base_seconds / seconds:.2f} | "
+            + " | ".join(f"{measures[name]:.2f}" for name in MEASURES)
+            + f" | {max(loss, 0.0):.2f}{' (over 0.05)' if loss > 0.05 else ''} |"
+        )
 
 
 def save_grid(images: list[Image.Image], path: Path, columns: int = 12) -> None:
@@ -111,8 +141,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--guidance", type=float, nargs="+", default=[1.0, 3.0])
     parser.add_argument("--two-object-prompts", type=int, default=48)
     parser.add_argument("--grid", type=Path, default=None, help="save the single-object images as one PNG grid")
+    parser.add_argument("--speeds", action="store_true", help="compare the speed settings (at the first guidance)")
     args = parser.parse_args(argv)
     registry = Registry(Catalogue.load(), device="cpu")
+    if args.speeds:
+        compare_speeds(registry, args.model, args.seeds, args.guidance[0], args.steps, args.two_object_prompts)
+        return
     rows = []
     for guidance in args.guidance:
         started = time.perf_counter()

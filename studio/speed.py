@@ -1,0 +1,132 @@
+"""Speed settings: diffusers' own cache hooks on a model's transformer, for one run, where
+diffusers offers them for the family (its transformer has `CacheMixin`: FLUX, CogVideoX, Wan).
+
+A setting joins a run only where it leaves the run what it asked for; otherwise the run goes
+without it and says why (`Choice.notice`): a ControlNet adds its residuals into the very blocks a
+cache skips, and a model of a few steps has nothing to reuse.
+
+Not offered: FasterCache (built for classifier-free-guided video models, its guidance-branch
+reuse needs the pipeline's CFG batch, which FLUX's embedded guidance does not have) and MagCache
+(its magnitude ratios must be calibrated per model first; diffusers ships none for these families).
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers import (
+    DiffusionPipeline,
+    FirstBlockCacheConfig,
+    PyramidAttentionBroadcastConfig,
+    TaylorSeerCacheConfig,
+)
+from diffusers.models.cache_utils import CacheMixin
+
+from studio.catalogue import ModelSpec
+from studio.errors import InvalidRequest
+
+OFF = "off"
+# A run of this many steps or fewer has nothing for a cache to reuse.
+FEW_STEPS = 4
+
+
+@dataclass(frozen=True)
+class Speed:
+    name: str
+    label: str
+    # (pipe) -> the diffusers cache config for it; None for "off"
+    config: Callable[[DiffusionPipeline], Any] | None
+    # What it costs on the shapes world where that is over LOSS_NOTED (python -m
+    # studio.toyworld.evaluate --speeds), shown beside its name in the UI.
+    measured: str = ""
+
+
+SPEEDS: dict[str, Speed] = {
+    speed.name: speed
+    for speed in (
+        Speed(OFF, "Off (every step computed)", None),
+        # The first block's residual decides whether the other blocks run again (ParaAttention).
+        Speed("first-block-cache", "First-block cache", lambda pipe: FirstBlockCacheConfig(threshold=0.1)),
+        # Outputs predicted by a first-order Taylor expansion between full steps every third step.
+        Speed(
+            "taylorseer",
+            "TaylorSeer",
+            lambda pipe: TaylorSeerCacheConfig(
+                cache_interval=3, disable_cache_before_step=3, max_order=1, taylor_factors_dtype=torch.float32
+            ),
+        ),
+        # Attention reused every other step in the middle of the schedule (Pyramid Attention Broadcast).
+        Speed(
+            "pyramid-attention-broadcast",
+            "Pyramid Attention Broadcast",
+            lambda pipe: PyramidAttentionBroadcastConfig(
+                spatial_attention_block_skip_range=2,
+                spatial_attention_timestep_skip_range=(100, 800),
+                current_timestep_callback=lambda: pipe.current_timestep,
+            ),
+        ),
+    )
+}
+
+
+def family_caches(spec: ModelSpec) -> bool:
+    """Whether diffusers offers cache hooks for the model's transformer (read from its pipeline's
+    signature, without loading it)."""
+    pipeline = spec.family.pipeline_class(spec.pipeline, "t2i")
+    try:
+        transformer = typing.get_type_hints(pipeline.__init__).get("transformer")
+    except (NameError, TypeError):
+        transformer = inspect.signature(pipeline.__init__).parameters.get("transformer")
+    options = typing.get_args(transformer) or (transformer,)  # `WanTransformer3DModel | None`
+    return any(isinstance(option, type) and issubclass(option, CacheMixin) for option in options)
+
+
+def offered(spec: ModelSpec) -> list[str]:
+    """The speed settings a model can take: every cache where its family has them, else off only."""
+    return list(SPEEDS) if family_caches(spec) else [OFF]
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The speed a run goes with, and why it is not the one asked for where so."""
+
+    speed: str
+    notice: str = ""
+
+
+def chosen(spec: ModelSpec, requested: str, steps: int, controlnet: bool = False) -> Choice:
+    """The asked speed where it fits the run; else off, with the reason."""
+    if requested not in SPEEDS:
+        raise InvalidRequest(f"Speed must be one of {', '.join(SPEEDS)}, not {requested!r}.")
+    label = SPEEDS[requested].label
+    if requested == OFF:
+        return Choice(OFF)
+    if not family_caches(spec):
+        return Choice(OFF, f"{label}: diffusers has no cache hooks for {spec.family.label}; ran without it.")
+    if steps <= FEW_STEPS:
+        return Choice(OFF, f"{label}: {steps} steps leave nothing to reuse; ran without it.")
+    if controlnet:
+        return Choice(OFF, f"{label}: a cache would skip the blocks the ControlNet steers; ran without it.")
+    return Choice(requested)
+
+
+@contextmanager
+def cached(pipe: DiffusionPipeline, speed: str) -> Iterator[None]:
+    """The pipeline's transformer with the speed's cache for the block, always taken off after
+    (the pipeline is shared by every run of the model)."""
+    make = SPEEDS[speed].config
+    if make is None:
+        yield
+        return
+    transformer = pipe.transformer
+    transformer.enable_cache(make(pipe))
+    try:
+        yield
+    finally:
+        transformer.disable_cache()
