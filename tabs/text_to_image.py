@@ -100,12 +100,12 @@ def layout(studio: StudioContext) -> TextToImageTab:
                 aspect = gr.Dropdown(list(ASPECT_RATIOS), value="1:1", label="Aspect ratio")
                 dice = gr.Button("Random seed", size="sm")
                 count = common.setting_slider(GenerationSettings, "count")
+            run, cancel = common.run_and_cancel("Generate")
             speed = gr.Dropdown(
                 common.speed_choices(default),
                 value=OFF,
                 label="Speed (diffusers' cache hooks, where the family has them)",
             )
-            run, cancel = common.run_and_cancel("Generate")
             lora = common.lora_controls()
             reuse = gr.File(label="Reuse settings: drop a PNG made by the studio", file_types=[".png"])
             gr.Examples([[p] for p in prompts], inputs=[prompt], label="Examples")

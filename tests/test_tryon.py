@@ -243,3 +243,13 @@ def test_text_to_image_sends_a_fill_model_to_the_tryon_tab(registry):
 
     with pytest.raises(InvalidRequest, match="fills a masked image.*Virtual try-on"):
         next(generate(registry, GenerationSettings(model=MODEL, prompt="a red top")))
+
+
+def test_a_mask_sent_as_a_picture_is_white_where_to_paint():
+    """Tool and API clients send the mask as an image; the tab as booleans: the same mask."""
+    from studio.methods.tryon import as_mask
+
+    painted = np.zeros((8, 6), bool)
+    painted[2:5, 1:4] = True
+    picture = Image.fromarray(np.where(painted[..., None], 255, 0).astype(np.uint8).repeat(3, -1))
+    assert np.array_equal(as_mask(picture), painted) and np.array_equal(as_mask(painted), painted)

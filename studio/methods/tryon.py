@@ -373,6 +373,13 @@ def try_on(
     return TryOnResult(image, generated, mask, settings, time.perf_counter() - started, notes)
 
 
+def as_mask(mask: object) -> np.ndarray:
+    """A painted mask as booleans: a picture (an API or tool client's) is white where to paint."""
+    if isinstance(mask, Image.Image):
+        return np.asarray(mask.convert("L")) > 127
+    return np.asarray(mask, dtype=bool)
+
+
 def _run(registry: Registry, settings: TryOnSettings, inputs: Mapping[str, object], on_step, cancel) -> TryOnResult:
     mask = inputs.get("mask")
     return try_on(
@@ -380,7 +387,7 @@ def _run(registry: Registry, settings: TryOnSettings, inputs: Mapping[str, objec
         settings,
         inputs.get("person"),  # type: ignore[arg-type]
         inputs.get("garment"),  # type: ignore[arg-type]
-        None if mask is None else np.asarray(mask),
+        None if mask is None else as_mask(mask),
         on_step,
         cancel,
     )
