@@ -24,7 +24,7 @@ from studio.params import MAX_SEED, SamplingSettings, StepCallback, StepReporter
 from studio.previews import Preview, Previewer, with_previews
 from studio.registry import Registry
 from studio.runner import Method, register
-from studio.speed import OFF, cached, chosen
+from studio.speed import OFF, cached, chosen, compile_chosen, compiled
 
 S = TypeVar("S", bound=SamplingSettings)
 
@@ -39,6 +39,8 @@ class GenerationSettings(SamplingSettings):
     count: int = setting("Images", 1, 1, MAX_IMAGES, 1)
     # diffusers' cache hooks for the run (`speed.SPEEDS`), where they fit it.
     speed: str = OFF
+    # torch.compile of the transformer's repeated blocks for the run, where it fits it.
+    compiled: bool = False
     # Previews while an image forms (what a tab shows; 0 for API clients and methods).
     preview_every: int = setting("Preview every", 0, 0, 100, 1, info="steps between previews (0: none)")
     # LoRA adapters registered with the registry, as (name, scale) pairs.
@@ -202,12 +204,17 @@ def generate(
     settings = validate(settings, spec)
     reporter = StepReporter(settings.steps * settings.count, on_step, cancel)
     choice = chosen(spec, settings.speed, settings.steps)
-    notes = (choice.notice,) if choice.notice else ()
-    with registry.use(spec.id, "t2i", dict(settings.adapters)) as pipe, cached(pipe, choice.speed):
+    compile_on, compile_notice = compile_chosen(spec, settings.compiled, bool(settings.adapters), choice.speed)
+    notes = tuple(note for note in (choice.notice, compile_notice) if note)
+    with (
+        registry.use(spec.id, "t2i", dict(settings.adapters)) as pipe,
+        cached(pipe, choice.speed),
+        compiled(pipe, compile_on),
+    ):
         reporter.begin()
         for index in range(settings.count):
             seed = (settings.seed + index) % (MAX_SEED + 1)
-            single = replace(settings, seed=seed, count=1, preview_every=0, speed=choice.speed)
+            single = replace(settings, seed=seed, count=1, preview_every=0, speed=choice.speed, compiled=compile_on)
             reporter.check()
             started = time.perf_counter()
             for item in denoised(pipe, spec, single, reporter, settings.preview_every, index):

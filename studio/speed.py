@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import typing
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -76,16 +77,27 @@ SPEEDS: dict[str, Speed] = {
 }
 
 
-def family_caches(spec: ModelSpec) -> bool:
-    """Whether diffusers offers cache hooks for the model's transformer (read from its pipeline's
-    signature, without loading it)."""
+def transformer_class(spec: ModelSpec) -> type | None:
+    """The diffusers class of the model's transformer, read from its pipeline's signature
+    (without loading anything)."""
     pipeline = spec.family.pipeline_class(spec.pipeline, "t2i")
     try:
         transformer = typing.get_type_hints(pipeline.__init__).get("transformer")
     except (NameError, TypeError):
         transformer = inspect.signature(pipeline.__init__).parameters.get("transformer")
     options = typing.get_args(transformer) or (transformer,)  # `WanTransformer3DModel | None`
-    return any(isinstance(option, type) and issubclass(option, CacheMixin) for option in options)
+    return next((option for option in options if isinstance(option, type)), None)
+
+
+def family_caches(spec: ModelSpec) -> bool:
+    """Whether diffusers offers cache hooks for the model's transformer."""
+    transformer = transformer_class(spec)
+    return transformer is not None and issubclass(transformer, CacheMixin)
+
+
+def family_compiles(spec: ModelSpec) -> bool:
+    """Whether diffusers names the transformer's repeated blocks (what regional compilation compiles)."""
+    return bool(getattr(transformer_class(spec), "_repeated_blocks", None))
 
 
 def offered(spec: ModelSpec) -> list[str]:
@@ -115,6 +127,46 @@ def chosen(spec: ModelSpec, requested: str, steps: int, controlnet: bool = False
     if controlnet:
         return Choice(OFF, f"{label}: a cache would skip the blocks the ControlNet steers; ran without it.")
     return Choice(requested)
+
+
+def compile_chosen(spec: ModelSpec, requested: bool, adapters: bool, speed: str) -> tuple[bool, str]:
+    """Whether the run compiles the transformer's repeated blocks, and why not where it was asked:
+    a LoRA or a cache's hooks would make the compiled blocks compile again (seconds each time)."""
+    if not requested:
+        return False, ""
+    if not family_compiles(spec):
+        return False, f"torch.compile: diffusers names no repeated blocks for {spec.family.label}; ran uncompiled."
+    if adapters:
+        return False, "torch.compile: a LoRA would make the compiled blocks compile again; ran uncompiled."
+    if speed != OFF:
+        return False, "torch.compile: a cache's hooks would make the compiled blocks compile again; ran uncompiled."
+    return True, ""
+
+
+# Each block's compiled call, kept between runs (compiling takes seconds; it is done once).
+_compiled_calls: weakref.WeakKeyDictionary[torch.nn.Module, Callable] = weakref.WeakKeyDictionary()
+
+
+@contextmanager
+def compiled(pipe: DiffusionPipeline, on: bool) -> Iterator[None]:
+    """The transformer's repeated blocks compiled for the block (regional compilation, as
+    `ModelMixin.compile_repeated_blocks`), plain again after: the editing methods install their
+    own attention processors in the same blocks, which compiled code would not follow."""
+    if not on:
+        yield
+        return
+    names = set(pipe.transformer._repeated_blocks)
+    blocks = [module for module in pipe.transformer.modules() if type(module).__name__ in names]
+    for block in blocks:
+        if block not in _compiled_calls:
+            _compiled_calls[block] = torch.compile(block._call_impl)
+        # What `nn.Module.compile` sets: the module's call goes through the compiled one.
+        block._compiled_call_impl = _compiled_calls[block]
+    try:
+        yield
+    finally:
+        for block in blocks:
+            block._compiled_call_impl = None
 
 
 @contextmanager

@@ -35,6 +35,7 @@ GUIDANCE_LABELS = {
 
 def describe(settings: GenerationSettings, seconds: float, notes: tuple[str, ...] = ()) -> str:
     speed = f" · {SPEEDS[settings.speed].label}" if settings.speed != OFF else ""
+    speed += " · compiled" if settings.compiled else ""
     return (
         f"{settings.model} · seed {settings.seed} · {settings.steps} steps · guidance {settings.guidance:g} · "
         f"{settings.width}×{settings.height} · {seconds:.2f} s{speed}" + "".join(f" · {note}" for note in notes)
@@ -76,6 +77,7 @@ class TextToImageTab:
     dice: gr.Button
     count: gr.Slider
     speed: gr.Dropdown
+    compile_blocks: gr.Checkbox
     run: gr.Button
     cancel: gr.Button
     lora: common.LoraControls
@@ -106,6 +108,9 @@ def layout(studio: StudioContext) -> TextToImageTab:
                 value=OFF,
                 label="Speed (diffusers' cache hooks, where the family has them)",
             )
+            compile_blocks = gr.Checkbox(
+                False, label="Compile the transformer's blocks (torch.compile: the first run compiles, then faster)"
+            )
             lora = common.lora_controls()
             reuse = gr.File(label="Reuse settings: drop a PNG made by the studio", file_types=[".png"])
             gr.Examples([[p] for p in prompts], inputs=[prompt], label="Examples")
@@ -115,7 +120,21 @@ def layout(studio: StudioContext) -> TextToImageTab:
             )
             info = gr.Markdown(label="Settings of these results")
     return TextToImageTab(
-        model, prompt, negative, sampling, aspect, dice, count, speed, run, cancel, lora, reuse, gallery, info
+        model,
+        prompt,
+        negative,
+        sampling,
+        aspect,
+        dice,
+        count,
+        speed,
+        compile_blocks,
+        run,
+        cancel,
+        lora,
+        reuse,
+        gallery,
+        info,
     )
 
 
@@ -143,6 +162,7 @@ def generate_handler(studio: StudioContext) -> Callable:
         active_adapters=(),
         adapter_scale=1.0,
         speed=OFF,
+        compile_blocks=False,
         request: gr.Request = None,
         progress=gr.Progress(),
     ):
@@ -155,7 +175,9 @@ def generate_handler(studio: StudioContext) -> Callable:
         values = (prompt_text, negative_text, step_count, guidance_scale, w, h, seed_value, image_count)
         with studio.cancellations.job(common.session_of(request)) as cancel, common.user_errors("Generation"):
             settings = common.settings_from(GenerationSettings, FIELDS, values, model=model_id, adapters=adapters)
-            settings = replace(settings, preview_every=previews_for(settings.steps), speed=speed or OFF)
+            settings = replace(
+                settings, preview_every=previews_for(settings.steps), speed=speed or OFF, compiled=bool(compile_blocks)
+            )
             common.warn_if_far_from_native_size(studio, settings)
             try:
                 progress((0, settings.steps * settings.count), desc="Loading model")
@@ -224,7 +246,7 @@ def build(studio: StudioContext) -> tuple[gr.State, list[Any]]:
     job = common.in_gpu_slot(
         partial(gr.on, [ui.run.click, ui.prompt.submit]),
         generate_handler(studio),
-        [*inputs, ui.lora.active, ui.lora.scale, ui.speed],
+        [*inputs, ui.lora.active, ui.lora.scale, ui.speed, ui.compile_blocks],
         [ui.gallery, ui.info, history],
         api_name="generate",
     )

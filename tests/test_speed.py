@@ -85,3 +85,25 @@ def test_a_cache_joins_a_lora_run(tmp_path, catalogue):
     assert np.abs(pixels(with_lora) - pixels(plain_lora)).mean() <= 6
     # The adapter still acts under the cache.
     assert np.abs(pixels(with_lora) - pixels(made(registry, MODEL, speed="first-block-cache"))).mean() > 1
+
+
+def test_compiled_blocks_draw_the_same_image_and_are_plain_again_after(registry):
+    """torch.compile of FLUX's repeated blocks (regional compilation) for one run: the same image
+    to rounding, the blocks plain after (the editing methods put their processors in them)."""
+    plain = made(registry, "tiny-flux-dev", steps=4)
+    fast = made(registry, "tiny-flux-dev", steps=4, compiled=True)
+    assert fast.settings.compiled and not fast.notes
+    assert np.abs(pixels(fast) - pixels(plain)).max() <= 2
+    transformer = pipeline_of(registry, "tiny-flux-dev").transformer
+    assert all(getattr(block, "_compiled_call_impl", None) is None for block in transformer.transformer_blocks)
+
+
+def test_compiling_is_left_out_where_it_would_compile_again_or_has_nothing_to_compile(registry, catalogue):
+    from studio.speed import compile_chosen
+
+    flux = catalogue.get("tiny-flux-dev")
+    assert compile_chosen(flux, True, adapters=False, speed="off") == (True, "")
+    assert "a LoRA would make the compiled blocks compile again" in compile_chosen(flux, True, True, "off")[1]
+    assert "a cache's hooks" in compile_chosen(flux, True, False, "taylorseer")[1]
+    sd3_run = made(registry, "tiny-sd3", steps=4, compiled=True)
+    assert not sd3_run.settings.compiled and "no repeated blocks for SD3" in sd3_run.notes[0]
