@@ -320,7 +320,11 @@ def build(studio: StudioContext) -> SendTarget:
         ui.speed,
     ]
     frame_outputs = [ui.result, ui.control, ui.latency, last]
-    live: dict[str, Any] = dict(trigger_mode="always_last", show_progress="hidden", duration=30)
+    # While a frame runs the latency line shows Gradio's busy animation (a slow machine never looks
+    # frozen); the last frame stays in view.
+    live: dict[str, Any] = dict(
+        trigger_mode="always_last", show_progress="minimal", show_progress_on=ui.latency, duration=30
+    )
     on_frame = frame_handler(studio)
     changes = [ui.sketch.change, ui.photo.change, ui.prompt.change, ui.seed.change]
     releases = [slider.release for slider in (ui.scale, ui.start, ui.end, ui.low, ui.high, ui.steps)]

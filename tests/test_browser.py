@@ -218,6 +218,13 @@ def test_a_stroke_on_the_live_canvas_makes_an_image(page, artifacts):
     page.get_by_role("tab", name="Live sketch").click()
     canvas = page.locator("#live-sketch canvas").first
     canvas.wait_for(timeout=30_000)
+    # Record every class the latency line's subtree takes while frames run (its busy state).
+    page.evaluate(
+        """() => { window.latencyClasses = new Set();
+        new MutationObserver(() => document.querySelectorAll('#live-latency, #live-latency *')
+            .forEach(e => e.classList.forEach(c => window.latencyClasses.add(c))))
+        .observe(document.querySelector('#live-latency'), {subtree: true, childList: true, attributes: true}); }"""
+    )
     # No click on the brush: the pad holds it from the start.
     box = canvas.bounding_box()
     # A stroke across the middle of the paper (the canvas element is wider than the paper).
@@ -233,6 +240,8 @@ def test_a_stroke_on_the_live_canvas_makes_an_image(page, artifacts):
     )
     page.locator("#live-control img").first.wait_for(timeout=30_000)
     page.screenshot(path=str(artifacts / "live-sketch.png"), full_page=True)
+    # While the frame ran, the latency line showed Gradio's busy state (not hidden).
+    assert {"pending", "minimal"} <= set(page.evaluate("() => [...window.latencyClasses]"))
 
 
 def test_a_small_result_is_shown_whole(page):
