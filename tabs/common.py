@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -226,7 +227,23 @@ def in_gpu_slot(
 
 
 def progress_callback(progress: gr.Progress, phase: str) -> Callable[[int, int], None]:
-    return lambda done, total: progress((done, total), desc=phase)
+    """Steps done of the total under the phase's name, with the time left once a step has shown
+    the pace ("Denoising · about 12 s left")."""
+    started: list[float] = []
+
+    def on_step(done: int, total: int) -> None:
+        now = time.monotonic()
+        if not started or done == 0:
+            started[:] = [now, done]
+        first_time, first_done = started
+        left = (now - first_time) / (done - first_done) * (total - done) if done > first_done else None
+        progress((done, total), desc=phase if left is None else f"{phase} · about {time_left(left)} left")
+
+    return on_step
+
+
+def time_left(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
 def run_job(

@@ -571,3 +571,19 @@ def test_a_history_image_is_sent_to_another_tab(running_app):
     assert '"x1": 0.5' in editor
     with pytest.raises(Exception, match="Pick one of your results|not in your history"):
         client.predict("../secret.png", "Virtual try-on (as the person)", api_name="/history_send")
+
+
+def test_progress_names_the_phase_and_the_time_left(monkeypatch):
+    from tabs import common
+
+    clock = iter([100.0, 102.0, 104.0, 160.0])  # the pace: 2 s a step
+    monkeypatch.setattr(common.time, "monotonic", lambda: next(clock))
+    said = []
+    on_step = common.progress_callback(lambda done_total, desc: said.append((done_total, desc)), "Denoising")
+    on_step(0, 50)
+    on_step(1, 50)  # 49 to go: 98 s
+    on_step(2, 50)
+    on_step(30, 50)  # 20 to go
+    assert said[0] == ((0, 50), "Denoising")
+    assert said[1] == ((1, 50), "Denoising · about 2 min left") and said[2][1] == "Denoising · about 2 min left"
+    assert said[3][1] == "Denoising · about 40 s left"
