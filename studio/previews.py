@@ -95,7 +95,7 @@ def with_previews(
 ) -> Iterator[Preview | Any]:
     """Runs `call(watch)` on a worker thread — `watch(done, latents)` is its step hook — and
     yields each preview as it comes, then the call's result (last). An exception in the call
-    (a cancel, out of memory) is raised here."""
+    (a cancel, out of memory) is raised here; the call has always ended when this does."""
     items: queue.Queue[tuple[str, Any]] = queue.Queue()
 
     def watch(done: int, latents: torch.Tensor) -> None:
@@ -112,13 +112,17 @@ def with_previews(
     # The caller's context (a request's progress reporting) goes along with the work.
     worker = threading.Thread(target=contextvars.copy_context().run, args=(work,), daemon=True, name="denoise")
     worker.start()
-    while True:
-        kind, item = items.get()
-        if kind == "preview":
+    try:
+        while True:
+            kind, item = items.get()
+            if kind == "preview":
+                yield item
+                continue
+            if kind == "error":
+                raise item
             yield item
-            continue
+            return
+    finally:
+        # A caller that stops early (a closed request) still waits for the call to end: the model's
+        # lease and its hooks must outlive the work on it (a cancel ends it at the next step).
         worker.join()
-        if kind == "error":
-            raise item
-        yield item
-        return

@@ -307,3 +307,29 @@ def test_a_preview_run_cancels_at_the_next_step(registry):
             seen.append(item)
             switch.set()
     assert len(seen) == 1 and isinstance(seen[0], Preview)
+
+
+def test_a_preview_run_closed_early_waits_for_its_call_to_end():
+    """A request closed while the image forms (the generator closed) returns only once the
+    pipeline call has ended, so the model's lease and hooks outlive the work on it."""
+    import time
+
+    from studio.previews import Preview, with_previews
+
+    ended = threading.Event()
+
+    class Previewer:
+        def __call__(self, done, latents):
+            return Preview(Image.new("RGB", (4, 4)), done, 3)
+
+    def call(watch):
+        for done in range(1, 4):
+            watch(done, None)
+            time.sleep(0.05)
+        ended.set()
+        return "image"
+
+    items = with_previews(call, Previewer())
+    assert isinstance(next(items), Preview)
+    items.close()
+    assert ended.is_set()
