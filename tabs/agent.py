@@ -18,6 +18,7 @@ from studio.agent.agent import (
     LanguageModelPlanner,
     Planner,
     RulePlanner,
+    abandon,
     plan_turn,
     run_turn,
 )
@@ -145,7 +146,11 @@ def run_turn_handler(studio: StudioContext, from_plan: bool) -> Callable:
         chat.append(
             {"role": "assistant", "content": steps, "metadata": {"title": "Running the plan", "status": "pending"}}
         )
-        yield chat, gr.MultimodalTextbox(), answer.to_json(), conversation
+        try:
+            yield chat, gr.MultimodalTextbox(), answer.to_json(), conversation
+        except GeneratorExit:  # cancelled while the plan was shown: nothing of the turn stays
+            abandon(conversation, planned)
+            raise
         phase = common.progress_callback(progress, "Running the plan")
         try:
             with studio.cancellations.job(common.session_of(request)) as cancel, common.user_errors("Agent"):

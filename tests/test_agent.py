@@ -566,3 +566,15 @@ def test_an_in_process_model_plans_through_the_budget_and_its_nonsense_is_refuse
         InProcessModel(str(tiny_instruct_model) + "/", small).complete([{"role": "user", "content": "hi"}])
     with pytest.raises(LoadFailed, match="cannot be loaded: not found in the local cache"):
         InProcessModel("Qwen/Qwen2.5-1.5B-Instruct", small).complete([{"role": "user", "content": "hi"}])
+
+
+def test_a_planned_turn_that_is_abandoned_leaves_the_conversation_as_it_was(catalogue):
+    from studio.agent.agent import Conversation, RulePlanner, abandon, plan_turn
+
+    conversation = Conversation()
+    planned = plan_turn(
+        catalogue, RulePlanner(), conversation, "a red circle", [Image.new("RGB", (8, 8))], "shapes-flux"
+    )
+    assert [made.record.id for made in conversation.images] == ["input-1"]
+    abandon(conversation, planned)
+    assert conversation.images == [] and conversation.messages == []

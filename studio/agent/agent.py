@@ -244,6 +244,12 @@ def _restore(conversation: Conversation, kept: tuple[int, int]) -> None:
     del conversation.messages[kept[1] :]
 
 
+def abandon(conversation: Conversation, planned: Planned) -> None:
+    """A planned turn that will not run (its request was closed): the conversation as it was
+    before the message."""
+    _restore(conversation, planned.kept)
+
+
 def plan_turn(
     catalogue: Catalogue,
     planner: Planner,
