@@ -128,6 +128,28 @@ def test_the_rule_planner_recolours_the_image_a_request_points_at():
     assert first.arguments["target_prompt"] == "a large purple circle on the left"
 
 
+def test_the_rule_planner_moves_an_object_by_drawing_its_image_again_from_its_seed():
+    from studio.agent.rules import ImageRecord, plan
+
+    source = {
+        "model": "shapes-flux",
+        "seed": 7,
+        "steps": 24,
+        "prompt": "a large red circle on the right, gray background",
+    }
+    made = [ImageRecord("output-1", "generate", source)]
+    (call,) = plan("now move it to the left", made, "shapes-flux").calls
+    assert call.tool == "generate" and call.arguments["seed"] == 7 and call.arguments["steps"] == 24
+    assert call.arguments["prompt"] == "a large red circle on the left, gray background"
+    assert (
+        plan("shift the circle to the top", made, "m")
+        .calls[0]
+        .arguments["prompt"]
+        .startswith("a large red circle at the top")
+    )
+    assert not plan("move it", made, "m").calls  # no place: not understood, said so
+
+
 def test_the_rule_planner_draws_a_layout_when_asked_for_boxes():
     from studio.agent.rules import plan
     from studio.agent.tools import tool_settings

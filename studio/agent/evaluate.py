@@ -102,6 +102,11 @@ REQUESTS: tuple[Request, ...] = (
         tool="layout",
     ),
     Request(("three red triangles please",), _images(3, "red", "triangle")),
+    Request(
+        ("draw a big blue square on the right", "now move it to the left"),
+        _images(1, "blue", "square", "left"),
+        tool="generate",
+    ),
 )
 
 

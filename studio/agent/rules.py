@@ -3,7 +3,8 @@ simple English requests, answering in the same form a language model does (`sche
 
 It understands: how many images and of what ("three images of a green triangle, on the left, in
 the centre and on the right"; "draw a large red circle on the left"), recolouring an earlier image
-("make it blue", "make the second one purple", "recolour the square to orange"), a layout ("a
+("make it blue", "make the second one purple", "recolour the square to orange"), moving its object
+("move it to the left": drawn again from its seed at the new place), a layout ("a
 layout with a red circle at the top left and a blue square at the bottom right"), and a video
 ("a video of a red circle moving from the left to the right").
 """
@@ -130,6 +131,12 @@ def referred(text: str, images: Sequence[ImageRecord]) -> ImageRecord | None:
     return outputs[-1]
 
 
+def own_sampling(image: ImageRecord) -> dict[str, Any]:
+    """An earlier image's sampling (with its seed): what remakes it exactly."""
+    kept = ("steps", "guidance", "width", "height", "seed")
+    return {key: image.settings[key] for key in kept if key in image.settings}
+
+
 def recolour(text: str, images: Sequence[ImageRecord], model: str) -> Answer | None:
     words = _words(text)
     colour = next((c for c in COLOURS if f" {c} " in words), None)
@@ -145,12 +152,36 @@ def recolour(text: str, images: Sequence[ImageRecord], model: str) -> Answer | N
     # The image's own sampling, so the edit's source branch remakes it exactly from its seed.
     arguments: dict[str, Any] = {"model": target.settings.get("model", model), "source_prompt": source, "word": word}
     arguments["target_prompt"] = recolour_prompt(source, word, colour)
-    arguments |= {
-        key: target.settings[key] for key in ("steps", "guidance", "width", "height", "seed") if key in target.settings
-    }
+    arguments |= own_sampling(target)
     return Answer(
         reply=f"Recolouring the {word} of {target.id} to {colour} (ColorCtrl; the rest is kept).",
         calls=(ToolCall("colour_edit", arguments),),
+    )
+
+
+MOVE_VERBS = ("move", "shift", "put it", "place it", "bring it")
+
+
+def move(text: str, images: Sequence[ImageRecord], model: str) -> Answer | None:
+    """ "Move it to the left": the earlier image drawn again from its own seed with its object at
+    the named place (the same scene, the place phrase changed)."""
+    words = _words(text)
+    places = places_in(text)
+    if not places or not any(f" {verb} " in words for verb in MOVE_VERBS):
+        return None
+    target = referred(text, images)
+    if target is None or "prompt" not in target.settings:
+        return None
+    source = str(target.settings["prompt"])
+    phrase, _, background = source.partition(",")
+    for place in sorted(POSITION_PHRASES.values(), key=len, reverse=True):
+        phrase = phrase.replace(f" {place}", "")
+    prompt = f"{phrase.strip()} {POSITION_PHRASES[places[-1]]}" + (f",{background}" if background else "")
+    arguments: dict[str, Any] = {"model": target.settings.get("model", model), "prompt": prompt}
+    arguments |= own_sampling(target)
+    return Answer(
+        reply=f"Drawing {target.id} again from its seed with the object {POSITION_PHRASES[places[-1]]}.",
+        calls=(ToolCall("generate", arguments),),
     )
 
 
@@ -201,6 +232,7 @@ def plan(text: str, images: Sequence[ImageRecord], model: str, default_backgroun
     world's captions always name one; a prompt without it is one its models never saw)."""
     attempts = (
         lambda: recolour(text, images, model),
+        lambda: move(text, images, model),
         lambda: layout(text, model, default_background),
         lambda: generation(text, default_background),
     )
