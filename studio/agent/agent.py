@@ -147,15 +147,16 @@ def checked_calls(catalogue: Catalogue, answer: Answer, conversation: Conversati
 
 def check_answer(
     catalogue: Catalogue, answer: Answer, conversation: Conversation, model: str, given: Sequence[str]
-) -> None:
-    """InvalidRequest when the answer cannot run as it is: a call's settings or images, the
-    described inputs, or more panels than a grid holds."""
-    checked_calls(catalogue, answer, conversation, model)
+) -> list[CheckedCall]:
+    """The answer's calls, checked; InvalidRequest when the answer cannot run as it is: a call's
+    settings or images, the described inputs, or more panels than a grid holds."""
+    calls = checked_calls(catalogue, answer, conversation, model)
     for image_id in answer.inputs:
         if image_id not in given:
             raise InvalidRequest(f"inputs: {image_id} is not one of the images of this message ({', '.join(given)}).")
     if answer.outputs:
         plan_steps(len(given), len(answer.outputs))
+    return calls
 
 
 def run_call(runner: Runner, call: CheckedCall, conversation: Conversation, on_step, cancel) -> list[Made]:
@@ -184,16 +185,15 @@ def run_outputs(
         made = []
         for index, prompt in enumerate(answer.outputs):
             arguments = with_defaults(catalogue, {"prompt": prompt, "seed": seed + index}, model)
-            settings = tool_settings("generate", arguments)
-            result = runner.run(Job("generate", settings, {}), on_step, cancel)
-            made += [conversation.add_output(r.image, "generate", r.settings.to_dict()) for r in result]
+            call = CheckedCall("generate", tool_settings("generate", arguments), {})
+            made += run_call(runner, call, conversation, on_step, cancel)
         return made
+    spec = catalogue.get(model)
     outputs: dict[int, Made] = {}
     for step in plan_steps(len(given), len(answer.outputs)):
         texts = [conversation.prompt_of(reference) for reference in step.references]
         texts += [answer.outputs[index] for index in step.outputs]
         prompt, rows, columns = grid_prompt(panelised(answer.overview, texts), step.panels)
-        spec = catalogue.get(model)
         size = {"width": spec.width * columns, "height": spec.height * rows} if spec.builtin else {}
         arguments = with_defaults(catalogue, {"prompt": prompt, "rows": rows, "columns": columns, "seed": seed}, model)
         checked: Any = tool_settings("image_set", arguments | size)
@@ -219,6 +219,7 @@ class Planned:
     answer: Answer
     given: tuple[str, ...]
     kept: tuple[int, int]
+    calls: tuple[CheckedCall, ...] = ()
 
     def steps(self, in_context: bool) -> list[str]:
         """What will run, one line a step, for the user to see before it does."""
@@ -268,12 +269,12 @@ def plan_turn(
             check_answer(catalogue, answer, conversation, model, given)
 
         answer = planner.answer(message, conversation, model, given, check)
-        check(answer)
+        calls = check_answer(catalogue, answer, conversation, model, given)
         conversation.describe(answer.inputs)
     except BaseException:
         _restore(conversation, kept)
         raise
-    return Planned(message, answer, given, kept)
+    return Planned(message, answer, given, kept, tuple(calls))
 
 
 def run_turn(
@@ -296,10 +297,9 @@ def run_turn(
                 runner, catalogue, answer, conversation, planned.given, model, in_context, seed, on_step, cancel
             )
         else:
-            calls = checked_calls(catalogue, answer, conversation, model)
-            made = [made for call in calls for made in run_call(runner, call, conversation, on_step, cancel)]
+            made = [made for call in planned.calls for made in run_call(runner, call, conversation, on_step, cancel)]
     except BaseException:
-        _restore(conversation, planned.kept)
+        abandon(conversation, planned)
         raise
     conversation.messages += [
         {"role": "user", "content": planned.message},
