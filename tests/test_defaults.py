@@ -9,7 +9,7 @@ from PIL import Image
 from studio.agent.evaluate import Expected, holds
 from studio.agent.rules import _words, places_in
 from studio.runner import Job
-from studio.toyworld.colour_eval import score
+from studio.toyworld.colour_eval import caption_background, score
 from studio.toyworld.measure import centroid, colour_mask, largest_blob
 from studio.toyworld.scene import COLOURS
 
@@ -86,7 +86,7 @@ def test_the_colour_tab_opens_on_a_recolour_its_model_makes(opened):
     settings = tool_settings("colour_edit", with_defaults(studio.registry.catalogue, arguments, model))
     edit = studio.runner.run(Job("colour_edit", settings, {}))
     (old,) = expected_objects(source)
-    measured = score(edit.source, edit.result, old.colour, colour, source.rsplit(",", 1)[1].split()[0])
+    measured = score(edit.source, edit.result, old.colour, colour, caption_background(source))
     # The result is what the target prompt asks for, the rest of the picture kept (ColorCtrl's
     # success rate over many recolours, IoU ≥ 0.85 included, is the colour evaluation's figure).
     (wanted,) = expected_objects(target)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-import numpy as np
 from PIL import Image
 
 from studio.agent.agent import WORLD_BACKGROUND, Conversation, Made, RulePlanner, turn
@@ -24,9 +23,9 @@ from studio.catalogue import Catalogue
 from studio.errors import StudioError
 from studio.registry import Registry
 from studio.runner import LocalRunner
-from studio.toyworld.colour_eval import score
+from studio.toyworld.colour_eval import caption_background, score
 from studio.toyworld.measure import MIN_OBJECT_FRACTION, centroid, classify_shape, colour_mask, largest_blob
-from studio.toyworld.scene import BACKGROUNDS, POSITIONS
+from studio.toyworld.scene import POSITIONS
 
 # An object is at a named place when its centre is this close to the place's centre.
 PLACE_TOLERANCE = 0.15
@@ -123,13 +122,6 @@ class Judged:
         return self.planned and self.colour_and_place
 
 
-def background_of(image: Image.Image) -> str:
-    """The named background nearest the image's border pixels."""
-    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
-    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]]).mean(0)
-    return min(BACKGROUNDS, key=lambda name: float(np.linalg.norm(border - np.array(BACKGROUNDS[name]))))
-
-
 def holds(image: Image.Image, expected: Expected) -> tuple[bool, bool]:
     """(colour found at its place, shape right) for one expected object."""
     blob = largest_blob(colour_mask(image, expected.colour))
@@ -152,7 +144,8 @@ def judge(request: Request, made: list[Made], before: list[Made], tool: str) -> 
     if request.recoloured is not None:
         index, old = request.recoloured
         source, result = before[index].image, made[0].image
-        measured = score(source, result, old, request.expected[0][0].colour, background_of(source))
+        background = caption_background(str(before[index].record.settings["prompt"]))
+        measured = score(source, result, old, request.expected[0][0].colour, background)
         placed = placed and measured is not None and measured.iou >= 0.85 and measured.hue_error <= 30
     return Judged(request, True, placed, shaped)
 
