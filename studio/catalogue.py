@@ -103,6 +103,9 @@ class ModelSpec:
     kind: str = "image"
     frames: int = 0
     fps: int = 0
+    # Each pipeline component's parameter count in billions (a property of the architecture), so
+    # the memory plan is known before anything downloads; {} for the small built-ins.
+    parameters: dict[str, float] = field(default_factory=dict)
 
     @property
     def random_weights(self) -> bool:
@@ -242,6 +245,13 @@ def parse_model(path: Path, index: int, entry: dict[str, Any], families: dict[st
         raise problem("frames" if entry.get("frames", 0) <= 0 else "fps", "a video model gives its frames and fps")
     if ("repo" in entry) == ("builtin" in entry):
         raise problem("repo", "give exactly one of repo and builtin")
+    parameters = entry.get("parameters", {})
+    if not isinstance(parameters, dict) or not all(
+        isinstance(count, (int, float)) and not isinstance(count, bool) and count > 0 for count in parameters.values()
+    ):
+        raise problem("parameters", "a table of component = billions of parameters (a positive number)")
+    if parameters and "transformer" not in parameters:
+        raise problem("parameters", "names the transformer's count among the components")
     if "builtin" in entry and entry["builtin"] not in family.builtin_builders:
         raise problem("builtin", f"{family.label} has no built-in {entry['builtin']!r}")
     extensions = {}

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from studio.memory import AUTOMATIC, POLICY_NAMES
+
 if TYPE_CHECKING:
     from studio.catalogue import Catalogue
 
@@ -42,6 +44,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         metavar="GB",
         help="memory the loaded models may use on the device (default: 90%% of the GPU)",
+    )
+    parser.add_argument(
+        "--memory-policy",
+        choices=POLICY_NAMES,
+        default=AUTOMATIC,
+        help="how models sit in memory: auto (the fastest plan that fits the budget: text encoders offloaded, "
+        "then the transformer int8 or 4-bit, then everything streamed) or one policy for every model",
     )
     parser.add_argument("--default-model", default="shapes-flux", help="catalogue id selected at start")
     parser.add_argument("--output-dir", type=Path, default=Path("outputs"), help="where result PNGs are saved")
@@ -133,14 +142,26 @@ def create_studio(args: argparse.Namespace):
     from studio.catalogue import Catalogue
     from studio.context import StudioContext
     from studio.device import choose_device
+    from studio.memory import installed_quantizers, policy_named, unavailable_reason
     from studio.registry import Registry
 
     device, dtype = choose_device(args.device, args.dtype)
+    if args.memory_policy != AUTOMATIC:
+        reason = unavailable_reason(policy_named(args.memory_policy), device, installed_quantizers())
+        if reason is not None:
+            raise ValueError(f"--memory-policy {args.memory_policy} cannot run on {device}: {reason}")
     catalogue = Catalogue.load()
     catalogue.get(args.default_model)
     shared = shared_deployment(args)
     offered = offered_models(args, catalogue, shared)
-    registry = Registry(catalogue, device=device, dtype=dtype, memory_budget_gb=args.memory_budget, offered=offered)
+    registry = Registry(
+        catalogue,
+        device=device,
+        dtype=dtype,
+        memory_budget_gb=args.memory_budget,
+        offered=offered,
+        memory_policy=args.memory_policy,
+    )
     return StudioContext(
         registry=registry,
         output_dir=args.output_dir.resolve(),

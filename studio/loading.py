@@ -105,15 +105,26 @@ def load_control(
     return module_class.from_pretrained(control.repo, **kwargs)
 
 
-def load_pipeline(spec: ModelSpec, dtype: torch.dtype, offline_only: bool) -> DiffusionPipeline:
-    """Read a model's weights into host memory (safetensors only, no remote code), with the
-    extensions its family attaches (SD3's SiamLayout branches)."""
+def load_pipeline(
+    spec: ModelSpec, dtype: torch.dtype, offline_only: bool, quantization_config: Any = None
+) -> DiffusionPipeline:
+    """Read a model's weights into host memory (safetensors only, no remote code), quantized where
+    its memory plan says (diffusers' PipelineQuantizationConfig), with the extensions its family
+    attaches (SD3's SiamLayout branches)."""
     pipeline_class = spec.family.pipeline_class(spec.pipeline, "t2i")
+    quantized = {"quantization_config": quantization_config} if quantization_config is not None else {}
     if spec.builtin:
         source = offline.ensure_builtin(spec.builtin, spec.family.builtin_builders[spec.builtin], spec.path)
-        pipe = pipeline_class.from_pretrained(source, dtype=dtype, use_safetensors=True, local_files_only=True)
+        pipe = pipeline_class.from_pretrained(
+            source, dtype=dtype, use_safetensors=True, local_files_only=True, **quantized
+        )
     else:
-        kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True, "local_files_only": offline_only}
+        kwargs: dict[str, Any] = {
+            "dtype": dtype,
+            "use_safetensors": True,
+            "local_files_only": offline_only,
+            **quantized,
+        }
         if spec.variant:
             kwargs["variant"] = spec.variant
         pipe = pipeline_class.from_pretrained(spec.repo, **kwargs)

@@ -33,6 +33,7 @@ from studio.loading import (
     module_bytes,
     required_repos,
 )
+from studio.memory import AUTOMATIC, MemoryPlan, plan_for
 from studio.residency import LoadedModel, ResidentModels
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,10 @@ class Registry:
         offline_only: bool | None = None,
         loader=load_pipeline,
         offered: Collection[str] | None = None,
+        memory_policy: str = AUTOMATIC,
     ):
-        """`offered`: the only models this studio runs (a shared studio's allow-list); None: all."""
+        """`offered`: the only models this studio runs (a shared studio's allow-list); None: all.
+        `memory_policy`: how every model is placed in memory (studio.memory), automatic by default."""
         self.catalogue = catalogue
         for model_id in offered or ():
             catalogue.get(model_id)  # an unknown id stops the studio with its sentence
@@ -81,6 +84,9 @@ class Registry:
             # so models may take half of it (and not every model a visitor picks, until it dies).
             budget = int(total * (0.9 if device.startswith("cuda") else 0.5)) if total else None
         self._loader = loader
+        self.default_memory_policy = memory_policy
+        # Policies chosen for particular models (model id -> policy name), over the default.
+        self._memory_policies: dict[str, str] = {}
         self.models = ResidentModels(device, budget, self._read)
         self.adapter_files = Adapters()
         # model id -> (when its load failed, why)
@@ -146,7 +152,37 @@ class Registry:
             return None
         return failed[1]
 
-    def _read(self, spec: ModelSpec) -> DiffusionPipeline:
+    # --- Memory plans ------------------------------------------------------------------------------
+    def memory_policy(self, model_id: str) -> str:
+        return self._memory_policies.get(model_id, self.default_memory_policy)
+
+    def memory_plan(self, model_id: str) -> MemoryPlan:
+        """How the model sits in memory: as loaded, or as its next load will place it (shown
+        before the load). InvalidRequest when no plan fits the budget."""
+        loaded = self.models.get(model_id)
+        if loaded is not None:
+            return loaded.plan
+        return self._next_plan(self.catalogue.get(model_id))
+
+    def set_memory_policy(self, model_id: str, policy: str) -> MemoryPlan:
+        """Place a model by `policy` (or AUTOMATIC) from its next load on; a loaded, idle model is
+        freed so its next use loads it so. InvalidRequest for a policy that cannot run here, or
+        while a request runs on the model."""
+        spec = self.catalogue.get(model_id)
+        plan = plan_for(spec, self.device, self.dtype, self.budget_bytes, policy)
+        loaded = self.models.get(model_id)
+        if loaded is not None:
+            if loaded.plan.policy.same_placements(plan.policy):
+                loaded.plan = plan  # placed so already: it stays loaded
+            elif not self.models.free(model_id):
+                raise InvalidRequest(f"{spec.name} is running; change how it sits in memory when it is idle.")
+        self._memory_policies[model_id] = policy
+        return plan
+
+    def _next_plan(self, spec: ModelSpec) -> MemoryPlan:
+        return plan_for(spec, self.device, self.dtype, self.budget_bytes, self.memory_policy(spec.id))
+
+    def _read(self, spec: ModelSpec) -> tuple[DiffusionPipeline, MemoryPlan]:
         reason = self.failure(spec.id)
         if reason is not None:
             raise LoadFailed(f"{reason} (not tried again for {FAILURE_PAUSE_SECONDS / 60:.0f} minutes)")
@@ -156,16 +192,21 @@ class Registry:
             self._failures[spec.id] = (time.monotonic(), str(error))
             raise
 
-    def _read_now(self, spec: ModelSpec) -> DiffusionPipeline:
+    def _read_now(self, spec: ModelSpec) -> tuple[DiffusionPipeline, MemoryPlan]:
         if self.state(spec.id) is ModelState.UNAVAILABLE:
             downloads = " and ".join(f"`hf download {repo}`" for repo, _ in required_repos(spec))
             raise ModelUnavailable(
                 f"{spec.name} is not in the local cache and the studio is offline; download it once with "
                 f"{downloads} on a machine with network, or start without --offline."
             )
-        log.info("loading %s from %s", spec.id, spec.source)
+        # Planned before anything downloads: a model that cannot fit is refused first.
+        plan = self._next_plan(spec)
+        log.info("loading %s from %s as %s", spec.id, spec.source, plan.describe())
+        quantization = plan.quantization_config(self.device)
         try:
-            return self._loader(spec, self.dtype, self.offline_only)
+            if quantization is None:
+                return self._loader(spec, self.dtype, self.offline_only), plan
+            return self._loader(spec, self.dtype, self.offline_only, quantization_config=quantization), plan
         except StudioError:
             raise
         except Exception as error:  # every load failure becomes one sentence, the registry untouched

@@ -22,6 +22,7 @@ from studio.catalogue import ModelSpec
 from studio.device import release_memory
 from studio.errors import LoadFailed
 from studio.loading import explain_load_failure, pipeline_bytes
+from studio.memory import MemoryPlan
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,8 @@ class LoadedModel:
     spec: ModelSpec
     pipelines: dict[str, DiffusionPipeline]
     size_bytes: int
+    # How its components sit in memory (quantized, offloaded), chosen before it was read.
+    plan: MemoryPlan
     on_device: bool = True
     users: int = 0
     # Guards the task variants made from the base pipeline.
@@ -57,7 +60,13 @@ def host_has_room(size: int) -> bool:
 class ResidentModels:
     """Loaded models under a device memory budget (None: unbounded)."""
 
-    def __init__(self, device: str, budget_bytes: int | None, read: Callable[[ModelSpec], DiffusionPipeline]):
+    def __init__(
+        self,
+        device: str,
+        budget_bytes: int | None,
+        read: Callable[[ModelSpec], tuple[DiffusionPipeline, MemoryPlan]],
+    ):
+        """`read`: a model's pipeline in host memory (quantized as planned) and its memory plan."""
         self.device = device
         self.budget_bytes = budget_bytes
         self._read = read
@@ -114,7 +123,7 @@ class ResidentModels:
         """A ControlNet joins a loaded model: room is made for it as for a model (SD3.5-Large's is
         8 GB), then it lives and moves with the model."""
         self.make_room(size, keep=model.spec.id)
-        module.to(model.base.transformer.device)
+        module.to(self.device)
         with self._state_lock:
             model.controls[name] = module
             model.size_bytes += size
@@ -141,11 +150,14 @@ class ResidentModels:
             return model
 
     def _load(self, spec: ModelSpec) -> LoadedModel:
-        # Read first (the step that fails: missing files, gated repos, no network), so a failed
-        # load evicts nothing.
-        pipe = self._read(spec)
+        # Plan and read first (the steps that fail: no plan fits, missing files, gated repos, no
+        # network), so a failed load evicts nothing.
+        pipe, plan = self._read(spec)
         pipe.set_progress_bar_config(disable=True)
-        model = LoadedModel(spec, {"t2i": pipe}, pipeline_bytes(pipe))
+        # What a quantized or offloaded model holds on the device is the plan's estimate; a whole
+        # one is counted exactly.
+        size = pipeline_bytes(pipe) if plan.moves_whole else plan.device_bytes
+        model = LoadedModel(spec, {"t2i": pipe}, size, plan)
         self.make_room(model.size_bytes, keep=spec.id)
         try:
             self._to_device(model)
@@ -156,14 +168,26 @@ class ResidentModels:
         return model
 
     def _to_device(self, model: LoadedModel) -> None:
-        if self.device != "cpu" and self.budget_bytes is not None and model.size_bytes > self.budget_bytes:
-            # Larger than the whole budget: keep it on the host and stream components in turn.
-            model.base.enable_model_cpu_offload(device=self.device)
-        else:
+        if model.plan.moves_whole:
             model.base.to(self.device)
+        else:
+            model.plan.apply(model.base, self.device)
         for module in model.controls.values():
             module.to(self.device)
         model.on_device = True
+
+    def free(self, model_id: str) -> bool:
+        """Free a model that no request is using, so its next use reads it anew; False while in use."""
+        with self._state_lock:
+            model = self._loaded.get(model_id)
+            if model is None:
+                return True
+            if model.users > 0:
+                return False
+            del self._loaded[model_id]
+            model.pipelines.clear()
+        release_memory()
+        return True
 
     def evict_idle(self, keep: str) -> None:
         """Every model but `keep` that no request is using leaves the device."""
@@ -185,7 +209,8 @@ class ResidentModels:
                 self._evict(model_id, model)
 
     def _evict(self, model_id: str, model: LoadedModel) -> None:
-        if self.device != "cpu" and host_has_room(model.size_bytes):
+        # Quantized weights and offload hooks do not move as a whole: such a model is freed.
+        if self.device != "cpu" and model.plan.moves_whole and host_has_room(model.size_bytes):
             model.base.to("cpu")
             for module in model.controls.values():
                 module.to("cpu")

@@ -17,6 +17,7 @@ from studio.catalogue import ModelSpec
 from studio.context import StudioContext
 from studio.errors import Cancelled, StudioError
 from studio.gpu import gpu_task
+from studio.memory import AUTOMATIC, POLICIES
 from studio.metadata import read_settings
 from studio.params import SamplingSettings, StepCallback, param, params
 from studio.registry import ModelState
@@ -102,6 +103,56 @@ def speed_choices(spec: ModelSpec) -> list[tuple[str, str]]:
     """The speed settings a model takes (`speed.offered`), labelled with what they cost on the
     shapes world where that is more than a little."""
     return [(SPEEDS[name].label + SPEEDS[name].measured, name) for name in offered(spec)]
+
+
+# The memory picker: automatic (the fastest plan that fits the budget), or a policy by hand.
+MEMORY_CHOICES = [("Automatic (the fastest plan that fits)", AUTOMATIC)] + [
+    (policy.name.replace("-", " ").capitalize(), policy.name) for policy in POLICIES
+]
+
+
+def memory_line(studio: StudioContext, model_id: str) -> str:
+    """How the model sits (or will sit) in memory, or why it cannot: shown before it loads."""
+    try:
+        return f"Memory: {studio.registry.memory_plan(model_id).describe()}"
+    except StudioError as error:
+        return f"Memory: {error}"
+
+
+@dataclass
+class MemoryControls:
+    """The plan line under a model picker and, in a studio of one user, the policy picker (the
+    placement is the whole process's, so strangers on a shared studio do not change it)."""
+
+    line: gr.Markdown
+    policy: gr.Dropdown
+
+    def wire(self, studio: StudioContext, model: gr.Dropdown, api_name: str) -> None:
+        registry = studio.registry
+
+        def on_policy(model_id: str, policy: str):
+            if studio.shared:
+                raise gr.Error("A shared studio places models in memory by its own plan.")
+            with user_errors("Memory policy"):
+                registry.set_memory_policy(model_id, policy)
+            return memory_line(studio, model_id)
+
+        def on_model(model_id: str):
+            return memory_line(studio, model_id), registry.memory_policy(model_id)
+
+        self.policy.input(on_policy, [model, self.policy], self.line, api_name=api_name)
+        model.change(on_model, model, [self.line, self.policy], api_visibility="private")
+
+
+def memory_controls(studio: StudioContext, model_id: str, line: gr.Markdown) -> MemoryControls:
+    """The policy picker for the plan `line` (placed under the model picker by the tab)."""
+    policy = gr.Dropdown(
+        MEMORY_CHOICES,
+        value=studio.registry.memory_policy(model_id),
+        label="Memory (quantization and offload, applied when the model loads)",
+        visible=not studio.shared,
+    )
+    return MemoryControls(line, policy)
 
 
 def steps_within(spec: ModelSpec, preferred: int) -> int:

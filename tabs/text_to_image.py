@@ -78,6 +78,7 @@ class TextToImageTab:
     count: gr.Slider
     speed: gr.Dropdown
     compile_blocks: gr.Checkbox
+    memory: common.MemoryControls
     run: gr.Button
     cancel: gr.Button
     lora: common.LoraControls
@@ -91,6 +92,7 @@ def layout(studio: StudioContext) -> TextToImageTab:
     with gr.Row():
         with gr.Column(scale=2):
             model = gr.Dropdown(common.model_choices(studio), value=default.id, label="Model")
+            memory_line = gr.Markdown(common.memory_line(studio, default.id), elem_classes=["studio-memory"])
             prompts = example_prompts("text_to_image")
             # Opens on an example the default built-in draws (a placeholder looks filled and is not).
             prompt = gr.Textbox(label="Prompt", lines=2, value=prompts[0] if prompts else "", elem_id="t2i-prompt")
@@ -111,6 +113,7 @@ def layout(studio: StudioContext) -> TextToImageTab:
             compile_blocks = gr.Checkbox(
                 False, label="Compile the transformer's blocks (torch.compile: the first run compiles, then faster)"
             )
+            memory = common.memory_controls(studio, default.id, memory_line)
             lora = common.lora_controls()
             reuse = gr.File(label="Reuse settings: drop a PNG made by the studio", file_types=[".png"])
             gr.Examples([[p] for p in prompts], inputs=[prompt], label="Examples")
@@ -129,6 +132,7 @@ def layout(studio: StudioContext) -> TextToImageTab:
         count,
         speed,
         compile_blocks,
+        memory,
         run,
         cancel,
         lora,
@@ -264,6 +268,7 @@ def build(studio: StudioContext) -> tuple[gr.State, list[Any]]:
         api_name="model_defaults",
     )
     ui.lora.wire(studio, ui.model, api_name="add_adapter")
+    ui.memory.wire(studio, ui.model, api_name="memory_policy")
     ui.aspect.input(
         lambda model_id, ratio: size_for_aspect(registry.catalogue.get(model_id), ratio),
         [ui.model, ui.aspect],

@@ -92,6 +92,16 @@ def test_model_defaults_follow_the_picked_model(running_app):
     assert (width, height) == (1360, 768)
 
 
+def test_the_memory_plan_shows_before_the_load_and_a_policy_can_be_picked(running_app):
+    client, _ = running_app
+    with pytest.raises(Exception, match="'all-offloaded' cannot run here: offloading moves weights"):
+        client.predict("tiny-sana", "all-offloaded", api_name="/memory_policy")
+    line = client.predict("tiny-sana", "resident", api_name="/memory_policy")
+    assert line.startswith("Memory: Tiny SANA") and "everything on the device" in line
+    assert line.endswith("(chosen by hand)")
+    assert not client.predict("tiny-sana", "auto", api_name="/memory_policy").endswith("(chosen by hand)")
+
+
 def test_bad_input_gives_a_message_and_the_server_stays_up(running_app):
     client, _ = running_app
     with pytest.raises(Exception, match="Write a prompt first"):
@@ -178,6 +188,11 @@ def test_cli_flags_and_a_bad_default_model(capsys):
     assert studio.registry.budget_bytes == 12 * 1024**3 and studio.default_model == "tiny-sana"
     with pytest.raises(SystemExit, match="no model 'nope'"):
         main(["--default-model", "nope", "--no-browser"])
+    # A memory policy is checked against the device at start, not at the first load.
+    with pytest.raises(SystemExit, match="--memory-policy all-offloaded cannot run on cpu: offloading"):
+        main(["--device", "cpu", "--memory-policy", "all-offloaded", "--no-browser"])
+    forced = create_studio(parse_args(["--device", "cpu", "--memory-policy", "resident"]))
+    assert forced.registry.memory_plan("tiny-sana").describe().endswith("(chosen by hand)")
 
 
 def test_colour_edit_endpoint_recolours_and_saves(running_app):
