@@ -204,7 +204,10 @@ def generate(
     settings = validate(settings, spec)
     reporter = StepReporter(settings.steps * settings.count, on_step, cancel)
     choice = chosen(spec, settings.speed, settings.steps)
-    compile_on, compile_notice = compile_chosen(spec, settings.compiled, bool(settings.adapters), choice.speed)
+    placement = registry.memory_plan(spec.id).policy.placement("transformer") if settings.compiled else "resident"
+    compile_on, compile_notice = compile_chosen(
+        spec, settings.compiled, bool(settings.adapters), choice.speed, placement
+    )
     notes = tuple(note for note in (choice.notice, compile_notice) if note)
     with (
         registry.use(spec.id, "t2i", dict(settings.adapters)) as pipe,

@@ -129,13 +129,19 @@ def chosen(spec: ModelSpec, requested: str, steps: int, controlnet: bool = False
     return Choice(requested)
 
 
-def compile_chosen(spec: ModelSpec, requested: bool, adapters: bool, speed: str) -> tuple[bool, str]:
+def compile_chosen(
+    spec: ModelSpec, requested: bool, adapters: bool, speed: str, transformer_placement: str = "resident"
+) -> tuple[bool, str]:
     """Whether the run compiles the transformer's repeated blocks, and why not where it was asked:
-    a LoRA or a cache's hooks would make the compiled blocks compile again (seconds each time)."""
+    a LoRA or a cache's hooks would make the compiled blocks compile again (seconds each time),
+    and a transformer quantized or streamed by its memory plan is not the plain module compiled."""
     if not requested:
         return False, ""
     if not family_compiles(spec):
         return False, f"torch.compile: diffusers names no repeated blocks for {spec.family.label}; ran uncompiled."
+    if transformer_placement != "resident":
+        how = {"offloaded": "streamed from host memory", "nf4": "in 4-bit"}.get(transformer_placement, "in int8")
+        return False, f"torch.compile: the memory plan keeps the transformer {how}; ran uncompiled."
     if adapters:
         return False, "torch.compile: a LoRA would make the compiled blocks compile again; ran uncompiled."
     if speed != OFF:

@@ -105,5 +105,11 @@ def test_compiling_is_left_out_where_it_would_compile_again_or_has_nothing_to_co
     assert compile_chosen(flux, True, adapters=False, speed="off") == (True, "")
     assert "a LoRA would make the compiled blocks compile again" in compile_chosen(flux, True, True, "off")[1]
     assert "a cache's hooks" in compile_chosen(flux, True, False, "taylorseer")[1]
+    # A transformer its memory plan quantizes or streams is not compiled, and the result says why.
+    assert compile_chosen(flux, True, False, "off", "int8") == (
+        False,
+        "torch.compile: the memory plan keeps the transformer in int8; ran uncompiled.",
+    )
+    assert "streamed from host memory" in compile_chosen(flux, True, False, "off", "offloaded")[1]
     sd3_run = made(registry, "tiny-sd3", steps=4, compiled=True)
     assert not sd3_run.settings.compiled and "no repeated blocks for SD3" in sd3_run.notes[0]
