@@ -140,6 +140,8 @@ class Family:
     no_control_reason: str = ""
     # What the family attaches to some models after loading (by catalogue table).
     extensions: tuple[Extension, ...] = ()
+    # Pipelines the family defines itself (diffusers has none for them), by class name.
+    own_pipelines: Mapping[str, type[diffusers.DiffusionPipeline]] = field(default_factory=dict)
     prompt_outputs: tuple[str | None, ...] = (
         "prompt_embeds",
         "prompt_attention_mask",
@@ -148,19 +150,19 @@ class Family:
     )
 
     def pipeline_class(self, t2i_class: str, task: str) -> type[diffusers.DiffusionPipeline]:
+        variant = self.task_variants.get(t2i_class, {}).get(task)
         if task == "t2i":
             name = t2i_class
+        elif variant is not None:
+            name = variant
         elif task == "controlnet" and self.controlnet_pipeline:
             name = self.controlnet_pipeline
         else:
-            variant = self.task_variants.get(t2i_class, {}).get(task)
-            if variant is None:
-                raise KeyError(task)
-            name = variant
-        return getattr(diffusers, name)
+            raise KeyError(task)
+        return self.own_pipelines.get(name) or getattr(diffusers, name)
 
     def tasks(self, t2i_class: str) -> tuple[str, ...]:
-        return ("t2i", *self.task_variants.get(t2i_class, {}))
+        return ("t2i", *(task for task in self.task_variants.get(t2i_class, {}) if task != "controlnet"))
 
 
 def all_families() -> dict[str, Family]:

@@ -11,13 +11,16 @@ from diffusers import (
     AutoencoderKL,
     FlowMatchEulerDiscreteScheduler,
     FluxControlNetModel,
+    FluxControlNetPipeline,
     FluxFillPipeline,
     FluxPipeline,
     FluxTransformer2DModel,
 )
+from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 
 from studio import offline
 from studio.families import Family, FlowConvention, TextConditioning, TextSegment, small_controlnet
+from studio.sprint import DENSE_TIME, GUIDANCE_INPUT, MAX_TIME, SIGMA_DATA, sprint_scheduler, trigflow_velocity
 
 
 def flow_scheduler(timestep_distilled: bool = False) -> FlowMatchEulerDiscreteScheduler:
@@ -70,7 +73,10 @@ def small_transformer(guidance_embeds: bool = False, **sizes: Any) -> FluxTransf
 SMALL_FILL_CHANNELS = 64 + 64 + 4 * 4 * 4
 
 
-def build_random(target: Path, guidance_embeds: bool, timestep_distilled: bool = False, fill: bool = False) -> None:
+def build_random(
+    target: Path, guidance_embeds: bool, timestep_distilled: bool = False, fill: bool = False, sprint: bool = False
+) -> None:
+    """`sprint`: a one-step student's layout (FluxSprintPipeline: embedded guidance, SCM scheduler)."""
     torch.manual_seed(0)
     if fill:
         transformer = FluxTransformer2DModel(
@@ -78,14 +84,17 @@ def build_random(target: Path, guidance_embeds: bool, timestep_distilled: bool =
         )
     else:
         transformer = small_transformer(guidance_embeds, **TINY_SIZES)
-    build_pipeline(
+    pipe = build_pipeline(
         transformer,
         offline.small_vae(16, (8, 16, 16)),
         clip_hidden=32,
         t5_d_model=32,
         timestep_distilled=timestep_distilled,
         pipeline_class=FluxFillPipeline if fill else FluxPipeline,
-    ).save_pretrained(target)
+    )
+    if sprint:
+        pipe.register_modules(scheduler=sprint_scheduler())
+    pipe.save_pretrained(target)
 
 
 def encode_text(pipe: FluxPipeline, prompts: list[str], max_sequence_length: int) -> TextConditioning:
@@ -106,35 +115,223 @@ def velocity(
 ) -> torch.Tensor:
     """The transformer's velocity; with a ControlNet and the control image's (normalised, unpacked)
     latents, its residuals join the blocks as in FluxControlNetPipeline."""
-    batch, channels, height, width = latents.shape
-    image_ids = FluxPipeline._prepare_latent_image_ids(batch, height // 2, width // 2, latents.device, latents.dtype)
+    batch = latents.shape[0]
     embedded_guidance = None
     if pipe.transformer.config.guidance_embeds:
         embedded_guidance = torch.full((batch,), 3.5 if guidance is None else guidance, device=latents.device)
-    inputs = dict(
+    # FluxPipeline passes t / 1000, which is sigma.
+    inputs = packed_inputs(latents, sigma, text, embedded_guidance)
+    residuals = {}
+    if controlnet is not None:
+        residuals = control_residuals(controlnet, control_latents, inputs)
+    return unpacked(pipe.transformer(**inputs, **residuals)[0], latents)
+
+
+def packed_inputs(
+    latents: torch.Tensor, timestep: torch.Tensor, text: TextConditioning, guidance: torch.Tensor | None
+) -> dict[str, Any]:
+    """A FLUX transformer's (or ControlNet's) keyword arguments for unpacked latents."""
+    batch, channels, height, width = latents.shape
+    return dict(
         hidden_states=FluxPipeline._pack_latents(latents, batch, channels, height, width),
-        timestep=sigma,  # FluxPipeline passes t / 1000, which is sigma
-        guidance=embedded_guidance,
+        timestep=timestep,
+        guidance=guidance,
         pooled_projections=text.pooled,
         encoder_hidden_states=text.embeds,
         txt_ids=text.text_ids,
-        img_ids=image_ids,
+        img_ids=FluxPipeline._prepare_latent_image_ids(batch, height // 2, width // 2, latents.device, latents.dtype),
         return_dict=False,
     )
-    residuals = {}
-    if controlnet is not None:
-        condition = FluxPipeline._pack_latents(control_latents, batch, channels, height, width)
-        blocks, single_blocks = controlnet(controlnet_cond=condition, **inputs)
-        residuals = dict(controlnet_block_samples=blocks, controlnet_single_block_samples=single_blocks)
-    packed = pipe.transformer(**inputs, **residuals)[0]
-    scale = pipe.vae_scale_factor
-    return FluxPipeline._unpack_latents(packed, height * scale, width * scale, scale)
+
+
+def control_residuals(
+    controlnet: FluxControlNetModel, control_latents: torch.Tensor, inputs: dict[str, Any]
+) -> dict[str, Any]:
+    """The ControlNet's block residuals for the transformer call `inputs`, as FluxControlNetPipeline
+    passes them."""
+    batch, channels, height, width = control_latents.shape
+    condition = FluxPipeline._pack_latents(control_latents, batch, channels, height, width)
+    blocks, single_blocks = controlnet(controlnet_cond=condition, **inputs)
+    return dict(controlnet_block_samples=blocks, controlnet_single_block_samples=single_blocks)
+
+
+def unpacked(packed: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The transformer's packed output in the shape of the latents `like` (B, C, H, W)."""
+    batch, channels, height, width = like.shape
+    return packed.view(batch, height // 2, width // 2, channels, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(like.shape)
+
+
+class SprintSampling:
+    """TrigFlow sampling for a FLUX student distilled as SANA-Sprint (studio.toyworld.distill): the
+    SCM scheduler's one to four steps from pure noise at `max_timesteps`, the student's time read
+    densely and its guidance embedded (no second pass). With a ControlNet, the control's residuals
+    join the student's blocks."""
+
+    def _sample(
+        self,
+        prompt: Any,
+        height: int | None,
+        width: int | None,
+        num_inference_steps: int,
+        guidance_scale: float,
+        max_timesteps: float,
+        intermediate_timesteps: float | None,
+        generator: torch.Generator | None,
+        prompt_embeds: torch.Tensor | None,
+        pooled_prompt_embeds: torch.Tensor | None,
+        output_type: str,
+        callback_on_step_end: Any,
+        max_sequence_length: int,
+        control: Any = None,
+    ) -> ImagePipelineOutput:
+        """`control`: (packed control latents, scale, start, end) or None."""
+        height = height or self.default_sample_size * self.vae_scale_factor
+        width = width or self.default_sample_size * self.vae_scale_factor
+        device = self._execution_device
+        embeds, pooled, text_ids = self.encode_prompt(
+            prompt=prompt,
+            prompt_2=None,
+            prompt_embeds=prompt_embeds,
+            pooled_prompt_embeds=pooled_prompt_embeds,
+            device=device,
+            max_sequence_length=max_sequence_length,
+        )
+        batch = embeds.shape[0]
+        channels = self.transformer.config.in_channels // 4
+        noise, image_ids = self.prepare_latents(batch, channels, height, width, embeds.dtype, device, generator)
+        latents = noise * SIGMA_DATA
+        self.scheduler.set_timesteps(
+            num_inference_steps,
+            device=device,
+            max_timesteps=max_timesteps,
+            intermediate_timesteps=intermediate_timesteps if num_inference_steps == 2 else None,
+        )
+        times = self.scheduler.timesteps[:-1]
+        guidance = torch.full((batch,), guidance_scale * GUIDANCE_INPUT, device=device, dtype=embeds.dtype)
+        text = dict(pooled_projections=pooled, encoder_hidden_states=embeds, txt_ids=text_ids, img_ids=image_ids)
+        denoised = latents
+        for index, s in enumerate(times):
+            residuals: dict[str, Any] = {}
+
+            def velocity(flow_input: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                if control is not None:
+                    condition, scale, start, end = control
+                    kept = not (index / len(times) < start or (index + 1) / len(times) > end)
+                    # A ControlNet with a guidance input was made from the student and reads as
+                    # it does; one without, the teacher's, reads time as the teacher.
+                    student_made = self.controlnet.config.guidance_embeds
+                    blocks, single_blocks = self.controlnet(
+                        hidden_states=flow_input,
+                        controlnet_cond=condition,
+                        conditioning_scale=scale * kept,
+                        timestep=t * DENSE_TIME if student_made else t,
+                        guidance=guidance if student_made else None,
+                        return_dict=False,
+                        **text,
+                    )
+                    residuals.update(controlnet_block_samples=blocks, controlnet_single_block_samples=single_blocks)
+                return self.transformer(
+                    hidden_states=flow_input,
+                    timestep=t * DENSE_TIME,
+                    guidance=guidance,
+                    return_dict=False,
+                    **text,
+                    **residuals,
+                )[0]
+
+            step_times = s.expand(batch).to(embeds.dtype)
+            trig_velocity = trigflow_velocity(velocity, latents / SIGMA_DATA, step_times)
+            latents, denoised = self.scheduler.step(
+                SIGMA_DATA * trig_velocity, s, latents, generator=generator, return_dict=False
+            )
+            if callback_on_step_end is not None:
+                callback_on_step_end(self, index, s, {"latents": latents})
+        clean = denoised / SIGMA_DATA
+        if output_type == "latent":
+            return ImagePipelineOutput(images=clean)
+        unpacked_latents = self._unpack_latents(clean, height, width, self.vae_scale_factor)
+        unpacked_latents = unpacked_latents / self.vae.config.scaling_factor + self.vae.config.shift_factor
+        image = self.vae.decode(unpacked_latents.to(self.vae.dtype), return_dict=False)[0]
+        return ImagePipelineOutput(images=self.image_processor.postprocess(image, output_type=output_type))
+
+
+class FluxSprintPipeline(SprintSampling, FluxPipeline):
+    """A SANA-Sprint-distilled FLUX student: one to four steps, embedded guidance."""
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: Any = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 2,
+        guidance_scale: float = 3.0,
+        max_timesteps: float = MAX_TIME,
+        intermediate_timesteps: float | None = 1.3,
+        generator: torch.Generator | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        pooled_prompt_embeds: torch.Tensor | None = None,
+        output_type: str = "pil",
+        callback_on_step_end: Any = None,
+        max_sequence_length: int = 512,
+    ) -> ImagePipelineOutput:
+        return self._sample(
+            prompt, height, width, num_inference_steps, guidance_scale, max_timesteps, intermediate_timesteps,
+            generator, prompt_embeds, pooled_prompt_embeds, output_type, callback_on_step_end, max_sequence_length,
+        )  # fmt: skip
+
+
+class FluxSprintControlNetPipeline(SprintSampling, FluxControlNetPipeline):
+    """The student with a FLUX ControlNet (the teacher's, whose residuals the student, initialised
+    from the teacher, still reads)."""
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: Any = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 2,
+        guidance_scale: float = 3.0,
+        control_image: Any = None,
+        controlnet_conditioning_scale: float = 1.0,
+        control_guidance_start: float = 0.0,
+        control_guidance_end: float = 1.0,
+        max_timesteps: float = MAX_TIME,
+        intermediate_timesteps: float | None = 1.3,
+        generator: torch.Generator | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        pooled_prompt_embeds: torch.Tensor | None = None,
+        output_type: str = "pil",
+        callback_on_step_end: Any = None,
+        max_sequence_length: int = 512,
+    ) -> ImagePipelineOutput:
+        height = height or self.default_sample_size * self.vae_scale_factor
+        width = width or self.default_sample_size * self.vae_scale_factor
+        device = self._execution_device
+        image = self.prepare_image(control_image, width, height, 1, 1, device, self.vae.dtype)
+        # The control image's latents as FluxControlNetPipeline makes them (its mean: no draw from
+        # the generator, so the noise is the one the seed gives without a ControlNet).
+        encoded = self.vae.encode(image).latent_dist.mode()
+        encoded = (encoded - self.vae.config.shift_factor) * self.vae.config.scaling_factor
+        _, channels, rows, columns = encoded.shape
+        condition = self._pack_latents(encoded, 1, channels, rows, columns)
+        control = (condition, controlnet_conditioning_scale, control_guidance_start, control_guidance_end)
+        return self._sample(
+            prompt, height, width, num_inference_steps, guidance_scale, max_timesteps, intermediate_timesteps,
+            generator, prompt_embeds, pooled_prompt_embeds, output_type, callback_on_step_end, max_sequence_length,
+            control,
+        )  # fmt: skip
 
 
 FAMILY = Family(
     name="flux",
     label="FLUX",
-    task_variants={"FluxPipeline": {"img2img": "FluxImg2ImgPipeline", "inpaint": "FluxInpaintPipeline"}},
+    task_variants={
+        "FluxPipeline": {"img2img": "FluxImg2ImgPipeline", "inpaint": "FluxInpaintPipeline"},
+        "FluxSprintPipeline": {"controlnet": "FluxSprintControlNetPipeline"},
+    },
+    own_pipelines={cls.__name__: cls for cls in (FluxSprintPipeline, FluxSprintControlNetPipeline)},
     token_order="text-image",
     # Only T5 tokens enter the joint sequence; CLIP's pooled vector goes to the modulation.
     text_segments=lambda pipe, length: [TextSegment(pipe.tokenizer_2, 0, length)],
@@ -151,5 +348,7 @@ FAMILY = Family(
         "flux-fill-random": lambda target: build_random(target, guidance_embeds=True, fill=True),
         # Stands in for the trained shapes-world weights when they are absent.
         "flux-shapes-random": lambda target: build_random(target, guidance_embeds=False),
+        # Stands in for the distilled shapes-world student when its weights are absent.
+        "flux-sprint-random": lambda target: build_random(target, guidance_embeds=True, sprint=True),
     },
 )
