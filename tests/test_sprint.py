@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import FluxControlNetModel, FluxPipeline
+from PIL import Image
 
 from studio.families import TextConditioning, small_controlnet
 from studio.families.flux import FluxSprintControlNetPipeline, FluxSprintPipeline, build_random, encode_text
@@ -145,12 +146,12 @@ def test_the_student_with_a_controlnet_at_scale_zero_is_the_student(random_stude
     arguments = dict(prompt="a red circle", height=64, width=64, max_sequence_length=32, output_type="np")
     sketch = np.zeros((64, 64, 3), dtype=np.uint8)
     sketch[20:40, 10:30] = 255
-    from PIL import Image
+
+    def controlled(scale: float) -> np.ndarray:
+        return with_control(**arguments, num_inference_steps=2, control_image=Image.fromarray(sketch),
+                            controlnet_conditioning_scale=scale, generator=torch.Generator().manual_seed(5)).images  # fmt: skip
 
     plain = random_student(**arguments, num_inference_steps=2, generator=torch.Generator().manual_seed(5)).images
-    off = with_control(**arguments, num_inference_steps=2, control_image=Image.fromarray(sketch),
-                       controlnet_conditioning_scale=0.0, generator=torch.Generator().manual_seed(5)).images  # fmt: skip
-    on = with_control(**arguments, num_inference_steps=2, control_image=Image.fromarray(sketch),
-                      controlnet_conditioning_scale=1.0, generator=torch.Generator().manual_seed(5)).images  # fmt: skip
+    off, on = controlled(0.0), controlled(1.0)
     np.testing.assert_array_equal(off, plain)
     assert np.abs(on - plain).max() > 0

@@ -3,6 +3,7 @@ single-stream blocks; CLIP-L pooled + T5 sequence conditioning; embedded guidanc
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -210,37 +211,37 @@ class SprintSampling:
         guidance = torch.full((batch,), guidance_scale * GUIDANCE_INPUT, device=device, dtype=embeds.dtype)
         text = dict(pooled_projections=pooled, encoder_hidden_states=embeds, txt_ids=text_ids, img_ids=image_ids)
         denoised = latents
-        for index, s in enumerate(times):
-            residuals: dict[str, Any] = {}
 
-            def velocity(flow_input: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-                if control is not None:
-                    condition, scale, start, end = control
-                    kept = not (index / len(times) < start or (index + 1) / len(times) > end)
-                    # A ControlNet with a guidance input was made from the student and reads as
-                    # it does; one without, the teacher's, reads time as the teacher.
-                    student_made = self.controlnet.config.guidance_embeds
-                    blocks, single_blocks = self.controlnet(
-                        hidden_states=flow_input,
-                        controlnet_cond=condition,
-                        conditioning_scale=scale * kept,
-                        timestep=t * DENSE_TIME if student_made else t,
-                        guidance=guidance if student_made else None,
-                        return_dict=False,
-                        **text,
-                    )
-                    residuals.update(controlnet_block_samples=blocks, controlnet_single_block_samples=single_blocks)
-                return self.transformer(
+        def velocity(flow_input: torch.Tensor, t: torch.Tensor, control_scale: float) -> torch.Tensor:
+            residuals: dict[str, Any] = {}
+            if control is not None:
+                # A ControlNet with a guidance input was made from the student and reads as it
+                # does; one without, the teacher's, reads time as the teacher.
+                student_made = self.controlnet.config.guidance_embeds
+                blocks, single_blocks = self.controlnet(
                     hidden_states=flow_input,
-                    timestep=t * DENSE_TIME,
-                    guidance=guidance,
+                    controlnet_cond=control[0],
+                    conditioning_scale=control_scale,
+                    timestep=t * DENSE_TIME if student_made else t,
+                    guidance=guidance if student_made else None,
                     return_dict=False,
                     **text,
-                    **residuals,
-                )[0]
+                )
+                residuals = dict(controlnet_block_samples=blocks, controlnet_single_block_samples=single_blocks)
+            return self.transformer(
+                hidden_states=flow_input, timestep=t * DENSE_TIME, guidance=guidance, return_dict=False,
+                **text, **residuals,
+            )[0]  # fmt: skip
 
+        for index, s in enumerate(times):
+            control_scale = 0.0
+            if control is not None:
+                _, scale, start, end = control
+                control_scale = scale * (not (index / len(times) < start or (index + 1) / len(times) > end))
             step_times = s.expand(batch).to(embeds.dtype)
-            trig_velocity = trigflow_velocity(velocity, latents / SIGMA_DATA, step_times)
+            trig_velocity = trigflow_velocity(
+                functools.partial(velocity, control_scale=control_scale), latents / SIGMA_DATA, step_times
+            )
             latents, denoised = self.scheduler.step(
                 SIGMA_DATA * trig_velocity, s, latents, generator=generator, return_dict=False
             )
