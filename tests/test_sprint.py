@@ -148,8 +148,9 @@ def test_the_student_with_a_controlnet_at_scale_zero_is_the_student(random_stude
     sketch[20:40, 10:30] = 255
 
     def controlled(scale: float) -> np.ndarray:
-        return with_control(**arguments, num_inference_steps=2, control_image=Image.fromarray(sketch),
-                            controlnet_conditioning_scale=scale, generator=torch.Generator().manual_seed(5)).images  # fmt: skip
+        generator = torch.Generator().manual_seed(5)
+        control = dict(control_image=Image.fromarray(sketch), controlnet_conditioning_scale=scale)
+        return with_control(**arguments, **control, num_inference_steps=2, generator=generator).images
 
     plain = random_student(**arguments, num_inference_steps=2, generator=torch.Generator().manual_seed(5)).images
     off, on = controlled(0.0), controlled(1.0)
