@@ -156,3 +156,43 @@ def test_the_student_with_a_controlnet_at_scale_zero_is_the_student(random_stude
     off, on = controlled(0.0), controlled(1.0)
     np.testing.assert_array_equal(off, plain)
     assert np.abs(on - plain).max() > 0
+
+
+def test_the_distilled_student_draws_what_is_asked_in_one_and_two_steps(registry):
+    """The shipped student, through the studio's generate: colour and place of held-out style
+    prompts at one and two steps (its teacher needs 24, with two passes a step)."""
+    from studio.generation import GenerationSettings, generate
+    from studio.toyworld.measure import centroid, colour_mask, largest_blob
+
+    asked = [
+        ("a large red circle on the left, gray background", "red", lambda x, y: x < 0.4),
+        ("a large blue square at the top, white background", "blue", lambda x, y: y < 0.4),
+        ("a large yellow circle in the centre, black background", "yellow", lambda x, y: abs(x - 0.5) < 0.1),
+    ]
+    for steps in (1, 2):
+        for prompt, colour, placed in asked:
+            settings = GenerationSettings(model="shapes-flux-sprint", prompt=prompt, steps=steps, guidance=3.0,
+                                          width=64, height=64, seed=0)  # fmt: skip
+            (result,) = generate(registry, settings)
+            blob = largest_blob(colour_mask(result.image, colour))
+            assert blob.sum() > 150, (steps, prompt)
+            x, y = centroid(blob)
+            assert placed(x, y), (steps, prompt, x, y)
+
+
+def test_the_live_loop_draws_the_sketch_with_the_student_and_the_teachers_controlnet(registry):
+    """The student is the first live target for FLUX; the teacher's scribble ControlNet steers it
+    (a circle sketched left, then right: the object follows, the caption names no place)."""
+    from studio.methods.control import LiveRenderer, LiveRequest, live_targets
+    from studio.toyworld.measure import centroid, colour_mask, iou, largest_blob
+    from studio.toyworld.sketch_eval import sketch
+
+    target = live_targets(registry, "flux")[0]
+    assert target.model == "shapes-flux-sprint" and target.control == "scribble"
+    renderer = LiveRenderer(registry)
+    for position, (low, high) in (("left", (0.0, 0.45)), ("right", (0.55, 1.0))):
+        drawing, wanted = sketch("circle", position)
+        blob = largest_blob(colour_mask(renderer.frame(LiveRequest(target, "a large red circle, gray background",
+                                                                   drawing)).image, "red"))  # fmt: skip
+        x, _ = centroid(blob)
+        assert low <= x <= high and iou(blob, wanted) > 0.5

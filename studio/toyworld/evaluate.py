@@ -2,6 +2,8 @@
 
     python -m studio.toyworld.evaluate [--model shapes-flux] [--seeds 2] [--guidance 3]
     python -m studio.toyworld.evaluate --speeds      # each speed setting against off: × and measures
+    python -m studio.toyworld.evaluate --compare shapes-flux:24 shapes-flux-sprint:1 shapes-flux-sprint:2
+                                                     # models at step counts: measures and seconds
 
 Single-object prompts use the (colour, shape, position) combinations held out of training; an
 image counts when the object of the asked colour is there, at the asked position, of the asked
@@ -133,6 +135,34 @@ def compare_speeds(registry: Registry, model: str, seeds: int, guidance: float, 
         )
 
 
+def compare_runs(registry: Registry, runs: list[tuple[str, int]], seeds: int, guidance: float, pairs: int) -> None:
+    """Models at step counts (a teacher and its distilled student) on the same prompts: measures,
+    seconds per image (timed in turns) and the speed-up over the first run."""
+    measures = {}
+    for model, steps in runs:
+        single = evaluate(registry, model, single_object_scenes(), seeds, guidance, steps)
+        double = evaluate(registry, model, two_object_scenes(pairs), seeds, guidance, steps)
+        measures[model, steps] = single | {"binding": double["binding"]}
+    timed = dict.fromkeys(runs, 0.0)
+    for scene in single_object_scenes()[:TIMED_IMAGES]:
+        for model, steps in runs:
+            settings = GenerationSettings(model=model, prompt=scene.caption, steps=steps, guidance=guidance, width=64,
+                                          height=64, seed=0)  # fmt: skip
+            started = time.perf_counter()
+            list(generate(registry, settings))
+            timed[model, steps] += (time.perf_counter() - started) / TIMED_IMAGES
+    first = runs[0]
+    print(f"\nShapes world, held-out prompts, guidance {guidance:g} (CPU, 64×64)\n")
+    print("| model | steps | s / image | speed-up | " + " | ".join(MEASURES) + " |")
+    print("|---|---|---|---|" + "---|" * len(MEASURES))
+    for run in runs:
+        print(
+            f"| {run[0]} | {run[1]} | {timed[run]:.3f} | ×{timed[first] / timed[run]:.1f} | "
+            + " | ".join(f"{measures[run][name]:.2f}" for name in MEASURES)
+            + " |"
+        )
+
+
 def save_grid(images: list[Image.Image], path: Path, columns: int = 12) -> None:
     width, height = images[0].size
     rows = -(-len(images) // columns)
@@ -152,8 +182,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--two-object-prompts", type=int, default=48)
     parser.add_argument("--grid", type=Path, default=None, help="save the single-object images as one PNG grid")
     parser.add_argument("--speeds", action="store_true", help="compare the speed settings (at the first guidance)")
+    parser.add_argument(
+        "--compare", nargs="+", default=None, metavar="MODEL:STEPS", help="models at step counts, side by side"
+    )
     args = parser.parse_args(argv)
     registry = Registry(Catalogue.load(), device="cpu")
+    if args.compare:
+        runs = [(model, int(steps)) for model, _, steps in (run.partition(":") for run in args.compare)]
+        compare_runs(registry, runs, args.seeds, args.guidance[0], args.two_object_prompts)
+        return
     if args.speeds:
         compare_speeds(registry, args.model, args.seeds, args.guidance[0], args.steps, args.two_object_prompts)
         return
