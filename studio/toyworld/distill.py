@@ -313,6 +313,7 @@ def distil(
     learning_rate: float,
     adversarial: bool,
     generator: torch.Generator,
+    resumed: bool = False,
 ) -> None:
     """Stage 2: sCM (+ LADD) with the discriminator's step alternating with the student's."""
     log_variance = LogVariance()
@@ -322,7 +323,8 @@ def distil(
     discriminator = Discriminator(teacher)
     head_optimiser = torch.optim.AdamW(discriminator.heads.parameters(), lr=learning_rate * 2, weight_decay=0.0)
     empty = encode_text(pipe, [""] * batch_size, TEXT_LENGTH)
-    tangent_warmup = max(1, steps // 4)
+    # The tangent term warms up over the first quarter of a fresh run; a resumed run has it whole.
+    tangent_warmup = 0 if resumed else max(1, steps // 4)
     for step in (bar := tqdm(range(steps), desc="sCM + LADD" if adversarial else "sCM")):
         indices = torch.randint(len(captions), (batch_size,), generator=generator)
         texts = [captions[i] for i in indices.tolist()]
@@ -331,7 +333,7 @@ def distil(
             torch.randint(len(GUIDANCE_SCALES), (batch_size,), generator=generator)
         ]
         x0 = SIGMA_DATA * latents[indices]
-        tangent_share = min(1.0, (step + 1) / tangent_warmup)
+        tangent_share = min(1.0, (step + 1) / tangent_warmup) if tangent_warmup else 1.0
         student_optimiser.zero_grad(set_to_none=True)
         # The two terms' gradients add up in two passes (one graph each), the JVP's pass apart.
         loss = scm_loss(student, teacher, log_variance, x0, text, empty, guidance, tangent_share, generator)
@@ -414,7 +416,7 @@ def main(argv: list[str] | None = None) -> None:
               args.learning_rate * 5, generator)  # fmt: skip
         save_student(pipe, student, args.output)
     distil(student, teacher, pipe, latents, pool.captions, args.scm_steps, args.batch_size, args.learning_rate,
-           not args.no_adversarial, generator)  # fmt: skip
+           not args.no_adversarial, generator, resumed=args.resume is not None)  # fmt: skip
     save_student(pipe, student, args.output)
     print(f"saved the student to {args.output} after {(time.perf_counter() - started) / 60:.1f} min")
 
