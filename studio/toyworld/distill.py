@@ -31,6 +31,7 @@ import copy
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -194,36 +195,46 @@ def trigflow_times(batch: int, mean: float, std: float, generator: torch.Generat
     return torch.atan(torch.exp(mean + std * torch.randn(batch, generator=generator)) / SIGMA_DATA)
 
 
-def adapt(
-    student: FluxTransformer2DModel,
-    teacher: FluxTransformer2DModel,
-    pipe: FluxPipeline,
-    latents: torch.Tensor,
-    captions: list[str],
-    steps: int,
-    batch_size: int,
-    learning_rate: float,
-    generator: torch.Generator,
-) -> None:
+@dataclass
+class Distillation:
+    """What both stages read: the student in training, the teacher's pipeline (its frozen
+    transformer and text encoders), the data, and the one random stream."""
+
+    student: FluxTransformer2DModel
+    pipe: FluxPipeline
+    latents: torch.Tensor
+    captions: list[str]
+    generator: torch.Generator
+
+    @property
+    def teacher(self) -> FluxTransformer2DModel:
+        return self.pipe.transformer
+
+    def batch(self, size: int) -> tuple[torch.Tensor, TextConditioning, torch.Tensor]:
+        """Sample indices, their captions encoded, and a guidance scale each."""
+        indices = torch.randint(len(self.captions), (size,), generator=self.generator)
+        text = encode_text(self.pipe, [self.captions[i] for i in indices.tolist()], TEXT_LENGTH)
+        scales = torch.randint(len(GUIDANCE_SCALES), (size,), generator=self.generator)
+        return indices, text, torch.tensor(GUIDANCE_SCALES)[scales]
+
+
+def adapt(run: Distillation, steps: int, batch_size: int, learning_rate: float) -> None:
     """Stage 1: the student's velocity with its dense time and embedded guidance matches the
     teacher's guided velocity (flow matching on the teacher's targets)."""
-    optimiser = torch.optim.AdamW(student.parameters(), lr=learning_rate, weight_decay=0.0)
+    optimiser = torch.optim.AdamW(run.student.parameters(), lr=learning_rate, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: warmup_cosine(s, steps, 50))
-    shift = sigma_shift((latents.shape[-2] // 2) * (latents.shape[-1] // 2), pipe.scheduler.config)
-    empty = encode_text(pipe, [""] * batch_size, TEXT_LENGTH)
+    tokens = (run.latents.shape[-2] // 2) * (run.latents.shape[-1] // 2)
+    shift = sigma_shift(tokens, run.pipe.scheduler.config)
+    empty = encode_text(run.pipe, [""] * batch_size, TEXT_LENGTH)
     for _ in (bar := tqdm(range(steps), desc="adapt")):
-        indices = torch.randint(len(captions), (batch_size,), generator=generator)
-        text = encode_text(pipe, [captions[i] for i in indices.tolist()], TEXT_LENGTH)
-        noisy, sigma, _ = noised(latents[indices], shift, generator)
-        guidance = torch.tensor(GUIDANCE_SCALES)[
-            torch.randint(len(GUIDANCE_SCALES), (batch_size,), generator=generator)
-        ]
+        indices, text, guidance = run.batch(batch_size)
+        noisy, sigma, _ = noised(run.latents[indices], shift, run.generator)
         with torch.no_grad():
-            target = teacher_flow(teacher, text, empty, guidance)(noisy, sigma)
-        loss = F.mse_loss(student_flow(student, text, guidance)(noisy, sigma), target)
+            target = teacher_flow(run.teacher, text, empty, guidance)(noisy, sigma)
+        loss = F.mse_loss(student_flow(run.student, text, guidance)(noisy, sigma), target)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(run.student.parameters(), 1.0)
         optimiser.step()
         schedule.step()
         bar.set_postfix(loss=f"{loss.item():.4f}")
@@ -303,36 +314,22 @@ def discriminator_input(x0: torch.Tensor, generator: torch.Generator) -> tuple[t
 
 
 def distil(
-    student: FluxTransformer2DModel,
-    teacher: FluxTransformer2DModel,
-    pipe: FluxPipeline,
-    latents: torch.Tensor,
-    captions: list[str],
-    steps: int,
-    batch_size: int,
-    learning_rate: float,
-    adversarial: bool,
-    generator: torch.Generator,
-    resumed: bool = False,
+    run: Distillation, steps: int, batch_size: int, learning_rate: float, adversarial: bool, resumed: bool = False
 ) -> None:
     """Stage 2: sCM (+ LADD) with the discriminator's step alternating with the student's."""
+    student, teacher, generator = run.student, run.teacher, run.generator
     log_variance = LogVariance()
     student_optimiser = torch.optim.AdamW(
         [*student.parameters(), *log_variance.parameters()], lr=learning_rate, weight_decay=0.0
     )
     discriminator = Discriminator(teacher)
     head_optimiser = torch.optim.AdamW(discriminator.heads.parameters(), lr=learning_rate * 2, weight_decay=0.0)
-    empty = encode_text(pipe, [""] * batch_size, TEXT_LENGTH)
+    empty = encode_text(run.pipe, [""] * batch_size, TEXT_LENGTH)
     # The tangent term warms up over the first quarter of a fresh run; a resumed run has it whole.
     tangent_warmup = 0 if resumed else max(1, steps // 4)
     for step in (bar := tqdm(range(steps), desc="sCM + LADD" if adversarial else "sCM")):
-        indices = torch.randint(len(captions), (batch_size,), generator=generator)
-        texts = [captions[i] for i in indices.tolist()]
-        text = encode_text(pipe, texts, TEXT_LENGTH)
-        guidance = torch.tensor(GUIDANCE_SCALES)[
-            torch.randint(len(GUIDANCE_SCALES), (batch_size,), generator=generator)
-        ]
-        x0 = SIGMA_DATA * latents[indices]
+        indices, text, guidance = run.batch(batch_size)
+        x0 = SIGMA_DATA * run.latents[indices]
         tangent_share = min(1.0, (step + 1) / tangent_warmup) if tangent_warmup else 1.0
         student_optimiser.zero_grad(set_to_none=True)
         # The two terms' gradients add up in two passes (one graph each), the JVP's pass apart.
@@ -387,8 +384,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, default=MODELS_DIR / "shapes-flux-sprint")
     parser.add_argument("--resume", type=Path, default=None, help="a saved student to go on distilling (no stage 1)")
     parser.add_argument("--scenes", type=int, default=16384)
-    parser.add_argument("--adapt-steps", type=int, default=600)
-    parser.add_argument("--scm-steps", type=int, default=1500)
+    parser.add_argument("--adapt-steps", type=int, default=500)
+    parser.add_argument("--scm-steps", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--no-adversarial", action="store_true", help="sCM alone, without LADD")
@@ -412,11 +409,11 @@ def main(argv: list[str] | None = None) -> None:
         student = FluxTransformer2DModel.from_pretrained(args.resume, subfolder="transformer", dtype=torch.float32)
     else:
         student = student_from(teacher)
-        adapt(student, teacher, pipe, latents, pool.captions, args.adapt_steps, args.batch_size * 2,
-              args.learning_rate * 5, generator)  # fmt: skip
+    run = Distillation(student, pipe, latents, pool.captions, generator)
+    if not args.resume:
+        adapt(run, args.adapt_steps, args.batch_size * 2, args.learning_rate * 5)
         save_student(pipe, student, args.output)
-    distil(student, teacher, pipe, latents, pool.captions, args.scm_steps, args.batch_size, args.learning_rate,
-           not args.no_adversarial, generator, resumed=args.resume is not None)  # fmt: skip
+    distil(run, args.scm_steps, args.batch_size, args.learning_rate, not args.no_adversarial, args.resume is not None)
     save_student(pipe, student, args.output)
     print(f"saved the student to {args.output} after {(time.perf_counter() - started) / 60:.1f} min")
 
