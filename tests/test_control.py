@@ -258,7 +258,7 @@ def test_the_trained_scribble_controlnet_draws_what_is_sketched(registry):
     from studio.toyworld.measure import centroid, colour_mask, iou, largest_blob
     from studio.toyworld.sketch_eval import sketch
 
-    target = live_targets(registry, "flux")[0]
+    target = next(t for t in live_targets(registry, "flux") if t.model == "shapes-flux")
     renderer = LiveRenderer(registry)
     for position, (low, high) in (("left", (0.0, 0.45)), ("right", (0.55, 1.0))):
         drawing, wanted = sketch("circle", position)
