@@ -196,3 +196,17 @@ def test_the_live_loop_draws_the_sketch_with_the_student_and_the_teachers_contro
                                                                    drawing)).image, "red"))  # fmt: skip
         x, _ = centroid(blob)
         assert low <= x <= high and iou(blob, wanted) > 0.5
+
+
+def test_previews_of_the_student_show_its_clean_estimate(registry):
+    """At 4 steps the text-to-image previews decode each step's clean estimate: the last is the image."""
+    from studio.generation import GenerationSettings, generate
+    from studio.previews import Preview
+
+    settings = GenerationSettings(model="shapes-flux-sprint", prompt="a large red circle on the left, gray background",
+                                  steps=4, guidance=3.0, width=64, height=64, seed=0, preview_every=1)  # fmt: skip
+    made = list(generate(registry, settings))
+    previews, image = [m for m in made if isinstance(m, Preview)], made[-1].image
+    assert [p.done for p in previews] == [1, 2, 3, 4]
+    final = np.asarray(previews[-1].image.resize(image.size), dtype=float)
+    assert np.abs(final - np.asarray(image, dtype=float)).mean() <= 2

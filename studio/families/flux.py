@@ -246,7 +246,9 @@ class SprintSampling:
                 SIGMA_DATA * trig_velocity, s, latents, generator=generator, return_dict=False
             )
             if callback_on_step_end is not None:
-                callback_on_step_end(self, index, s, {"latents": latents})
+                # The step's clean estimate, in the latents' own scale: what a preview should show
+                # (the noisy TrigFlow sample is not a flow latent a preview could read).
+                callback_on_step_end(self, index, s, {"latents": denoised / SIGMA_DATA})
         clean = denoised / SIGMA_DATA
         if output_type == "latent":
             return ImagePipelineOutput(images=clean)
