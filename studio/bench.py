@@ -153,6 +153,13 @@ def main(argv: list[str] | None = None) -> None:
         help="only the full-size CogVideoX-2B and Wan 2.1 1.3B transformers: one DiTCtrl step, random weights",
     )
     parser.add_argument("--live", action="store_true", help="only the live sketch loop's frames per second")
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="only the memory policies on FLUX.1 [dev]'s full-size architecture (random weights): peak memory "
+        "and seconds per image for each policy that runs here",
+    )
+    parser.add_argument("--scale", type=int, default=1, help="with --memory: divide the depths (to try it on a CPU)")
     args = parser.parse_args(argv)
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
@@ -165,6 +172,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.full_size_tryon:
         full_size_tryon(device, dtype, max(1, args.runs // 2))
+        return
+    if args.memory:
+        memory_policies(device, dtype, args.size if args.size != 64 else 1024, args.scale)
         return
     catalogue = Catalogue.load()
     registry = Registry(catalogue, device=device, dtype=dtype)
@@ -372,6 +382,73 @@ def full_size_tryon(device: str, dtype: torch.dtype, runs: int, scale: int = 1) 
         seconds = median_seconds(step, runs)
     name = "FLUX.1 Fill [dev], [garment | person] 1152×768" + (f", depth ÷{scale}" if scale > 1 else "")
     print(f"| {name} | {seconds:.2f} | {30 * seconds:.0f} | {memory.gib:.1f} |")
+
+
+def full_size_flux(folder: Path, scale: int) -> dict[str, float]:
+    """FLUX.1 [dev]'s pipeline architecture with random weights, saved in bf16 (depths ÷ `scale`):
+    the transformer, T5-XXL's encoder, CLIP-L, the 16-channel VAE; the studio's small tokenizers
+    (the ids stay inside the real vocabularies). Returns each component's parameters in billions."""
+    from diffusers import AutoencoderKL, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    from studio.families.flux import flow_scheduler
+
+    torch.manual_seed(0)
+    layers = {"num_layers": max(1, 19 // scale), "num_single_layers": max(1, 38 // scale)}
+    transformer = FluxTransformer2DModel(**(FLUX_FILL_DEV | {"in_channels": 64, "out_channels": None} | layers))
+    t5 = T5EncoderModel(T5Config(vocab_size=32128, d_model=4096, d_ff=10240, num_layers=max(1, 24 // scale),
+                                 num_heads=64, d_kv=64, feed_forward_proj="gated-gelu"))  # fmt: skip
+    clip = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                        num_attention_heads=12, vocab_size=49408, projection_dim=768))  # fmt: skip
+    blocks = (128, 256, 512, 512)
+    vae = AutoencoderKL(latent_channels=16, block_out_channels=blocks, down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2)  # fmt: skip
+    pipe = FluxPipeline(flow_scheduler(), vae, clip, offline.clip_tokenizer(), t5, offline.t5_tokenizer(), transformer)
+    pipe.to(dtype=torch.bfloat16).save_pretrained(folder, safe_serialization=True)
+    return {name: sum(p.numel() for p in module.parameters()) / 1e9 for name, module in pipe.components.items()
+            if isinstance(module, torch.nn.Module)}  # fmt: skip
+
+
+def memory_policies(device: str, dtype: torch.dtype, size: int, scale: int = 1, steps: int = 4) -> None:
+    """Each memory policy that runs here, loaded and placed as the registry does it, on FLUX.1
+    [dev]'s architecture with random weights: the plan's estimate, the measured peak and the seconds
+    per image (`steps` steps at `size`², the text encoded each time)."""
+    from dataclasses import replace
+
+    from studio.device import release_memory
+    from studio.loading import load_pipeline
+    from studio.memory import POLICIES, installed_quantizers, plan_for, unavailable_reason
+
+    folder = Path(tempfile.mkdtemp(prefix="dit-studio-flux-full-"))
+    parameters = full_size_flux(folder, scale)
+    spec = replace(Catalogue.load().get("flux-dev"), repo=str(folder), parameters=parameters, gated=False)
+    quantizers = installed_quantizers()
+    print(f"device {device}, dtype {str(dtype).removeprefix('torch.')}, {size}x{size}, {steps} steps"
+          + (f", depths ÷{scale}" if scale > 1 else "") + "\n")  # fmt: skip
+    print("| FLUX.1 [dev] architecture, random weights | plan's estimate (GB) | peak memory (GiB) | s / image |")
+    print("|---|---|---|---|")
+    for policy in POLICIES:
+        reason = unavailable_reason(policy, device, quantizers)
+        if reason is not None:
+            print(f"| {policy.name} | cannot run here: {reason} | | |")
+            continue
+        plan = plan_for(spec, device, dtype, None, policy.name, quantizers)
+        pipe = load_pipeline(spec, dtype, True, plan.quantization_config(device))
+        if plan.moves_whole:
+            pipe.to(device)
+        else:
+            plan.apply(pipe, device)
+        pipe.set_progress_bar_config(disable=True)
+
+        def image(loaded: Any = pipe) -> None:
+            loaded("a red circle", height=size, width=size, num_inference_steps=steps, max_sequence_length=128,
+                 generator=torch.Generator("cpu").manual_seed(0), output_type="latent")  # fmt: skip
+
+        with PeakMemory() as memory:
+            seconds = median_seconds(image, 1)
+        print(f"| {policy.name} | {plan.device_bytes / 1e9:.1f} | {memory.gib:.1f} | {seconds:.2f} |")
+        del pipe
+        release_memory()
 
 
 # CogVideoX-2b's and Wan 2.1 T2V 1.3B's transformers (their repos' config.json).
