@@ -123,7 +123,7 @@ def velocity(
     # FluxPipeline passes t / 1000, which is sigma.
     inputs = packed_inputs(latents, sigma, text, embedded_guidance)
     residuals = {}
-    if controlnet is not None:
+    if controlnet is not None and control_latents is not None:
         residuals = control_residuals(controlnet, control_latents, inputs)
     return unpacked(pipe.transformer(**inputs, **residuals)[0], latents)
 
@@ -162,103 +162,100 @@ def unpacked(packed: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return packed.view(batch, height // 2, width // 2, channels, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(like.shape)
 
 
-class SprintSampling:
+def sprint_sample(
+    pipe: FluxPipeline | FluxControlNetPipeline,
+    prompt: Any,
+    height: int | None,
+    width: int | None,
+    num_inference_steps: int,
+    guidance_scale: float,
+    max_timesteps: float,
+    intermediate_timesteps: float | None,
+    generator: torch.Generator | None,
+    prompt_embeds: torch.Tensor | None,
+    pooled_prompt_embeds: torch.Tensor | None,
+    output_type: str,
+    callback_on_step_end: Any,
+    max_sequence_length: int,
+    control: Any = None,
+) -> ImagePipelineOutput:
     """TrigFlow sampling for a FLUX student distilled as SANA-Sprint (studio.toyworld.distill): the
     SCM scheduler's one to four steps from pure noise at `max_timesteps`, the student's time read
-    densely and its guidance embedded (no second pass). With a ControlNet, the control's residuals
-    join the student's blocks."""
+    densely and its guidance embedded (no second pass). `control`: (packed control latents,
+    scale, start, end), whose ControlNet residuals join the student's blocks, or None."""
+    height = height or pipe.default_sample_size * pipe.vae_scale_factor
+    width = width or pipe.default_sample_size * pipe.vae_scale_factor
+    device = pipe._execution_device
+    embeds, pooled, text_ids = pipe.encode_prompt(
+        prompt=prompt,
+        prompt_2=None,
+        prompt_embeds=prompt_embeds,
+        pooled_prompt_embeds=pooled_prompt_embeds,
+        device=device,
+        max_sequence_length=max_sequence_length,
+    )
+    batch = embeds.shape[0]
+    channels = pipe.transformer.config.in_channels // 4
+    noise, image_ids = pipe.prepare_latents(batch, channels, height, width, embeds.dtype, device, generator)
+    latents = noise * SIGMA_DATA
+    pipe.scheduler.set_timesteps(
+        num_inference_steps,
+        device=device,
+        max_timesteps=max_timesteps,
+        intermediate_timesteps=intermediate_timesteps if num_inference_steps == 2 else None,
+    )
+    times = pipe.scheduler.timesteps[:-1]
+    guidance = torch.full((batch,), guidance_scale * GUIDANCE_INPUT, device=device, dtype=embeds.dtype)
+    text = dict(pooled_projections=pooled, encoder_hidden_states=embeds, txt_ids=text_ids, img_ids=image_ids)
+    denoised = latents
 
-    def _sample(
-        self,
-        prompt: Any,
-        height: int | None,
-        width: int | None,
-        num_inference_steps: int,
-        guidance_scale: float,
-        max_timesteps: float,
-        intermediate_timesteps: float | None,
-        generator: torch.Generator | None,
-        prompt_embeds: torch.Tensor | None,
-        pooled_prompt_embeds: torch.Tensor | None,
-        output_type: str,
-        callback_on_step_end: Any,
-        max_sequence_length: int,
-        control: Any = None,
-    ) -> ImagePipelineOutput:
-        """`control`: (packed control latents, scale, start, end) or None."""
-        height = height or self.default_sample_size * self.vae_scale_factor
-        width = width or self.default_sample_size * self.vae_scale_factor
-        device = self._execution_device
-        embeds, pooled, text_ids = self.encode_prompt(
-            prompt=prompt,
-            prompt_2=None,
-            prompt_embeds=prompt_embeds,
-            pooled_prompt_embeds=pooled_prompt_embeds,
-            device=device,
-            max_sequence_length=max_sequence_length,
-        )
-        batch = embeds.shape[0]
-        channels = self.transformer.config.in_channels // 4
-        noise, image_ids = self.prepare_latents(batch, channels, height, width, embeds.dtype, device, generator)
-        latents = noise * SIGMA_DATA
-        self.scheduler.set_timesteps(
-            num_inference_steps,
-            device=device,
-            max_timesteps=max_timesteps,
-            intermediate_timesteps=intermediate_timesteps if num_inference_steps == 2 else None,
-        )
-        times = self.scheduler.timesteps[:-1]
-        guidance = torch.full((batch,), guidance_scale * GUIDANCE_INPUT, device=device, dtype=embeds.dtype)
-        text = dict(pooled_projections=pooled, encoder_hidden_states=embeds, txt_ids=text_ids, img_ids=image_ids)
-        denoised = latents
-
-        def velocity(flow_input: torch.Tensor, t: torch.Tensor, control_scale: float) -> torch.Tensor:
-            residuals: dict[str, Any] = {}
-            if control is not None:
-                # A ControlNet with a guidance input was made from the student and reads as it
-                # does; one without, the teacher's, reads time as the teacher.
-                student_made = self.controlnet.config.guidance_embeds
-                blocks, single_blocks = self.controlnet(
-                    hidden_states=flow_input,
-                    controlnet_cond=control[0],
-                    conditioning_scale=control_scale,
-                    timestep=t * DENSE_TIME if student_made else t,
-                    guidance=guidance if student_made else None,
-                    return_dict=False,
-                    **text,
-                )
-                residuals = dict(controlnet_block_samples=blocks, controlnet_single_block_samples=single_blocks)
-            return self.transformer(
-                hidden_states=flow_input, timestep=t * DENSE_TIME, guidance=guidance, return_dict=False,
-                **text, **residuals,
-            )[0]  # fmt: skip
-
-        for index, s in enumerate(times):
-            control_scale = 0.0
-            if control is not None:
-                _, scale, start, end = control
-                control_scale = scale * (not (index / len(times) < start or (index + 1) / len(times) > end))
-            step_times = s.expand(batch).to(embeds.dtype)
-            trig_velocity = trigflow_velocity(
-                functools.partial(velocity, control_scale=control_scale), latents / SIGMA_DATA, step_times
+    def velocity(flow_input: torch.Tensor, t: torch.Tensor, control_scale: float) -> torch.Tensor:
+        residuals: dict[str, Any] = {}
+        if control is not None:
+            # A ControlNet with a guidance input was made from the student and reads as it
+            # does; one without, the teacher's, reads time as the teacher.
+            student_made = pipe.controlnet.config.guidance_embeds
+            blocks, single_blocks = pipe.controlnet(
+                hidden_states=flow_input,
+                controlnet_cond=control[0],
+                conditioning_scale=control_scale,
+                timestep=t * DENSE_TIME if student_made else t,
+                guidance=guidance if student_made else None,
+                return_dict=False,
+                **text,
             )
-            latents, denoised = self.scheduler.step(
-                SIGMA_DATA * trig_velocity, s, latents, generator=generator, return_dict=False
-            )
-            if callback_on_step_end is not None:
-                # The step's clean estimate, in the latents' own scale: what a preview should show
-                # (the noisy TrigFlow sample is not a flow latent a preview could read).
-                callback_on_step_end(self, index, s, {"latents": denoised / SIGMA_DATA})
-        clean = denoised / SIGMA_DATA
-        if output_type == "latent":
-            return ImagePipelineOutput(images=clean)
-        unpacked_latents = self._unpack_latents(clean, height, width, self.vae_scale_factor)
-        unpacked_latents = unpacked_latents / self.vae.config.scaling_factor + self.vae.config.shift_factor
-        image = self.vae.decode(unpacked_latents.to(self.vae.dtype), return_dict=False)[0]
-        return ImagePipelineOutput(images=self.image_processor.postprocess(image, output_type=output_type))
+            residuals = dict(controlnet_block_samples=blocks, controlnet_single_block_samples=single_blocks)
+        return pipe.transformer(
+            hidden_states=flow_input, timestep=t * DENSE_TIME, guidance=guidance, return_dict=False,
+            **text, **residuals,
+        )[0]  # fmt: skip
+
+    for index, s in enumerate(times):
+        control_scale = 0.0
+        if control is not None:
+            _, scale, start, end = control
+            control_scale = scale * (not (index / len(times) < start or (index + 1) / len(times) > end))
+        step_times = s.expand(batch).to(embeds.dtype)
+        trig_velocity = trigflow_velocity(
+            functools.partial(velocity, control_scale=control_scale), latents / SIGMA_DATA, step_times
+        )
+        latents, denoised = pipe.scheduler.step(
+            SIGMA_DATA * trig_velocity, s, latents, generator=generator, return_dict=False
+        )
+        if callback_on_step_end is not None:
+            # The step's clean estimate, in the latents' own scale: what a preview should show
+            # (the noisy TrigFlow sample is not a flow latent a preview could read).
+            callback_on_step_end(pipe, index, s, {"latents": denoised / SIGMA_DATA})
+    clean = denoised / SIGMA_DATA
+    if output_type == "latent":
+        return ImagePipelineOutput(images=clean)
+    unpacked_latents = pipe._unpack_latents(clean, height, width, pipe.vae_scale_factor)
+    unpacked_latents = unpacked_latents / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
+    image = pipe.vae.decode(unpacked_latents.to(pipe.vae.dtype), return_dict=False)[0]
+    return ImagePipelineOutput(images=pipe.image_processor.postprocess(image, output_type=output_type))
 
 
-class FluxSprintPipeline(SprintSampling, FluxPipeline):
+class FluxSprintPipeline(FluxPipeline):
     """A SANA-Sprint-distilled FLUX student: one to four steps, embedded guidance."""
 
     @torch.no_grad()
@@ -278,13 +275,14 @@ class FluxSprintPipeline(SprintSampling, FluxPipeline):
         callback_on_step_end: Any = None,
         max_sequence_length: int = 512,
     ) -> ImagePipelineOutput:
-        return self._sample(
+        return sprint_sample(
+            self,
             prompt, height, width, num_inference_steps, guidance_scale, max_timesteps, intermediate_timesteps,
             generator, prompt_embeds, pooled_prompt_embeds, output_type, callback_on_step_end, max_sequence_length,
         )  # fmt: skip
 
 
-class FluxSprintControlNetPipeline(SprintSampling, FluxControlNetPipeline):
+class FluxSprintControlNetPipeline(FluxControlNetPipeline):
     """The student with a FLUX ControlNet (the teacher's, whose residuals the student, initialised
     from the teacher, still reads)."""
 
@@ -320,7 +318,8 @@ class FluxSprintControlNetPipeline(SprintSampling, FluxControlNetPipeline):
         _, channels, rows, columns = encoded.shape
         condition = self._pack_latents(encoded, 1, channels, rows, columns)
         control = (condition, controlnet_conditioning_scale, control_guidance_start, control_guidance_end)
-        return self._sample(
+        return sprint_sample(
+            self,
             prompt, height, width, num_inference_steps, guidance_scale, max_timesteps, intermediate_timesteps,
             generator, prompt_embeds, pooled_prompt_embeds, output_type, callback_on_step_end, max_sequence_length,
             control,

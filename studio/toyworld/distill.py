@@ -54,7 +54,17 @@ from studio.sprint import (
     trigflow_velocity,
 )
 from studio.toyworld.data import HELD_OUT, ScenePool
-from studio.toyworld.scene import BACKGROUNDS, COLOURS, SHAPES, SIZES, make_object, make_scene, overlap, render
+from studio.toyworld.scene import (
+    BACKGROUNDS,
+    COLOURS,
+    SHAPES,
+    SIZES,
+    Scene,
+    make_object,
+    make_scene,
+    overlap,
+    render,
+)
 from studio.toyworld.train import MODELS_DIR, encode_pool, noised, sigma_shift, warmup_cosine
 
 # The text length the teacher is sampled with (its catalogue entry's max_sequence_length): FLUX's
@@ -78,7 +88,7 @@ def teacher_world_pool(count: int, seed: int) -> ScenePool:
     """Scenes of one or two objects at the teacher's named places, captioned as the evaluation and
     the studio's examples write them, the held-out combinations left out."""
     rng = random.Random(seed)
-    scenes = []
+    scenes: list[Scene] = []
     while len(scenes) < count:
         objects = []
         for place in rng.sample(TEACHER_PLACES, rng.randint(1, 2)):
@@ -143,6 +153,8 @@ class LogVariance(torch.nn.Module):
         self.linear = torch.nn.Linear(2 * features, 1)
         torch.nn.init.zeros_(self.linear.weight)
         torch.nn.init.zeros_(self.linear.bias)
+
+    frequencies: torch.Tensor
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:
         angles = s[:, None] * self.frequencies[None]
@@ -266,7 +278,7 @@ def scm_loss(
 
     # Forward-mode AD through attention needs the math kernel on the CPU.
     with torch.no_grad(), sdpa_kernel([SDPBackend.MATH]):
-        previous, derivative = torch.func.jvp(
+        previous, derivative = torch.func.jvp(  # type: ignore[misc]  # (output, tangent) without aux
             student_velocity,
             (x_s / SIGMA_DATA, s),
             (torch.cos(sb) * torch.sin(sb) * dxds / SIGMA_DATA, torch.cos(s) * torch.sin(s)),
