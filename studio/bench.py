@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     studio_overhead(registry, args, device, dtype)
     hot_swap(catalogue, args.models, device, dtype)
-    flow_models = [m for m in args.models if catalogue.get(m).family.flow is not None]
+    flow_models = [m for m in args.models if catalogue.get(m).flow is not None]
     colour_editing(registry, flow_models, args)
     drag_editing(registry, flow_models, args)
     video_generation(registry, args)

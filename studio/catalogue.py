@@ -10,7 +10,7 @@ from typing import Any
 import tomllib
 
 from studio.errors import UnknownModel
-from studio.families import Family, all_families
+from studio.families import Family, FlowConvention, all_families
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CATALOGUE = PROJECT_ROOT / "presets" / "models.toml"
@@ -111,6 +111,14 @@ class ModelSpec:
     def random_weights(self) -> bool:
         """A built-in without trained weights: it runs the code path and draws noise."""
         return self.builtin is not None and not (self.path is not None and (self.path / "model_index.json").is_file())
+
+    @property
+    def flow(self) -> FlowConvention | None:
+        """How the studio calls the model as a rectified flow (inversion, ColorCtrl, drag, layout,
+        previews): the family's convention, unless the model's own pipeline samples another way (a
+        TrigFlow student distilled as SANA-Sprint)."""
+        pipeline = self.family.pipeline_class(self.pipeline, "t2i")
+        return self.family.flow if getattr(pipeline, "rectified_flow", True) else None
 
     def controlnet(self, name: str) -> ControlSpec:
         for control in self.controlnets:

@@ -81,7 +81,7 @@ class Previewer:
         just taken ((x_now - x_before) / (σ_now - σ_before)); the latents as they are otherwise."""
         scheduler = self.pipe.scheduler
         sigmas, index = getattr(scheduler, "sigmas", None), getattr(scheduler, "step_index", None)
-        if self.spec.family.flow is None or before is None or sigmas is None or not index:
+        if self.spec.flow is None or before is None or sigmas is None or not index:
             return now
         sigma_now, sigma_before = float(sigmas[index]), float(sigmas[index - 1])
         if sigma_now == sigma_before:

@@ -24,7 +24,7 @@ MASK_TINT = np.array([255, 60, 200], dtype=np.float32)
 
 
 def serves(spec: ModelSpec) -> bool:
-    return spec.family.flow is not None
+    return spec.flow is not None
 
 
 def mask_overlay(image: Image.Image, mask: np.ndarray) -> Image.Image:

@@ -44,7 +44,7 @@ FIELDS = (
 
 
 def serves(spec: ModelSpec) -> bool:
-    return spec.family.flow is not None and spec.family.token_order in ("text-image", "image-text")
+    return spec.flow is not None and spec.family.token_order in ("text-image", "image-text")
 
 
 def painted_masks(editor: Any) -> tuple[np.ndarray | None, np.ndarray | None]:

@@ -92,7 +92,6 @@ def layout(studio: StudioContext) -> TextToImageTab:
     with gr.Row():
         with gr.Column(scale=2):
             model = gr.Dropdown(common.model_choices(studio), value=default.id, label="Model")
-            memory_line = gr.Markdown(common.memory_line(studio, default.id), elem_classes=["studio-memory"])
             prompts = example_prompts("text_to_image")
             # Opens on an example the default built-in draws (a placeholder looks filled and is not).
             prompt = gr.Textbox(label="Prompt", lines=2, value=prompts[0] if prompts else "", elem_id="t2i-prompt")
@@ -105,6 +104,9 @@ def layout(studio: StudioContext) -> TextToImageTab:
                 dice = gr.Button("Random seed", size="sm")
                 count = common.setting_slider(GenerationSettings, "count")
             run, cancel = common.run_and_cancel("Generate")
+            # How the model sits in memory, shown before it loads (under the run buttons: they
+            # stay above the fold).
+            memory_line = gr.Markdown(common.memory_line(studio, default.id), elem_classes=["studio-memory"])
             speed = gr.Dropdown(
                 common.speed_choices(default),
                 value=OFF,

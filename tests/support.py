@@ -15,8 +15,9 @@ Capability = Callable[[ModelSpec], bool]
 
 
 def joint(spec: ModelSpec) -> bool:
-    """Makes images from text with text and image tokens in one attention (FLUX, SD3)."""
-    return image(spec) and spec.family.token_order in ("text-image", "image-text")
+    """Makes images from text with text and image tokens in one attention and samples as a
+    rectified flow (FLUX, SD3; not a TrigFlow student)."""
+    return image(spec) and spec.flow is not None and spec.family.token_order in ("text-image", "image-text")
 
 
 def cross(spec: ModelSpec) -> bool:
@@ -48,12 +49,16 @@ def random_per_family(capability: Capability = image) -> list[str]:
 
 
 def trained(capability: Capability = image) -> list[str]:
-    """The built-ins with trained weights (the shapes world) that have the capability, without
-    extensions (a SiamLayout model has its own tests)."""
+    """The standard built-ins with trained weights (the shapes world) that have the capability,
+    without extensions (a SiamLayout model and the distilled student have their own tests)."""
     return [
         spec.id
         for spec in CATALOGUE
-        if spec.builtin and not spec.random_weights and not spec.extensions and capability(spec)
+        if spec.builtin
+        and not spec.random_weights
+        and not spec.extensions
+        and spec.mode == "standard"
+        and capability(spec)
     ]
 
 

@@ -371,7 +371,9 @@ def test_live_frame_endpoint_draws_from_a_sketch(running_app, tmp_path):
     assert "prompt from cache" in value(again)
     with pytest.raises(Exception, match="Write a prompt first"):
         live_call(client, canvas, prompt=" ")
-    with pytest.raises(Exception, match="Steps must be between 1 and 4"):
+    # The steps slider ends at the default target's 4 (the distilled student's), so Gradio's own
+    # bound says it before the studio's range check would.
+    with pytest.raises(Exception, match="Value 24 is greater than maximum value 4"):
         live_call(client, canvas, prompt="a red circle", steps=24)
 
 

@@ -210,3 +210,20 @@ def test_previews_of_the_student_show_its_clean_estimate(registry):
     assert [p.done for p in previews] == [1, 2, 3, 4]
     final = np.asarray(previews[-1].image.resize(image.size), dtype=float)
     assert np.abs(final - np.asarray(image, dtype=float)).mean() <= 2
+
+
+def test_the_flow_methods_refuse_the_student_in_one_sentence(registry):
+    """Inversion, ColorCtrl and drag read a rectified flow; the TrigFlow student is not one."""
+    from studio.errors import InvalidRequest
+    from studio.methods.colour import ColourEditSettings, colour_edit
+    from tabs import colour_edit as colour_tab
+    from tabs import drag as drag_tab
+
+    spec = registry.catalogue.get("shapes-flux-sprint")
+    assert spec.flow is None and registry.catalogue.get("shapes-flux").flow is not None
+    assert not colour_tab.serves(spec) and not drag_tab.serves(spec)
+    settings = ColourEditSettings(model=spec.id, source_prompt="a large red circle on the left, gray background",
+                                  target_prompt="a large blue circle on the left, gray background", word="circle",
+                                  steps=2, guidance=3.0, width=64, height=64, seed=0)  # fmt: skip
+    with pytest.raises(InvalidRequest, match="is a distilled one-step student"):
+        colour_edit(registry, settings)

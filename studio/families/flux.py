@@ -258,6 +258,10 @@ def sprint_sample(
 class FluxSprintPipeline(FluxPipeline):
     """A SANA-Sprint-distilled FLUX student: one to four steps, embedded guidance."""
 
+    # It samples in TrigFlow with its own time and guidance inputs: the studio's rectified-flow
+    # methods (inversion, ColorCtrl, drag) do not apply to it.
+    rectified_flow = False
+
     @torch.no_grad()
     def __call__(
         self,

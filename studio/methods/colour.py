@@ -156,8 +156,11 @@ def intensity_words(source_prompt: str, target_prompt: str, word: str) -> list[s
 
 
 def validate(settings: ColourEditSettings, spec: ModelSpec) -> ColourEditSettings:
-    if spec.family.flow is None or spec.family.token_order not in ("text-image", "image-text"):
-        raise InvalidRequest(f"Colour editing needs an SD3 or FLUX model; {spec.name} is {spec.family.label}.")
+    if spec.flow is None or spec.family.token_order not in ("text-image", "image-text"):
+        what = "a distilled one-step student" if spec.family.flow is not None else spec.family.label
+        raise InvalidRequest(
+            f"Colour editing needs an SD3 or FLUX model that samples as a flow; {spec.name} is {what}."
+        )
     source, target = (
         prompt_text(settings.source_prompt, "a source prompt"),
         prompt_text(settings.target_prompt, "a target prompt"),

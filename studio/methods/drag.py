@@ -361,8 +361,11 @@ class DragEdit:
 
 
 def validate(settings: DragSettings, spec: ModelSpec) -> DragSettings:
-    if spec.family.flow is None or spec.family.token_order not in ("text-image", "image-text"):
-        raise InvalidRequest(f"Drag editing needs a FLUX or SD3 model; {spec.name} is {spec.family.label}.")
+    if spec.flow is None or spec.family.token_order not in ("text-image", "image-text"):
+        raise InvalidRequest(
+            f"Drag editing needs a FLUX or SD3 model that samples as a flow; {spec.name} is "
+            + ("a distilled one-step student." if spec.family.flow is not None else f"{spec.family.label}.")
+        )
     if settings.mode not in MODES:
         raise InvalidRequest(f"The mode is precise or fast, not {settings.mode!r}.")
     settings = validate_sampling(replace(settings, prompt=prompt_text(settings.prompt, "the image's prompt")), spec)
