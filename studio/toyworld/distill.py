@@ -65,7 +65,15 @@ from studio.toyworld.scene import (
     overlap,
     render,
 )
-from studio.toyworld.train import MODELS_DIR, encode_pool, noised, sigma_shift, warmup_cosine
+from studio.toyworld.train import (
+    MODELS_DIR,
+    encode_pool,
+    noised,
+    run_options,
+    seeded,
+    sigma_shift,
+    warmup_cosine,
+)
 
 # The text length the teacher is sampled with (its catalogue entry's max_sequence_length): FLUX's
 # joint attention reads the padding tokens too, so the student learns at the length it runs at.
@@ -401,12 +409,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--no-adversarial", action="store_true", help="sCM alone, without LADD")
-    parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--seed", type=int, default=0)
+    run_options(parser)
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+    seeded(args)
     generator = torch.Generator().manual_seed(args.seed)
     started = time.perf_counter()
 
