@@ -8,6 +8,7 @@ import torch
 from PIL import Image, ImageDraw
 from support import controllable, pipeline_of, random_per_family
 
+from studio import conditions
 from studio.errors import InvalidRequest, UnknownModel
 from studio.generation import GenerationSettings, generate
 from studio.methods.control import (
@@ -16,6 +17,7 @@ from studio.methods.control import (
     LiveRequest,
     LiveTarget,
     control_generate,
+    control_image_for,
     live_targets,
     sketch_control,
 )
@@ -333,3 +335,35 @@ def test_a_live_requests_conditioning_settings_reach_the_controlnet(registry, fa
     assert np.abs(frame("line") - frame("line", conditioning_scale=0.5)).mean() > 0.2
     assert np.abs(frame("line") - frame("line", control_end=0.5)).mean() > 0.2
     assert np.abs(frame("line") - frame("line", control_start=0.5)).mean() > 0.2
+
+
+def photo() -> Image.Image:
+    """A photo-like picture: a soft gradient with a few hard shapes, half transparent in one corner."""
+    ramp = np.linspace(40, 220, 64, dtype=np.uint8)
+    picture = Image.fromarray(
+        np.stack([np.tile(ramp, (64, 1)), np.tile(ramp[:, None], (1, 64)), np.full((64, 64), 90, np.uint8)], -1)
+    )
+    draw = ImageDraw.Draw(picture)
+    draw.ellipse([(10, 10), (30, 30)], fill=(250, 20, 20))
+    draw.rectangle([(36, 30), (58, 56)], fill=(20, 20, 160))
+    draw.line([(4, 60), (60, 40)], fill=(0, 0, 0), width=2)
+    picture.putalpha(
+        Image.fromarray(np.where(np.add.outer(np.arange(64), np.arange(64)) < 20, 0, 255).astype(np.uint8))
+    )
+    return picture
+
+
+def test_a_photo_becomes_the_control_image_its_controlnet_reads():
+    picture = photo()
+    canny = np.asarray(control_image_for("canny", picture))
+    assert np.array_equal(canny, np.asarray(conditions.canny(picture, 100, 200)))
+    loose = np.asarray(control_image_for("canny", picture, 5, 30))
+    assert np.array_equal(loose, np.asarray(conditions.canny(picture, 5, 30)))
+    assert (loose > 0).sum() > (canny > 0).sum()  # lower thresholds keep more edges
+    assert np.array_equal(np.asarray(control_image_for("softedge", picture)), np.asarray(conditions.soft_edge(picture)))
+    assert np.array_equal(np.asarray(control_image_for("scribble", picture)), np.asarray(conditions.scribble(picture)))
+    for as_given in ("pose", "tile"):
+        given = control_image_for(as_given, picture)
+        assert given.mode == "RGB" and np.array_equal(np.asarray(given), np.asarray(picture.convert("RGB")))
+    with pytest.raises(InvalidRequest, match="not in the local cache and the studio is offline"):
+        control_image_for("depth", picture)

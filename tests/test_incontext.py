@@ -1,5 +1,7 @@
 """The in-context toolkit: grids, tags, the sets' presets, group and conditioned generation."""
 
+import math
+import zipfile
 from dataclasses import replace
 
 import numpy as np
@@ -16,7 +18,9 @@ from studio.methods.incontext import (
     load_set_defaults,
     load_sets,
     panel_tags,
+    set_canvas,
     split,
+    write_panels,
 )
 
 SETS = load_sets()
@@ -168,3 +172,31 @@ def test_a_users_own_set_uses_its_local_lora(tmp_path):
     as_if_from_the_hub = replace(builtin, builtin=None)
     assert set_lora(registry, mine, as_if_from_the_hub) == (("mine", 1.0),)
     assert registry.adapters("tiny-flux-dev") == ["mine"]
+
+
+def test_a_sets_canvas_is_its_own_on_the_hub_and_the_models_size_per_panel_built_in(catalogue):
+    storyboard = SETS["film-storyboard"]
+    hub = replace(catalogue.get("tiny-flux-dev"), builtin=None)
+    assert set_canvas(storyboard, hub) == (storyboard.width, storyboard.height)
+    for set_id in ("film-storyboard", "shapes-four-colours"):
+        image_set = SETS[set_id]
+        for spec in (catalogue.get("shapes-flux"), catalogue.get("tiny-sana")):
+            width, height = set_canvas(image_set, spec)
+            panel = (width // image_set.columns, height // image_set.rows)
+            assert panel[0] * image_set.columns == width and panel[1] * image_set.rows == height
+            assert panel[0] % spec.size_multiple == 0 and panel[1] % spec.size_multiple == 0
+            # about the model's own pixel area per panel, in the set's proportions
+            assert abs(panel[0] * panel[1] / (spec.width * spec.height) - 1) < 0.3
+            assert abs(math.log((width / height) / (image_set.width / image_set.height))) < 0.2
+
+
+def test_written_panels_are_pngs_beside_the_image_and_in_one_zip(tmp_path):
+    made = panels(3)
+    archive = write_panels(made, tmp_path / "set-7.png")
+    assert archive == tmp_path / "set-7.zip"
+    with zipfile.ZipFile(archive) as bundle:
+        assert bundle.namelist() == [f"set-7-panel-{index}.png" for index in (1, 2, 3)]
+        for index, panel in enumerate(made, start=1):
+            with bundle.open(f"set-7-panel-{index}.png") as member:
+                assert np.array_equal(np.asarray(Image.open(member)), np.asarray(panel))
+            assert np.array_equal(np.asarray(Image.open(tmp_path / f"set-7-panel-{index}.png")), np.asarray(panel))
