@@ -1,7 +1,9 @@
 """The mutation score of the last `mutmut run`, one row a module: what `make mutate` prints.
 
-A mutant is killed when a test fails on it (or it times out: the change made the code hang);
-it survives when every test still passes. Mutants no test reaches are counted apart.
+A mutant is killed when a test fails on it, when mypy rejects it (`make test` type-checks, so the
+suite catches it without running a test) or when its tests time out (the change made the code
+hang); it survives when every test still passes. Mutants no test reaches count as not killed.
+The exit codes are mutmut's own (`mutmut.stats.status_by_exit_code`).
 """
 
 from __future__ import annotations
@@ -11,17 +13,26 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-KILLED = {1: "killed", 3: "killed", 36: "timeout", 24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout"}
+OUTCOME_BY_EXIT_CODE = {
+    None: "not run",
+    0: "survived",
+    1: "killed",
+    3: "killed",
+    5: "no tests",
+    33: "no tests",
+    37: "mypy",
+    36: "timeout",
+    24: "timeout",
+    -24: "timeout",
+    152: "timeout",
+    255: "timeout",
+}
+CAUGHT = ("killed", "mypy", "timeout")
 
 
 def outcome(code: int | None) -> str:
-    if code is None:
-        return "not run"
-    if code == 0:
-        return "survived"
-    if code in (5, 33):
-        return "no tests"
-    return "killed" if code in KILLED or code < 0 else "other"
+    # Anything else (a crash, a signal) is a failure of the suite on the mutant: killed.
+    return OUTCOME_BY_EXIT_CODE.get(code, "killed")
 
 
 def main(folder: Path = Path("mutants")) -> int:
@@ -33,21 +44,25 @@ def main(folder: Path = Path("mutants")) -> int:
     if not rows:
         print("No mutation results: run `make mutate` first.")
         return 1
-    print("| module | mutants | killed | survived | no tests | not run | score |")
-    print("|---|---|---|---|---|---|---|")
+    print("| module | mutants | killed by a test | by mypy | timed out | survived | no tests | not run | score |")
+    print("|---|---|---|---|---|---|---|---|---|")
     total = Counter()
     for name, counts in rows:
         total.update(counts)
-        print(f"| {name} | {sum(counts.values())} | {counts['killed']} | {counts['survived']} | "
-              f"{counts['no tests']} | {counts['not run']} | {score(counts)} |")  # fmt: skip
-    print(f"| all | {sum(total.values())} | {total['killed']} | {total['survived']} | {total['no tests']} | "
-          f"{total['not run']} | {score(total)} |")  # fmt: skip
+        print(f"| {name} | {row(counts)} |")
+    print(f"| all | {row(total)} |")
     return 0
 
 
+def row(counts: Counter) -> str:
+    cells = [sum(counts.values())] + [counts[kind] for kind in (*CAUGHT, "survived", "no tests", "not run")]
+    return " | ".join(str(cell) for cell in cells) + f" | {score(counts)}"
+
+
 def score(counts: Counter) -> str:
-    tried = counts["killed"] + counts["survived"] + counts["no tests"]
-    return f"{counts['killed'] / tried:.0%}" if tried else "-"
+    caught = sum(counts[kind] for kind in CAUGHT)
+    tried = caught + counts["survived"] + counts["no tests"]
+    return f"{caught / tried:.0%}" if tried else "-"
 
 
 if __name__ == "__main__":

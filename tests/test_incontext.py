@@ -67,9 +67,11 @@ def test_ten_official_sets_and_the_shapes_worlds_own():
 
 def test_panel_tags_and_bad_grids():
     assert panel_tags(1, 2) == ["[LEFT]", "[RIGHT]"] and panel_tags(2, 1) == ["[TOP]", "[BOTTOM]"]
-    assert panel_tags(2, 2)[3] == "[BOTTOM-RIGHT]" and panel_tags(1, 3) == ["[PANEL-1]", "[PANEL-2]", "[PANEL-3]"]
-    with pytest.raises(InvalidRequest):
-        grid_shape(13)
+    assert panel_tags(2, 2) == ["[TOP-LEFT]", "[TOP-RIGHT]", "[BOTTOM-LEFT]", "[BOTTOM-RIGHT]"]
+    assert panel_tags(1, 3) == ["[PANEL-1]", "[PANEL-2]", "[PANEL-3]"]
+    for wrong in (0, 13):
+        with pytest.raises(InvalidRequest, match="Between 1 and 12 panels"):
+            grid_shape(wrong)
     with pytest.raises(InvalidRequest, match="same size"):
         compose([Image.new("RGB", (8, 8)), Image.new("RGB", (8, 9))], 1, 2)
 
@@ -200,3 +202,13 @@ def test_written_panels_are_pngs_beside_the_image_and_in_one_zip(tmp_path):
             with bundle.open(f"set-7-panel-{index}.png") as member:
                 assert np.array_equal(np.asarray(Image.open(member)), np.asarray(panel))
             assert np.array_equal(np.asarray(Image.open(tmp_path / f"set-7-panel-{index}.png")), np.asarray(panel))
+
+
+def test_a_sets_lora_fits_its_own_model_or_any_hub_model(catalogue):
+    shapes_set, hub_set = SETS["shapes-recolour"], SETS["film-storyboard"]
+    own = replace(catalogue.get("shapes-flux"), id=shapes_set.model)  # the world-2 model it was trained on
+    assert own.builtin and shapes_set.lora_fits(own)
+    assert not shapes_set.lora_fits(catalogue.get("tiny-flux-dev"))  # another built-in
+    assert not shapes_set.lora_fits(catalogue.get("flux-dev"))  # trained on the shapes world only
+    assert hub_set.lora_fits(catalogue.get("flux-dev"))
+    assert not hub_set.lora_fits(catalogue.get("tiny-flux-dev"))  # built-ins never saw FLUX's LoRAs
