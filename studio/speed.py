@@ -90,9 +90,13 @@ def transformer_class(spec: ModelSpec) -> type | None:
 
 
 def family_caches(spec: ModelSpec) -> bool:
-    """Whether diffusers offers cache hooks for the model's transformer."""
+    """Whether diffusers offers cache hooks for the model's transformer in its text-to-image pipeline."""
     transformer = transformer_class(spec)
-    return transformer is not None and issubclass(transformer, CacheMixin)
+    return (
+        transformer is not None
+        and issubclass(transformer, CacheMixin)
+        and opens_cache_contexts(spec.family.pipeline_class(spec.pipeline, "t2i"))
+    )
 
 
 def family_compiles(spec: ModelSpec) -> bool:
@@ -113,8 +117,19 @@ class Choice:
     notice: str = ""
 
 
-def chosen(spec: ModelSpec, requested: str, steps: int, controlnet: bool = False) -> Choice:
-    """The asked speed where it fits the run; else off, with the reason."""
+def opens_cache_contexts(pipeline: type) -> bool:
+    """Whether the pipeline names its transformer calls' cache contexts, which diffusers' cache
+    hooks need to keep state between steps (FluxPipeline does; FLUX's img2img, inpaint and
+    ControlNet pipelines do not, and a hook there fails at the first step). Read from diffusers'
+    own source, so a pipeline that gains contexts gains the caches."""
+    try:
+        return "cache_context" in inspect.getsource(pipeline.__call__)
+    except (OSError, TypeError):
+        return False
+
+
+def chosen(spec: ModelSpec, requested: str, steps: int, controlnet: bool = False, task: str = "t2i") -> Choice:
+    """The asked speed where it fits the run (the model's pipeline for `task`); else off, with the reason."""
     if requested not in SPEEDS:
         raise InvalidRequest(f"Speed must be one of {', '.join(SPEEDS)}, not {requested!r}.")
     label = SPEEDS[requested].label
@@ -126,6 +141,9 @@ def chosen(spec: ModelSpec, requested: str, steps: int, controlnet: bool = False
         return Choice(OFF, f"{label}: {steps} steps leave nothing to reuse; ran without it.")
     if controlnet:
         return Choice(OFF, f"{label}: a cache would skip the blocks the ControlNet steers; ran without it.")
+    pipeline = spec.family.pipeline_class(spec.pipeline, task)
+    if not opens_cache_contexts(pipeline):
+        return Choice(OFF, f"{label}: diffusers' {pipeline.__name__} gives its cache hooks no context; ran without it.")
     return Choice(requested)
 
 

@@ -1,6 +1,7 @@
 """The in-context toolkit: grids, tags, the sets' presets, group and conditioned generation."""
 
 import math
+import threading
 import zipfile
 from dataclasses import replace
 
@@ -8,10 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from studio.errors import InvalidRequest
+from studio.errors import Cancelled, InvalidRequest
 from studio.methods.incontext import (
+    ImageSet,
     SetRequest,
     cells_mask,
+    check_set,
     compose,
     generate_set,
     grid_shape,
@@ -212,3 +215,126 @@ def test_a_sets_lora_fits_its_own_model_or_any_hub_model(catalogue):
     assert not shapes_set.lora_fits(catalogue.get("flux-dev"))  # trained on the shapes world only
     assert hub_set.lora_fits(catalogue.get("flux-dev"))
     assert not hub_set.lora_fits(catalogue.get("tiny-flux-dev"))  # built-ins never saw FLUX's LoRAs
+
+
+def image_set(**changes) -> ImageSet:
+    fields = {"id": "x", "label": "x", "repo": "r", "file": "f.safetensors", "width": 128, "height": 64,
+              "rows": 1, "columns": 2, "intro": "", "tags": ("[LEFT]", "[RIGHT]"), "caption": "c",
+              "panels": ("a", "b")}  # fmt: skip
+    return ImageSet(**(fields | changes))
+
+
+def numbered(count: int) -> dict:
+    return {"tags": tuple(f"[PANEL-{k}]" for k in range(count)), "panels": ("p",) * count}
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"width": 136}, "Set x: width and height must be multiples of 16."),
+        ({"height": 72}, "Set x: width and height must be multiples of 16."),
+        ({"rows": 0, **numbered(0)}, "Set x: 1 to 12 panels."),
+        ({"rows": 13, "columns": 1, "height": 13 * 16, **numbered(13)}, "Set x: 1 to 12 panels."),
+        ({"width": 160, "columns": 3, **numbered(3)}, "Set x: the canvas does not divide into 1x3 cells."),
+        ({"height": 160, "rows": 3, "columns": 1, **numbered(3)}, "Set x: the canvas does not divide into 3x1 cells."),
+        ({"tags": ("[LEFT]",)}, "Set x: one tag and one example text per panel (2)."),
+        ({"panels": ("a", "b", "c")}, "Set x: one tag and one example text per panel (2)."),
+        ({"tags": ("[A]", "[A]")}, "Set x: panel tags must differ."),
+    ],
+)
+def test_a_set_is_refused_with_what_is_wrong(changes, message):
+    with pytest.raises(InvalidRequest) as refused:
+        check_set(image_set(**changes))
+    assert str(refused.value) == message
+
+
+def test_sets_of_one_to_twelve_panels_pass():
+    check_set(image_set())
+    check_set(image_set(width=64, columns=1, **numbered(1)))
+    check_set(image_set(width=192, height=144, rows=3, columns=4, **numbered(12)))
+
+
+def test_set_files_name_unnamed_sets_by_number_and_say_unknown_fields(tmp_path):
+    whole = (
+        '[[set]]\nid = "x"\nlabel = "x"\nrepo = "r"\nfile = "f.safetensors"\nwidth = 128\nheight = 64\n'
+        'rows = 1\ncolumns = 2\nintro = ""\ntags = ["[LEFT]", "[RIGHT]"]\ncaption = "c"\npanels = ["a", "b"]\n'
+    )
+    sets_file = tmp_path / "sets.toml"
+    sets_file.write_text(whole + '[[set]]\nlabel = "y"\n')
+    with pytest.raises(InvalidRequest, match="^sets.toml: set '#2', field 'caption': missing.$"):
+        load_sets(sets_file)
+    sets_file.write_text(whole.replace('label = "x"', 'label = "x"\ncolour = "red"'))
+    with pytest.raises(InvalidRequest, match="^sets.toml: set 'x', field 'colour': unknown.$"):
+        load_sets(sets_file)
+    sets_file.write_text("[[set]\n")
+    with pytest.raises(InvalidRequest, match="^sets.toml: cannot be read as TOML: "):
+        load_sets(sets_file)
+    sets_file.write_text("[defaults]\nstepz = 3\n")
+    with pytest.raises(InvalidRequest) as refused:
+        load_set_defaults(sets_file)
+    assert str(refused.value) == (
+        "sets.toml: [defaults], field 'stepz': not a default (there are base_model, guidance, lora_scale, steps)."
+    )
+
+
+def test_a_sets_prompt_leaves_out_empty_panels():
+    tagged = image_set(intro="A pair of panels;")
+    assert tagged.prompt(" two shapes ", [" a red circle ", "  "]) == "A pair of panels; two shapes [LEFT] a red circle"
+    assert image_set().prompt("", ["", "a blue square"]) == "[RIGHT] a blue square"
+
+
+def test_compose_and_split_say_what_does_not_fit_and_cut_whole_pixels():
+    with pytest.raises(InvalidRequest, match="^All panels must have the same size.$"):
+        compose([Image.new("RGB", (8, 8)), Image.new("RGB", (8, 9))], 1, 2)
+    with pytest.raises(InvalidRequest, match="^3 panels do not fit a 1x2 grid.$"):
+        compose(panels(3, (8, 8)), 1, 2)
+    odd = Image.new("RGB", (50, 31))
+    assert [panel.size for panel in split(odd, 2, 3)] == [(16, 15)] * 6
+
+
+def test_set_requests_are_checked_before_anything_runs(registry):
+    with pytest.raises(InvalidRequest, match="^Between 1 and 12 panels.$"):
+        generate_set(registry, set_request(rows=13, columns=1))
+    with pytest.raises(InvalidRequest, match="^Reference panels are numbered 1 to 2.$"):
+        generate_set(registry, set_request(references={2: panels(1)[0]}))
+    with pytest.raises(InvalidRequest, match="^Every panel has a reference: leave at least one to generate.$"):
+        generate_set(registry, set_request(references={0: panels(1)[0], 1: panels(1)[0]}))
+
+
+def test_twelve_panels_on_cells_of_the_asked_shape(registry):
+    result = generate_set(registry, set_request(rows=3, columns=4, width=64, height=48, steps=1))
+    assert len(result.panels) == 12 and result.image.size == (64, 48)
+    wide = generate_set(registry, set_request(width=256, height=64, steps=1))
+    assert wide.image.size == (256, 64) and {panel.size for panel in wide.panels} == {(128, 64)}
+    snapped = generate_set(registry, set_request(width=132, height=66, steps=1))
+    assert snapped.image.size == (128, 64)
+
+
+def test_a_reference_of_another_size_is_fitted_to_its_cell(registry):
+    reference = panels(1, (100, 80))[0]
+    result = generate_set(registry, set_request(references={1: reference}, steps=1))
+    fitted = reference.resize((64, 64), Image.Resampling.LANCZOS)
+    assert np.array_equal(np.asarray(result.panels[1]), np.asarray(fitted))
+
+
+def test_set_generation_reports_each_step_and_stops_when_cancelled(registry):
+    seen = []
+    generate_set(registry, set_request(steps=3), on_step=lambda done, total: seen.append((done, total)))
+    assert seen == [(done, 3) for done in range(4)]
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled):
+        generate_set(registry, set_request(steps=3), cancel=cancel)
+
+
+def test_a_sets_adapters_reach_the_model(tmp_path):
+    from test_lora import make_lora
+
+    from studio.catalogue import Catalogue
+    from studio.registry import Registry
+
+    own = Registry(Catalogue.load(), device="cpu")
+    own.add_adapter("tiny-flux-dev", "mine", make_lora(own, tmp_path / "mine.safetensors", 3))
+    plain = np.asarray(generate_set(own, set_request(steps=2)).image, float)
+    styled = np.asarray(generate_set(own, set_request(steps=2, adapters=(("mine", 1.0),))).image, float)
+    assert np.abs(styled - plain).mean() > 2

@@ -122,7 +122,7 @@ def load_set_defaults(path: Path = SETS_FILE) -> SetDefaults:
     for name in table:
         if name not in known:
             raise InvalidRequest(
-                f"{path.name}: [defaults], field '{name}': not a default (there are {', '.join(known)})."
+                f"{path.name}: [defaults], field '{name}': not a default (there are {', '.join(sorted(known))})."
             )
     return SetDefaults(**table)
 
