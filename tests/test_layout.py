@@ -1,5 +1,6 @@
 """Training-free regional attention: the mask, what it does to attention, and on the shapes world."""
 
+import threading
 from dataclasses import replace
 
 import numpy as np
@@ -8,9 +9,10 @@ import torch
 from support import cross, joint, pipeline_of, random_per_family
 
 from studio import flow
-from studio.attention import AttentionController, RecordAttention, controlled
-from studio.errors import InvalidRequest
+from studio.attention import AttentionController, RecordAttention, controllable_layers, controlled, joint_layers
+from studio.errors import Cancelled, InvalidRequest
 from studio.methods.layout import (
+    MAX_REGIONS,
     LayoutSettings,
     Region,
     plan,
@@ -24,6 +26,9 @@ from studio.methods.layout import (
 def test_region_token_masks_take_tokens_whose_centre_is_inside():
     masks = region_token_masks([Region("a", (0.0, 0.0, 0.5, 1.0)), Region("b", (0.25, 0.0, 1.0, 0.5))], 2, 2)
     assert masks.tolist() == [[True, False, True, False], [True, True, False, False]]
+    # Centres at 0.125, 0.375, 0.625, 0.875: a box edge through a centre takes it at the start, not at the end.
+    edges = region_token_masks([Region("a", (0.375, 0.375, 0.625, 0.625))], 4, 4).view(4, 4)
+    assert edges.nonzero().tolist() == [[1, 1]]
 
 
 @pytest.mark.parametrize("token_order", ["text-image", "image-text"])
@@ -67,6 +72,15 @@ def test_box_validation_messages():
         validate_regions([Region("a", (1.1, 0.1, 1.5, 0.9))])  # wholly off the canvas
     with pytest.raises(InvalidRequest, match="At most 10 boxes"):
         validate_regions([Region("a", (0, 0, 1, 1))] * 11)
+    assert len(validate_regions([Region("a", (0, 0, 1, 1))] * MAX_REGIONS)) == MAX_REGIONS == 10
+    with pytest.raises(InvalidRequest, match="^Box 2 \\('b'\\) has no area inside the canvas.$"):
+        validate_regions([Region("a", (0, 0, 1, 1)), Region("b", (0.1, 0.5, 0.4, 0.5))])  # no height
+    for broken in (("x", 0, 1, 1), (0, 0, float("nan"), 1), (0, 0, None, 1)):
+        with pytest.raises(InvalidRequest) as refused:
+            validate_regions([Region("a", broken)])
+        assert str(refused.value) == "Box 1 needs four numbers x1, y1, x2, y2 between 0 and 1."
+    with pytest.raises(InvalidRequest, match="^Box 1's caption may be at most"):
+        validate_regions([Region("a" * 5000, (0, 0, 1, 1))])
 
 
 def layout(model, **changes):
@@ -170,8 +184,11 @@ def test_cross_attention_families_get_regional_masks(registry, model_id, monkeyp
     recorders = []
     original = layout_module.AttentionController
 
+    masks_made = []
+
     def recording_controller(edits):
         mask = edits[0]
+        masks_made.append(mask)
         recorders.append(RecordAttention(keys=list(range(spec.max_sequence_length, 2 * spec.max_sequence_length))))
         return original([mask, recorders[-1]])
 
@@ -180,6 +197,12 @@ def test_cross_attention_families_get_regional_masks(registry, model_id, monkeyp
     settings = layout(model_id, steps=4, guidance=4.5, inject_steps=2, base_ratio=0.0)
     regional = np.asarray(regional_generate(registry, settings).image, float)
     record = recorders[-1]
+    # [negative, prompt] with CFG: the mask acts on the prompt's row, in every chosen block.
+    every = controllable_layers(pipeline_of(registry, model_id).transformer, "cross-attention")
+    assert masks_made[-1].rows == slice(1, None) and masks_made[-1].layers == set(every)
+    regional_generate(registry, replace(settings, block_stride=2, base_ratio=0.4, guidance=1.0))
+    assert masks_made[-1].layers == set(every[::2]) and len(every) > len(masks_made[-1].layers)
+    assert masks_made[-1].base_ratio == 0.4 and masks_made[-1].rows is None  # no CFG: one row
     scale = (
         pipeline_of(registry, model_id).vae_scale_factor * pipeline_of(registry, model_id).transformer.config.patch_size
     )
@@ -204,3 +227,62 @@ def test_a_caption_typed_after_drawing_names_the_last_uncaptioned_box():
     # Nothing waiting for a caption (or nothing typed): the caption is for the next box.
     assert caption_last_uncaptioned(table, "a green triangle", 64, 64) == ({"__type__": "update"},) * 2
     assert caption_last_uncaptioned(rows, "  ", 64, 64) == ({"__type__": "update"},) * 2
+
+
+def test_a_regional_plan_masks_the_conditional_half_of_every_chosen_block(registry):
+    """Non-square, with CFG: the mask is built on the latent's own token grid (rows from its height,
+    columns from its width), acts on every `block_stride`-th block, and on the conditional rows only."""
+    from studio.methods.layout import validate
+
+    spec = registry.catalogue.get("tiny-sd3")
+    settings = validate(
+        layout("tiny-sd3", width=64, height=128, block_stride=2, base_ratio=0.3, guidance=4.0, inject_steps=2), spec
+    )
+    pipe = pipeline_of(registry, "tiny-sd3")
+    regional = plan(pipe, spec, settings)
+    (mask,) = regional.edits
+    latent_height, latent_width = regional.start.shape[-2:]
+    assert latent_height == 2 * latent_width  # twice as tall as wide, as asked
+    grid = region_token_masks(settings.regions, latent_height // 2, latent_width // 2)
+    expected = regional_attention_mask(grid, regional.caption_length, spec.family.token_order)
+    tokens = latent_height * latent_width // 4
+    assert torch.equal(mask.allowed, expected) and mask.allowed.shape[0] == 3 * regional.caption_length + tokens
+    every = joint_layers(pipe.transformer)
+    assert mask.layers == set(every[::2]) and len(every) > len(mask.layers)
+    assert mask.rows == slice(1, None) and mask.base_ratio == 0.3 and mask.steps == range(2)
+    unguided = registry.catalogue.get("tiny-flux-dev")
+    flux_plan = plan(pipeline_of(registry, unguided.id), unguided, validate(layout(unguided.id), unguided))
+    assert flux_plan.edits[0].rows is None  # guidance-distilled: one row, all of it conditional
+
+
+@pytest.mark.parametrize("method,model_id", [("regional", "tiny-sd3"), ("regional", "tiny-pixart-sigma"),
+                                             ("siamlayout", "shapes-sd3-siamlayout")])  # fmt: skip
+def test_a_layout_reports_each_step_stops_when_cancelled_and_returns_what_it_ran(registry, method, model_id):
+    settings = layout(model_id, method=method, caption="  two shapes, gray background  ", steps=3)
+    seen = []
+    result = regional_generate(registry, settings, on_step=lambda done, total: seen.append((done, total)))
+    assert seen == [(done, 3) for done in range(4)]
+    assert result.settings.caption == "two shapes, gray background" and 0 < result.seconds < 120
+    assert result.settings.regions == validate_regions(settings.regions)
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled):
+        regional_generate(registry, settings, cancel=cancel)
+
+
+def test_layout_requests_are_refused_in_one_sentence(registry):
+    from studio.methods.layout import validate
+
+    sd3 = registry.catalogue.get("tiny-sd3")
+    with pytest.raises(InvalidRequest) as refused:
+        validate(layout("tiny-sd3", method="gligen"), sd3)
+    assert str(refused.value) == "Unknown layout method 'gligen'; choose one of regional, siamlayout."
+    with pytest.raises(InvalidRequest, match="has none. Pick a SiamLayout model, or the regional-attention method.$"):
+        validate(layout("tiny-sd3", method="siamlayout"), sd3)
+    with pytest.raises(InvalidRequest, match="^Write a global caption first.$"):
+        validate(layout("tiny-sd3", caption=" "), sd3)
+    with pytest.raises(InvalidRequest, match="^Draw at least one box.$"):
+        validate(layout("tiny-sd3", regions=()), sd3)
+    wan = registry.catalogue.get("tiny-wan")
+    with pytest.raises(InvalidRequest, match="^Regional attention has no way into Wan models.$"):
+        validate(layout("tiny-wan"), wan)

@@ -123,6 +123,14 @@ def test_layout_tokens_follow_the_boxes_and_the_unconditional_half_is_null(pipe)
     assert torch.allclose(projected[0], projected[1, 2:3].expand_as(projected[0]))
 
 
+def test_layout_tokens_take_captions_of_any_length(pipe):
+    """Captions are padded to one length and cut at the text encoders' limit."""
+    wordy = Region(" ".join(["a very large bright red circle"] * 30), (0.0, 0.0, 0.5, 0.5))
+    tokens = layout_tokens(pipe, [wordy, Region("a square", (0.5, 0.5, 1.0, 1.0))], unconditional_half=False)
+    assert tokens.phrases.shape[:2] == (1, MAX_BOXES) and tokens.masks.tolist() == [[1, 1] + [0] * (MAX_BOXES - 2)]
+    assert not torch.equal(tokens.phrases[0, 0], tokens.phrases[0, 1])
+
+
 def test_trained_branches_move_the_output_with_the_boxes(trained_fuse):
     transformer = trained_fuse.transformer
     inputs = transformer_inputs(transformer, rows=1)

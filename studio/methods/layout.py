@@ -107,7 +107,8 @@ def validate_regions(regions: Sequence[Region]) -> tuple[Region, ...]:
 
 
 def region_token_masks(regions: Sequence[Region], rows: int, columns: int) -> torch.Tensor:
-    """[regions, rows * columns]: the image tokens (row-major) whose centre lies in each box."""
+    """[regions, rows * columns]: the image tokens (row-major) whose centre lies in each box
+    (one region or more: a layout always has a box)."""
     ys = (torch.arange(rows, dtype=torch.float64) + 0.5) / rows
     xs = (torch.arange(columns, dtype=torch.float64) + 0.5) / columns
     masks = []
@@ -115,7 +116,7 @@ def region_token_masks(regions: Sequence[Region], rows: int, columns: int) -> to
         x1, y1, x2, y2 = region.box
         inside = ((ys >= y1) & (ys < y2)).view(-1, 1) & ((xs >= x1) & (xs < x2)).view(1, -1)
         masks.append(inside.flatten())
-    return torch.stack(masks) if masks else torch.zeros(0, rows * columns, dtype=torch.bool)
+    return torch.stack(masks)
 
 
 def regional_attention_mask(image_masks: torch.Tensor, caption_length: int, token_order: str) -> torch.Tensor:
