@@ -1,5 +1,6 @@
 """ColorCtrl colour editing: the mechanism layer by layer, then what it does on the shapes world."""
 
+import re
 import threading
 from dataclasses import dataclass, field, replace
 
@@ -16,8 +17,12 @@ from studio.methods.colour import (
     colour_edit,
     colour_name,
     edited_layers,
+    intensity_words,
+    mask_words,
     recolour_prompt,
+    source_fits,
     target_edits,
+    upsample,
 )
 from studio.toyworld import colour_eval
 from studio.toyworld.scene import make_object, make_scene, render
@@ -280,3 +285,151 @@ def test_the_edit_mask_holds_the_object_it_recolours(registry):
     assert red.sum() > 300
     assert (edit.mask & red).sum() >= 0.9 * red.sum()
     assert edit.mask.mean() < 0.95
+
+
+def test_prompt_words_of_a_recolour():
+    assert recolour_prompt("red circle", "circle", "blue") == "blue circle"  # the colour first of all
+    assert recolour_prompt("a  red circle", "circle", "blue") == "a  blue circle"  # spacing kept
+    assert mask_words("a red, shiny circle", "circle") == ["red", "circle"]
+    assert mask_words("red circle", "circle") == ["red", "circle"] and mask_words("a circle", "circle") == ["circle"]
+    source = "a red circle, gray background."
+    assert intensity_words(source, "a Blue, circle, Gray background", "circle") == ["Blue"]
+    assert intensity_words(source, "a deep blue circle", "circle") == ["deep", "blue"]
+    assert intensity_words(source, source, "circle") == ["circle"]  # nothing added: the object word
+
+
+def test_picker_values_become_the_nearest_colour_name():
+    assert colour_name("#3050DC") == "blue" and colour_name(" Gold ") == "gold"
+    assert colour_name("#f0f028") == "yellow"  # read channel by channel...
+    assert colour_name("#9e9e9e") == "gray"  # ...as hexadecimal (158: nearer gray's 128 than silver's 192)
+    assert colour_name("rgba(40, 170, 60, 0.5)") == "green"
+    for wrong in ("1234567", "#12345", "sparkly"):
+        with pytest.raises(InvalidRequest) as refused:
+            colour_name(wrong)
+        assert str(refused.value) == (
+            f"{wrong.lower()!r} is not a colour: give a name (red, orange, yellow, green, cyan, blue, purple, "
+            "pink, brown, black, white, gray, grey, gold, silver) or #rrggbb."
+        )
+
+
+def test_a_token_grid_is_upsampled_to_pixels_by_nearest_neighbour():
+    grid = np.array([[1, 0], [0, 0], [0, 1]], dtype=bool)
+    expected = np.repeat(np.repeat(grid, 2, axis=0), 2, axis=1)
+    assert np.array_equal(upsample(grid, 4, 6), expected)
+
+
+def test_flux_edits_its_single_stream_blocks_and_sd3_every_joint_block(registry):
+    from studio.attention import joint_layers
+
+    flux = pipeline_of(registry, "tiny-flux-dev").transformer
+    single = set(joint_layers(flux, "single"))
+    assert edited_layers(flux, registry.catalogue.get("tiny-flux-dev")) == single
+    assert single < set(joint_layers(flux, "all"))
+    sd3 = pipeline_of(registry, "tiny-sd3").transformer
+    assert edited_layers(sd3, registry.catalogue.get("tiny-sd3")) == set(joint_layers(sd3, "all"))
+
+
+def test_the_source_cache_is_kept_exactly_when_a_whole_run_fits(registry):
+    """3 tensors (q, k, v) × edited layers × steps × rows × tokens (text + image) × width × bytes."""
+    from studio.methods.colour import sampler_for, validate
+
+    spec = registry.catalogue.get("tiny-flux-dev")
+    settings = validate(settings_for(spec.id, width=64, height=192, steps=3), spec)
+    pipe = pipeline_of(registry, spec.id)
+    sampler = sampler_for(pipe, spec, settings, None, lambda done: None)
+    config = pipe.transformer.config
+    patch = 2 * pipe.vae_scale_factor  # one image token per 2x2 latent patch
+    image_tokens = (192 // patch) * (64 // patch)
+    text_tokens = sum(segment.length for segment in spec.family.text_segments(pipe, spec.text_length))
+    needed = 3 * len(sampler.layers) * 3 * 2 * (image_tokens + text_tokens) * config.num_attention_heads
+    needed *= config.attention_head_dim * 4
+    assert source_fits(sampler, spec, 2, 3, needed) and not source_fits(sampler, spec, 2, 3, needed - 1)
+
+
+def test_an_edits_settings_are_trimmed_and_its_refusals_exact(registry):
+    from studio.methods.colour import validate
+
+    spec = registry.catalogue.get("tiny-sd3")
+    checked = validate(
+        settings_for(spec.id, source_prompt=f"  {SOURCE} ", target_prompt=f" {TARGET}  ", word=" circle "), spec
+    )
+    assert (checked.source_prompt, checked.target_prompt, checked.word) == (SOURCE, TARGET, "circle")
+    refusals = {
+        "source_prompt": (" ", "Write a source prompt first."),
+        "target_prompt": ("", "Write a target prompt first."),
+        "word": ("  ", "Name the object to recolour (a word of the source prompt)."),
+    }
+    for field_name, (value, message) in refusals.items():
+        with pytest.raises(InvalidRequest) as refused:
+            validate(settings_for(spec.id, **{field_name: value}), spec)
+        assert str(refused.value) == message
+    with pytest.raises(InvalidRequest) as refused:
+        validate(settings_for(spec.id, word=None), spec)
+    assert str(refused.value) == "Name the object to recolour (a word of the source prompt)."
+    student = registry.catalogue.get("shapes-flux-sprint")
+    with pytest.raises(InvalidRequest, match=re.escape(f"; {student.name} is a distilled one-step student.") + "$"):
+        validate(settings_for(student.id), student)
+    pixart = registry.catalogue.get("tiny-pixart-sigma")
+    with pytest.raises(InvalidRequest, match=re.escape(f"; {pixart.name} is PixArt.") + "$"):
+        validate(settings_for(pixart.id), pixart)
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_with_cfg_the_new_colour_is_scaled_in_the_conditional_rows_only(registry, monkeypatch, cached):
+    """[negative, prompt] rows with CFG: the negative prompt has no new colour word to scale."""
+    from studio.methods import colour
+
+    seen = []
+    original = colour.target_edits
+
+    def spied(source, keep, layers, tokens, intensity, rows, conditional):
+        edits = original(source, keep, layers, tokens, intensity, rows, conditional)
+        seen.append((rows, conditional, edits[-1].rows, edits[-1].layers == layers))
+        return edits
+
+    monkeypatch.setattr(colour, "target_edits", spied)
+    colour_edit(registry, settings_for("tiny-sd3", guidance=4.0, steps=2), cache_limit_bytes=2**40 if cached else 0)
+    if cached:  # the target alone: [negative, prompt]
+        assert seen == [(None, slice(1, None), slice(1, None), True)]
+    else:  # beside the source: [source negative, target negative, source prompt, target prompt]
+        assert seen == [([1, 3], [3], [3], True)]
+
+
+def test_progress_counts_the_inversion_and_the_result_says_what_ran(registry, monkeypatch):
+    from studio.methods import colour
+
+    solvers, recorded_layers = [], []
+    original_integrate, original_record = colour.flow.integrate, colour.RecordAttention
+
+    def integrate(*arguments, **keywords):
+        solvers.append(keywords.get("solver", arguments[3] if len(arguments) > 3 else "euler"))
+        return original_integrate(*arguments, **keywords)
+
+    monkeypatch.setattr(colour.flow, "integrate", integrate)
+    monkeypatch.setattr(colour, "RecordAttention", lambda **k: recorded_layers.append(k.get("layers")) or
+                        original_record(**k))  # fmt: skip
+    generated = colour_edit(registry, settings_for("tiny-flux-dev", steps=2, width=64, height=128))
+    assert generated.settings.inversion_steps == 0 and generated.mask.shape == (128, 64)
+    assert 0 < generated.seconds < 120 and solvers == ["euler", "euler"]
+    pipe = pipeline_of(registry, "tiny-flux-dev")
+    assert recorded_layers == [edited_layers(pipe.transformer, registry.catalogue.get("tiny-flux-dev"))]
+    seen, solvers[:] = [], []
+    upload = generated.source
+    edit = colour_edit(
+        registry,
+        settings_for("tiny-flux-dev", steps=2, width=64, height=128, inversion_steps=1),
+        image=upload,
+        on_step=lambda done, total: seen.append((done, total)),
+    )
+    assert edit.settings.inversion_steps == 1 and seen == [(done, 5) for done in range(6)]
+    assert solvers == ["fireflow", "fireflow", "fireflow"]  # the inversion, then both branches
+
+
+def test_the_source_branch_is_the_models_own_image(registry):
+    from studio.generation import GenerationSettings, generate
+
+    settings = settings_for("tiny-flux-dev", steps=2, guidance=3.5)
+    source = np.asarray(colour_edit(registry, settings).source, float)
+    plain = GenerationSettings(model="tiny-flux-dev", prompt=SOURCE, steps=2, guidance=3.5, seed=1, width=64, height=64)
+    own = np.asarray(next(iter(generate(registry, plain))).image, float)
+    assert np.abs(source - own).mean() < 1

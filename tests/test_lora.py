@@ -17,12 +17,12 @@ from studio.registry import Registry
 MODEL = "tiny-flux-dev"
 
 
-def make_lora(registry, path, seed):
+def make_lora(registry, path, seed, targets=("to_q", "to_k", "to_v", "to_out.0")):
     """A LoRA with random A and B on the built-in transformer, saved as diffusers saves LoRAs."""
     transformer = pipeline_of(registry, MODEL).transformer
     torch.manual_seed(seed)
     transformer.add_adapter(
-        LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=["to_q", "to_k", "to_v", "to_out.0"]),
+        LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=list(targets)),
         adapter_name="maker",
     )
     with torch.no_grad():  # big enough to move the tiny model's output visibly
@@ -123,6 +123,45 @@ def test_replacing_an_adapter_hot_swaps_its_weights(lora_registry):
     assert np.array_equal(image(registry, [("style", 1.0)]), expected)
     with pytest.raises(InvalidRequest, match="No adapter ghost"):
         registry.replace_adapter(MODEL, "ghost", two)
+
+
+def test_new_weights_on_other_layers_are_loaded_afresh(lora_registry, tmp_path):
+    registry, one, _ = lora_registry
+    wider = make_lora(
+        registry, tmp_path / "wider.safetensors", 5, targets=("to_q", "to_k", "to_v", "to_out.0", "proj_mlp")
+    )
+    fresh = Registry(Catalogue.load(), device="cpu")
+    fresh.add_adapter(MODEL, "style", wider)
+    expected = image(fresh, [("style", 1.0)])
+    registry.add_adapter(MODEL, "style", one)
+    image(registry, [("style", 1.0)])
+    registry.replace_adapter(MODEL, "style", wider)  # more layers: no hotswap, unloaded instead
+    assert registry.models.get(MODEL).adapters_loaded == set()
+    assert np.array_equal(image(registry, [("style", 1.0)]), expected)  # loaded again, the new weights
+    registry.remove_adapter(MODEL, "style")
+    assert registry.models.get(MODEL).adapters_loaded == set()
+    with pytest.raises(InvalidRequest, match=f"^No adapter style for {MODEL}.$"):
+        registry.remove_adapter(MODEL, "style")
+
+
+def test_adapter_refusals_are_exact(lora_registry, tmp_path):
+    from safetensors.torch import save_file
+
+    registry, one, _ = lora_registry
+    empty = tmp_path / "empty.safetensors"
+    save_file({}, empty)
+    with pytest.raises(InvalidRequest, match="^empty.safetensors holds no weights.$"):
+        registry.add_adapter(MODEL, "empty", empty)
+    with pytest.raises(InvalidRequest, match="^Name the adapter with letters, digits, '-' or '_' \\(at most 64\\).$"):
+        registry.add_adapter(MODEL, "x" * 65, one)
+    unknown = tmp_path / "elsewhere.safetensors"  # keys diffusers skips (with a warning) rather than refuses
+    save_file({name: torch.zeros(4, 4) for name in ("foo.bar.lora_A.weight", "foo.bar.lora_B.weight")}, unknown)
+    spec = registry.catalogue.get(MODEL)
+    with pytest.raises(InvalidRequest) as refused:
+        registry.add_adapter(MODEL, "elsewhere", unknown)
+    assert (
+        str(refused.value) == f"elsewhere.safetensors does not fit {spec.name}: none of its layers are in a FLUX model."
+    )
 
 
 @pytest.mark.parametrize("name", ["../../x", "/tmp/evil", "a/b", "..", ""])
