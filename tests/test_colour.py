@@ -296,6 +296,17 @@ def test_prompt_words_of_a_recolour():
     assert intensity_words(source, "a Blue, circle, Gray background", "circle") == ["Blue"]
     assert intensity_words(source, "a deep blue circle", "circle") == ["deep", "blue"]
     assert intensity_words(source, source, "circle") == ["circle"]  # nothing added: the object word
+    assert intensity_words(source, "a Xenon-blue circle", "circle") == ["Xenon-blue"]
+
+
+def test_the_edit_mask_is_the_min_max_normalised_attention_above_the_threshold():
+    from studio.methods.colour import edit_mask
+
+    record = RecordAttention(keys=[0])
+    record.maps[(0, "layer")] = torch.tensor([[[0.5], [0.52], [0.6], [1.0]]])  # one row, four image tokens, one key
+    assert edit_mask(record, 0.1).tolist() == [False, False, True, True]  # 0, 0.04, 0.2, 1 after normalising
+    record.maps[(0, "layer")] = torch.tensor([[[0.0], [0.25], [1.0]]])
+    assert edit_mask(record, 0.25).tolist() == [False, False, True]  # strictly above
 
 
 def test_picker_values_become_the_nearest_colour_name():

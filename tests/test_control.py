@@ -482,3 +482,9 @@ def test_a_photo_in_the_live_loop_goes_through_its_controlnets_preprocessor(regi
     with pytest.raises(InvalidRequest) as refused:
         online.control_image(replace(request, canny_low=100, canny_high=200), depth)
     assert "not in the local cache;" in str(refused.value)  # online: not told it is offline
+
+
+def test_a_live_target_says_what_draws_the_frames(catalogue):
+    schnell = catalogue.get("tiny-flux-schnell")
+    assert LiveTarget(schnell.id, "scribble", 2).describe(schnell) == f"{schnell.name} · scribble ControlNet · 2 steps"
+    assert LiveTarget(schnell.id, "", 1).describe(schnell) == f"{schnell.name} · img2img from the sketch · 1 step"

@@ -338,3 +338,14 @@ def test_a_sets_adapters_reach_the_model(tmp_path):
     plain = np.asarray(generate_set(own, set_request(steps=2)).image, float)
     styled = np.asarray(generate_set(own, set_request(steps=2, adapters=(("mine", 1.0),))).image, float)
     assert np.abs(styled - plain).mean() > 2
+
+
+def test_a_set_request_is_saved_without_its_images():
+    saved = set_request(references={1: panels(1)[0], 0: panels(1)[0]}, adapters=(("mine", 0.5),)).to_dict()
+    assert "references" not in saved and saved["reference_panels"] == [0, 1]
+    assert (saved["rows"], saved["columns"], saved["adapters"], saved["model"]) == (
+        1,
+        2,
+        (("mine", 0.5),),
+        "tiny-flux-dev",
+    )
