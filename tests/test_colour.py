@@ -404,6 +404,9 @@ def test_with_cfg_the_new_colour_is_scaled_in_the_conditional_rows_only(registry
         assert seen == [(None, slice(1, None), slice(1, None), True)]
     else:  # beside the source: [source negative, target negative, source prompt, target prompt]
         assert seen == [([1, 3], [3], [3], True)]
+    seen.clear()  # without CFG, beside the source: [source, target]; the source row is never scaled
+    colour_edit(registry, settings_for("tiny-flux-dev", steps=2), cache_limit_bytes=2**40 if cached else 0)
+    assert seen == ([(None, None, None, True)] if cached else [([1], [1], [1], True)])
 
 
 def test_progress_counts_the_inversion_and_the_result_says_what_ran(registry, monkeypatch):
@@ -419,8 +422,13 @@ def test_progress_counts_the_inversion_and_the_result_says_what_ran(registry, mo
     monkeypatch.setattr(colour.flow, "integrate", integrate)
     monkeypatch.setattr(colour, "RecordAttention", lambda **k: recorded_layers.append(k.get("layers")) or
                         original_record(**k))  # fmt: skip
-    generated = colour_edit(registry, settings_for("tiny-flux-dev", steps=2, width=64, height=128))
-    assert generated.settings.inversion_steps == 0 and generated.mask.shape == (128, 64)
+    progress = []
+    generated = colour_edit(
+        registry,
+        settings_for("tiny-flux-dev", steps=2, width=96, height=128, inversion_steps=3),  # no image: not inverted
+        on_step=lambda done, total: progress.append(total),
+    )
+    assert set(progress) == {4} and generated.mask.shape == (128, 96)
     assert 0 < generated.seconds < 120 and solvers == ["euler", "euler"]
     pipe = pipeline_of(registry, "tiny-flux-dev")
     assert recorded_layers == [edited_layers(pipe.transformer, registry.catalogue.get("tiny-flux-dev"))]
@@ -428,7 +436,7 @@ def test_progress_counts_the_inversion_and_the_result_says_what_ran(registry, mo
     upload = generated.source
     edit = colour_edit(
         registry,
-        settings_for("tiny-flux-dev", steps=2, width=64, height=128, inversion_steps=1),
+        settings_for("tiny-flux-dev", steps=2, width=96, height=128, inversion_steps=1),
         image=upload,
         on_step=lambda done, total: seen.append((done, total)),
     )

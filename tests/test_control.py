@@ -484,6 +484,28 @@ def test_a_photo_in_the_live_loop_goes_through_its_controlnets_preprocessor(regi
     assert "not in the local cache;" in str(refused.value)  # online: not told it is offline
 
 
+def test_the_live_loop_keeps_one_prompt_per_model(registry, catalogue):
+    from studio.registry import Registry
+
+    own = Registry(catalogue, device="cpu")
+    renderer = LiveRenderer(own)  # caches prompts unless told not to
+    flux, sd3 = LiveTarget("tiny-flux-schnell", "scribble", 2), LiveTarget("tiny-sd3-turbo", "scribble", 2)
+    other = "a small blue square at the top, gray background"
+    encoded = [
+        renderer.frame(LiveRequest(target, prompt, strokes("line"))).encoded_prompt
+        for target, prompt in (
+            (flux, PROMPT),
+            (flux, PROMPT),
+            (sd3, PROMPT),
+            (flux, PROMPT),
+            (flux, other),
+            (flux, PROMPT),
+        )
+    ]
+    # Another model's prompt stays; a new prompt on the same model replaces the old one.
+    assert encoded == [True, False, True, False, True, True]
+
+
 def test_a_live_target_says_what_draws_the_frames(catalogue):
     schnell = catalogue.get("tiny-flux-schnell")
     assert LiveTarget(schnell.id, "scribble", 2).describe(schnell) == f"{schnell.name} · scribble ControlNet · 2 steps"

@@ -308,13 +308,21 @@ def test_twelve_panels_on_cells_of_the_asked_shape(registry):
     assert wide.image.size == (256, 64) and {panel.size for panel in wide.panels} == {(128, 64)}
     snapped = generate_set(registry, set_request(width=132, height=66, steps=1))
     assert snapped.image.size == (128, 64)
+    thirds = generate_set(registry, set_request(rows=1, columns=3, width=200, height=64, steps=1))
+    assert thirds.image.size == (192, 64) and 0 < thirds.seconds < 120  # whole cells of the size multiple
 
 
 def test_a_reference_of_another_size_is_fitted_to_its_cell(registry):
     reference = panels(1, (100, 80))[0]
-    result = generate_set(registry, set_request(references={1: reference}, steps=1))
-    fitted = reference.resize((64, 64), Image.Resampling.LANCZOS)
+    seen = []
+    result = generate_set(
+        registry,
+        set_request(references={1: reference}, steps=3, width=256, height=64),
+        on_step=lambda done, total: seen.append((done, total)),
+    )
+    fitted = reference.resize((128, 64), Image.Resampling.LANCZOS)  # cells of 128 x 64
     assert np.array_equal(np.asarray(result.panels[1]), np.asarray(fitted))
+    assert seen == [(done, 3) for done in range(4)]  # the other cell drawn from pure noise: every step
 
 
 def test_set_generation_reports_each_step_and_stops_when_cancelled(registry):

@@ -236,7 +236,7 @@ def test_a_regional_plan_masks_the_conditional_half_of_every_chosen_block(regist
 
     spec = registry.catalogue.get("tiny-sd3")
     settings = validate(
-        layout("tiny-sd3", width=64, height=128, block_stride=2, base_ratio=0.3, guidance=4.0, inject_steps=2), spec
+        layout("tiny-sd3", width=96, height=192, block_stride=2, base_ratio=0.3, guidance=4.0, inject_steps=2), spec
     )
     pipe = pipeline_of(registry, "tiny-sd3")
     regional = plan(pipe, spec, settings)
@@ -258,12 +258,16 @@ def test_a_regional_plan_masks_the_conditional_half_of_every_chosen_block(regist
 @pytest.mark.parametrize("method,model_id", [("regional", "tiny-sd3"), ("regional", "tiny-pixart-sigma"),
                                              ("siamlayout", "shapes-sd3-siamlayout")])  # fmt: skip
 def test_a_layout_reports_each_step_stops_when_cancelled_and_returns_what_it_ran(registry, method, model_id):
-    settings = layout(model_id, method=method, caption="  two shapes, gray background  ", steps=3)
+    regions = (
+        Region(" a large red circle ", (0.5, 0.2, -0.2, 0.8)),
+        Region("a large blue square", (0.5, 0.2, 1.0, 0.8)),
+    )
+    settings = layout(model_id, method=method, caption="  two shapes, gray background  ", steps=3, regions=regions)
     seen = []
     result = regional_generate(registry, settings, on_step=lambda done, total: seen.append((done, total)))
     assert seen == [(done, 3) for done in range(4)]
     assert result.settings.caption == "two shapes, gray background" and 0 < result.seconds < 120
-    assert result.settings.regions == validate_regions(settings.regions)
+    assert result.settings.regions[0] == Region("a large red circle", (0.0, 0.2, 0.5, 0.8))
     cancel = threading.Event()
     cancel.set()
     with pytest.raises(Cancelled):

@@ -100,8 +100,8 @@ def test_bad_adapters_are_refused_clearly(lora_registry, tmp_path):
     with pytest.raises(InvalidRequest, match="does not fit"):
         registry.add_adapter("tiny-sana", "flux-lora", one)  # a FLUX LoRA has no layer in SANA
     assert registry.adapters("tiny-sana") == []
-    with pytest.raises(InvalidRequest, match="No adapter ghost"):
-        image(registry, [("ghost", 1.0)])
+    with pytest.raises(InvalidRequest, match=f"^No adapter ghost, spook for {MODEL}; add it first.$"):
+        image(registry, [("spook", 1.0), ("ghost", 1.0)])
     registry.add_adapter(MODEL, "one", one)
     with pytest.raises(InvalidRequest, match="already has an adapter named one"):
         registry.add_adapter(MODEL, "one", one)

@@ -226,6 +226,8 @@ def joint_layers(transformer: ModelMixin, kind: str = "all") -> list[str]:
         return [name for name in names if name.startswith(SINGLE_STREAM_PREFIX)]
     if kind == "double":
         return [name for name in names if not name.startswith(SINGLE_STREAM_PREFIX)]
+    if kind != "all":
+        raise ValueError(f"Layer kind {kind!r}: one of all, single, double.")
     return names
 
 

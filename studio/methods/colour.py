@@ -293,7 +293,9 @@ def target_pass(
     pair = source.beside(target)
     rows = len(pair.text)
     source_rows, target_rows = pair.alternating_rows()
-    conditional_rows = [row for row in target_rows if row >= rows // 2] if doubles else None
+    # Beside the source, the new colour's scores are scaled in the target's rows only: the source
+    # branch must stay the source (and with CFG, only the target's conditional row has the word).
+    conditional_rows = [row for row in target_rows if row >= rows // 2] if doubles else target_rows
     capture = CaptureBranch(cache=cache, layers=sampler.layers, rows=source_rows)
     both = torch.cat([sampler.start, sampler.start])
     return sampler.run(pair, both, [capture, *edits(target_rows, conditional_rows)])[1:]

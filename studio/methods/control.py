@@ -108,7 +108,7 @@ class PromptCache:
     """Encoded prompts per (model, prompt, negative prompt, guidance on/off): a frame whose prompt
     has not changed skips the text encoders."""
 
-    def __init__(self, enabled: bool = True):
+    def __init__(self, enabled: bool):
         self.enabled = enabled
         self._entries: dict[tuple, dict[str, torch.Tensor]] = {}
         self._lock = threading.Lock()
