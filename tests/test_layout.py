@@ -290,3 +290,18 @@ def test_layout_requests_are_refused_in_one_sentence(registry):
     wan = registry.catalogue.get("tiny-wan")
     with pytest.raises(InvalidRequest, match="^Regional attention has no way into Wan models.$"):
         validate(layout("tiny-wan"), wan)
+
+
+@pytest.mark.parametrize("model_id", random_per_family(cross))
+def test_one_full_box_on_a_cross_attention_model_is_its_plain_pipeline(registry, model_id):
+    """Every caption's encoding joined along the tokens (the negative prompt's as well, with CFG):
+    with one whole-canvas box captioned as the image, each token and its copy share the attention
+    they get, so the image is the pipeline's own."""
+    from studio.generation import GenerationSettings, generate
+
+    caption = "a large red circle on the left, gray background"
+    settings = layout(model_id, caption=caption, regions=(Region(caption, (0, 0, 1, 1)),), guidance=4.5, steps=4)
+    regional = np.asarray(regional_generate(registry, settings).image, float)
+    plain = GenerationSettings(model=model_id, prompt=caption, steps=4, guidance=4.5, seed=0, width=64, height=64)
+    own = np.asarray(next(iter(generate(registry, plain))).image, float)
+    assert np.abs(regional - own).mean() < 1
