@@ -3,10 +3,9 @@ sentence naming the file, the entry and the field."""
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from studio.catalogue import PROJECT_ROOT, CatalogueError
 

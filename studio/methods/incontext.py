@@ -12,13 +12,13 @@ import dataclasses
 import math
 import threading
 import time
+import tomllib
 import zipfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import tomllib
 import torch
 from PIL import Image
 
