@@ -310,6 +310,8 @@ def test_twelve_panels_on_cells_of_the_asked_shape(registry):
     assert snapped.image.size == (128, 64)
     thirds = generate_set(registry, set_request(rows=1, columns=3, width=200, height=64, steps=1))
     assert thirds.image.size == (192, 64) and 0 < thirds.seconds < 120  # whole cells of the size multiple
+    stacked = generate_set(registry, set_request(rows=3, columns=1, width=64, height=200, steps=1))
+    assert stacked.image.size == (64, 192)
 
 
 def test_a_reference_of_another_size_is_fitted_to_its_cell(registry):

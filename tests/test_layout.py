@@ -305,3 +305,11 @@ def test_one_full_box_on_a_cross_attention_model_is_its_plain_pipeline(registry,
     plain = GenerationSettings(model=model_id, prompt=caption, steps=4, guidance=4.5, seed=0, width=64, height=64)
     own = np.asarray(next(iter(generate(registry, plain))).image, float)
     assert np.abs(regional - own).mean() < 1
+    # A text length other than the text width (16 tokens of 32 features): the mask is laid out by
+    # tokens; the caption fits and padding is masked, so the image is the same.
+    from studio.catalogue import Catalogue
+    from studio.registry import Registry
+
+    spec = registry.catalogue.get(model_id)
+    shorter = Registry(Catalogue([replace(spec, max_sequence_length=16)]), offline_only=True)
+    assert np.abs(np.asarray(regional_generate(shorter, settings).image, float) - regional).mean() < 1
