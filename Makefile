@@ -26,7 +26,7 @@ test: $(STAMP)
 	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(BIN)/python -m pytest
 
 # Mutation testing of the modules that carry the README's promises (pyproject [tool.mutmut]);
-# most of an hour on 2 cores, so not part of `make test`. Prints the score table kept in the README.
+# about 35 minutes on 2 cores, so not part of `make test`. Prints the score table kept in the README.
 mutate: $(STAMP)
 	$(BIN)/pip install --quiet "mutmut==3.8.1"
 	# One OpenMP thread: mutmut forks each mutant's run from a process that has used torch, and a
