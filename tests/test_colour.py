@@ -452,3 +452,28 @@ def test_the_source_branch_is_the_models_own_image(registry):
     plain = GenerationSettings(model="tiny-flux-dev", prompt=SOURCE, steps=2, guidance=3.5, seed=1, width=64, height=64)
     own = np.asarray(next(iter(generate(registry, plain))).image, float)
     assert np.abs(source - own).mean() < 1
+
+
+def test_recolouring_one_of_two_objects_keeps_the_other(registry):
+    """A red circle and a blue square (a rendered scene, inverted): the circle turns green, the
+    square and the background stay as they were."""
+    import colorsys
+
+    scene = make_scene([make_object("red", "circle", "large", "left"), make_object("blue", "square", "large", "right")],
+                       "gray")  # fmt: skip
+    picture, (circle, square) = render(scene)
+    settings = settings_for(
+        "shapes-flux",
+        source_prompt=scene.caption,
+        target_prompt=recolour_prompt(scene.caption, "circle", "green"),
+        guidance=1.0,
+        steps=12,
+    )
+    edit = colour_edit(registry, settings, image=picture)
+    background = ~(metrics.dilate(circle, 3) | square)  # beyond the recoloured object's rim
+    assert metrics.psnr(edit.source, edit.result, square) >= 28  # the other object: kept
+    assert metrics.psnr(edit.source, edit.result, background) >= 28
+    red, green, blue = np.asarray(edit.result, float)[circle].mean(axis=0) / 255
+    hue = colorsys.rgb_to_hsv(red, green, blue)[0] * 360
+    assert abs(hue - 120) <= 40, hue  # green, from red
+    assert not edit.mask[square].mean() > 0.5  # the mask is the circle's, not the square's
