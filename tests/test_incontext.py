@@ -91,15 +91,31 @@ def test_a_broken_set_file_is_refused(tmp_path):
 
 
 def test_set_file_errors_name_the_file_the_set_and_the_field(tmp_path):
-    broken = tmp_path / "sets.toml"
-    broken.write_text('[[set]]\nid = "x"\nlabel = "x"\n')
-    with pytest.raises(InvalidRequest, match="^sets.toml: set 'x', field 'caption': missing"):
-        load_sets(broken)
-    broken.write_text("[defaults]\nsteps = 12\nstepz = 3\n")
-    with pytest.raises(InvalidRequest, match="^sets.toml: \\[defaults\\], field 'stepz'"):
-        load_set_defaults(broken)
-    broken.write_text("[defaults]\nsteps = 12\n")
-    assert load_set_defaults(broken).steps == 12
+    whole = (
+        '[[set]]\nid = "x"\nlabel = "x"\nrepo = "r"\nfile = "f.safetensors"\nwidth = 128\nheight = 64\n'
+        'rows = 1\ncolumns = 2\nintro = ""\ntags = ["[LEFT]", "[RIGHT]"]\ncaption = "c"\npanels = ["a", "b"]\n'
+    )
+    sets_file = tmp_path / "sets.toml"
+    sets_file.write_text('[[set]]\nid = "x"\nlabel = "x"\n')
+    with pytest.raises(InvalidRequest, match="^sets.toml: set 'x', field 'caption': missing.$"):
+        load_sets(sets_file)
+    sets_file.write_text(whole + '[[set]]\nlabel = "y"\n')  # an unnamed set: by its number
+    with pytest.raises(InvalidRequest, match="^sets.toml: set '#2', field 'caption': missing.$"):
+        load_sets(sets_file)
+    sets_file.write_text(whole.replace('label = "x"', 'label = "x"\ncolour = "red"'))
+    with pytest.raises(InvalidRequest, match="^sets.toml: set 'x', field 'colour': unknown.$"):
+        load_sets(sets_file)
+    sets_file.write_text("[[set]\n")
+    with pytest.raises(InvalidRequest, match="^sets.toml: cannot be read as TOML: "):
+        load_sets(sets_file)
+    sets_file.write_text("[defaults]\nsteps = 12\nstepz = 3\n")
+    with pytest.raises(InvalidRequest) as refused:
+        load_set_defaults(sets_file)
+    assert str(refused.value) == (
+        "sets.toml: [defaults], field 'stepz': not a default (there are base_model, guidance, lora_scale, steps)."
+    )
+    sets_file.write_text("[defaults]\nsteps = 12\n")
+    assert load_set_defaults(sets_file).steps == 12
 
 
 def test_the_set_requests_defaults_are_the_files():
@@ -252,29 +268,6 @@ def test_sets_of_one_to_twelve_panels_pass():
     check_set(image_set())
     check_set(image_set(width=64, columns=1, **numbered(1)))
     check_set(image_set(width=192, height=144, rows=3, columns=4, **numbered(12)))
-
-
-def test_set_files_name_unnamed_sets_by_number_and_say_unknown_fields(tmp_path):
-    whole = (
-        '[[set]]\nid = "x"\nlabel = "x"\nrepo = "r"\nfile = "f.safetensors"\nwidth = 128\nheight = 64\n'
-        'rows = 1\ncolumns = 2\nintro = ""\ntags = ["[LEFT]", "[RIGHT]"]\ncaption = "c"\npanels = ["a", "b"]\n'
-    )
-    sets_file = tmp_path / "sets.toml"
-    sets_file.write_text(whole + '[[set]]\nlabel = "y"\n')
-    with pytest.raises(InvalidRequest, match="^sets.toml: set '#2', field 'caption': missing.$"):
-        load_sets(sets_file)
-    sets_file.write_text(whole.replace('label = "x"', 'label = "x"\ncolour = "red"'))
-    with pytest.raises(InvalidRequest, match="^sets.toml: set 'x', field 'colour': unknown.$"):
-        load_sets(sets_file)
-    sets_file.write_text("[[set]\n")
-    with pytest.raises(InvalidRequest, match="^sets.toml: cannot be read as TOML: "):
-        load_sets(sets_file)
-    sets_file.write_text("[defaults]\nstepz = 3\n")
-    with pytest.raises(InvalidRequest) as refused:
-        load_set_defaults(sets_file)
-    assert str(refused.value) == (
-        "sets.toml: [defaults], field 'stepz': not a default (there are base_model, guidance, lora_scale, steps)."
-    )
 
 
 def test_a_sets_prompt_leaves_out_empty_panels():
