@@ -90,7 +90,7 @@ def shapes_sets(base: str) -> list[ImageSet]:
 
 
 def canvas_latents(pipe: FluxPipeline, images: list[Image.Image]) -> torch.Tensor:
-    pixels = torch.stack([torch.from_numpy(np.asarray(image)).permute(2, 0, 1) for image in images]).float() / 127.5 - 1
+    pixels = torch.stack([torch.from_numpy(np.array(image)).permute(2, 0, 1) for image in images]).float() / 127.5 - 1
     with torch.no_grad():
         latents = pipe.vae.encode(pixels).latent_dist.mode()
     return (latents - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor
