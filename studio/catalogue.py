@@ -27,6 +27,8 @@ KIND_USES = {
 STANDARD_MAX_STEPS = 100
 # What a ControlNet reads, and so which preprocessor makes its control image.
 CONTROL_KINDS = ("canny", "softedge", "scribble", "depth", "pose", "tile")
+# The registry task of a model's ControlNet: this prefix and the ControlNet's name.
+CONTROLNET_TASK = "controlnet:"
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ class ControlSpec:
 
     @property
     def task(self) -> str:
-        return f"controlnet:{self.name}"
+        return f"{CONTROLNET_TASK}{self.name}"
 
     @property
     def config_file(self) -> str:

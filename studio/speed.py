@@ -29,7 +29,7 @@ from diffusers import (
 )
 from diffusers.models.cache_utils import CacheMixin
 
-from studio.catalogue import ModelSpec
+from studio.catalogue import CONTROLNET_TASK, ModelSpec
 from studio.errors import InvalidRequest
 
 OFF = "off"
@@ -128,7 +128,7 @@ def opens_cache_contexts(pipeline: type) -> bool:
         return False
 
 
-def chosen(spec: ModelSpec, requested: str, steps: int, controlnet: bool = False, task: str = "t2i") -> Choice:
+def chosen(spec: ModelSpec, requested: str, steps: int, task: str = "t2i") -> Choice:
     """The asked speed where it fits the run (the model's pipeline for `task`); else off, with the reason."""
     if requested not in SPEEDS:
         raise InvalidRequest(f"Speed must be one of {', '.join(SPEEDS)}, not {requested!r}.")
@@ -139,7 +139,7 @@ def chosen(spec: ModelSpec, requested: str, steps: int, controlnet: bool = False
         return Choice(OFF, f"{label}: diffusers has no cache hooks for {spec.family.label}; ran without it.")
     if steps <= FEW_STEPS:
         return Choice(OFF, f"{label}: {steps} steps leave nothing to reuse; ran without it.")
-    if controlnet:
+    if task.startswith(CONTROLNET_TASK):
         return Choice(OFF, f"{label}: a cache would skip the blocks the ControlNet steers; ran without it.")
     pipeline = spec.family.pipeline_class(spec.pipeline, task)
     if not opens_cache_contexts(pipeline):

@@ -54,7 +54,7 @@ def test_a_cache_that_does_not_fit_the_run_is_left_out_and_the_result_says_why(r
     assert np.array_equal(pixels(sd3), pixels(made(registry, "shapes-sd3")))
     few = made(registry, steps=4, speed="first-block-cache")
     assert few.settings.speed == "off" and "4 steps leave nothing to reuse" in few.notes[0]
-    assert "ControlNet" in chosen(catalogue.get("shapes-flux"), "taylorseer", 8, controlnet=True).notice
+    assert "ControlNet" in chosen(catalogue.get("shapes-flux"), "taylorseer", 8, "controlnet:scribble").notice
     with pytest.raises(InvalidRequest, match="Speed must be one of off, first-block-cache"):
         made(registry, speed="warp")
 

@@ -159,7 +159,7 @@ def control_generate(
     task = control.task if control else "img2img"
     prompts = prompts or PromptCache(enabled=False)
     control_image = control_image.convert("RGB").resize((settings.width, settings.height), Image.Resampling.BILINEAR)
-    choice = chosen(spec, settings.speed, settings.steps, controlnet=control is not None, task=task)
+    choice = chosen(spec, settings.speed, settings.steps, task)
     settings = replace(settings, speed=choice.speed)
 
     with registry.use(spec.id, task) as pipe, cached(pipe, choice.speed):
