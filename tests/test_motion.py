@@ -10,6 +10,7 @@ import pytest
 
 from studio.toyworld.motion import (
     CLIP_FRAMES,
+    DIRECTION_PHRASES,
     DIRECTIONS,
     HELD_OUT_MOTIONS,
     Clip,
@@ -112,3 +113,19 @@ def test_the_tab_reads_its_table_and_says_which_row_is_wrong(catalogue):
     assert mixed.seconds == (0.5, 2.0)
     in_frames = settings_with_prompts(settings, spec, [["a", 12], ["b", None]], "frames")
     assert in_frames.seconds == (1.5, 0.5)
+
+
+@pytest.mark.parametrize("direction", list(DIRECTIONS))
+def test_wordings_that_name_both_ends_name_the_start_first(direction):
+    from studio.toyworld.video_eval import wordings
+
+    start, end, _ = DIRECTIONS[direction]
+    both, end_only = wordings(direction, True), wordings(direction, False)
+    assert both and end_only and set(both) | set(end_only) == set(DIRECTION_PHRASES[direction])
+    for phrase in both:
+        words = phrase.split()
+        assert words.index(start.split()[-1]) < words.index(end.split()[-1]), phrase
+    for phrase in end_only:
+        assert start not in phrase.split(), phrase
+    # Every wording is made of words the world's tokenizers hold.
+    assert {word for phrase in both + end_only for word in phrase.split()} <= set(VOCABULARY)
