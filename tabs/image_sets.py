@@ -50,17 +50,45 @@ def panel_text(image_set: ImageSet, index: int) -> dict[str, Any]:
     }
 
 
-def layout(studio: StudioContext, sets: dict[str, ImageSet]) -> SetsTab:
+def opening(studio: StudioContext, sets: dict[str, ImageSet]) -> tuple[ImageSet, ModelSpec]:
+    """The set and model the tab opens on: a set whose LoRA fits the tab's default model; else a
+    set whose LoRA fits another model that runs here, on that model (offline: the shapes world's
+    sets on the model their LoRA was made for); else the first set on the default model."""
     default = common.default_model(studio, serves)
-    # Open on a set whose LoRA fits the default model (offline: the shapes world's own).
-    first = next((s for s in sets.values() if s.lora_fits(default)), next(iter(sets.values())))
+    registry = studio.registry
+    runnable = [
+        spec
+        for spec in registry.catalogue
+        if serves(spec) and registry.offers(spec.id) and common.model_rank(studio, spec) == 0
+    ]
+    for spec in (default, *runnable):
+        fitting = next((image_set for image_set in sets.values() if image_set.lora_fits(spec)), None)
+        if fitting is not None:
+            return fitting, spec
+    return next(iter(sets.values())), default
+
+
+def layout(studio: StudioContext, sets: dict[str, ImageSet]) -> SetsTab:
+    first, default = opening(studio, sets)
     with gr.Row():
         with gr.Column(scale=2):
             with gr.Row():
-                chosen = gr.Dropdown([(s.label, s.id) for s in sets.values()], value=first.id, label="Image set")
-                model = gr.Dropdown(common.model_choices(studio, serves), value=default.id, label="Model (FLUX)")
+                chosen = gr.Dropdown(
+                    [(s.label, s.id) for s in sets.values()],
+                    value=first.id,
+                    label="Image set",
+                    elem_id="image-set-chosen",
+                )
+                model = gr.Dropdown(
+                    common.model_choices(studio, serves),
+                    value=default.id,
+                    label="Model (FLUX)",
+                    elem_id="image-set-model",
+                )
             use_lora = gr.Checkbox(
-                value=first.lora_fits(default), label="Apply the set's In-Context LoRA (where it fits the model)"
+                value=first.lora_fits(default),
+                label="Apply the set's In-Context LoRA (where it fits the model)",
+                elem_id="image-set-lora",
             )
             caption = gr.Textbox(value=first.caption, label="Overall caption")
             panel_texts = [gr.Textbox(**panel_text(first, i)) for i in range(PANEL_BOXES)]
@@ -68,6 +96,7 @@ def layout(studio: StudioContext, sets: dict[str, ImageSet]) -> SetsTab:
                 value=first.prompt(first.caption, first.panels),
                 lines=4,
                 label="Full prompt (composed from the above; edit freely)",
+                elem_id="image-set-prompt",
             )
             run, cancel = common.run_and_cancel("Generate set")
             with gr.Accordion("Reference panels (optional: the other panels are generated to match)", open=False):

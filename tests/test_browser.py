@@ -210,7 +210,7 @@ def test_generate_an_image_set(page, tmp_path, artifacts):
     page.wait_for_function("() => document.querySelector('#image-set-result img').naturalWidth > 0")
     page.screenshot(path=str(artifacts / "image-sets.png"), full_page=True)
     # Offline the tab opens on the shapes world's own first set.
-    assert len(list(tmp_path.glob("*set-shapes-recolour-shapes-flux-0*.png"))) == 3  # the set and its two panels
+    assert len(list(tmp_path.glob("*set-shapes-recolour-shapes-flux-2-0*.png"))) == 3  # the set and its two panels
     assert len(list(tmp_path.glob("*.zip"))) == 1
 
 

@@ -138,3 +138,26 @@ def test_the_try_on_tab_opens_on_a_person_and_a_garment_its_model_dresses(opened
     worn = np.abs(garment_pixels - garment_pixels[0, 0]).sum(-1) > 60
     assert changed.sum() > 50
     assert hue_distance(mean_hue(result, changed), mean_hue(garment_image, worn)) <= 30
+
+
+def test_the_image_sets_tab_opens_on_a_set_its_model_draws(opened):
+    from studio.methods.incontext import SET_DEFAULTS, SetRequest, load_sets, set_canvas, set_lora
+    from studio.params import param
+    from tabs import common
+
+    studio, by_id = opened
+    image_set = load_sets()[by_id["image-set-chosen"].value]
+    spec = studio.registry.catalogue.get(by_id["image-set-model"].value)
+    # Offline the tab opens on a shapes-world set with the LoRA made for its model, switched on.
+    assert not spec.random_weights and image_set.lora_fits(spec) and by_id["image-set-lora"].value
+    width, height = set_canvas(image_set, spec)
+    request = SetRequest(
+        model=spec.id, prompt=by_id["image-set-prompt"].value, rows=image_set.rows, columns=image_set.columns,
+        width=width, height=height, steps=common.steps_within(spec, SET_DEFAULTS.steps), guidance=spec.guidance_scale,
+        seed=param(SetRequest, "seed").default, adapters=set_lora(studio.registry, image_set, spec),
+    )  # fmt: skip
+    made = studio.runner.run(Job("image_set", request, {}))
+    assert len(made.panels) == image_set.count
+    for panel, text in zip(made.panels, image_set.panels):
+        for expected in expected_objects(text):
+            assert holds(panel, expected)[0], (text, expected)

@@ -213,3 +213,46 @@ def test_the_in_context_trainer_writes_a_lora_the_base_takes(tmp_path):
         assert canvas.size == (64 * image_set.columns, 64 * image_set.rows)
         assert prompt.startswith(image_set.intro) and all(tag in prompt for tag in image_set.tags)
         assert len(tokenizer(prompt).input_ids) <= train.MAX_SEQUENCE_LENGTH
+
+
+def test_the_evaluation_asks_held_out_combinations_and_two_objects_at_their_own_places():
+    from studio.toyworld import evaluate
+    from studio.toyworld.scene import POSITION_PHRASES, overlap
+
+    singles = evaluate.single_object_scenes()
+    assert len(singles) == len(HELD_OUT) * len(SIZES) * len(BACKGROUNDS)
+    assert {(s.objects[0].colour, s.objects[0].shape, s.objects[0].position) for s in singles} == set(HELD_OUT)
+    for scene in evaluate.two_object_scenes(16):
+        first, second = scene.objects
+        assert first.colour != second.colour and first.position != second.position
+        assert overlap(first, second) <= 0.1
+        for obj in (first, second):
+            assert f"{obj.colour} {obj.shape} {POSITION_PHRASES[obj.position]}" in scene.caption
+
+
+def test_position_by_place_reads_each_image_against_its_own_scene():
+    from studio.toyworld import evaluate
+
+    places = list(POSITIONS)
+    scenes = [make_scene([make_object("red", "circle", "medium", place)], "gray") for place in places]
+    drawn = [render(scene)[0] for scene in scenes]
+    # Two seeds per scene, in the order evaluate() makes them.
+    assert evaluate.position_by_place(scenes, [image for image in drawn for _ in range(2)], 2) == dict.fromkeys(
+        places, 1.0
+    )
+    # Every image drawn at the next scene's place: found, but nowhere it was asked.
+    shifted = drawn[1:] + drawn[:1]
+    assert evaluate.position_by_place(scenes, shifted, 1) == dict.fromkeys(places, 0.0)
+
+
+def test_the_evaluation_scores_what_the_model_drew(registry):
+    from studio.toyworld import evaluate
+
+    scenes = evaluate.single_object_scenes()[:3]
+    samples: list = []
+    scores = evaluate.evaluate(registry, "shapes-flux", scenes, seeds=2, guidance=3.0, steps=6, samples=samples)
+    assert scores["images"] == len(samples) == 6
+    checks = [check_object(image, scenes[index // 2].objects[0]) for index, image in enumerate(samples)]
+    for name in ("colour", "position", "size", "shape"):
+        assert scores[name] == sum(check[name] for check in checks) / 6
+    assert scores["all"] == sum(all(check.values()) for check in checks) / 6

@@ -99,6 +99,16 @@ def evaluate(
     return {name: value / total for name, value in hits.items()} | {"images": total}
 
 
+def position_by_place(scenes: list[Scene], samples: list[Image.Image], seeds: int) -> dict[str, float]:
+    """For single-object scenes and the images `evaluate` made of them (`seeds` each, in order):
+    the fraction at the asked place, per named place (corners and sides learn at different rates)."""
+    placed: dict[str, list[bool]] = {}
+    for index, image in enumerate(samples):
+        (obj,) = scenes[index // seeds].objects
+        placed.setdefault(str(obj.position), []).append(check_object(image, obj)["position"])
+    return {place: sum(hits) / len(hits) for place, hits in placed.items()}
+
+
 MEASURES = ("colour", "position", "shape", "all", "binding")
 # Images timed per speed setting, in turns.
 TIMED_IMAGES = 24
@@ -196,7 +206,6 @@ def main(argv: list[str] | None = None) -> None:
         return
     rows = []
     for guidance in args.guidance:
-        started = time.perf_counter()
         samples: list[Image.Image] = []
         single = evaluate(registry, args.model, single_object_scenes(), args.seeds, guidance, args.steps, samples)
         if args.grid:
@@ -204,7 +213,8 @@ def main(argv: list[str] | None = None) -> None:
         double = evaluate(
             registry, args.model, two_object_scenes(args.two_object_prompts), args.seeds, guidance, args.steps
         )
-        rows.append((guidance, single, double, time.perf_counter() - started))
+        by_place = position_by_place(single_object_scenes(), samples, args.seeds)
+        rows.append((guidance, single, double, by_place))
     print(f"\nShapes world evaluation: {args.model}, {args.steps} steps, held-out single-object prompts\n")
     print(
         "| CFG | colour | position | size | shape | all four | images "
@@ -217,7 +227,13 @@ def main(argv: list[str] | None = None) -> None:
             f"{single['shape']:.2f} | {single['all']:.2f} | {single['images']} || {double['colour']:.2f} | "
             f"{double['position']:.2f} | {double['binding']:.2f} | {double['images']} |"
         )
-    print("\nchance: shape 0.33, position 0.20, colour 0.17")
+    places = list(rows[0][3])
+    print("\nPosition by asked place (single objects)\n")
+    print("| CFG | " + " | ".join(places) + " |")
+    print("|---|" + "---|" * len(places))
+    for guidance, _, _, by_place in rows:
+        print(f"| {guidance:g} | " + " | ".join(f"{by_place[place]:.2f}" for place in places) + " |")
+    print(f"\nchance: shape 0.33, position {1 / len(POSITIONS):.2f}, colour {1 / len(COLOURS):.2f}")
 
 
 if __name__ == "__main__":
