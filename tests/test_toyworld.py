@@ -256,3 +256,28 @@ def test_the_evaluation_scores_what_the_model_drew(registry):
     for name in ("colour", "position", "size", "shape"):
         assert scores[name] == sum(check[name] for check in checks) / 6
     assert scores["all"] == sum(all(check.values()) for check in checks) / 6
+
+
+def test_a_dropped_pooled_vector_is_the_empty_prompts_and_the_tokens_keep_the_caption():
+    """The trainer's pooled dropout: a dropped row is exactly the model called with the caption's
+    tokens and the empty prompt's pooled vector; a kept row is the plain call."""
+    import dataclasses
+
+    from diffusers import FluxPipeline
+
+    from studio.families import flux
+    from studio.toyworld import train
+
+    pipe = FluxPipeline.from_pretrained(train.MODELS_DIR / "shapes-flux-2", dtype=torch.float32)
+    texts = ["a large red circle on the left, gray background", "a small blue square at the top right"]
+    noisy = torch.randn(2, 16, 16, 16, generator=torch.Generator().manual_seed(0))
+    sigma = torch.tensor([0.8, 0.8])
+    with torch.no_grad():
+        plain = train.predict_velocity(pipe, noisy, sigma, texts)
+        dropped = train.predict_velocity(pipe, noisy, sigma, texts, torch.tensor([True, False]))
+        tokens = flux.encode_text(pipe, texts[:1], train.MAX_SEQUENCE_LENGTH)
+        empty = flux.encode_text(pipe, [""], train.MAX_SEQUENCE_LENGTH).pooled
+        by_hand = flux.velocity(pipe, noisy[:1], sigma[:1], dataclasses.replace(tokens, pooled=empty), None)
+    torch.testing.assert_close(dropped[1], plain[1])
+    torch.testing.assert_close(dropped[:1], by_hand)
+    assert (dropped[0] - plain[0]).abs().mean() > 1e-3

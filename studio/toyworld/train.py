@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import math
 import random
 import time
@@ -75,11 +76,23 @@ def new_pipeline(family: str, vae: AutoencoderKL) -> DiffusionPipeline:
 
 
 def predict_velocity(
-    pipe: DiffusionPipeline, noisy: torch.Tensor, sigma: torch.Tensor, texts: list[str]
+    pipe: DiffusionPipeline,
+    noisy: torch.Tensor,
+    sigma: torch.Tensor,
+    texts: list[str],
+    pooled_dropped: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The transformer's velocity for `noisy` latents, called as the family's pipeline calls it."""
+    """The transformer's velocity for `noisy` latents, called as the family's pipeline calls it.
+    Rows where `pooled_dropped` is set take the empty prompt's pooled vector while their tokens
+    keep the caption: a pooled vector holds every colour of a prompt and none of its places, so a
+    model that may not lean on it learns colour through the tokens, where it binds to places."""
     flow = (flux if isinstance(pipe, FluxPipeline) else sd3).FAMILY.flow
-    return flow.velocity(pipe, noisy, sigma, flow.encode_text(pipe, texts, MAX_SEQUENCE_LENGTH), None)
+    text = flow.encode_text(pipe, texts, MAX_SEQUENCE_LENGTH)
+    if pooled_dropped is not None and bool(pooled_dropped.any()):
+        empty = flow.encode_text(pipe, [""], MAX_SEQUENCE_LENGTH).pooled
+        rows = pooled_dropped.to(text.pooled.device).view(-1, 1)
+        text = dataclasses.replace(text, pooled=torch.where(rows, empty, text.pooled))
+    return flow.velocity(pipe, noisy, sigma, text, None)
 
 
 def warmup_cosine(step: int, total: int, warmup: int) -> float:
@@ -230,6 +243,7 @@ def train_transformer(
     output: Path,
     checkpoint_every: int,
     learning_rate: float,
+    pooled_dropout: float = 0.0,
 ) -> DiffusionPipeline:
     torch.manual_seed(seed)
     names = trained_components(pipe)
@@ -249,7 +263,8 @@ def train_transformer(
         # One caption in ten is dropped so classifier-free guidance has an unconditional model.
         texts = ["" if torch.rand((), generator=generator) < 0.1 else captions[i] for i in indices.tolist()]
         noisy, sigma, target = noised(latents[indices].to(device), shift, generator)
-        loss = F.mse_loss(predict_velocity(pipe, noisy, sigma, texts), target)
+        pooled_dropped = torch.rand(batch_size, generator=generator) < pooled_dropout
+        loss = F.mse_loss(predict_velocity(pipe, noisy, sigma, texts, pooled_dropped), target)
         step_with_average(loss, step, optimiser, schedule, trained, ema)
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
@@ -278,6 +293,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--learning-rate", type=float, default=8e-4)
     parser.add_argument("--resume", type=Path, default=None, help="a saved shapes-world pipeline to train further")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--pooled-dropout",
+        type=float,
+        default=0.5,
+        help="share of rows whose pooled text vector is the empty prompt's (their tokens keep the caption)",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -312,6 +333,7 @@ def main(argv: list[str] | None = None) -> None:
         output,
         args.checkpoint_every,
         args.learning_rate,
+        args.pooled_dropout,
     )
     pipe.to("cpu", torch.float16).save_pretrained(output, safe_serialization=True)
     parameters = sum(
