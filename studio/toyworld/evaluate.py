@@ -207,13 +207,14 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for guidance in args.guidance:
         samples: list[Image.Image] = []
-        single = evaluate(registry, args.model, single_object_scenes(), args.seeds, guidance, args.steps, samples)
+        singles = single_object_scenes()
+        single = evaluate(registry, args.model, singles, args.seeds, guidance, args.steps, samples)
         if args.grid:
             save_grid(samples, args.grid.with_name(f"{args.grid.stem}-cfg{guidance:g}{args.grid.suffix}"))
         double = evaluate(
             registry, args.model, two_object_scenes(args.two_object_prompts), args.seeds, guidance, args.steps
         )
-        by_place = position_by_place(single_object_scenes(), samples, args.seeds)
+        by_place = position_by_place(singles, samples, args.seeds)
         rows.append((guidance, single, double, by_place))
     print(f"\nShapes world evaluation: {args.model}, {args.steps} steps, held-out single-object prompts\n")
     print(

@@ -87,11 +87,13 @@ def predict_velocity(
     keep the caption: a pooled vector holds every colour of a prompt and none of its places, so a
     model that may not lean on it learns colour through the tokens, where it binds to places."""
     flow = (flux if isinstance(pipe, FluxPipeline) else sd3).FAMILY.flow
-    text = flow.encode_text(pipe, texts, MAX_SEQUENCE_LENGTH)
-    if pooled_dropped is not None and bool(pooled_dropped.any()):
-        empty = flow.encode_text(pipe, [""], MAX_SEQUENCE_LENGTH).pooled
-        rows = pooled_dropped.to(text.pooled.device).view(-1, 1)
-        text = dataclasses.replace(text, pooled=torch.where(rows, empty, text.pooled))
+    if pooled_dropped is None or not bool(pooled_dropped.any()):
+        return flow.velocity(pipe, noisy, sigma, flow.encode_text(pipe, texts, MAX_SEQUENCE_LENGTH), None)
+    # The empty prompt rides in the same encoder call, as its last row.
+    text = flow.encode_text(pipe, [*texts, ""], MAX_SEQUENCE_LENGTH)
+    rows = pooled_dropped.to(text.pooled.device).view(-1, 1)
+    pooled = torch.where(rows, text.pooled[-1:], text.pooled[:-1])
+    text = dataclasses.replace(text, embeds=text.embeds[:-1], pooled=pooled)
     return flow.velocity(pipe, noisy, sigma, text, None)
 
 
@@ -243,7 +245,7 @@ def train_transformer(
     output: Path,
     checkpoint_every: int,
     learning_rate: float,
-    pooled_dropout: float = 0.0,
+    pooled_dropout: float,
 ) -> DiffusionPipeline:
     torch.manual_seed(seed)
     names = trained_components(pipe)
