@@ -8,11 +8,14 @@ import random
 import numpy as np
 import pytest
 
+from studio import offline
+from studio.toyworld.grounding import token_labels
 from studio.toyworld.motion import (
     CLIP_FRAMES,
     DIRECTION_PHRASES,
     DIRECTIONS,
     HELD_OUT_MOTIONS,
+    MOTIONS,
     Clip,
     build_clip_pool,
     caption,
@@ -20,15 +23,16 @@ from studio.toyworld.motion import (
     random_clip,
     still_track,
     trace_object,
+    track_attributes,
     travel_direction,
 )
-from studio.toyworld.scene import VOCABULARY
+from studio.toyworld.scene import VOCABULARY, Caption
 from studio.toyworld.video_eval import check_motion, frame_changes, score_pair
 from tabs.video import prompts_from, settings_with_prompts
 
 
 def test_a_moving_object_travels_half_the_canvas_at_a_steady_pace():
-    clip = Clip((moving_track("red", "circle", 0.3, "right", 0.5),), "gray", "")
+    clip = Clip((moving_track("red", "circle", 0.3, "right", 0.5),), "gray", Caption(""))
     frames = clip.frames()
     assert frames.shape == (CLIP_FRAMES, 64, 64, 3) and frames.dtype == np.uint8
     trace = trace_object(frames, "red")
@@ -41,7 +45,7 @@ def test_a_moving_object_travels_half_the_canvas_at_a_steady_pace():
 
 @pytest.mark.parametrize("direction", list(DIRECTIONS))
 def test_the_measures_read_back_a_drawn_motion(direction):
-    clip = Clip((moving_track("blue", "square", 0.3, direction, 0.45),), "white", "")
+    clip = Clip((moving_track("blue", "square", 0.3, direction, 0.45),), "white", Caption(""))
     assert check_motion(clip.frames(), "blue", "square", direction) == dict.fromkeys(
         ("colour", "shape", "start", "end", "direction"), True
     )
@@ -50,19 +54,59 @@ def test_the_measures_read_back_a_drawn_motion(direction):
 
 
 def test_a_still_object_has_no_direction():
-    clip = Clip((still_track("green", "triangle", 0.3, (0.5, 0.5)),), "black", "")
+    clip = Clip((still_track("green", "triangle", 0.3, (0.5, 0.5)),), "black", Caption(""))
     assert travel_direction(trace_object(clip.frames(), "green")) is None
 
 
 def test_captions_say_what_moves_where_in_the_world_vocabulary():
     tracks = (moving_track("red", "circle", 0.3, "right", 0.5), still_track("blue", "square", 0.3, (0.5, 0.25)))
-    assert caption(tracks, "gray") == (
+    assert caption(tracks, "gray").text == (
         "a medium red circle moves from the left to the right and a medium blue square at the top, gray background"
     )
     rng = random.Random(1)
     for _ in range(200):
         words = random_clip(rng).caption.replace(",", " ,").split()
         assert set(words) <= set(VOCABULARY)
+
+
+def test_grounding_labels_a_place_word_with_the_motion_of_its_own_track():
+    """ "left" in "from the left to the right" is a rightward motion's word, in "from the right to
+    the left" a leftward one's: what the video T5 must learn to tell apart."""
+    tracks = (moving_track("red", "circle", 0.3, "right", 0.3), moving_track("blue", "square", 0.3, "left", 0.7))
+    described = caption(tracks, "gray")
+    assert [described.text[start:end] for start, end, _ in described.spans] == [
+        "a medium red circle moves from the left to the right",
+        "a medium blue square moves from the right to the left",
+    ]
+    attributes = [[track_attributes(track) for track in tracks]]
+    ids, labels = token_labels(offline.t5_tokenizer(), [described], attributes, 40)
+    tokens = offline.t5_tokenizer().convert_ids_to_tokens(ids[0])
+    motions = [MOTIONS[labels[0, i, 2]] for i, token in enumerate(tokens) if token == "\u2581left"]
+    assert motions == ["right", "left"]
+
+
+def test_the_video_trainer_grounds_its_t5_and_writes_a_pipeline_the_registry_path_can_load(tmp_path):
+    import torch
+    from diffusers import CogVideoXPipeline
+
+    from studio.families.cogvideox import build_shapes_random
+    from studio.toyworld import train_video
+
+    train_video.main(
+        ["--clips", "8", "--vae-steps", "1", "--vae-batch-size", "1", "--transformer-steps", "1", "--batch-size", "2",
+         "--checkpoint-every", "0", "--grounding-steps", "3", "--output", str(tmp_path / "trained")]
+    )  # fmt: skip
+    build_shapes_random(tmp_path / "fresh")
+    trained, fresh = (
+        CogVideoXPipeline.from_pretrained(tmp_path / name, dtype=torch.float32, local_files_only=True)
+        for name in ("trained", "fresh")
+    )
+    assert set(trained.components) == set(fresh.components)  # the grounding heads stay out
+    moved = [
+        not torch.allclose(a, b.float(), atol=1e-3)
+        for a, b in zip(trained.text_encoder.parameters(), fresh.text_encoder.parameters())
+    ]
+    assert any(moved)
 
 
 def test_training_clips_never_move_a_held_out_combination():
@@ -74,9 +118,9 @@ def test_training_clips_never_move_a_held_out_combination():
 
 
 def still_then_move_then_still() -> np.ndarray:
-    left = Clip((still_track("red", "circle", 0.3, (0.25, 0.5)),), "gray", "").frames(9)
-    moving = Clip((moving_track("red", "circle", 0.3, "right", 0.5),), "gray", "").frames(11)[1:-1]
-    right = Clip((still_track("red", "circle", 0.3, (0.75, 0.5)),), "gray", "").frames(9)
+    left = Clip((still_track("red", "circle", 0.3, (0.25, 0.5)),), "gray", Caption("")).frames(9)
+    moving = Clip((moving_track("red", "circle", 0.3, "right", 0.5),), "gray", Caption("")).frames(11)[1:-1]
+    right = Clip((still_track("red", "circle", 0.3, (0.75, 0.5)),), "gray", Caption("")).frames(9)
     return np.concatenate([left, moving, right])
 
 

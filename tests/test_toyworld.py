@@ -9,7 +9,8 @@ from transformers import CLIPTokenizer, GemmaTokenizer, T5Tokenizer
 
 from studio import offline
 from studio.generation import GenerationSettings, generate
-from studio.toyworld.data import HELD_OUT, build_pool
+from studio.toyworld.data import HELD_OUT, OBJECT_ATTRIBUTES, build_pool, object_attributes
+from studio.toyworld.grounding import UNGROUNDED, Grounding, token_labels
 from studio.toyworld.measure import (
     centroid,
     check_object,
@@ -23,14 +24,17 @@ from studio.toyworld.measure import (
 from studio.toyworld.scene import (
     BACKGROUNDS,
     COLOURS,
+    POSITION_VARIANTS,
     POSITIONS,
     SHAPES,
     SIZES,
     VOCABULARY,
+    Caption,
     make_object,
     make_scene,
     random_scene,
     render,
+    varied_caption,
 )
 
 
@@ -41,6 +45,77 @@ def test_captions_describe_the_scene_in_the_world_vocabulary():
     assert scene.caption == "a large red circle on the left and a small blue square at the bottom, gray background"
     words = scene.caption.replace(",", " ,").split()
     assert set(words) <= set(VOCABULARY)
+
+
+def test_each_span_of_a_varied_caption_is_the_words_describing_its_own_object():
+    rng = random.Random(4)
+    spans_seen = 0
+    for _ in range(300):
+        scene = random_scene(rng)
+        caption = varied_caption(scene, rng)
+        for start, end, index in caption.spans:
+            words, obj = caption.text[start:end], scene.objects[index]
+            spans_seen += 1
+            if obj.position:
+                assert any(words.endswith(variant) for variant in POSITION_VARIANTS[obj.position]), words
+            if words.startswith("one ") and obj.colour not in words:  # "two red circles, one on the left"
+                assert len({(o.colour, o.shape) for o in scene.objects}) == 1
+                continue
+            assert obj.colour in words and obj.shape in words, (words, obj)
+            others = [o.colour for o in scene.objects if o.colour != obj.colour]
+            assert not any(colour in words.split() for colour in others)
+        outside = "".join(ch for i, ch in enumerate(caption.text) if not any(s <= i < e for s, e, _ in caption.spans))
+        assert not any(place in outside.split() for place in ("left", "right", "centre", "center", "middle"))
+    assert spans_seen > 400
+
+
+def test_grounding_labels_each_token_with_the_attributes_of_the_object_it_describes():
+    tokenizer = offline.t5_tokenizer()
+    objects = [make_object("red", "circle", "large", "left"), make_object("blue", "square", "small", "top right")]
+    caption = Caption.joined(
+        [("draw ", None), ("a large red circle on the left", 0), (" and ", None),
+         ("a small blue square at the top right", 1), (", grey background", None)]
+    )  # fmt: skip
+    ids, labels = token_labels(tokenizer, [caption], [[object_attributes(o) for o in objects]], 48)
+    assert ids.shape == (1, 48) and labels.shape == (1, 48, len(OBJECT_ATTRIBUTES))
+    tokens = tokenizer.convert_ids_to_tokens(ids[0])
+    by_token = {}
+    for token, label in zip(tokens, labels[0].tolist()):
+        by_token.setdefault(token, []).append(tuple(label))
+    red, blue = object_attributes(objects[0]), object_attributes(objects[1])
+    assert red != blue and red[3] == list(POSITIONS).index("left") and blue[3] == list(POSITIONS).index("top right")
+    assert by_token["\u2581red"] == by_token["\u2581circle"] == by_token["\u2581left"] == [red]
+    assert by_token["\u2581blue"] == by_token["\u2581square"] == by_token["\u2581top"] == [blue]
+    assert by_token["\u2581the"] == [red, blue]  # "on the left", "at the top right": each its own object's
+    ungrounded = (UNGROUNDED,) * len(OBJECT_ATTRIBUTES)
+    for word in ("\u2581draw", "\u2581and", "\u2581grey", "\u2581background", "</s>", "<pad>"):
+        assert set(by_token[word]) == {ungrounded}, word
+
+
+def test_grounding_teaches_the_t5_which_object_each_word_belongs_to():
+    """Trained by diffusion alone, a toy T5 gives "red" the same vector wherever it stands; after
+    grounding, the red of the first object and the red of the second differ."""
+    torch.manual_seed(0)
+    tokenizer = offline.t5_tokenizer()
+    encoder = offline.t5_text_encoder(tokenizer, d_model=32)
+    stand_in = type("Pipe", (), {"components": {"text_encoder": encoder}, "tokenizer": tokenizer})
+    pool = build_pool(256, seed=1)
+    grounding = Grounding.build(stand_in, pool.descriptions, pool.attributes(), OBJECT_ATTRIBUTES, 48)
+
+    def red_first_against_red_second() -> float:
+        texts = ["a red circle on the left and a blue square on the right",
+                 "a blue circle on the left and a red square on the right"]  # fmt: skip
+        ids = tokenizer(texts, padding="max_length", max_length=48, return_tensors="pt").input_ids
+        with torch.no_grad():
+            hidden = encoder(ids)[0]
+        return torch.cosine_similarity(hidden[0, 1], hidden[1, 8], dim=0).item()
+
+    rows = torch.arange(64)
+    before, loss_before = red_first_against_red_second(), grounding.loss(rows).item()
+    grounding.pretrain(200, 32, 3e-3, torch.Generator().manual_seed(0))
+    assert before > 0.99
+    assert red_first_against_red_second() < 0.95
+    assert grounding.loss(rows).item() < loss_before / 2
 
 
 def test_rendered_masks_are_the_objects_visible_pixels():
@@ -151,6 +226,8 @@ def test_the_trainer_writes_a_pipeline_the_registry_path_can_load(tmp_path, fami
             "4",
             "--checkpoint-every",
             "0",
+            "--grounding-steps",
+            "2",
             "--output",
             str(tmp_path / "model"),
         ]

@@ -8,7 +8,18 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from studio.toyworld.scene import COLOURS, POSITIONS, SHAPES, Scene, random_scene, render, varied_caption
+from studio.toyworld.scene import (
+    COLOURS,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    Caption,
+    Scene,
+    SceneObject,
+    random_scene,
+    render,
+    varied_caption,
+)
 
 # (colour, shape, position) triples never drawn for training, so evaluation asks for
 # combinations the model has not seen.
@@ -40,20 +51,38 @@ class ScenePool:
     scenes: list[Scene]
     images: torch.Tensor  # uint8, N x 3 x H x W
     # Each scene's training caption, worded as people write prompts (see scene.varied_caption).
-    captions: list[str]
+    descriptions: list[Caption]
 
     def __len__(self) -> int:
         return len(self.scenes)
 
+    @property
+    def captions(self) -> list[str]:
+        return [description.text for description in self.descriptions]
+
+    def attributes(self) -> list[list[tuple[int, ...]]]:
+        """Per scene, per object, what grounding asks its words for (OBJECT_ATTRIBUTES)."""
+        return [[object_attributes(obj) for obj in scene.objects] for scene in self.scenes]
+
     def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
         """Images scaled to [-1, 1] and their captions."""
         images = self.images[indices].float() / 127.5 - 1.0
-        return images, [self.captions[i] for i in indices.tolist()]
+        return images, [self.descriptions[i].text for i in indices.tolist()]
+
+
+# What the words describing an object are asked for (grounding.py), with the classes of each:
+# colour, shape, size, and the named place (the last class: no named place).
+OBJECT_ATTRIBUTES: tuple[int, ...] = (len(COLOURS), len(SHAPES), len(SIZES), len(POSITIONS) + 1)
+
+
+def object_attributes(obj: SceneObject) -> tuple[int, ...]:
+    place = list(POSITIONS).index(obj.position) if obj.position else len(POSITIONS)
+    return list(COLOURS).index(obj.colour), SHAPES.index(obj.shape), SIZES.index(obj.size), place
 
 
 def build_pool(count: int, seed: int, size: int = 64, max_objects: int = 3) -> ScenePool:
     rng = random.Random(seed)
     scenes = [random_scene(rng, max_objects=max_objects, exclude=HELD_OUT) for _ in range(count)]
     images = np.stack([np.asarray(render(scene, size)[0]) for scene in scenes])
-    captions = [varied_caption(scene, rng) for scene in scenes]
-    return ScenePool(scenes, torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), captions)
+    descriptions = [varied_caption(scene, rng) for scene in scenes]
+    return ScenePool(scenes, torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), descriptions)

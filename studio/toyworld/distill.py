@@ -59,6 +59,7 @@ from studio.toyworld.scene import (
     COLOURS,
     SHAPES,
     SIZES,
+    Caption,
     Scene,
     make_object,
     make_scene,
@@ -107,7 +108,7 @@ def teacher_world_pool(count: int, seed: int) -> ScenePool:
             scenes.append(make_scene(objects, rng.choice(list(BACKGROUNDS))))
     images = np.stack([np.asarray(render(scene)[0]) for scene in scenes])
     pixels = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
-    return ScenePool(scenes, pixels, [scene.caption for scene in scenes])
+    return ScenePool(scenes, pixels, [Caption(scene.caption) for scene in scenes])
 
 
 def student_from(teacher: FluxTransformer2DModel) -> FluxTransformer2DModel:

@@ -26,6 +26,7 @@ from studio.toyworld.scene import (
     POSITIONS,
     SHAPES,
     SIZE_RANGES,
+    Caption,
     make_scene,
     object_at,
     render,
@@ -90,7 +91,11 @@ class Track:
 class Clip:
     tracks: tuple[Track, ...]
     background: str
-    caption: str
+    description: Caption
+
+    @property
+    def caption(self) -> str:
+        return self.description.text
 
     def scene(self, fraction: float):
         """The still scene at `fraction` (0 = first frame, 1 = last) of the clip."""
@@ -127,12 +132,23 @@ def track_phrase(track: Track, rng: random.Random | None = None) -> str:
     return f"{noun} {pick(POSITION_VARIANTS[place])}" if place else noun
 
 
-def caption(tracks: tuple[Track, ...], background: str, rng: random.Random | None = None) -> str:
-    text = " and ".join(track_phrase(track, rng) for track in tracks)
-    if rng is None:
-        return f"{text}, {background} background"
-    lead = rng.choice(LEAD_INS)
-    return f"{lead}{text}, {rng.choice(BACKGROUND_WORDS[background])} background"
+def caption(tracks: tuple[Track, ...], background: str, rng: random.Random | None = None) -> Caption:
+    """The clip's caption, each track's words a span of its own (canonical without `rng`)."""
+    segments: list[tuple[str, int | None]] = [(rng.choice(LEAD_INS) if rng else "", None)]
+    for index, track in enumerate(tracks):
+        segments += [(" and " if index else "", None), (track_phrase(track, rng), index)]
+    words = rng.choice(BACKGROUND_WORDS[background]) if rng else background
+    return Caption.joined([*segments, (f", {words} background", None)])
+
+
+# What the words describing a track are asked for (grounding.py): colour, shape and motion
+# (still, or a direction): a place word's vector must say whether the object leaves or reaches it.
+MOTIONS = (None, *DIRECTIONS)
+TRACK_ATTRIBUTES: tuple[int, ...] = (len(COLOURS), len(SHAPES), len(MOTIONS))
+
+
+def track_attributes(track: Track) -> tuple[int, ...]:
+    return list(COLOURS).index(track.colour), SHAPES.index(track.shape), MOTIONS.index(track.direction)
 
 
 def random_clip(rng: random.Random, exclude: frozenset[tuple[str, str, str]] = HELD_OUT_MOTIONS) -> Clip:
@@ -181,6 +197,10 @@ class ClipPool:
     @property
     def captions(self) -> list[str]:
         return [clip.caption for clip in self.clips]
+
+    def attributes(self) -> list[list[tuple[int, ...]]]:
+        """Per clip, per track, what grounding asks its words for (TRACK_ATTRIBUTES)."""
+        return [[track_attributes(track) for track in clip.tracks] for clip in self.clips]
 
     def batch(self, indices: torch.Tensor) -> torch.Tensor:
         """Videos scaled to [-1, 1], [B, 3, F, H, W]."""

@@ -303,7 +303,25 @@ def random_scene(
     return make_scene(objects, background)
 
 
-def varied_caption(scene: Scene, rng: random.Random) -> str:
+@dataclass(frozen=True)
+class Caption:
+    text: str
+    # (start, end, object index): the characters of `text` that describe each object, so a trainer
+    # can ask every word what it refers to (see grounding.py).
+    spans: tuple[tuple[int, int, int], ...] = ()
+
+    @staticmethod
+    def joined(segments: list[tuple[str, int | None]]) -> Caption:
+        """The caption of consecutive segments, each describing the object of its index or none."""
+        spans, start = [], 0
+        for text, owner in segments:
+            if owner is not None and text:
+                spans.append((start, start + len(text), owner))
+            start += len(text)
+        return Caption("".join(text for text, _ in segments), tuple(spans))
+
+
+def varied_caption(scene: Scene, rng: random.Random) -> Caption:
     """A caption of the scene as a person might write it: synonyms for places and colours,
     optional sizes and background, a lead-in, and counted plurals where objects are alike."""
 
@@ -325,26 +343,29 @@ def varied_caption(scene: Scene, rng: random.Random) -> str:
 
     objects = scene.objects
     alike = len(objects) > 1 and len({(o.colour, o.shape) for o in objects}) == 1
+    segments: list[tuple[str, int | None]] = [(rng.choice(LEAD_INS), None)]
     if alike and rng.random() < 0.5:
         placed = [place(o) for o in objects]
-        text = f"{COUNT_WORDS[len(objects) - 1]} {objects[0].colour} {PLURALS[objects[0].shape]}"
+        # "two red circles" describes every object at once, so no one object owns it.
+        segments.append((f"{COUNT_WORDS[len(objects) - 1]} {objects[0].colour} {PLURALS[objects[0].shape]}", None))
         if all(placed):
-            text += ", " + " and ".join(f"one {where}" for where in placed)
+            for index, where in enumerate(placed):
+                segments += [(", " if index == 0 else " and ", None), (f"one {where}", index)]
     else:
-        parts = []
-        for obj in objects:
-            where = place(obj)
-            parts.append(f"{noun_phrase(obj)} {where}".strip())
-        text = (", " if rng.random() < 0.2 and len(parts) > 1 else " and ").join(parts)
+        separator = ", " if rng.random() < 0.2 and len(objects) > 1 else " and "
+        for index, obj in enumerate(objects):
+            if index:
+                segments.append((separator, None))
+            segments.append((f"{noun_phrase(obj)} {place(obj)}".strip(), index))
     choice = rng.random()
     background = rng.choice(BACKGROUND_WORDS[scene.background])
     if choice < 0.55:
-        text += f", {background} background"
+        segments.append((f", {background} background", None))
     elif choice < 0.7:
-        text += f" on a {background} background"
+        segments.append((f" on a {background} background", None))
     elif choice < 0.8:
-        text += f" with a {background} background"
-    return rng.choice(LEAD_INS) + text
+        segments.append((f" with a {background} background", None))
+    return Caption.joined(segments)
 
 
 def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[float, ...], fill) -> None:

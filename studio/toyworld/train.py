@@ -33,7 +33,8 @@ from tqdm import tqdm
 
 from studio import offline
 from studio.families import flux, sd3
-from studio.toyworld.data import ScenePool, build_pool
+from studio.toyworld.data import OBJECT_ATTRIBUTES, ScenePool, build_pool
+from studio.toyworld.grounding import Grounding, grounding_options
 
 MODELS_DIR = Path(__file__).resolve().parents[2] / "assets" / "models"
 # Room for three objects worded at length (the longest training caption is 35 tokens).
@@ -246,12 +247,16 @@ def train_transformer(
     checkpoint_every: int,
     learning_rate: float,
     pooled_dropout: float,
+    grounding: Grounding | None = None,
 ) -> DiffusionPipeline:
+    """With `grounding`, its loss (weighted) joins the flow loss at every step, so the T5 keeps
+    telling apart what each word refers to while the transformer learns to read it."""
     torch.manual_seed(seed)
     names = trained_components(pipe)
     trained = torch.nn.ModuleList([getattr(pipe, name).to(device) for name in names]).train()
     ema = copy.deepcopy(trained).eval().requires_grad_(False)
-    optimiser = torch.optim.AdamW(trained.parameters(), lr=learning_rate, weight_decay=0.01)
+    heads = list(grounding.heads.parameters()) if grounding else []
+    optimiser = torch.optim.AdamW([*trained.parameters(), *heads], lr=learning_rate, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: warmup_cosine(s, steps, 200))
     vae_config = pipe.vae.config
     latents = (latents - vae_config.shift_factor) * vae_config.scaling_factor
@@ -267,8 +272,11 @@ def train_transformer(
         noisy, sigma, target = noised(latents[indices].to(device), shift, generator)
         pooled_dropped = torch.rand(batch_size, generator=generator) < pooled_dropout
         loss = F.mse_loss(predict_velocity(pipe, noisy, sigma, texts, pooled_dropped), target)
+        shown = {"loss": f"{loss.item():.4f}"}
+        if grounding is not None:
+            loss = grounding.added_to(loss, indices, shown)
         step_with_average(loss, step, optimiser, schedule, trained, ema)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+        bar.set_postfix(shown)
         if checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
             # A usable model on disk all along: a stopped run still leaves its latest state.
             save(pipe, ema, output)
@@ -301,6 +309,7 @@ def main(argv: list[str] | None = None) -> None:
         default=0.5,
         help="share of rows whose pooled text vector is the empty prompt's (their tokens keep the caption)",
     )
+    grounding_options(parser)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -324,6 +333,9 @@ def main(argv: list[str] | None = None) -> None:
         latents = encode_pool(vae, pool, args.device)
         torch.manual_seed(args.seed)
         pipe = new_pipeline(args.family, vae)
+    grounding = Grounding.prepared(
+        pipe.to(args.device), pool.descriptions, pool.attributes(), OBJECT_ATTRIBUTES, MAX_SEQUENCE_LENGTH, args
+    )
     pipe = train_transformer(
         pipe,
         latents,
@@ -336,6 +348,7 @@ def main(argv: list[str] | None = None) -> None:
         args.checkpoint_every,
         args.learning_rate,
         args.pooled_dropout,
+        grounding,
     )
     pipe.to("cpu", torch.float16).save_pretrained(output, safe_serialization=True)
     parameters = sum(

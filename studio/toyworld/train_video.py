@@ -21,7 +21,8 @@ from diffusers import AutoencoderKLCogVideoX, CogVideoXPipeline
 from tqdm import tqdm
 
 from studio.families import cogvideox
-from studio.toyworld.motion import ClipPool, build_clip_pool
+from studio.toyworld.grounding import Grounding, grounding_options
+from studio.toyworld.motion import TRACK_ATTRIBUTES, ClipPool, build_clip_pool
 from studio.toyworld.train import MODELS_DIR, optimise, save, step_with_average, trained_components, warmup_cosine
 
 # Room for two objects and their motions worded at length.
@@ -84,13 +85,19 @@ def text_embeddings(pipe: CogVideoXPipeline, texts: list[str]) -> torch.Tensor:
 
 
 def train_transformer(
-    pipe: CogVideoXPipeline, latents: torch.Tensor, captions: list[str], args: argparse.Namespace
+    pipe: CogVideoXPipeline,
+    latents: torch.Tensor,
+    captions: list[str],
+    args: argparse.Namespace,
+    grounding: Grounding | None = None,
 ) -> CogVideoXPipeline:
+    """With `grounding`, its loss (weighted by --grounding-weight) joins the v-prediction loss."""
     torch.manual_seed(args.seed)
     names = trained_components(pipe)
     trained = torch.nn.ModuleList([getattr(pipe, name).to(args.device) for name in names]).train()
     ema = copy.deepcopy(trained).eval().requires_grad_(False)
-    optimiser = torch.optim.AdamW(trained.parameters(), lr=args.learning_rate, weight_decay=0.01)
+    heads = list(grounding.heads.parameters()) if grounding else []
+    optimiser = torch.optim.AdamW([*trained.parameters(), *heads], lr=args.learning_rate, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: warmup_cosine(s, args.transformer_steps, 200))
     scheduler = pipe.scheduler
     generator = torch.Generator().manual_seed(args.seed)
@@ -110,8 +117,11 @@ def train_transformer(
             return_dict=False,
         )[0]
         loss = F.mse_loss(prediction, target)
+        shown = {"loss": f"{loss.item():.4f}"}
+        if grounding is not None:
+            loss = grounding.added_to(loss, indices, shown)
         step_with_average(loss, step, optimiser, schedule, trained, ema)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+        bar.set_postfix(shown)
         if args.checkpoint_every and (step + 1) % args.checkpoint_every == 0:
             save(pipe, ema, args.output)
     for name, module in zip(names, ema):
@@ -136,6 +146,7 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="a saved moving-shapes pipeline whose VAE to use instead of training one",
     )
+    grounding_options(parser)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
@@ -166,7 +177,11 @@ def main(argv: list[str] | None = None) -> None:
         transformer = cogvideox.small_transformer(TEXT_LENGTH, cogvideox.SHAPES_T5_D_MODEL, **cogvideox.SHAPES_SIZES)
         pipe = cogvideox.build_pipeline(transformer, vae, t5_d_model=cogvideox.SHAPES_T5_D_MODEL)
     vae_done = time.perf_counter()
-    pipe = train_transformer(pipe, latents, pool.captions, args)
+    descriptions = [clip.description for clip in pool.clips]
+    grounding = Grounding.prepared(
+        pipe.to(args.device), descriptions, pool.attributes(), TRACK_ATTRIBUTES, TEXT_LENGTH, args
+    )
+    pipe = train_transformer(pipe, latents, pool.captions, args, grounding)
     pipe.to("cpu", torch.float16).save_pretrained(args.output, safe_serialization=True)
     print(
         f"transformer trained in {(time.perf_counter() - vae_done) / 60:.1f} min; saved to {args.output} after "
