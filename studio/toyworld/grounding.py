@@ -72,8 +72,10 @@ def grounding_options(parser: argparse.ArgumentParser) -> None:
         default=0.1,
         help="weight of the T5 grounding loss beside the diffusion loss (0: none; see grounding.py)",
     )
+    # On shapes world 2's T5 the loss sits near 0.7 for a thousand steps, then falls to 0.1 within
+    # five hundred as the encoder starts to gather each phrase onto its words.
     parser.add_argument(
-        "--grounding-steps", type=int, default=600, help="steps of grounding alone before the transformer trains"
+        "--grounding-steps", type=int, default=2000, help="steps of grounding alone before the transformer trains"
     )
 
 
