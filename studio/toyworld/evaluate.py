@@ -4,6 +4,7 @@
     python -m studio.toyworld.evaluate --speeds      # each speed setting against off: × and measures
     python -m studio.toyworld.evaluate --compare shapes-flux:24 shapes-flux-sprint:1 shapes-flux-sprint:2
                                                      # models at step counts: measures and seconds
+    python -m studio.toyworld.evaluate --text        # how the model reads its text (see read_text)
 
 Single-object prompts use the (colour, shape, position) combinations held out of training; an
 image counts when the object of the asked colour is there, at the asked position, of the asked
@@ -14,19 +15,22 @@ each colour at its own position.
 from __future__ import annotations
 
 import argparse
+import inspect
 import itertools
 import random
 import time
 from pathlib import Path
 
+import torch
 from PIL import Image
 
 from studio.catalogue import Catalogue
-from studio.generation import GenerationSettings, generate
+from studio.generation import GenerationSettings, call_arguments, encode_prompt_arguments, generate, guided
 from studio.registry import Registry
 from studio.speed import OFF, offered
 from studio.toyworld.data import HELD_OUT
-from studio.toyworld.measure import check_object
+from studio.toyworld.grounding import t5_of
+from studio.toyworld.measure import check_object, colour_mask
 from studio.toyworld.scene import (
     BACKGROUNDS,
     COLOURS,
@@ -107,6 +111,72 @@ def position_by_place(scenes: list[Scene], samples: list[Image.Image], seeds: in
         (obj,) = scenes[index // seeds].objects
         placed.setdefault(str(obj.position), []).append(check_object(image, obj)["position"])
     return {place: sum(hits) / len(hits) for place, hits in placed.items()}
+
+
+def word_context(pipe, word: str, first: str, second: str) -> float:
+    """Cosine between the T5 vectors of `word` in two captions where it describes different
+    objects: near 1 when the encoder reads each word without its context, so that a transformer
+    that gives text tokens no positions (FLUX, CogVideoX) sees a bag of words."""
+    tokenizer, encoder = t5_of(pipe)
+    vectors = []
+    for caption in (first, second):
+        ids = tokenizer(caption, return_tensors="pt").input_ids.to(encoder.device)
+        with torch.no_grad():
+            hidden = encoder(ids)[0][0]
+        vectors.append(hidden[tokenizer.convert_ids_to_tokens(ids[0]).index("\u2581" + word)].float())
+    return torch.cosine_similarity(vectors[0], vectors[1], dim=0).item()
+
+
+# Caption pairs that differ in colour (and place): drawn with one's tokens and the other's pooled
+# vector, the colour shows which of the two the model takes colour from.
+COLOUR_SOURCE_PAIRS = (
+    (make_object("red", "circle", "large", "left"), make_object("blue", "square", "large", "right")),
+    (make_object("green", "triangle", "large", "top"), make_object("yellow", "circle", "large", "bottom")),
+    (make_object("purple", "square", "large", "bottom left"), make_object("orange", "circle", "large", "top right")),
+)
+
+
+def colour_source(registry: Registry, model: str, seeds: int, guidance: float, steps: int) -> dict[str, float]:
+    """Fractions of images (COLOUR_SOURCE_PAIRS, `seeds` each) drawn in the colour of the caption
+    that gave the T5 tokens, of the one that gave the pooled vector, or of neither."""
+    spec = registry.catalogue.get(model)
+    counts = {"tokens": 0, "pooled": 0, "neither": 0}
+    with registry.use(model) as pipe:
+        accepted = inspect.signature(pipe.__call__).parameters
+        for tokens_object, pooled_object in COLOUR_SOURCE_PAIRS:
+            encoded = [
+                encode_prompt_arguments(pipe, spec, make_scene([obj], "gray").caption, "", guided(spec, guidance))
+                for obj in (tokens_object, pooled_object)
+            ]
+            mixed = {**encoded[0], "pooled_prompt_embeds": encoded[1]["pooled_prompt_embeds"]}
+            for seed in range(seeds):
+                settings = GenerationSettings(model=model, prompt="", steps=steps, guidance=guidance, width=64,
+                                              height=64, seed=seed)  # fmt: skip
+                arguments = call_arguments(pipe, spec, settings, None)
+                arguments.update({name: None for name in ("prompt", "negative_prompt") if name in accepted})
+                image = pipe(**arguments | mixed).images[0]
+                token_pixels, pooled_pixels = (
+                    colour_mask(image, o.colour).sum() for o in (tokens_object, pooled_object)
+                )
+                floor = 0.006 * image.width * image.height  # measure.MIN_OBJECT_FRACTION: a blob, not noise
+                counts["tokens" if token_pixels > max(pooled_pixels, floor) else
+                       "pooled" if pooled_pixels > max(token_pixels, floor) else "neither"] += 1  # fmt: skip
+    total = sum(counts.values())
+    return {name: count / total for name, count in counts.items()}
+
+
+def read_text(registry: Registry, model: str, seeds: int, guidance: float, steps: int) -> None:
+    """Print how the model reads its text: whether its T5 tells a word's object apart, and which
+    part of the text (T5 tokens or pooled vector) its colours come from."""
+    with registry.use(model) as pipe:
+        same_red = word_context(pipe, "red", "a red circle on the left and a blue square on the right",
+                                "a blue circle on the left and a red square on the right")  # fmt: skip
+    source = colour_source(registry, model, seeds, guidance, steps)
+    print(f"\nHow {model} reads its text\n")
+    print("| “red” of the first object against “red” of the second (cosine) | colour from the T5 tokens | "
+          "from the pooled vector | neither |")  # fmt: skip
+    print("|---|---|---|---|")
+    print(f"| {same_red:.3f} | {source['tokens']:.2f} | {source['pooled']:.2f} | {source['neither']:.2f} |")
 
 
 MEASURES = ("colour", "position", "shape", "all", "binding")
@@ -195,8 +265,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--compare", nargs="+", default=None, metavar="MODEL:STEPS", help="models at step counts, side by side"
     )
+    parser.add_argument("--text", action="store_true", help="how the model reads its text (at the first guidance)")
     args = parser.parse_args(argv)
     registry = Registry(Catalogue.load(), device="cpu")
+    if args.text:
+        read_text(registry, args.model, args.seeds, args.guidance[0], args.steps)
+        return
     if args.compare:
         runs = [(model, int(steps)) for model, _, steps in (run.partition(":") for run in args.compare)]
         compare_runs(registry, runs, args.seeds, args.guidance[0], args.two_object_prompts)
