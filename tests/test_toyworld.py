@@ -322,6 +322,23 @@ def test_position_by_place_reads_each_image_against_its_own_scene():
     assert evaluate.position_by_place(scenes, shifted, 1) == dict.fromkeys(places, 0.0)
 
 
+def test_the_world_2_model_tells_a_words_object_apart_and_takes_colour_from_its_tokens(registry):
+    """shapes-flux-2 was trained with word grounding and pooled dropout: its T5 gives the red of the
+    first object another vector than the red of the second (world 1's T5, trained without, does not),
+    and with one caption's tokens and another's pooled vector it draws the tokens' colour."""
+    from studio.toyworld import evaluate
+
+    first = "a red circle on the left and a blue square on the right"
+    second = "a blue circle on the left and a red square on the right"
+    with registry.use("shapes-flux-2") as pipe:
+        assert evaluate.word_context(pipe, "red", first, second) < 0.8
+        assert evaluate.word_context(pipe, "red", first, first) == pytest.approx(1.0)
+    with registry.use("shapes-flux") as pipe:
+        assert evaluate.word_context(pipe, "red", first, second) > 0.99
+    source = evaluate.colour_source(registry, "shapes-flux-2", seeds=1, guidance=3.0, steps=12)
+    assert source["tokens"] >= 2 / 3 and source["pooled"] == 0
+
+
 def test_the_evaluation_scores_what_the_model_drew(registry):
     from studio.toyworld import evaluate
 
