@@ -1,7 +1,7 @@
 """Speed of the studio's own path against bare diffusers, and hot-swap against cold load.
 
     python -m studio.bench [--runs 5] [--size 64] [--models shapes-flux tiny-sd3 ...]
-    python -m studio.bench --full-size [--size 1024]   # on a GPU: SANA-Sprint / SANA ControlNet latency
+    python -m studio.bench --full-size [--size 1024]   # on a GPU: SANA-Sprint / SANA ControlNet / FLUX schnell
     python -m studio.bench --full-size-video           # on a GPU: CogVideoX-2B / Wan 1.3B DiTCtrl steps
     python -m studio.bench --full-size-tryon           # on a GPU: FLUX.1 Fill [dev] try-on steps
 
@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--full-size",
         action="store_true",
-        help="only the full-size SANA-Sprint 0.6B and SANA-600M ControlNet architectures, random weights",
+        help="only the full-size SANA-Sprint 0.6B, SANA-600M ControlNet and FLUX.1 [schnell] architectures, "
+        "random weights",
     )
     parser.add_argument(
         "--full-size-tryon",
@@ -159,13 +160,15 @@ def main(argv: list[str] | None = None) -> None:
         help="only the memory policies on FLUX.1 [dev]'s full-size architecture (random weights): peak memory "
         "and seconds per image for each policy that runs here",
     )
-    parser.add_argument("--scale", type=int, default=1, help="with --memory: divide the depths (to try it on a CPU)")
+    parser.add_argument(
+        "--scale", type=int, default=1, help="with --memory or --full-size: divide FLUX's depths (to try it on a CPU)"
+    )
     args = parser.parse_args(argv)
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
     device, dtype = choose_device(args.device)
     if args.full_size:
-        full_size_sana(device, dtype, args.size if args.size != 64 else 1024, args.runs)
+        full_size_one_step(device, dtype, args.size if args.size != 64 else 1024, args.runs, args.scale)
         return
     if args.full_size_video:
         full_size_video(device, dtype, max(1, args.runs // 2))
@@ -575,10 +578,11 @@ DC_AE_F32C32: dict[str, Any] = dict(
 
 
 @torch.no_grad()
-def full_size_sana(device: str, dtype: torch.dtype, size: int, runs: int) -> None:
+def full_size_one_step(device: str, dtype: torch.dtype, size: int, runs: int, scale: int = 1) -> None:
     """Latency of the full-size architectures with random weights (the cost is the architecture's):
     SANA-Sprint 0.6B text to image (1 and 2 steps) and SANA 600M with its 7-block ControlNet (one
-    step), each with the DC-AE decode, the prompt already encoded (as the live loop has it)."""
+    step), each with the DC-AE decode, the prompt already encoded (as the live loop has it); then
+    FLUX.1 [schnell] at 4 steps, without and with compiled blocks (its depth ÷ `scale`)."""
     from diffusers import AutoencoderDC, SanaControlNetModel, SanaTransformer2DModel
 
     torch.manual_seed(0)
@@ -620,6 +624,55 @@ def full_size_sana(device: str, dtype: torch.dtype, size: int, runs: int) -> Non
     print(f"| SANA-Sprint 0.6B, 1 step + DC-AE decode | {median_seconds(lambda: sprint_image(1), runs):.3f} | 0.1 |")
     print(f"| SANA-Sprint 0.6B, 2 steps + DC-AE decode | {median_seconds(lambda: sprint_image(2), runs):.3f} | |")
     print(f"| SANA 600M + 7-block ControlNet, 1 step + decode | {median_seconds(controlnet_image, runs):.3f} | 0.25 |")
+    for compile_blocks in (False, True):
+        seconds, name = full_size_schnell(device, dtype, size, runs, scale, compile_blocks)
+        print(f"| {name} | {seconds:.3f} | ~1 |")
+
+
+def full_size_schnell(
+    device: str, dtype: torch.dtype, size: int, runs: int, scale: int, compile_blocks: bool
+) -> tuple[float, str]:
+    """FLUX.1 [schnell] text to image: 4 steps of its transformer (no guidance input, 512 text
+    tokens) and the 16-channel VAE decode, random weights, the prompt already encoded; with
+    `compile_blocks` its repeated blocks compiled as the studio's compile option does (the first,
+    compiling call is the warm-up). `scale` divides the depth, to run it where 12 B parameters do
+    not fit (a CPU); the row says so."""
+    from diffusers import AutoencoderKL, FluxPipeline, FluxTransformer2DModel
+
+    torch.manual_seed(0)
+    layers = {"num_layers": max(1, 19 // scale), "num_single_layers": max(1, 38 // scale)}
+    config = FLUX_FILL_DEV | {"in_channels": 64, "out_channels": None, "guidance_embeds": False} | layers
+    transformer = FluxTransformer2DModel(**config).to(device, dtype).eval()
+    if compile_blocks:
+        transformer.compile_repeated_blocks(fullgraph=True)
+    decoder = AutoencoderKL(latent_channels=16, block_out_channels=(128, 256, 512, 512),
+                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                            layers_per_block=2).to(device, dtype).eval()  # fmt: skip
+    side, text_tokens = size // 16, 512
+    latents = torch.randn(1, side * side, 64, device=device, dtype=dtype)
+    image_ids = FluxPipeline._prepare_latent_image_ids(1, side, side, device, dtype)
+    text = torch.randn(1, text_tokens, 4096, device=device, dtype=dtype)
+    pooled = torch.randn(1, 768, device=device, dtype=dtype)
+
+    def image() -> None:
+        with torch.inference_mode():
+            x = latents
+            for t in (1.0, 0.75, 0.5, 0.25):
+                velocity = transformer(
+                    hidden_states=x, timestep=torch.full((1,), t, device=device, dtype=dtype),
+                    pooled_projections=pooled, encoder_hidden_states=text,
+                    txt_ids=torch.zeros(text_tokens, 3, device=device, dtype=dtype), img_ids=image_ids,
+                    return_dict=False,
+                )[0]  # fmt: skip
+                x = x - 0.25 * velocity
+            unpacked = x.view(1, side, side, 16, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(1, 16, side * 2, side * 2)
+            decoder.decode(unpacked)
+
+    seconds = median_seconds(image, runs)
+    name = "FLUX.1 [schnell], 4 steps + VAE decode" + (", blocks compiled" if compile_blocks else "")
+    if scale > 1:
+        name += f" (depth {layers['num_layers']} + {layers['num_single_layers']} of 19 + 38)"
+    return seconds, name
 
 
 if __name__ == "__main__":

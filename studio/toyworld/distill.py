@@ -1,8 +1,7 @@
 """Distil the shapes-world FLUX model into a one- to four-step student, as SANA-Sprint does.
 
-    python -m studio.toyworld.distill                        # teacher: assets/models/shapes-flux
-    python -m studio.toyworld.distill --teacher assets/models/shapes-flux-2 --output ...
-    python -m studio.toyworld.distill --resume assets/models/shapes-flux-sprint --scm-steps 1000
+    python -m studio.toyworld.distill                        # teacher: assets/models/shapes-flux-2
+    python -m studio.toyworld.distill --resume assets/models/shapes-flux-2-sprint --scm-steps 1000
 
 The teacher (a flow-matching FLUX model with true classifier-free guidance) is read in TrigFlow
 (`studio.sprint`) without retraining. The student is the teacher's transformer with two changes
@@ -28,13 +27,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import FluxPipeline, FluxTransformer2DModel
@@ -53,19 +50,7 @@ from studio.sprint import (
     sprint_scheduler,
     trigflow_velocity,
 )
-from studio.toyworld.data import HELD_OUT, ScenePool
-from studio.toyworld.scene import (
-    BACKGROUNDS,
-    COLOURS,
-    SHAPES,
-    SIZES,
-    Caption,
-    Scene,
-    make_object,
-    make_scene,
-    overlap,
-    render,
-)
+from studio.toyworld.data import build_pool
 from studio.toyworld.train import (
     MODELS_DIR,
     encode_pool,
@@ -78,9 +63,7 @@ from studio.toyworld.train import (
 
 # The text length the teacher is sampled with (its catalogue entry's max_sequence_length): FLUX's
 # joint attention reads the padding tokens too, so the student learns at the length it runs at.
-TEXT_LENGTH = 32
-# The places the shipped teacher (world 1) was trained on: the student learns where the teacher knows.
-TEACHER_PLACES = ("left", "right", "top", "bottom", "centre")
+TEXT_LENGTH = 48
 # Guidance scales the student learns (the teacher's default, 3, in the middle).
 GUIDANCE_SCALES = (2.0, 3.0, 4.0)
 # sCM's time distribution: s = atan(exp(N(P_MEAN, P_STD)) / σ_d), SANA-Sprint's logit-normal TrigFlow.
@@ -91,24 +74,6 @@ DISCRIMINATOR_MEAN, DISCRIMINATOR_STD = -0.6, 1.0
 LARGEST_TIME_SHARE = 0.5
 ADVERSARIAL_WEIGHT = 0.5
 TANGENT_NORMALISER = 0.1
-
-
-def teacher_world_pool(count: int, seed: int) -> ScenePool:
-    """Scenes of one or two objects at the teacher's named places, captioned as the evaluation and
-    the studio's examples write them, the held-out combinations left out."""
-    rng = random.Random(seed)
-    scenes: list[Scene] = []
-    while len(scenes) < count:
-        objects = []
-        for place in rng.sample(TEACHER_PLACES, rng.randint(1, 2)):
-            colour, shape = rng.choice(list(COLOURS)), rng.choice(SHAPES)
-            if (colour, shape, place) not in HELD_OUT:
-                objects.append(make_object(colour, shape, rng.choice(SIZES), place, jitter=0.05, rng=rng))
-        if objects and not (len(objects) == 2 and overlap(*objects) > 0.1):
-            scenes.append(make_scene(objects, rng.choice(list(BACKGROUNDS))))
-    images = np.stack([np.asarray(render(scene)[0]) for scene in scenes])
-    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
-    return ScenePool(scenes, pixels, [Caption(scene.caption) for scene in scenes])
 
 
 def student_from(teacher: FluxTransformer2DModel) -> FluxTransformer2DModel:
@@ -247,7 +212,7 @@ def adapt(run: Distillation, steps: int, batch_size: int, learning_rate: float) 
     tokens = (run.latents.shape[-2] // 2) * (run.latents.shape[-1] // 2)
     shift = sigma_shift(tokens, run.pipe.scheduler.config)
     empty = encode_text(run.pipe, [""] * batch_size, TEXT_LENGTH)
-    for _ in (bar := tqdm(range(steps), desc="adapt")):
+    for _ in (bar := tqdm(range(steps), desc="adapt", mininterval=30)):
         indices, text, guidance = run.batch(batch_size)
         noisy, sigma, _ = noised(run.latents[indices], shift, run.generator)
         with torch.no_grad():
@@ -335,9 +300,17 @@ def discriminator_input(x0: torch.Tensor, generator: torch.Generator) -> tuple[t
 
 
 def distil(
-    run: Distillation, steps: int, batch_size: int, learning_rate: float, adversarial: bool, resumed: bool = False
+    run: Distillation,
+    steps: int,
+    batch_size: int,
+    learning_rate: float,
+    adversarial: bool,
+    resumed: bool = False,
+    checkpoint: Callable[[], None] | None = None,
+    checkpoint_every: int = 0,
 ) -> None:
-    """Stage 2: sCM (+ LADD) with the discriminator's step alternating with the student's."""
+    """Stage 2: sCM (+ LADD) with the discriminator's step alternating with the student's;
+    `checkpoint` is called every `checkpoint_every` steps (a CPU run takes an hour)."""
     student, teacher, generator = run.student, run.teacher, run.generator
     log_variance = LogVariance()
     student_optimiser = torch.optim.AdamW(
@@ -348,7 +321,7 @@ def distil(
     empty = encode_text(run.pipe, [""] * batch_size, TEXT_LENGTH)
     # The tangent term warms up over the first quarter of a fresh run; a resumed run has it whole.
     tangent_warmup = 0 if resumed else max(1, steps // 4)
-    for step in (bar := tqdm(range(steps), desc="sCM + LADD" if adversarial else "sCM")):
+    for step in (bar := tqdm(range(steps), desc="sCM + LADD" if adversarial else "sCM", mininterval=30)):
         indices, text, guidance = run.batch(batch_size)
         x0 = SIGMA_DATA * run.latents[indices]
         tangent_share = min(1.0, (step + 1) / tangent_warmup) if tangent_warmup else 1.0
@@ -370,6 +343,8 @@ def distil(
             head_loss.backward()
             head_optimiser.step()
         bar.set_postfix(scm=f"{loss.item():.3f}", adv=f"{adversarial_loss.item():.3f}", d=f"{head_loss.item():.3f}")
+        if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0:
+            checkpoint()
 
 
 def discriminator_loss(
@@ -401,8 +376,8 @@ def save_student(pipe: FluxPipeline, student: FluxTransformer2DModel, output: Pa
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--teacher", type=Path, default=MODELS_DIR / "shapes-flux")
-    parser.add_argument("--output", type=Path, default=MODELS_DIR / "shapes-flux-sprint")
+    parser.add_argument("--teacher", type=Path, default=MODELS_DIR / "shapes-flux-2")
+    parser.add_argument("--output", type=Path, default=MODELS_DIR / "shapes-flux-2-sprint")
     parser.add_argument("--resume", type=Path, default=None, help="a saved student to go on distilling (no stage 1)")
     parser.add_argument("--scenes", type=int, default=16384)
     parser.add_argument("--adapt-steps", type=int, default=500)
@@ -410,6 +385,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--no-adversarial", action="store_true", help="sCM alone, without LADD")
+    parser.add_argument("--checkpoint-every", type=int, default=250, help="save the student every N sCM steps")
     run_options(parser)
     args = parser.parse_args(argv)
     seeded(args)
@@ -420,7 +396,8 @@ def main(argv: list[str] | None = None) -> None:
     pipe.text_encoder.requires_grad_(False)
     pipe.text_encoder_2.requires_grad_(False)
     teacher = pipe.transformer.requires_grad_(False)
-    pool = teacher_world_pool(args.scenes, seed=args.seed + 1)
+    # The teacher's own world (held-out combinations left out): the student learns where the teacher knows.
+    pool = build_pool(args.scenes, seed=args.seed + 1)
     config = pipe.vae.config
     latents = (encode_pool(pipe.vae, pool, "cpu") - config.shift_factor) * config.scaling_factor
     if args.resume:
@@ -431,7 +408,16 @@ def main(argv: list[str] | None = None) -> None:
     if not args.resume:
         adapt(run, args.adapt_steps, args.batch_size * 2, args.learning_rate * 5)
         save_student(pipe, student, args.output)
-    distil(run, args.scm_steps, args.batch_size, args.learning_rate, not args.no_adversarial, args.resume is not None)
+    distil(
+        run,
+        args.scm_steps,
+        args.batch_size,
+        args.learning_rate,
+        not args.no_adversarial,
+        resumed=args.resume is not None,
+        checkpoint=lambda: save_student(pipe, student, args.output),
+        checkpoint_every=args.checkpoint_every,
+    )
     save_student(pipe, student, args.output)
     print(f"saved the student to {args.output} after {(time.perf_counter() - started) / 60:.1f} min")
 

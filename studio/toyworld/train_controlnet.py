@@ -57,6 +57,10 @@ def control_latents(pipe: FluxPipeline, controls: list[Image.Image], seed: int) 
 def main(argv: list[str] | None = None) -> None:
     parser = train.frozen_base_arguments(__doc__, "shapes-flux", "shapes-flux-controlnet-scribble", steps=2000)
     parser.add_argument("--resume", type=Path, default=None, help="a saved ControlNet to train further")
+    # InstantX's FLUX ControlNets copy only the first few blocks; diffusers spreads their residuals
+    # over all of the base's blocks. Fewer blocks: a faster live loop.
+    parser.add_argument("--double-blocks", type=int, default=None, help="default: as many as the base")
+    parser.add_argument("--single-blocks", type=int, default=None, help="default: as many as the base")
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
@@ -69,8 +73,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         controlnet = FluxControlNetModel.from_transformer(
             pipe.transformer,
-            num_layers=config.num_layers,
-            num_single_layers=config.num_single_layers,
+            num_layers=config.num_layers if args.double_blocks is None else args.double_blocks,
+            num_single_layers=config.num_single_layers if args.single_blocks is None else args.single_blocks,
             attention_head_dim=config.attention_head_dim,
             num_attention_heads=config.num_attention_heads,
         )
