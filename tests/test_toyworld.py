@@ -266,17 +266,24 @@ def test_the_controlnet_trainer_moves_the_zero_initialised_outputs(tmp_path):
 
 def test_the_in_context_trainer_writes_a_lora_the_base_takes(tmp_path):
     """A few steps on the shapes-world 2 checkpoint: the LoRA is fp16 safetensors that loads into
-    the base, and its training prompts are the sets' own, within the base's text length."""
+    the base, its training prompts are the sets' own (each panel's words a span), within the base's
+    text length, and the T5 taught the panel tags first is saved where asked."""
     from diffusers import FluxPipeline
     from safetensors import safe_open
-    from transformers import T5Tokenizer
+    from transformers import T5EncoderModel, T5Tokenizer
 
     from studio.toyworld import train, train_incontext
 
     base = train.MODELS_DIR / "shapes-flux-2"
     output = tmp_path / "lora.safetensors"
+    encoder = tmp_path / "t5"
     train_incontext.main(["--base", str(base), "--steps", "3", "--examples", "4", "--batch-size", "2",
-                          "--output", str(output)])  # fmt: skip
+                          "--ground-panels", "2", "--encoder-output", str(encoder), "--output", str(output)])  # fmt: skip
+    # The panel-grounded T5 is saved where asked, fp16, and is not the base's any more.
+    grounded = T5EncoderModel.from_pretrained(encoder)
+    original = T5EncoderModel.from_pretrained(base, subfolder="text_encoder_2")
+    assert grounded.dtype == torch.float16
+    assert any(not torch.equal(a, b) for a, b in zip(grounded.state_dict().values(), original.state_dict().values()))
     with safe_open(output, "pt") as weights:
         names = list(weights.keys())
         assert names and {weights.get_slice(name).get_dtype() for name in names} == {"F16"}
@@ -286,10 +293,16 @@ def test_the_in_context_trainer_writes_a_lora_the_base_takes(tmp_path):
     tokenizer = T5Tokenizer.from_pretrained(base, subfolder="tokenizer_2")
     rng = random.Random(0)
     for image_set in train_incontext.shapes_sets("shapes-flux-2"):
-        canvas, prompt = train_incontext.example(image_set, rng)
+        canvas, caption = train_incontext.example(image_set, rng)
+        prompt = caption.text
         assert canvas.size == (64 * image_set.columns, 64 * image_set.rows)
         assert prompt.startswith(image_set.intro) and all(tag in prompt for tag in image_set.tags)
         assert len(tokenizer(prompt).input_ids) <= train.MAX_SEQUENCE_LENGTH
+        # Each panel's span is its tag and its text, in panel order, and nothing of the intro.
+        pieces = [prompt[start:end] for start, end, _ in caption.spans]
+        assert [owner for *_, owner in caption.spans] == list(range(image_set.count))
+        assert all(piece.startswith(tag + " ") for piece, tag in zip(pieces, image_set.tags))
+        assert prompt.endswith(pieces[-1]) and image_set.intro not in "".join(pieces)
 
 
 def test_the_evaluation_asks_held_out_combinations_and_two_objects_at_their_own_places():

@@ -3,6 +3,7 @@ LoRA paper trains its LoRAs: captioned multi-panel images (the panels side by si
 with tagged prompts, composed exactly as the image-sets tab composes them (`ImageSet.prompt`).
 
     python -m studio.toyworld.train_incontext                 # about 15 minutes on a 2-core CPU
+    python -m studio.toyworld.train_incontext --ground-panels 800   # first teach the base's T5 the tags
     python -m studio.toyworld.train_incontext --evaluate      # the table: with and without the LoRA
 
 The sets it learns are the shapes-world sets of presets/ic_lora_sets.toml (the ones whose
@@ -13,8 +14,10 @@ place (two panels), one shape in four colours (four panels). Saved as a diffuser
 
 from __future__ import annotations
 
+import copy
 import random
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,6 +30,7 @@ from tqdm import tqdm
 from studio.catalogue import Catalogue
 from studio.families import flux
 from studio.methods.incontext import (
+    MAX_PANELS,
     ImageSet,
     SetRequest,
     compose,
@@ -38,6 +42,8 @@ from studio.methods.incontext import (
 )
 from studio.registry import Registry
 from studio.toyworld import train
+from studio.toyworld.data import build_pool
+from studio.toyworld.grounding import Grounding, t5_of
 from studio.toyworld.measure import classify_shape, colour_mask, largest_blob
 from studio.toyworld.scene import (
     BACKGROUNDS,
@@ -45,12 +51,15 @@ from studio.toyworld.scene import (
     POSITION_PHRASES,
     POSITIONS,
     SHAPES,
+    Caption,
     make_object,
     make_scene,
     render,
 )
 
-Example = tuple[Image.Image, str]  # the set's canvas and its prompt
+# How much the world's own captions must keep their vectors while the T5 learns the panel tags.
+KEEP_WEIGHT = 100.0
+Example = tuple[Image.Image, Caption]  # the set's canvas and its prompt, each panel's part a span
 
 
 # What each shapes-world set varies across its panels, and whether a panel's text is the whole
@@ -82,7 +91,55 @@ def example(image_set: ImageSet, rng: random.Random) -> Example:
         texts = values
         place = POSITION_PHRASES[chosen["position"]]
         caption = f"one {chosen['size']} {chosen['shape']} {place} in four colours, {background} background"
-    return compose(panels, image_set.rows, image_set.columns), image_set.prompt(caption, texts)
+    return compose(panels, image_set.rows, image_set.columns), tagged_prompt(image_set, caption, texts)
+
+
+def tagged_prompt(image_set: ImageSet, caption: str, texts: list[str]) -> Caption:
+    """The set's prompt (`ImageSet.prompt`) with each panel's tag and text as that panel's span."""
+    prompt = image_set.prompt(caption, texts)
+    spans, start = [], 0
+    for index, (tag, text) in enumerate(zip(image_set.tags, texts)):
+        begin = prompt.index(f"{tag} {text.strip()}", start)
+        start = begin + len(tag) + 1 + len(text.strip())
+        spans.append((begin, start, index))
+    return Caption(prompt, tuple(spans))
+
+
+def ground_panels(
+    pipe: FluxPipeline, prompts: list[Caption], plain: list[str], steps: int, generator: torch.Generator
+) -> tuple[float, float]:
+    """Teach the base's T5 which panel each word of a set prompt belongs to (grounding.py, asked
+    for the panel index), while its vectors for the world's own captions stay where the frozen
+    transformer expects them (mean squared distance to the untouched encoder's). A real T5 reads
+    "[LEFT] … [RIGHT] …" from language pre-training; the toy one, trained on single scenes, gave
+    "red" the same vector in either panel (cosine 0.99), so no LoRA could tell which panel a
+    colour was asked for. Returns the last grounding and keeping losses."""
+    grounding = Grounding.build(
+        pipe,
+        prompts,
+        [[(k,) for k, *_ in enumerate(p.spans)] for p in prompts],
+        (MAX_PANELS,),
+        train.MAX_SEQUENCE_LENGTH,
+    )
+    tokenizer, encoder = t5_of(pipe)
+    untouched = copy.deepcopy(encoder).eval().requires_grad_(False)
+    plain_ids = tokenizer(plain, padding="max_length", max_length=train.MAX_SEQUENCE_LENGTH, truncation=True,
+                          return_tensors="pt").input_ids  # fmt: skip
+    encoder.requires_grad_(True).train()
+    parameters = [*encoder.parameters(), *grounding.heads.parameters()]
+    optimiser = torch.optim.AdamW(parameters, lr=3e-4, weight_decay=0.0)
+    grounded = kept = torch.zeros(())
+    for _ in (bar := tqdm(range(steps), desc="panel tags", mininterval=30)):
+        grounded = grounding.loss(torch.randint(len(prompts), (32,), generator=generator))
+        batch = plain_ids[torch.randint(len(plain_ids), (32,), generator=generator)]
+        kept = F.mse_loss(encoder(batch)[0], untouched(batch)[0])
+        optimiser.zero_grad(set_to_none=True)
+        (grounded + KEEP_WEIGHT * kept).backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimiser.step()
+        bar.set_postfix(grounding=f"{grounded.item():.3f}", kept=f"{kept.item():.5f}")
+    encoder.eval().requires_grad_(False)
+    return grounded.item(), kept.item()
 
 
 def shapes_sets(base: str) -> list[ImageSet]:
@@ -109,7 +166,7 @@ def evaluate(registry: Registry, model: str, seeds: int, with_lora: bool) -> dic
             shape = classify_shape(largest_blob(colour_mask(reference, dominant_colour(reference))))
             width, height = set_canvas(image_set, spec)
             request = SetRequest(
-                model=model, prompt=prompt, rows=image_set.rows, columns=image_set.columns, width=width,
+                model=model, prompt=prompt.text, rows=image_set.rows, columns=image_set.columns, width=width,
                 height=height, steps=spec.steps, guidance=spec.guidance_scale, seed=seed, references={0: reference},
                 adapters=set_lora(registry, image_set, spec) if with_lora else (),
             )  # fmt: skip
@@ -135,6 +192,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--examples", type=int, default=600, help="drawn per set (the paper: a few hundred)")
     parser.add_argument("--evaluate", action="store_true", help="print the evaluation table instead of training")
+    parser.add_argument(
+        "--ground-panels", type=int, default=0, help="first teach the base's T5 the panel tags for N steps (saved)"
+    )
+    parser.add_argument("--encoder-output", type=Path, default=None, help="default: the base's text_encoder_2")
     args = parser.parse_args(argv)
     if args.evaluate:
         registry = Registry(Catalogue.load())
@@ -153,6 +214,16 @@ def main(argv: list[str] | None = None) -> None:
     sets = shapes_sets(args.base.name)
     rng = random.Random(args.seed)
     data = {image_set.id: [example(image_set, rng) for _ in range(args.examples)] for image_set in sets}
+    generator = torch.Generator().manual_seed(args.seed)
+    if args.ground_panels:
+        prompts = [prompt for pairs in data.values() for _, prompt in pairs]
+        plain = build_pool(2048, seed=args.seed + 3).captions
+        grounded, kept = ground_panels(pipe, prompts, plain, args.ground_panels, generator)
+        encoder_output = args.encoder_output or args.base / "text_encoder_2"
+        pipe.text_encoder_2.to(torch.float16).save_pretrained(encoder_output, safe_serialization=True)
+        pipe.text_encoder_2.float()
+        print(f"panel tags: grounding loss {grounded:.3f}, world captions kept to {kept:.5f}; T5 saved to "
+              f"{encoder_output}", flush=True)  # fmt: skip
     latents = {name: canvas_latents(pipe, [image for image, _ in pairs]) for name, pairs in data.items()}
     config = LoraConfig(r=args.rank, lora_alpha=args.rank, init_lora_weights="gaussian",
                         target_modules=["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj",
@@ -161,13 +232,12 @@ def main(argv: list[str] | None = None) -> None:
     parameters = [p for p in pipe.transformer.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(parameters, lr=args.learning_rate, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: train.warmup_cosine(s, args.steps, 100))
-    generator = torch.Generator().manual_seed(args.seed)
     names = list(data)
     for step in (bar := tqdm(range(args.steps), desc="in-context LoRA")):
         name = names[step % len(names)]  # one kind of canvas a batch: they differ in size
         indices = torch.randint(len(data[name]), (args.batch_size,), generator=generator)
         dropped = torch.rand(args.batch_size, generator=generator) < 0.1
-        texts = ["" if drop else data[name][i][1] for i, drop in zip(indices.tolist(), dropped.tolist())]
+        texts = ["" if drop else data[name][i][1].text for i, drop in zip(indices.tolist(), dropped.tolist())]
         batch = latents[name][indices]
         shift = train.sigma_shift((batch.shape[-2] // 2) * (batch.shape[-1] // 2), pipe.scheduler.config)
         with torch.no_grad():
