@@ -1,5 +1,6 @@
 """ControlNet pipelines on the built-in models and the live sketch loop."""
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -128,9 +129,10 @@ def test_pixart_has_no_controlnet_and_says_so(registry):
 def test_live_picks_the_fastest_way_to_draw_for_each_family(registry):
     # Trained weights first, the distilled one-step student before its teacher, both with the
     # trained scribble ControlNet...
-    assert live_targets(registry, "flux")[:3] == [
+    assert live_targets(registry, "flux")[:4] == [
         LiveTarget("shapes-flux-sprint", "scribble", 2),
         LiveTarget("shapes-flux", "scribble", 8),
+        LiveTarget("shapes-flux-2", "scribble", 8),
         LiveTarget("tiny-flux-schnell", "scribble", 2),
     ]
     # ...then, among random built-ins, the one-step model before the standard ones.
@@ -274,6 +276,25 @@ def test_the_trained_scribble_controlnet_draws_what_is_sketched(registry):
         blob = largest_blob(colour_mask(renderer.frame(request).image, "red"))
         x, _ = centroid(blob)
         assert low <= x <= high and iou(blob, wanted) > 0.5
+
+
+def test_world_2s_scribble_controlnet_draws_a_sketch_where_no_caption_could_say(registry):
+    """On shapes-flux-2: a square and a triangle outlined off every named place (a third of the way
+    in, near a corner); each object is drawn where it was sketched, in the caption's colour, and
+    at conditioning scale 0 the same seed puts it elsewhere."""
+    from studio.toyworld.measure import centroid, colour_mask, iou, largest_blob
+    from studio.toyworld.scene import object_at
+    from studio.toyworld.sketch_eval import outline_of
+
+    target = next(t for t in live_targets(registry, "flux") if t.model == "shapes-flux-2")
+    renderer = LiveRenderer(registry)
+    for shape, colour, centre in (("square", "blue", (0.33, 0.7)), ("triangle", "green", (0.7, 0.3))):
+        drawing, wanted = outline_of(object_at("red", shape, 0.4, centre))
+        request = LiveRequest(target, f"a large {colour} {shape}, gray background", drawing)
+        blob = largest_blob(colour_mask(renderer.frame(request).image, colour))
+        assert math.dist(centroid(blob), centre) <= 0.1 and iou(blob, wanted) > 0.5, shape
+        free = largest_blob(colour_mask(renderer.frame(replace(request, conditioning_scale=0.0)).image, colour))
+        assert iou(free, wanted) < 0.5, shape
 
 
 def test_a_controlnet_from_a_local_folder_loads_by_its_config(catalogue, registry, tmp_path):

@@ -252,14 +252,17 @@ def test_the_trainer_writes_a_pipeline_the_registry_path_can_load(tmp_path, fami
 
 
 def test_the_controlnet_trainer_moves_the_zero_initialised_outputs(tmp_path):
-    """A few steps of the scribble-ControlNet trainer on the shipped shapes-flux: it saves a
-    diffusers ControlNet whose zero-initialised output layers have started to learn."""
+    """A few steps of the scribble-ControlNet trainer on the shipped shapes-flux-2, copying two of
+    its four double blocks and none of its single ones, as the shipped ControlNet does: it saves a
+    diffusers ControlNet of that depth whose zero-initialised output layers have started to learn."""
     from diffusers import FluxControlNetModel
 
     from studio.toyworld import train_controlnet
 
-    train_controlnet.main(["--scenes", "32", "--steps", "2", "--batch-size", "4", "--output", str(tmp_path)])
+    train_controlnet.main(["--scenes", "32", "--steps", "2", "--batch-size", "4", "--double-blocks", "2",
+                           "--single-blocks", "0", "--output", str(tmp_path)])  # fmt: skip
     trained = FluxControlNetModel.from_pretrained(tmp_path)
+    assert len(trained.transformer_blocks) == 2 and len(trained.single_transformer_blocks) == 0
     assert all(block.weight.abs().sum() > 0 for block in trained.controlnet_blocks)
     assert trained.controlnet_x_embedder.weight.abs().sum() > 0
 
@@ -277,8 +280,8 @@ def test_the_in_context_trainer_writes_a_lora_the_base_takes(tmp_path):
     base = train.MODELS_DIR / "shapes-flux-2"
     output = tmp_path / "lora.safetensors"
     encoder = tmp_path / "t5"
-    train_incontext.main(["--base", str(base), "--steps", "3", "--examples", "4", "--batch-size", "2",
-                          "--ground-panels", "2", "--encoder-output", str(encoder), "--output", str(output)])  # fmt: skip
+    train_incontext.main(["--base", str(base), "--steps", "3", "--examples", "4", "--batch-size", "2", "--ground-panels",
+                          "2", "--encoder-output", str(encoder), "--output", str(output)])  # fmt: skip
     # The panel-grounded T5 is saved where asked, fp16, and is not the base's any more.
     grounded = T5EncoderModel.from_pretrained(encoder)
     original = T5EncoderModel.from_pretrained(base, subfolder="text_encoder_2")

@@ -1,7 +1,8 @@
 """Train a scribble ControlNet for the shapes-world FLUX model, the base frozen (as ControlNets are
 trained on a pre-trained model), so the live sketch tab draws what is sketched.
 
-    python -m studio.toyworld.train_controlnet          # about 15 minutes on a 2-core CPU
+    python -m studio.toyworld.train_controlnet --double-blocks 2 --single-blocks 0   # world 2's, 35 min on one core
+    python -m studio.toyworld.train_controlnet --base assets/models/shapes-flux --output DIR   # world 1's
 
 The control image is each scene's object outlines, white on black, drawn 1 to 3 pixels wide (a
 person's brush strokes on the canvas, shrunk to 64x64, are about that). Half the captions lose
@@ -55,7 +56,7 @@ def control_latents(pipe: FluxPipeline, controls: list[Image.Image], seed: int) 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = train.frozen_base_arguments(__doc__, "shapes-flux", "shapes-flux-controlnet-scribble", steps=2000)
+    parser = train.frozen_base_arguments(__doc__, "shapes-flux-2", "shapes-flux-2-controlnet-scribble", steps=2000)
     parser.add_argument("--resume", type=Path, default=None, help="a saved ControlNet to train further")
     # InstantX's FLUX ControlNets copy only the first few blocks; diffusers spreads their residuals
     # over all of the base's blocks. Fewer blocks: a faster live loop.
