@@ -280,8 +280,8 @@ def test_the_in_context_trainer_writes_a_lora_the_base_takes(tmp_path):
     base = train.MODELS_DIR / "shapes-flux-2"
     output = tmp_path / "lora.safetensors"
     encoder = tmp_path / "t5"
-    train_incontext.main(["--base", str(base), "--steps", "3", "--examples", "4", "--batch-size", "2", "--ground-panels",
-                          "2", "--encoder-output", str(encoder), "--output", str(output)])  # fmt: skip
+    options = ["--steps", "3", "--examples", "4", "--batch-size", "2", "--ground-panels", "2"]
+    train_incontext.main(["--base", str(base), *options, "--encoder-output", str(encoder), "--output", str(output)])
     # The panel-grounded T5 is saved where asked, fp16, and is not the base's any more.
     grounded = T5EncoderModel.from_pretrained(encoder)
     original = T5EncoderModel.from_pretrained(base, subfolder="text_encoder_2")
