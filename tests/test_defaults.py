@@ -153,8 +153,9 @@ def test_the_image_sets_tab_opens_on_a_shapes_set_with_the_lora_made_for_its_mod
 
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 12: world 2's FLUX binds a panel's colour to its panel tag no better than chance (recolour set: 0 "
-    "of 8 seeds with the LoRA); before the retrained base the tab's seed drew it right by luck (3 of 8)",
+    reason="issue 12: world 2's FLUX was trained on 64x64 canvases only, so on a set's 128-pixel canvas (image "
+    "positions it never saw) it tiles objects instead of drawing panels (recolour set: 1 of 8 seeds with the LoRA); "
+    "its T5 now tells the panels apart, its base must learn larger canvases",
 )
 def test_the_image_sets_tabs_opening_set_draws_each_panel_as_asked(opened):
     from studio.methods.incontext import SET_DEFAULTS, SetRequest, load_sets, set_canvas, set_lora

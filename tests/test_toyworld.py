@@ -355,6 +355,25 @@ def test_the_world_2_model_tells_a_words_object_apart_and_takes_colour_from_its_
     assert source["tokens"] >= 2 / 3 and source["pooled"] == 0
 
 
+def test_the_world_2_t5_tells_which_panel_of_a_set_a_word_belongs_to(registry):
+    """shapes-flux-2's T5 was taught the In-Context LoRA panel tags (train_incontext --ground-panels):
+    "red" under [LEFT] and "red" under [RIGHT] get different vectors, so a LoRA can draw each
+    panel's own colour; the same prompt gives the same vector."""
+    from studio.methods.incontext import load_sets
+    from studio.toyworld import evaluate
+
+    image_set = load_sets()["shapes-recolour"]
+    red, blue = (
+        "a large red triangle in the centre, gray background",
+        "a large blue triangle in the centre, gray background",
+    )
+    left = image_set.prompt(image_set.caption, [red, blue])
+    right = image_set.prompt(image_set.caption, [blue, red])
+    with registry.use("shapes-flux-2") as pipe:
+        assert evaluate.word_context(pipe, "red", left, right) < 0.8
+        assert evaluate.word_context(pipe, "red", left, left) == pytest.approx(1.0)
+
+
 def test_the_evaluation_scores_what_the_model_drew(registry):
     from studio.toyworld import evaluate
 
