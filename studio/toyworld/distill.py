@@ -1,7 +1,8 @@
 """Distil the shapes-world FLUX model into a one- to four-step student, as SANA-Sprint does.
 
-    python -m studio.toyworld.distill                        # teacher: assets/models/shapes-flux-2
-    python -m studio.toyworld.distill --resume assets/models/shapes-flux-2-sprint --scm-steps 1000
+    python -m studio.toyworld.distill                        # teacher: world 2's shapes-flux-2
+    python -m studio.toyworld.distill --world 1              # world 1's shapes-flux (the shipped student)
+    python -m studio.toyworld.distill --world 1 --resume assets/models/shapes-flux-sprint --scm-steps 1000
 
 The teacher (a flow-matching FLUX model with true classifier-free guidance) is read in TrigFlow
 (`studio.sprint`) without retraining. The student is the teacher's transformer with two changes
@@ -27,11 +28,13 @@ from __future__ import annotations
 
 import argparse
 import copy
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import FluxPipeline, FluxTransformer2DModel
@@ -50,7 +53,19 @@ from studio.sprint import (
     sprint_scheduler,
     trigflow_velocity,
 )
-from studio.toyworld.data import build_pool
+from studio.toyworld.data import HELD_OUT, ScenePool, build_pool
+from studio.toyworld.scene import (
+    BACKGROUNDS,
+    COLOURS,
+    SHAPES,
+    SIZES,
+    Caption,
+    Scene,
+    make_object,
+    make_scene,
+    overlap,
+    render,
+)
 from studio.toyworld.train import (
     MODELS_DIR,
     encode_pool,
@@ -61,9 +76,11 @@ from studio.toyworld.train import (
     warmup_cosine,
 )
 
-# The text length the teacher is sampled with (its catalogue entry's max_sequence_length): FLUX's
-# joint attention reads the padding tokens too, so the student learns at the length it runs at.
-TEXT_LENGTH = 48
+# The text length each world's teacher is sampled with (its catalogue entry's max_sequence_length):
+# FLUX's joint attention reads the padding tokens too, so the student learns at the length it runs at.
+TEXT_LENGTHS = {1: 32, 2: 48}
+# The places world 1's teacher was trained on: the student learns where the teacher knows.
+TEACHER_PLACES = ("left", "right", "top", "bottom", "centre")
 # Guidance scales the student learns (the teacher's default, 3, in the middle).
 GUIDANCE_SCALES = (2.0, 3.0, 4.0)
 # sCM's time distribution: s = atan(exp(N(P_MEAN, P_STD)) / σ_d), SANA-Sprint's logit-normal TrigFlow.
@@ -74,6 +91,24 @@ DISCRIMINATOR_MEAN, DISCRIMINATOR_STD = -0.6, 1.0
 LARGEST_TIME_SHARE = 0.5
 ADVERSARIAL_WEIGHT = 0.5
 TANGENT_NORMALISER = 0.1
+
+
+def teacher_world_pool(count: int, seed: int) -> ScenePool:
+    """Scenes of one or two objects at the teacher's named places, captioned as the evaluation and
+    the studio's examples write them, the held-out combinations left out."""
+    rng = random.Random(seed)
+    scenes: list[Scene] = []
+    while len(scenes) < count:
+        objects = []
+        for place in rng.sample(TEACHER_PLACES, rng.randint(1, 2)):
+            colour, shape = rng.choice(list(COLOURS)), rng.choice(SHAPES)
+            if (colour, shape, place) not in HELD_OUT:
+                objects.append(make_object(colour, shape, rng.choice(SIZES), place, jitter=0.05, rng=rng))
+        if objects and not (len(objects) == 2 and overlap(*objects) > 0.1):
+            scenes.append(make_scene(objects, rng.choice(list(BACKGROUNDS))))
+    images = np.stack([np.asarray(render(scene)[0]) for scene in scenes])
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    return ScenePool(scenes, pixels, [Caption(scene.caption) for scene in scenes])
 
 
 def student_from(teacher: FluxTransformer2DModel) -> FluxTransformer2DModel:
@@ -191,6 +226,7 @@ class Distillation:
     latents: torch.Tensor
     captions: list[str]
     generator: torch.Generator
+    text_length: int
 
     @property
     def teacher(self) -> FluxTransformer2DModel:
@@ -199,7 +235,7 @@ class Distillation:
     def batch(self, size: int) -> tuple[torch.Tensor, TextConditioning, torch.Tensor]:
         """Sample indices, their captions encoded, and a guidance scale each."""
         indices = torch.randint(len(self.captions), (size,), generator=self.generator)
-        text = encode_text(self.pipe, [self.captions[i] for i in indices.tolist()], TEXT_LENGTH)
+        text = encode_text(self.pipe, [self.captions[i] for i in indices.tolist()], self.text_length)
         scales = torch.randint(len(GUIDANCE_SCALES), (size,), generator=self.generator)
         return indices, text, torch.tensor(GUIDANCE_SCALES)[scales]
 
@@ -211,7 +247,7 @@ def adapt(run: Distillation, steps: int, batch_size: int, learning_rate: float) 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: warmup_cosine(s, steps, 50))
     tokens = (run.latents.shape[-2] // 2) * (run.latents.shape[-1] // 2)
     shift = sigma_shift(tokens, run.pipe.scheduler.config)
-    empty = encode_text(run.pipe, [""] * batch_size, TEXT_LENGTH)
+    empty = encode_text(run.pipe, [""] * batch_size, run.text_length)
     for _ in (bar := tqdm(range(steps), desc="adapt", mininterval=30)):
         indices, text, guidance = run.batch(batch_size)
         noisy, sigma, _ = noised(run.latents[indices], shift, run.generator)
@@ -318,7 +354,7 @@ def distil(
     )
     discriminator = Discriminator(teacher)
     head_optimiser = torch.optim.AdamW(discriminator.heads.parameters(), lr=learning_rate * 2, weight_decay=0.0)
-    empty = encode_text(run.pipe, [""] * batch_size, TEXT_LENGTH)
+    empty = encode_text(run.pipe, [""] * batch_size, run.text_length)
     # The tangent term warms up over the first quarter of a fresh run; a resumed run has it whole.
     tangent_warmup = 0 if resumed else max(1, steps // 4)
     for step in (bar := tqdm(range(steps), desc="sCM + LADD" if adversarial else "sCM", mininterval=30)):
@@ -376,8 +412,9 @@ def save_student(pipe: FluxPipeline, student: FluxTransformer2DModel, output: Pa
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--teacher", type=Path, default=MODELS_DIR / "shapes-flux-2")
-    parser.add_argument("--output", type=Path, default=MODELS_DIR / "shapes-flux-2-sprint")
+    parser.add_argument("--world", type=int, choices=sorted(TEXT_LENGTHS), default=2, help="the teacher's world")
+    parser.add_argument("--teacher", type=Path, default=None, help="default: the world's FLUX model")
+    parser.add_argument("--output", type=Path, default=None, help="default: the world's FLUX model's name + -sprint")
     parser.add_argument("--resume", type=Path, default=None, help="a saved student to go on distilling (no stage 1)")
     parser.add_argument("--scenes", type=int, default=16384)
     parser.add_argument("--adapt-steps", type=int, default=500)
@@ -392,22 +429,24 @@ def main(argv: list[str] | None = None) -> None:
     generator = torch.Generator().manual_seed(args.seed)
     started = time.perf_counter()
 
-    pipe = FluxPipeline.from_pretrained(args.teacher, dtype=torch.float32)
+    name = {1: "shapes-flux", 2: "shapes-flux-2"}[args.world]
+    teacher_path, output = args.teacher or MODELS_DIR / name, args.output or MODELS_DIR / f"{name}-sprint"
+    pipe = FluxPipeline.from_pretrained(teacher_path, dtype=torch.float32)
     pipe.text_encoder.requires_grad_(False)
     pipe.text_encoder_2.requires_grad_(False)
     teacher = pipe.transformer.requires_grad_(False)
-    # The teacher's own world (held-out combinations left out): the student learns where the teacher knows.
-    pool = build_pool(args.scenes, seed=args.seed + 1)
+    # The teacher's world, held-out combinations left out: the student learns where the teacher knows.
+    pool = (teacher_world_pool if args.world == 1 else build_pool)(args.scenes, seed=args.seed + 1)
     config = pipe.vae.config
     latents = (encode_pool(pipe.vae, pool, "cpu") - config.shift_factor) * config.scaling_factor
     if args.resume:
         student = FluxTransformer2DModel.from_pretrained(args.resume, subfolder="transformer", dtype=torch.float32)
     else:
         student = student_from(teacher)
-    run = Distillation(student, pipe, latents, pool.captions, generator)
+    run = Distillation(student, pipe, latents, pool.captions, generator, TEXT_LENGTHS[args.world])
     if not args.resume:
         adapt(run, args.adapt_steps, args.batch_size * 2, args.learning_rate * 5)
-        save_student(pipe, student, args.output)
+        save_student(pipe, student, output)
     distil(
         run,
         args.scm_steps,
@@ -415,11 +454,11 @@ def main(argv: list[str] | None = None) -> None:
         args.learning_rate,
         not args.no_adversarial,
         resumed=args.resume is not None,
-        checkpoint=lambda: save_student(pipe, student, args.output),
+        checkpoint=lambda: save_student(pipe, student, output),
         checkpoint_every=args.checkpoint_every,
     )
-    save_student(pipe, student, args.output)
-    print(f"saved the student to {args.output} after {(time.perf_counter() - started) / 60:.1f} min")
+    save_student(pipe, student, output)
+    print(f"saved the student to {output} after {(time.perf_counter() - started) / 60:.1f} min")
 
 
 if __name__ == "__main__":
