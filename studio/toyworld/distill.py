@@ -18,7 +18,7 @@ input (a new guidance embedder, zero-initialised so the student starts as the te
    - latent adversarial distillation (LADD): the frozen teacher's image tokens after each block
      feed trainable heads (the discriminator), real latents against the student's one-step
      samples renoised at a discriminator time; hinge loss, misaligned captions as further fakes.
-   The student's loss is sCM + 0.5 · adversarial.
+   The student's loss is sCM + w · adversarial (SANA-Sprint's w = 0.5, `--adversarial-weight`).
 
 Writes a complete pipeline (fp16 safetensors) with SANA-Sprint's SCM scheduler, loaded by the
 registry as FluxSprintPipeline.
@@ -340,12 +340,13 @@ def distil(
     steps: int,
     batch_size: int,
     learning_rate: float,
-    adversarial: bool,
+    adversarial_weight: float,
     resumed: bool = False,
     checkpoint: Callable[[], None] | None = None,
     checkpoint_every: int = 0,
 ) -> None:
-    """Stage 2: sCM (+ LADD) with the discriminator's step alternating with the student's;
+    """Stage 2: sCM (+ LADD at `adversarial_weight`; 0: sCM alone) with the discriminator's step
+    alternating with the student's;
     `checkpoint` is called every `checkpoint_every` steps (a CPU run takes an hour)."""
     student, teacher, generator = run.student, run.teacher, run.generator
     log_variance = LogVariance()
@@ -357,6 +358,7 @@ def distil(
     empty = encode_text(run.pipe, [""] * batch_size, run.text_length)
     # The tangent term warms up over the first quarter of a fresh run; a resumed run has it whole.
     tangent_warmup = 0 if resumed else max(1, steps // 4)
+    adversarial = adversarial_weight > 0
     for step in (bar := tqdm(range(steps), desc="sCM + LADD" if adversarial else "sCM", mininterval=30)):
         indices, text, guidance = run.batch(batch_size)
         x0 = SIGMA_DATA * run.latents[indices]
@@ -369,7 +371,7 @@ def distil(
         if adversarial:
             fake = one_step_sample(student, x0, text, guidance, generator)
             adversarial_loss = -discriminator(*discriminator_input(fake, generator), text).mean()
-            (ADVERSARIAL_WEIGHT * adversarial_loss).backward()
+            (adversarial_weight * adversarial_loss).backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 0.1)
         student_optimiser.step()
         head_loss = torch.zeros(())
@@ -421,7 +423,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scm-steps", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
-    parser.add_argument("--no-adversarial", action="store_true", help="sCM alone, without LADD")
+    parser.add_argument(
+        "--adversarial-weight", type=float, default=ADVERSARIAL_WEIGHT, help="LADD's weight beside sCM (0: sCM alone)"
+    )
     parser.add_argument("--checkpoint-every", type=int, default=250, help="save the student every N sCM steps")
     run_options(parser)
     args = parser.parse_args(argv)
@@ -452,7 +456,7 @@ def main(argv: list[str] | None = None) -> None:
         args.scm_steps,
         args.batch_size,
         args.learning_rate,
-        not args.no_adversarial,
+        args.adversarial_weight,
         resumed=args.resume is not None,
         checkpoint=lambda: save_student(pipe, student, output),
         checkpoint_every=args.checkpoint_every,
