@@ -129,7 +129,8 @@ def test_pixart_has_no_controlnet_and_says_so(registry):
 def test_live_picks_the_fastest_way_to_draw_for_each_family(registry):
     # Trained weights first, the distilled one-step student before its teacher, both with the
     # trained scribble ControlNet...
-    assert live_targets(registry, "flux")[:4] == [
+    assert live_targets(registry, "flux")[:5] == [
+        LiveTarget("shapes-flux-2-sprint", "scribble", 2),
         LiveTarget("shapes-flux-sprint", "scribble", 2),
         LiveTarget("shapes-flux", "scribble", 8),
         LiveTarget("shapes-flux-2", "scribble", 8),

@@ -158,8 +158,9 @@ def test_the_student_with_a_controlnet_at_scale_zero_is_the_student(random_stude
     assert np.abs(on - plain).max() > 0
 
 
-def test_the_distilled_student_draws_what_is_asked_in_one_and_two_steps(registry):
-    """The shipped student, through the studio's generate: colour and place of held-out style
+@pytest.mark.parametrize("model", ["shapes-flux-sprint", "shapes-flux-2-sprint"])
+def test_the_distilled_student_draws_what_is_asked_in_one_and_two_steps(registry, model):
+    """Each shipped student (world 1's and world 2's), through the studio's generate: colour and place of
     prompts at one and two steps (its teacher needs 24, with two passes a step)."""
     from studio.generation import GenerationSettings, generate
     from studio.toyworld.measure import centroid, colour_mask, largest_blob
@@ -171,7 +172,7 @@ def test_the_distilled_student_draws_what_is_asked_in_one_and_two_steps(registry
     ]
     for steps in (1, 2):
         for prompt, colour, placed in asked:
-            settings = GenerationSettings(model="shapes-flux-sprint", prompt=prompt, steps=steps, guidance=3.0,
+            settings = GenerationSettings(model=model, prompt=prompt, steps=steps, guidance=3.0,
                                           width=64, height=64, seed=0)  # fmt: skip
             (result,) = generate(registry, settings)
             blob = largest_blob(colour_mask(result.image, colour))
@@ -181,14 +182,14 @@ def test_the_distilled_student_draws_what_is_asked_in_one_and_two_steps(registry
 
 
 def test_the_live_loop_draws_the_sketch_with_the_student_and_the_teachers_controlnet(registry):
-    """The student is the first live target for FLUX; the teacher's scribble ControlNet steers it
+    """World 2's student is the first live target for FLUX; its teacher's scribble ControlNet steers it
     (a circle sketched left, then right: the object follows, the caption names no place)."""
     from studio.methods.control import LiveRenderer, LiveRequest, live_targets
     from studio.toyworld.measure import centroid, colour_mask, iou, largest_blob
     from studio.toyworld.sketch_eval import sketch
 
     target = live_targets(registry, "flux")[0]
-    assert target.model == "shapes-flux-sprint" and target.control == "scribble"
+    assert target.model == "shapes-flux-2-sprint" and target.control == "scribble"
     renderer = LiveRenderer(registry)
     for position, (low, high) in (("left", (0.0, 0.45)), ("right", (0.55, 1.0))):
         drawing, wanted = sketch("circle", position)
