@@ -387,11 +387,18 @@ def full_size_tryon(device: str, dtype: torch.dtype, runs: int, scale: int = 1) 
     print(f"| {name} | {seconds:.2f} | {30 * seconds:.0f} | {memory.gib:.1f} |")
 
 
+def full_size_flux_vae() -> diffusers.AutoencoderKL:
+    """FLUX.1's 16-channel VAE architecture (random weights)."""
+    blocks = {"down_block_types": ("DownEncoderBlock2D",) * 4, "up_block_types": ("UpDecoderBlock2D",) * 4}
+    widths = (128, 256, 512, 512)
+    return diffusers.AutoencoderKL(latent_channels=16, block_out_channels=widths, layers_per_block=2, **blocks)
+
+
 def full_size_flux(folder: Path, scale: int) -> dict[str, float]:
     """FLUX.1 [dev]'s pipeline architecture with random weights, saved in bf16 (depths ÷ `scale`):
     the transformer, T5-XXL's encoder, CLIP-L, the 16-channel VAE; the studio's small tokenizers
     (the ids stay inside the real vocabularies). Returns each component's parameters in billions."""
-    from diffusers import AutoencoderKL, FluxPipeline, FluxTransformer2DModel
+    from diffusers import FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     from studio.families.flux import flow_scheduler
@@ -403,10 +410,9 @@ def full_size_flux(folder: Path, scale: int) -> dict[str, float]:
                                  num_heads=64, d_kv=64, feed_forward_proj="gated-gelu"))  # fmt: skip
     clip = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                                         num_attention_heads=12, vocab_size=49408, projection_dim=768))  # fmt: skip
-    blocks = (128, 256, 512, 512)
-    vae = AutoencoderKL(latent_channels=16, block_out_channels=blocks, down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2)  # fmt: skip
-    pipe = FluxPipeline(flow_scheduler(), vae, clip, offline.clip_tokenizer(), t5, offline.t5_tokenizer(), transformer)
+    pipe = FluxPipeline(
+        flow_scheduler(), full_size_flux_vae(), clip, offline.clip_tokenizer(), t5, offline.t5_tokenizer(), transformer
+    )
     pipe.to(dtype=torch.bfloat16).save_pretrained(folder, safe_serialization=True)
     return {name: sum(p.numel() for p in module.parameters()) / 1e9 for name, module in pipe.components.items()
             if isinstance(module, torch.nn.Module)}  # fmt: skip
@@ -637,7 +643,10 @@ def full_size_schnell(
     `compile_blocks` its repeated blocks compiled as the studio's compile option does (the first,
     compiling call is the warm-up). `scale` divides the depth, to run it where 12 B parameters do
     not fit (a CPU); the row says so."""
-    from diffusers import AutoencoderKL, FluxPipeline, FluxTransformer2DModel
+    from diffusers import FluxTransformer2DModel
+
+    from studio.families import TextConditioning
+    from studio.families.flux import packed_inputs, unpacked
 
     torch.manual_seed(0)
     layers = {"num_layers": max(1, 19 // scale), "num_single_layers": max(1, 38 // scale)}
@@ -645,28 +654,20 @@ def full_size_schnell(
     transformer = FluxTransformer2DModel(**config).to(device, dtype).eval()
     if compile_blocks:
         transformer.compile_repeated_blocks(fullgraph=True)
-    decoder = AutoencoderKL(latent_channels=16, block_out_channels=(128, 256, 512, 512),
-                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                            layers_per_block=2).to(device, dtype).eval()  # fmt: skip
-    side, text_tokens = size // 16, 512
-    latents = torch.randn(1, side * side, 64, device=device, dtype=dtype)
-    image_ids = FluxPipeline._prepare_latent_image_ids(1, side, side, device, dtype)
-    text = torch.randn(1, text_tokens, 4096, device=device, dtype=dtype)
-    pooled = torch.randn(1, 768, device=device, dtype=dtype)
+    decoder = full_size_flux_vae().to(device, dtype).eval()
+    latents = torch.randn(1, 16, size // 8, size // 8, device=device, dtype=dtype)
+    text_tokens = 512
+    text = TextConditioning(torch.randn(1, text_tokens, 4096, device=device, dtype=dtype),
+                            torch.randn(1, 768, device=device, dtype=dtype),
+                            torch.zeros(text_tokens, 3, device=device, dtype=dtype))  # fmt: skip
 
     def image() -> None:
         with torch.inference_mode():
             x = latents
             for t in (1.0, 0.75, 0.5, 0.25):
-                velocity = transformer(
-                    hidden_states=x, timestep=torch.full((1,), t, device=device, dtype=dtype),
-                    pooled_projections=pooled, encoder_hidden_states=text,
-                    txt_ids=torch.zeros(text_tokens, 3, device=device, dtype=dtype), img_ids=image_ids,
-                    return_dict=False,
-                )[0]  # fmt: skip
-                x = x - 0.25 * velocity
-            unpacked = x.view(1, side, side, 16, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(1, 16, side * 2, side * 2)
-            decoder.decode(unpacked)
+                inputs = packed_inputs(x, torch.full((1,), t, device=device, dtype=dtype), text, None)
+                x = x - 0.25 * unpacked(transformer(**inputs)[0], x)
+            decoder.decode(x)
 
     seconds = median_seconds(image, runs)
     name = "FLUX.1 [schnell], 4 steps + VAE decode" + (", blocks compiled" if compile_blocks else "")
