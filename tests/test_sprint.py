@@ -28,7 +28,7 @@ def teacher_pipe() -> FluxPipeline:
 @pytest.fixture(scope="module")
 def text(teacher_pipe) -> TextConditioning:
     prompts = ["a large red circle on the left, gray background", "a small blue square at the top, white background"]
-    return encode_text(teacher_pipe, prompts, distill.TEXT_LENGTHS[1])
+    return encode_text(teacher_pipe, prompts, distill.text_length(1))
 
 
 def test_trigflow_reads_an_exact_flow_model_exactly():
@@ -90,7 +90,7 @@ def test_the_jvp_is_the_students_derivative_along_the_teachers_flow(teacher_pipe
 def test_scm_and_ladd_losses_train_the_student_and_the_heads_only(teacher_pipe, text):
     teacher = teacher_pipe.transformer
     student = distill.student_from(teacher)
-    empty = encode_text(teacher_pipe, ["", ""], distill.TEXT_LENGTHS[1])
+    empty = encode_text(teacher_pipe, ["", ""], distill.text_length(1))
     generator = torch.Generator().manual_seed(3)
     x0 = SIGMA_DATA * torch.randn(2, 16, 16, 16, generator=generator)
     guidance = torch.tensor([2.0, 4.0])
@@ -242,8 +242,8 @@ def test_the_distiller_writes_a_student_of_its_worlds_teacher(tmp_path, world):
     student = FluxSprintPipeline.from_pretrained(tmp_path, dtype=torch.float32)
     assert student.transformer.config.guidance_embeds
     assert isinstance(student.scheduler, SCMScheduler) and student.scheduler.config.prediction_type == "trigflow"
-    teacher = FluxPipeline.from_pretrained(MODELS_DIR / ("shapes-flux" if world == 1 else "shapes-flux-2"))
+    teacher = FluxPipeline.from_pretrained(MODELS_DIR / distill.TEACHERS[world][0])
     assert student.transformer.config.num_layers == teacher.transformer.config.num_layers
     image = student("a red circle", num_inference_steps=1, guidance_scale=3.0, height=64, width=64,
-                    max_sequence_length=distill.TEXT_LENGTHS[world], output_type="np").images  # fmt: skip
+                    max_sequence_length=distill.text_length(world), output_type="np").images  # fmt: skip
     assert image.shape == (1, 64, 64, 3) and np.isfinite(image).all()

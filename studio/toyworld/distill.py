@@ -41,6 +41,7 @@ from diffusers import FluxPipeline, FluxTransformer2DModel
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm import tqdm
 
+from studio.catalogue import Catalogue
 from studio.families import TextConditioning
 from studio.families.flux import encode_text, packed_inputs, unpacked
 from studio.sprint import (
@@ -76,9 +77,6 @@ from studio.toyworld.train import (
     warmup_cosine,
 )
 
-# The text length each world's teacher is sampled with (its catalogue entry's max_sequence_length):
-# FLUX's joint attention reads the padding tokens too, so the student learns at the length it runs at.
-TEXT_LENGTHS = {1: 32, 2: 48}
 # The places world 1's teacher was trained on: the student learns where the teacher knows.
 TEACHER_PLACES = ("left", "right", "top", "bottom", "centre")
 # Guidance scales the student learns (the teacher's default, 3, in the middle).
@@ -109,6 +107,19 @@ def teacher_world_pool(count: int, seed: int) -> ScenePool:
     images = np.stack([np.asarray(render(scene)[0]) for scene in scenes])
     pixels = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
     return ScenePool(scenes, pixels, [Caption(scene.caption) for scene in scenes])
+
+
+# Each world's teacher (its catalogue id) and the scenes the student learns on: where the teacher knows.
+TEACHERS: dict[int, tuple[str, Callable[[int, int], ScenePool]]] = {
+    1: ("shapes-flux", teacher_world_pool),
+    2: ("shapes-flux-2", build_pool),
+}
+
+
+def text_length(world: int) -> int:
+    """The text length the world's teacher is sampled with (its catalogue entry's): FLUX's joint
+    attention reads the padding tokens too, so the student learns at the length it runs at."""
+    return Catalogue.load().get(TEACHERS[world][0]).text_length
 
 
 def student_from(teacher: FluxTransformer2DModel) -> FluxTransformer2DModel:
@@ -346,8 +357,7 @@ def distil(
     checkpoint_every: int = 0,
 ) -> None:
     """Stage 2: sCM (+ LADD at `adversarial_weight`; 0: sCM alone) with the discriminator's step
-    alternating with the student's;
-    `checkpoint` is called every `checkpoint_every` steps (a CPU run takes an hour)."""
+    alternating with the student's; `checkpoint` is called every `checkpoint_every` steps."""
     student, teacher, generator = run.student, run.teacher, run.generator
     log_variance = LogVariance()
     student_optimiser = torch.optim.AdamW(
@@ -414,7 +424,7 @@ def save_student(pipe: FluxPipeline, student: FluxTransformer2DModel, output: Pa
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--world", type=int, choices=sorted(TEXT_LENGTHS), default=2, help="the teacher's world")
+    parser.add_argument("--world", type=int, choices=sorted(TEACHERS), default=2, help="the teacher's world")
     parser.add_argument("--teacher", type=Path, default=None, help="default: the world's FLUX model")
     parser.add_argument("--output", type=Path, default=None, help="default: the world's FLUX model's name + -sprint")
     parser.add_argument("--resume", type=Path, default=None, help="a saved student to go on distilling (no stage 1)")
@@ -433,21 +443,20 @@ def main(argv: list[str] | None = None) -> None:
     generator = torch.Generator().manual_seed(args.seed)
     started = time.perf_counter()
 
-    name = {1: "shapes-flux", 2: "shapes-flux-2"}[args.world]
+    name, world_pool = TEACHERS[args.world]
     teacher_path, output = args.teacher or MODELS_DIR / name, args.output or MODELS_DIR / f"{name}-sprint"
     pipe = FluxPipeline.from_pretrained(teacher_path, dtype=torch.float32)
     pipe.text_encoder.requires_grad_(False)
     pipe.text_encoder_2.requires_grad_(False)
     teacher = pipe.transformer.requires_grad_(False)
-    # The teacher's world, held-out combinations left out: the student learns where the teacher knows.
-    pool = (teacher_world_pool if args.world == 1 else build_pool)(args.scenes, seed=args.seed + 1)
+    pool = world_pool(args.scenes, args.seed + 1)
     config = pipe.vae.config
     latents = (encode_pool(pipe.vae, pool, "cpu") - config.shift_factor) * config.scaling_factor
     if args.resume:
         student = FluxTransformer2DModel.from_pretrained(args.resume, subfolder="transformer", dtype=torch.float32)
     else:
         student = student_from(teacher)
-    run = Distillation(student, pipe, latents, pool.captions, generator, TEXT_LENGTHS[args.world])
+    run = Distillation(student, pipe, latents, pool.captions, generator, text_length(args.world))
     if not args.resume:
         adapt(run, args.adapt_steps, args.batch_size * 2, args.learning_rate * 5)
         save_student(pipe, student, output)
