@@ -16,7 +16,7 @@ only in training.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -143,9 +143,17 @@ class Grounding:
         terms = [F.cross_entropy(head(picked), labels[grounded][:, i]) for i, head in enumerate(self.heads)]
         return torch.stack(terms).mean()
 
-    def pretrain(self, steps: int, batch_size: int, learning_rate: float, generator: torch.Generator) -> float:
+    def pretrain(
+        self,
+        steps: int,
+        batch_size: int,
+        learning_rate: float,
+        generator: torch.Generator,
+        keeping: Callable[[torch.Generator], torch.Tensor] | None = None,
+    ) -> float:
         """Train the encoder on grounding alone, as a language model is pre-trained before a
-        diffusion model reads it; returns the last loss."""
+        diffusion model reads it, plus `keeping` (a loss that holds what must not move); returns
+        the last grounding loss."""
         parameters = [*self.encoder.parameters(), *self.heads.parameters()]
         optimiser = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.01)
         self.encoder.train()
@@ -153,7 +161,7 @@ class Grounding:
         for _ in range(steps):
             loss = self.loss(torch.randint(len(self.ids), (batch_size,), generator=generator))
             optimiser.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss if keeping is None else loss + keeping(generator)).backward()
             torch.nn.utils.clip_grad_norm_(parameters, 1.0)
             optimiser.step()
         return loss.item()

@@ -113,33 +113,22 @@ def ground_panels(
     transformer expects them (mean squared distance to the untouched encoder's). A real T5 reads
     "[LEFT] … [RIGHT] …" from language pre-training; the toy one, trained on single scenes, gave
     "red" the same vector in either panel (cosine 0.99), so no LoRA could tell which panel a
-    colour was asked for. Returns the last grounding and keeping losses."""
-    grounding = Grounding.build(
-        pipe,
-        prompts,
-        [[(k,) for k, *_ in enumerate(p.spans)] for p in prompts],
-        (MAX_PANELS,),
-        train.MAX_SEQUENCE_LENGTH,
-    )
+    colour was asked for. Returns the last grounding loss and the captions' distance after."""
+    panels = [[(index,) for index in range(len(prompt.spans))] for prompt in prompts]
+    grounding = Grounding.build(pipe, prompts, panels, (MAX_PANELS,), train.MAX_SEQUENCE_LENGTH)
     tokenizer, encoder = t5_of(pipe)
     untouched = copy.deepcopy(encoder).eval().requires_grad_(False)
     plain_ids = tokenizer(plain, padding="max_length", max_length=train.MAX_SEQUENCE_LENGTH, truncation=True,
                           return_tensors="pt").input_ids  # fmt: skip
-    encoder.requires_grad_(True).train()
-    parameters = [*encoder.parameters(), *grounding.heads.parameters()]
-    optimiser = torch.optim.AdamW(parameters, lr=3e-4, weight_decay=0.0)
-    grounded = kept = torch.zeros(())
-    for _ in (bar := tqdm(range(steps), desc="panel tags", mininterval=30)):
-        grounded = grounding.loss(torch.randint(len(prompts), (32,), generator=generator))
+
+    def distance(generator: torch.Generator) -> torch.Tensor:
         batch = plain_ids[torch.randint(len(plain_ids), (32,), generator=generator)]
-        kept = F.mse_loss(encoder(batch)[0], untouched(batch)[0])
-        optimiser.zero_grad(set_to_none=True)
-        (grounded + KEEP_WEIGHT * kept).backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-        optimiser.step()
-        bar.set_postfix(grounding=f"{grounded.item():.3f}", kept=f"{kept.item():.5f}")
+        return F.mse_loss(encoder(batch)[0], untouched(batch)[0])
+
+    grounded = grounding.pretrain(steps, 32, 3e-4, generator, keeping=lambda g: KEEP_WEIGHT * distance(g))
     encoder.eval().requires_grad_(False)
-    return grounded.item(), kept.item()
+    with torch.no_grad():
+        return grounded, distance(generator).item()
 
 
 def shapes_sets(base: str) -> list[ImageSet]:
