@@ -125,6 +125,7 @@ def ground_panels(
         batch = plain_ids[torch.randint(len(plain_ids), (32,), generator=generator)]
         return F.mse_loss(encoder(batch)[0], untouched(batch)[0])
 
+    encoder.requires_grad_(True)  # the trainer froze the base's text encoders
     grounded = grounding.pretrain(steps, 32, 3e-4, generator, keeping=lambda g: KEEP_WEIGHT * distance(g))
     encoder.eval().requires_grad_(False)
     with torch.no_grad():
