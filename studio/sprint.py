@@ -23,6 +23,8 @@ DENSE_TIME = 1e-3
 GUIDANCE_INPUT = 1e-4
 # The largest TrigFlow time, where a sample is pure noise: SANA-Sprint's `max_timesteps`.
 MAX_TIME = 1.57080
+# The time SANA-Sprint's two-step sampling passes through (its `intermediate_timesteps`).
+INTERMEDIATE_TIME = 1.3
 
 
 def flow_time(s: torch.Tensor) -> torch.Tensor:
@@ -54,5 +56,5 @@ def clean_estimate(x_s: torch.Tensor, s: torch.Tensor, velocity: torch.Tensor) -
 
 
 def sprint_scheduler() -> SCMScheduler:
-    """SANA-Sprint's sampler: TrigFlow steps from `MAX_TIME` (one step, or two through 1.3)."""
+    """SANA-Sprint's sampler: TrigFlow steps from `MAX_TIME` (one step, or two through `INTERMEDIATE_TIME`)."""
     return SCMScheduler(prediction_type="trigflow", sigma_data=SIGMA_DATA)

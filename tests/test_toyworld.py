@@ -207,11 +207,21 @@ def test_the_trained_model_draws_the_asked_colour_at_the_asked_place(registry, m
 
 
 @pytest.mark.parametrize("family", ["flux", "sd3"])
-def test_the_trainer_writes_a_pipeline_the_registry_path_can_load(tmp_path, family):
+def test_the_trainer_writes_a_pipeline_the_registry_path_can_load(tmp_path, family, monkeypatch):
+    """Trained at two canvas sizes, the steps take them in turn, the larger with a quarter of the
+    rows (as many image tokens a batch)."""
     from diffusers import FluxPipeline, StableDiffusion3Pipeline
 
     from studio.toyworld import train
 
+    shapes = []
+    predict = train.predict_velocity
+
+    def recorded(pipe, noisy, *args, **kwargs):
+        shapes.append(tuple(noisy.shape))
+        return predict(pipe, noisy, *args, **kwargs)
+
+    monkeypatch.setattr(train, "predict_velocity", recorded)
     train.main(
         [
             "--family",
@@ -221,9 +231,12 @@ def test_the_trainer_writes_a_pipeline_the_registry_path_can_load(tmp_path, fami
             "--vae-steps",
             "2",
             "--transformer-steps",
-            "2",
+            "3",
             "--batch-size",
-            "4",
+            "8",
+            "--sizes",
+            "64",
+            "128",
             "--checkpoint-every",
             "0",
             "--grounding-steps",
@@ -232,6 +245,7 @@ def test_the_trainer_writes_a_pipeline_the_registry_path_can_load(tmp_path, fami
             str(tmp_path / "model"),
         ]
     )
+    assert shapes == [(8, 16, 16, 16), (2, 16, 32, 32), (8, 16, 16, 16)]
     from safetensors import safe_open
 
     with safe_open(tmp_path / "model" / "transformer" / "diffusion_pytorch_model.safetensors", "pt") as weights:
@@ -251,17 +265,21 @@ def test_the_trainer_writes_a_pipeline_the_registry_path_can_load(tmp_path, fami
     assert image.size == (64, 64)
 
 
-def test_the_controlnet_trainer_moves_the_zero_initialised_outputs(tmp_path):
-    """A few steps of the scribble-ControlNet trainer on the shipped shapes-flux-2, copying two of
-    its four double blocks and none of its single ones, as the shipped ControlNet does: it saves a
-    diffusers ControlNet of that depth whose zero-initialised output layers have started to learn."""
+@pytest.mark.parametrize("base", ["shapes-flux-2", "shapes-flux-2-sprint"])
+def test_the_controlnet_trainer_moves_the_zero_initialised_outputs(tmp_path, base):
+    """A few steps of the scribble-ControlNet trainer on a shipped world-2 model, copying two of
+    its four double blocks and none of its single ones, as the shipped ControlNets do: it saves a
+    diffusers ControlNet of that depth whose zero-initialised output layers have started to learn;
+    made from the one-step student, it has the student's guidance input (and the sampler reads its
+    time as the student's)."""
     from diffusers import FluxControlNetModel
 
-    from studio.toyworld import train_controlnet
+    from studio.toyworld import train, train_controlnet
 
-    train_controlnet.main(["--scenes", "32", "--steps", "2", "--batch-size", "4", "--double-blocks", "2",
-                           "--single-blocks", "0", "--output", str(tmp_path)])  # fmt: skip
+    train_controlnet.main(["--base", str(train.MODELS_DIR / base), "--scenes", "32", "--steps", "2", "--batch-size",
+                           "4", "--double-blocks", "2", "--single-blocks", "0", "--output", str(tmp_path)])  # fmt: skip
     trained = FluxControlNetModel.from_pretrained(tmp_path)
+    assert trained.config.guidance_embeds == base.endswith("-sprint")
     assert len(trained.transformer_blocks) == 2 and len(trained.single_transformer_blocks) == 0
     assert all(block.weight.abs().sum() > 0 for block in trained.controlnet_blocks)
     assert trained.controlnet_x_embedder.weight.abs().sum() > 0

@@ -21,7 +21,15 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 
 from studio import offline
 from studio.families import Family, FlowConvention, TextConditioning, TextSegment, small_controlnet
-from studio.sprint import DENSE_TIME, GUIDANCE_INPUT, MAX_TIME, SIGMA_DATA, sprint_scheduler, trigflow_velocity
+from studio.sprint import (
+    DENSE_TIME,
+    GUIDANCE_INPUT,
+    INTERMEDIATE_TIME,
+    MAX_TIME,
+    SIGMA_DATA,
+    sprint_scheduler,
+    trigflow_velocity,
+)
 
 
 def flow_scheduler(timestep_distilled: bool = False) -> FlowMatchEulerDiscreteScheduler:
@@ -271,7 +279,7 @@ class FluxSprintPipeline(FluxPipeline):
         num_inference_steps: int = 2,
         guidance_scale: float = 3.0,
         max_timesteps: float = MAX_TIME,
-        intermediate_timesteps: float | None = 1.3,
+        intermediate_timesteps: float | None = INTERMEDIATE_TIME,
         generator: torch.Generator | None = None,
         prompt_embeds: torch.Tensor | None = None,
         pooled_prompt_embeds: torch.Tensor | None = None,
@@ -303,7 +311,7 @@ class FluxSprintControlNetPipeline(FluxControlNetPipeline):
         control_guidance_start: float = 0.0,
         control_guidance_end: float = 1.0,
         max_timesteps: float = MAX_TIME,
-        intermediate_timesteps: float | None = 1.3,
+        intermediate_timesteps: float | None = INTERMEDIATE_TIME,
         generator: torch.Generator | None = None,
         prompt_embeds: torch.Tensor | None = None,
         pooled_prompt_embeds: torch.Tensor | None = None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 
@@ -64,6 +65,10 @@ class ScenePool:
         """Per scene, per object, what grounding asks its words for (OBJECT_ATTRIBUTES)."""
         return [[object_attributes(obj) for obj in scene.objects] for scene in self.scenes]
 
+    def at_size(self, size: int) -> ScenePool:
+        """The same scenes and captions drawn on a canvas of `size` pixels a side."""
+        return dataclasses.replace(self, images=rendered(self.scenes, size))
+
     def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
         """Images scaled to [-1, 1] and their captions."""
         images = self.images[indices].float() / 127.5 - 1.0
@@ -83,6 +88,11 @@ def object_attributes(obj: SceneObject) -> tuple[int, ...]:
 def build_pool(count: int, seed: int, size: int = 64, max_objects: int = 3) -> ScenePool:
     rng = random.Random(seed)
     scenes = [random_scene(rng, max_objects=max_objects, exclude=HELD_OUT) for _ in range(count)]
-    images = np.stack([np.asarray(render(scene, size)[0]) for scene in scenes])
     descriptions = [varied_caption(scene, rng) for scene in scenes]
-    return ScenePool(scenes, torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), descriptions)
+    return ScenePool(scenes, rendered(scenes, size), descriptions)
+
+
+def rendered(scenes: list[Scene], size: int) -> torch.Tensor:
+    """The scenes' images, uint8 N x 3 x size x size."""
+    images = np.stack([np.asarray(render(scene, size)[0]) for scene in scenes])
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()

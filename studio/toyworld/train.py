@@ -237,7 +237,7 @@ def save(pipe: DiffusionPipeline, modules: torch.nn.ModuleList, output: Path) ->
 
 def train_transformer(
     pipe: DiffusionPipeline,
-    latents: torch.Tensor,
+    latents: dict[int, torch.Tensor],
     pool: ScenePool,
     steps: int,
     batch_size: int,
@@ -249,7 +249,9 @@ def train_transformer(
     pooled_dropout: float,
     grounding: Grounding | None = None,
 ) -> DiffusionPipeline:
-    """With `grounding`, its loss (weighted) joins the flow loss at every step, so the T5 keeps
+    """`latents`: the pool's scenes encoded at each canvas size (pixels a side); the steps take
+    the sizes in turn, a larger canvas with as many fewer rows as keeps the image tokens per batch
+    the same. With `grounding`, its loss (weighted) joins the flow loss at every step, so the T5 keeps
     telling apart what each word refers to while the transformer learns to read it."""
     torch.manual_seed(seed)
     names = trained_components(pipe)
@@ -259,18 +261,23 @@ def train_transformer(
     optimiser = torch.optim.AdamW([*trained.parameters(), *heads], lr=learning_rate, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: warmup_cosine(s, steps, 200))
     vae_config = pipe.vae.config
-    latents = (latents - vae_config.shift_factor) * vae_config.scaling_factor
-    _, _, height, width = latents.shape
-    shift = sigma_shift((height // 2) * (width // 2), pipe.scheduler.config)
+    sizes = sorted(latents)
+    normalised = {size: (latents[size] - vae_config.shift_factor) * vae_config.scaling_factor for size in sizes}
+    shifts = {
+        size: sigma_shift((value.shape[-2] // 2) * (value.shape[-1] // 2), pipe.scheduler.config)
+        for size, value in normalised.items()
+    }
     generator = torch.Generator().manual_seed(seed)
     captions = pool.captions
 
     for step in (bar := tqdm(range(steps), desc="transformer")):
-        indices = torch.randint(len(pool), (batch_size,), generator=generator)
+        size = sizes[step % len(sizes)]
+        rows = max(1, batch_size * sizes[0] ** 2 // size**2)
+        indices = torch.randint(len(pool), (rows,), generator=generator)
         # One caption in ten is dropped so classifier-free guidance has an unconditional model.
         texts = ["" if torch.rand((), generator=generator) < 0.1 else captions[i] for i in indices.tolist()]
-        noisy, sigma, target = noised(latents[indices].to(device), shift, generator)
-        pooled_dropped = torch.rand(batch_size, generator=generator) < pooled_dropout
+        noisy, sigma, target = noised(normalised[size][indices].to(device), shifts[size], generator)
+        pooled_dropped = torch.rand(rows, generator=generator) < pooled_dropout
         loss = F.mse_loss(predict_velocity(pipe, noisy, sigma, texts, pooled_dropped), target)
         shown = {"loss": f"{loss.item():.4f}"}
         if grounding is not None:
@@ -302,7 +309,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint-every", type=int, default=1000)
     parser.add_argument("--learning-rate", type=float, default=8e-4)
     parser.add_argument("--resume", type=Path, default=None, help="a saved shapes-world pipeline to train further")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64, help="rows of a step at the smallest canvas size")
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=[64],
+        help="canvas sizes (pixels a side) the transformer learns, in turn: a model that saw only 64 "
+        "tiles its objects on a larger or wider canvas (the image-sets tab's panels)",
+    )
     parser.add_argument(
         "--pooled-dropout",
         type=float,
@@ -316,21 +331,25 @@ def main(argv: list[str] | None = None) -> None:
 
     started = time.perf_counter()
     torch.manual_seed(args.seed)
-    pool = build_pool(args.scenes, seed=args.seed)
+    pool = build_pool(args.scenes, seed=args.seed, size=min(args.sizes))
     print(f"{len(pool)} scenes drawn in {time.perf_counter() - started:.0f} s")
+    larger = {size: pool.at_size(size) for size in args.sizes if size != min(args.sizes)}
     output = args.output or MODELS_DIR / f"shapes-{args.family}"
     pipeline_class = FluxPipeline if args.family == "flux" else StableDiffusion3Pipeline
     if args.resume:
         # Go on training a saved model (its VAE and latent normalisation stay as they are).
         pipe = pipeline_class.from_pretrained(args.resume, dtype=torch.float32)
-        latents = encode_pool(pipe.vae.to(args.device), pool, args.device)
+        vae = pipe.vae.to(args.device)
     else:
         vae_from = args.vae_from or (MODELS_DIR / "shapes-flux" if args.family == "sd3" else None)
         if vae_from is None:
             vae = train_vae(pool, args.vae_steps, 16, args.device, args.seed)
         else:  # the twins share one latent space
             vae = AutoencoderKL.from_pretrained(vae_from, subfolder="vae", dtype=torch.float32).to(args.device)
-        latents = encode_pool(vae, pool, args.device)
+    # The smallest size first: a fresh VAE takes its latent normalisation from it.
+    latents = {min(args.sizes): encode_pool(vae, pool, args.device)}
+    latents |= {size: encode_pool(vae, drawn, args.device) for size, drawn in larger.items()}
+    if not args.resume:
         torch.manual_seed(args.seed)
         pipe = new_pipeline(args.family, vae)
     grounding = Grounding.prepared(

@@ -3,6 +3,8 @@ trained on a pre-trained model), so the live sketch tab draws what is sketched.
 
     python -m studio.toyworld.train_controlnet --double-blocks 2 --single-blocks 0   # world 2's, 35 min on one core
     python -m studio.toyworld.train_controlnet --base assets/models/shapes-flux --output DIR   # world 1's
+    python -m studio.toyworld.train_controlnet --base assets/models/shapes-flux-2-sprint \
+        --output assets/models/shapes-flux-2-sprint-controlnet-scribble --double-blocks 2 --single-blocks 0
 
 The control image is each scene's object outlines, white on black, drawn 1 to 3 pixels wide (a
 person's brush strokes on the canvas, shrunk to 64x64, are about that). Half the captions lose
@@ -11,6 +13,13 @@ alone tells the base model, and the ControlNet learns only shapes); one caption 
 so classifier-free guidance keeps working. The ControlNet starts as a copy of the
 transformer's blocks (InstantX's recipe) with zero-initialised output layers, and is saved as a
 diffusers FluxControlNetModel in fp16 safetensors.
+
+A one-step student (`studio.toyworld.distill`: its transformer has the embedded guidance input) gets
+a ControlNet made from it, which reads time and guidance as the student does, and learns what the
+student is asked at sampling: its clean estimate at the times it samples from (one step from pure
+noise, two through the intermediate time) regressed on the sketched scene's latents. A sketch and
+a caption leave little of the scene open, so the regression has one answer to learn; the student
+needs no dropped captions (its guidance is embedded).
 """
 
 from __future__ import annotations
@@ -26,9 +35,19 @@ from diffusers import FluxControlNetModel, FluxPipeline
 from PIL import Image
 from tqdm import tqdm
 
-from studio.families import flux
+from studio.families import TextConditioning, flux
+from studio.sprint import (
+    DENSE_TIME,
+    GUIDANCE_INPUT,
+    INTERMEDIATE_TIME,
+    MAX_TIME,
+    SIGMA_DATA,
+    clean_estimate,
+    trigflow_velocity,
+)
 from studio.toyworld import train
 from studio.toyworld.data import build_pool
+from studio.toyworld.distill import GUIDANCE_SCALES
 from studio.toyworld.scene import render
 from studio.toyworld.train_layout import unplaced_caption
 
@@ -55,6 +74,33 @@ def control_latents(pipe: FluxPipeline, controls: list[Image.Image], seed: int) 
     return (latents - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor
 
 
+def student_loss(
+    pipe: FluxPipeline,
+    controlnet: FluxControlNetModel,
+    latents: torch.Tensor,
+    text: TextConditioning,
+    conditions: torch.Tensor,
+    guidance: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """The student's clean estimate with the ControlNet against the true latents, at TrigFlow times
+    drawn where the student samples: pure noise (its first step) and the intermediate time (its
+    second) two fifths each, the rest uniform so three and four steps are served too."""
+    batch = latents.shape[0]
+    draw = torch.rand(batch, generator=generator)
+    anywhere = 0.2 + (MAX_TIME - 0.2) * torch.rand(batch, generator=generator)
+    s = torch.where(draw < 0.4, MAX_TIME, torch.where(draw < 0.8, INTERMEDIATE_TIME, anywhere))
+    noise = torch.randn(latents.shape, generator=generator)
+    sb = s.view(-1, 1, 1, 1)
+    x_s = SIGMA_DATA * (torch.cos(sb) * latents + torch.sin(sb) * noise)
+
+    def velocity(flow_input: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return flux.velocity(pipe, flow_input, t * DENSE_TIME, text, guidance * GUIDANCE_INPUT, controlnet, conditions)
+
+    estimate = clean_estimate(x_s, s, trigflow_velocity(velocity, x_s / SIGMA_DATA, s))
+    return F.mse_loss(estimate / SIGMA_DATA, latents)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = train.frozen_base_arguments(__doc__, "shapes-flux-2", "shapes-flux-2-controlnet-scribble", steps=2000)
     parser.add_argument("--resume", type=Path, default=None, help="a saved ControlNet to train further")
@@ -69,6 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     pipe = FluxPipeline.from_pretrained(args.base, dtype=torch.float32)
     pipe.transformer.requires_grad_(False)
     config = pipe.transformer.config
+    student = config.guidance_embeds
     if args.resume:
         controlnet = FluxControlNetModel.from_pretrained(args.resume, dtype=torch.float32)
     else:
@@ -89,19 +136,24 @@ def main(argv: list[str] | None = None) -> None:
         scene.caption if keep else unplaced_caption(scene)
         for scene, keep in zip(pool.scenes, rng.random(len(pool.scenes)) < 0.5)
     ]
-    shift = train.sigma_shift((latents.shape[-2] // 2) * (latents.shape[-1] // 2), pipe.scheduler.config)
+    if not student:
+        shift = train.sigma_shift((latents.shape[-2] // 2) * (latents.shape[-1] // 2), pipe.scheduler.config)
     optimiser = torch.optim.AdamW(controlnet.parameters(), lr=args.learning_rate, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: train.warmup_cosine(s, args.steps, 100))
     generator = torch.Generator().manual_seed(args.seed)
-    for _ in (bar := tqdm(range(args.steps), desc="scribble ControlNet")):
+    for step in (bar := tqdm(range(args.steps), desc="scribble ControlNet")):
         indices = torch.randint(len(pool), (args.batch_size,), generator=generator)
-        dropped = torch.rand(args.batch_size, generator=generator) < 0.1
+        dropped = torch.rand(args.batch_size, generator=generator) < (0.0 if student else 0.1)
         texts = ["" if drop else captions[i] for i, drop in zip(indices.tolist(), dropped.tolist())]
         with torch.no_grad():
             text = flux.encode_text(pipe, texts, train.MAX_SEQUENCE_LENGTH)
-        noisy, sigma, target = train.noised(latents[indices], shift, generator)
-        predicted = flux.velocity(pipe, noisy, sigma, text, None, controlnet, conditions[indices])
-        loss = F.mse_loss(predicted, target)
+        if student:
+            guidance = GUIDANCE_SCALES[step % len(GUIDANCE_SCALES)]
+            loss = student_loss(pipe, controlnet, latents[indices], text, conditions[indices], guidance, generator)
+        else:
+            noisy, sigma, target = train.noised(latents[indices], shift, generator)
+            predicted = flux.velocity(pipe, noisy, sigma, text, None, controlnet, conditions[indices])
+            loss = F.mse_loss(predicted, target)
         train.optimise(loss, optimiser, schedule, controlnet.parameters())
         bar.set_postfix(loss=f"{loss.item():.4f}")
     controlnet.eval().to(torch.float16).save_pretrained(args.output, safe_serialization=True)
