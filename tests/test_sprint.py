@@ -1,6 +1,7 @@
 """SANA-Sprint distillation of the shapes world: TrigFlow, the student's set-up, sCM's JVP, LADD's
 discriminator, and the student's one-step sampler."""
 
+import json
 import math
 
 import numpy as np
@@ -181,15 +182,17 @@ def test_the_distilled_student_draws_what_is_asked_in_one_and_two_steps(registry
             assert placed(x, y), (steps, prompt, x, y)
 
 
-def test_the_live_loop_draws_the_sketch_with_the_student_and_the_teachers_controlnet(registry):
-    """World 2's student is the first live target for FLUX; its teacher's scribble ControlNet steers it
-    (a circle sketched left, then right: the object follows, the caption names no place)."""
+def test_the_live_loop_draws_the_sketch_with_the_student_and_its_own_controlnet(registry):
+    """World 2's student is the first live target for FLUX, steered by the scribble ControlNet made
+    from it (a circle sketched left, then right: the object follows, the caption names no place)."""
     from studio.methods.control import LiveRenderer, LiveRequest, live_targets
     from studio.toyworld.measure import centroid, colour_mask, iou, largest_blob
     from studio.toyworld.sketch_eval import sketch
 
     target = live_targets(registry, "flux")[0]
     assert target.model == "shapes-flux-2-sprint" and target.control == "scribble"
+    (controlnet,) = registry.catalogue.get(target.model).controlnets
+    assert json.loads((controlnet.path / "config.json").read_text())["guidance_embeds"] is True
     renderer = LiveRenderer(registry)
     for position, (low, high) in (("left", (0.0, 0.45)), ("right", (0.55, 1.0))):
         drawing, wanted = sketch("circle", position)
