@@ -43,7 +43,7 @@ LAYOUTS = [
 
 
 def layout_settings(
-    model: str, seed: int, method: str = "regional", grounding_fraction: float = 0.3
+    model: str, seed: int, method: str = "regional", grounding_fraction: float = 0.3, size: int = 64
 ) -> list[tuple[LayoutSettings, list[tuple[str, tuple]]]]:
     """Each layout's settings and its (colour, box) pairs to check."""
     cases = []
@@ -63,8 +63,8 @@ def layout_settings(
             steps=16,
             guidance=3.0,
             seed=seed,
-            width=64,
-            height=64,
+            width=size,
+            height=size,
             inject_steps=8,
             base_ratio=0.2,
             method=method,
@@ -96,7 +96,9 @@ def anywhere_layouts(count: int, seed: int) -> list[list[tuple[str, str, tuple[f
     return layouts
 
 
-def anywhere_settings(model: str, seed: int, method: str, grounding_fraction: float, count: int = 12) -> list:
+def anywhere_settings(
+    model: str, seed: int, method: str, grounding_fraction: float, size: int = 64, count: int = 12
+) -> list:
     """The anywhere layouts as settings: captions name colours and shapes only, the boxes the places."""
     cases = []
     for objects in anywhere_layouts(count, seed=100 + seed):
@@ -104,7 +106,7 @@ def anywhere_settings(model: str, seed: int, method: str, grounding_fraction: fl
         regions = tuple(Region(f"{phrase}, gray background", box) for phrase, (_, _, box) in zip(phrases, objects))
         settings = LayoutSettings(
             model=model, caption=" and ".join(phrases) + ", gray background", regions=regions, steps=16,
-            guidance=3.0, seed=seed, width=64, height=64, method=method, grounding_fraction=grounding_fraction,
+            guidance=3.0, seed=seed, width=size, height=size, method=method, grounding_fraction=grounding_fraction,
         )  # fmt: skip
         cases.append((settings, [(colour, box) for colour, _, box in objects]))
     return cases
@@ -137,14 +139,16 @@ def placement_rates(
     method: str = "regional",
     grounding_fraction: float = 0.3,
     anywhere: bool = False,
+    size: int = 64,
 ) -> dict[str, float]:
     """Fraction of layouts with every object's centroid in its box, and (strict) with at least
     70% of each object inside it: the method, and the global caption alone (no masked steps, or no
-    grounding steps) from the same noise. `anywhere`: boxes at places no caption names."""
+    grounding steps) from the same noise. `anywhere`: boxes at places no caption names; `size`:
+    the canvas side in pixels (more image tokens a box at a larger size)."""
     hits = {method: 0, "global caption only": 0, f"{method} (strict)": 0, "global caption only (strict)": 0}
     total = 0
     for seed in range(seeds):
-        cases = (anywhere_settings if anywhere else layout_settings)(model, seed, method, grounding_fraction)
+        cases = (anywhere_settings if anywhere else layout_settings)(model, seed, method, grounding_fraction, size)
         for settings, checks in cases:
             total += 1
             alone = replace(settings, inject_steps=0, grounding_fraction=0.0)
@@ -161,6 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--method", choices=["regional", "siamlayout"], default="regional")
     parser.add_argument("--anywhere", action="store_true", help="boxes at places no caption names (2 or 3)")
+    parser.add_argument("--size", type=int, default=64, help="canvas side in pixels")
     parser.add_argument(
         "--grounding-fraction",
         type=float,
@@ -175,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
         grounding = args.grounding_fraction
         if grounding is None:
             grounding = siamlayout.default_grounding(registry.catalogue.get(model))
-        rates = placement_rates(registry, model, args.seeds, args.method, grounding, args.anywhere)
+        rates = placement_rates(registry, model, args.seeds, args.method, grounding, args.anywhere, args.size)
         print(f"| {model} | {rates['images']} | {rates[args.method]:.2f} | {rates[f'{args.method} (strict)']:.2f} "
               f"| {rates['global caption only']:.2f} | {rates['global caption only (strict)']:.2f} |")  # fmt: skip
 
