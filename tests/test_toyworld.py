@@ -265,6 +265,29 @@ def test_the_trainer_writes_a_pipeline_the_registry_path_can_load(tmp_path, fami
     assert image.size == (64, 64)
 
 
+def test_resumed_with_the_text_frozen_only_the_transformer_learns(tmp_path):
+    """`--resume --text-frozen` (a model learning new canvas sizes keeps its words): the saved text
+    encoders are the resumed model's, the transformer has moved."""
+    from safetensors.torch import load_file
+
+    from studio.toyworld import train
+
+    common = ["--scenes", "16", "--batch-size", "4", "--checkpoint-every", "0", "--grounding-steps", "1"]
+    train.main([*common, "--vae-steps", "1", "--transformer-steps", "1", "--output", str(tmp_path / "a")])
+    train.main([*common, "--resume", str(tmp_path / "a"), "--text-frozen", "--sizes", "64", "128",
+                "--transformer-steps", "2", "--output", str(tmp_path / "b")])  # fmt: skip
+
+    def weights(model: str, component: str) -> dict[str, torch.Tensor]:
+        (file,) = (tmp_path / model / component).glob("*.safetensors")
+        return load_file(file)
+
+    for encoder in ("text_encoder", "text_encoder_2"):
+        before, after = weights("a", encoder), weights("b", encoder)
+        assert all(torch.equal(before[name], after[name]) for name in before)
+    before, after = weights("a", "transformer"), weights("b", "transformer")
+    assert any(not torch.equal(before[name], after[name]) for name in before)
+
+
 @pytest.mark.parametrize("base", ["shapes-flux-2", "shapes-flux-2-sprint"])
 def test_the_controlnet_trainer_moves_the_zero_initialised_outputs(tmp_path, base):
     """A few steps of the scribble-ControlNet trainer on a shipped world-2 model, copying two of

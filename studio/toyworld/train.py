@@ -227,10 +227,11 @@ def trained_components(pipe: DiffusionPipeline) -> list[str]:
     return ["transformer", *(name for name in TEXT_ENCODERS if getattr(pipe, name, None) is not None)]
 
 
-def save(pipe: DiffusionPipeline, modules: torch.nn.ModuleList, output: Path) -> None:
-    """Save the pipeline with the given weights for its trained components, as fp16 safetensors."""
+def save(pipe: DiffusionPipeline, names: list[str], modules: torch.nn.ModuleList, output: Path) -> None:
+    """Save the pipeline with `modules` as its components `names` (the trained weights), as fp16
+    safetensors."""
     snapshot = copy.deepcopy(pipe)
-    for name, module in zip(trained_components(pipe), modules):
+    for name, module in zip(names, modules, strict=True):
         setattr(snapshot, name, copy.deepcopy(module))
     snapshot.to("cpu", torch.float16).save_pretrained(output, safe_serialization=True)
 
@@ -248,13 +249,16 @@ def train_transformer(
     learning_rate: float,
     pooled_dropout: float,
     grounding: Grounding | None = None,
+    text_frozen: bool = False,
 ) -> DiffusionPipeline:
     """`latents`: the pool's scenes encoded at each canvas size (pixels a side); the steps take
     the sizes in turn, a larger canvas with as many fewer rows as keeps the image tokens per batch
     the same. With `grounding`, its loss (weighted) joins the flow loss at every step, so the T5 keeps
-    telling apart what each word refers to while the transformer learns to read it."""
+    telling apart what each word refers to while the transformer learns to read it. `text_frozen`:
+    the transformer alone learns (the words are known; a model learning new canvas sizes keeps
+    them as they are)."""
     torch.manual_seed(seed)
-    names = trained_components(pipe)
+    names = ["transformer"] if text_frozen else trained_components(pipe)
     trained = torch.nn.ModuleList([getattr(pipe, name).to(device) for name in names]).train()
     ema = copy.deepcopy(trained).eval().requires_grad_(False)
     heads = list(grounding.heads.parameters()) if grounding else []
@@ -286,7 +290,7 @@ def train_transformer(
         bar.set_postfix(shown)
         if checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
             # A usable model on disk all along: a stopped run still leaves its latest state.
-            save(pipe, ema, output)
+            save(pipe, names, ema, output)
     for name, module in zip(names, ema):
         setattr(pipe, name, module.requires_grad_(True))
     return pipe
@@ -324,6 +328,11 @@ def main(argv: list[str] | None = None) -> None:
         default=0.5,
         help="share of rows whose pooled text vector is the empty prompt's (their tokens keep the caption)",
     )
+    parser.add_argument(
+        "--text-frozen",
+        action="store_true",
+        help="train the transformer alone, the text encoders as they are (with --resume: new sizes, known words)",
+    )
     grounding_options(parser)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
@@ -352,9 +361,11 @@ def main(argv: list[str] | None = None) -> None:
     if not args.resume:
         torch.manual_seed(args.seed)
         pipe = new_pipeline(args.family, vae)
-    grounding = Grounding.prepared(
-        pipe.to(args.device), pool.descriptions, pool.attributes(), OBJECT_ATTRIBUTES, MAX_SEQUENCE_LENGTH, args
-    )
+    grounding = None
+    if not args.text_frozen:
+        grounding = Grounding.prepared(
+            pipe.to(args.device), pool.descriptions, pool.attributes(), OBJECT_ATTRIBUTES, MAX_SEQUENCE_LENGTH, args
+        )
     pipe = train_transformer(
         pipe,
         latents,
@@ -368,6 +379,7 @@ def main(argv: list[str] | None = None) -> None:
         args.learning_rate,
         args.pooled_dropout,
         grounding,
+        args.text_frozen,
     )
     pipe.to("cpu", torch.float16).save_pretrained(output, safe_serialization=True)
     parameters = sum(

@@ -39,6 +39,7 @@ from studio.toyworld import dressup
 from studio.toyworld.train import (
     MODELS_DIR,
     run_options,
+    save,
     seeded,
     sigma_shift,
     step_with_average,
@@ -238,13 +239,6 @@ def train(
     for name, module in zip(names, ema):
         setattr(pipe, name, module)
     return pipe
-
-
-def save(pipe: FluxFillPipeline, names: list[str], modules: torch.nn.ModuleList, output: Path) -> None:
-    snapshot = copy.deepcopy(pipe)
-    for name, module in zip(names, modules):
-        setattr(snapshot, name, copy.deepcopy(module))
-    snapshot.to("cpu", torch.float16).save_pretrained(output, safe_serialization=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -123,7 +123,7 @@ def train_transformer(
         step_with_average(loss, step, optimiser, schedule, trained, ema)
         bar.set_postfix(shown)
         if args.checkpoint_every and (step + 1) % args.checkpoint_every == 0:
-            save(pipe, ema, args.output)
+            save(pipe, names, ema, args.output)
     for name, module in zip(names, ema):
         setattr(pipe, name, module.requires_grad_(True))
     return pipe
