@@ -289,7 +289,7 @@ def test_resumed_with_the_text_frozen_only_the_transformer_learns(tmp_path):
 
 
 @pytest.mark.parametrize("base", ["shapes-flux-2", "shapes-flux-2-sprint"])
-def test_the_controlnet_trainer_moves_the_zero_initialised_outputs(tmp_path, base):
+def test_the_controlnet_trainer_moves_the_zero_initialised_outputs(tmp_path, base, monkeypatch):
     """A few steps of the scribble-ControlNet trainer on a shipped world-2 model, copying two of
     its four double blocks and none of its single ones, as the shipped ControlNets do: it saves a
     diffusers ControlNet of that depth whose zero-initialised output layers have started to learn;
@@ -299,10 +299,20 @@ def test_the_controlnet_trainer_moves_the_zero_initialised_outputs(tmp_path, bas
 
     from studio.toyworld import train, train_controlnet
 
+    student_steps = []
+    student_loss = train_controlnet.student_loss
+
+    def counted(*args, **kwargs):
+        student_steps.append(1)
+        return student_loss(*args, **kwargs)
+
+    monkeypatch.setattr(train_controlnet, "student_loss", counted)
     train_controlnet.main(["--base", str(train.MODELS_DIR / base), "--scenes", "32", "--steps", "2", "--batch-size",
                            "4", "--double-blocks", "2", "--single-blocks", "0", "--output", str(tmp_path)])  # fmt: skip
     trained = FluxControlNetModel.from_pretrained(tmp_path)
     assert trained.config.guidance_embeds == base.endswith("-sprint")
+    # The student learns its clean estimate every step; the teacher's ControlNet, flow matching.
+    assert len(student_steps) == (2 if base.endswith("-sprint") else 0)
     assert len(trained.transformer_blocks) == 2 and len(trained.single_transformer_blocks) == 0
     assert all(block.weight.abs().sum() > 0 for block in trained.controlnet_blocks)
     assert trained.controlnet_x_embedder.weight.abs().sum() > 0

@@ -34,7 +34,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import FluxPipeline, FluxTransformer2DModel
@@ -54,7 +53,7 @@ from studio.sprint import (
     sprint_scheduler,
     trigflow_velocity,
 )
-from studio.toyworld.data import HELD_OUT, ScenePool, build_pool
+from studio.toyworld.data import HELD_OUT, ScenePool, build_pool, rendered
 from studio.toyworld.scene import (
     BACKGROUNDS,
     COLOURS,
@@ -65,7 +64,6 @@ from studio.toyworld.scene import (
     make_object,
     make_scene,
     overlap,
-    render,
 )
 from studio.toyworld.train import (
     MODELS_DIR,
@@ -104,9 +102,7 @@ def teacher_world_pool(count: int, seed: int) -> ScenePool:
                 objects.append(make_object(colour, shape, rng.choice(SIZES), place, jitter=0.05, rng=rng))
         if objects and not (len(objects) == 2 and overlap(*objects) > 0.1):
             scenes.append(make_scene(objects, rng.choice(list(BACKGROUNDS))))
-    images = np.stack([np.asarray(render(scene)[0]) for scene in scenes])
-    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
-    return ScenePool(scenes, pixels, [Caption(scene.caption) for scene in scenes])
+    return ScenePool(scenes, rendered(scenes, 64), [Caption(scene.caption) for scene in scenes])
 
 
 # Each world's teacher (its catalogue id) and the scenes the student learns on: where the teacher knows.

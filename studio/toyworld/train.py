@@ -340,9 +340,9 @@ def main(argv: list[str] | None = None) -> None:
 
     started = time.perf_counter()
     torch.manual_seed(args.seed)
-    pool = build_pool(args.scenes, seed=args.seed, size=min(args.sizes))
+    sizes = sorted(set(args.sizes))
+    pool = build_pool(args.scenes, seed=args.seed, size=sizes[0])
     print(f"{len(pool)} scenes drawn in {time.perf_counter() - started:.0f} s")
-    larger = {size: pool.at_size(size) for size in args.sizes if size != min(args.sizes)}
     output = args.output or MODELS_DIR / f"shapes-{args.family}"
     pipeline_class = FluxPipeline if args.family == "flux" else StableDiffusion3Pipeline
     if args.resume:
@@ -355,12 +355,10 @@ def main(argv: list[str] | None = None) -> None:
             vae = train_vae(pool, args.vae_steps, 16, args.device, args.seed)
         else:  # the twins share one latent space
             vae = AutoencoderKL.from_pretrained(vae_from, subfolder="vae", dtype=torch.float32).to(args.device)
-    # The smallest size first: a fresh VAE takes its latent normalisation from it.
-    latents = {min(args.sizes): encode_pool(vae, pool, args.device)}
-    latents |= {size: encode_pool(vae, drawn, args.device) for size, drawn in larger.items()}
-    if not args.resume:
         torch.manual_seed(args.seed)
         pipe = new_pipeline(args.family, vae)
+    # The smallest size first: a fresh VAE takes its latent normalisation from it.
+    latents = {size: encode_pool(vae, pool if size == sizes[0] else pool.at_size(size), args.device) for size in sizes}
     grounding = None
     if not args.text_frozen:
         grounding = Grounding.prepared(
