@@ -109,6 +109,26 @@ def test_the_video_trainer_grounds_its_t5_and_writes_a_pipeline_the_registry_pat
     assert any(moved)
 
 
+def test_a_repatched_transformer_keeps_its_blocks_and_reads_the_latents_in_smaller_patches():
+    import torch
+
+    from studio.families.cogvideox import repatched, small_transformer
+
+    torch.manual_seed(0)
+    coarse = small_transformer(16, 32, num_attention_heads=2, attention_head_dim=16, time_embed_dim=32, num_layers=2)
+    fine = repatched(coarse, 1)
+    assert (coarse.config.patch_size, fine.config.patch_size) == (2, 1)
+    kept = dict(coarse.named_parameters())
+    for name, weight in fine.named_parameters():
+        if name.startswith("transformer_blocks.") or name.startswith("time_embedding."):
+            assert torch.equal(weight, kept[name]), name
+    assert fine.patch_embed.proj.weight.shape[-1] == 1 and fine.proj_out.weight.shape[0] == 16
+    latents = torch.randn(1, 2, 16, 8, 8)
+    text = torch.randn(1, 16, 32)
+    out = fine(hidden_states=latents, encoder_hidden_states=text, timestep=torch.tensor([500]), return_dict=False)[0]
+    assert out.shape == latents.shape
+
+
 def test_training_clips_never_move_a_held_out_combination():
     pool = build_clip_pool(400, seed=3)
     assert pool.videos.shape == (400, 3, CLIP_FRAMES, 64, 64)

@@ -42,7 +42,9 @@ def small_vae(block_out_channels: tuple[int, ...] = (8, 8, 8, 8)) -> Autoencoder
     )
 
 
-def small_transformer(text_length: int, text_dim: int, **sizes: int) -> CogVideoXTransformer3DModel:
+def small_transformer(
+    text_length: int, text_dim: int, patch_size: int = 2, **sizes: int
+) -> CogVideoXTransformer3DModel:
     """A CogVideoX-2b-style transformer (sin-cos positions, no RoPE) over 8x8-latent 64-pixel frames."""
     return CogVideoXTransformer3DModel(
         in_channels=16,
@@ -51,10 +53,22 @@ def small_transformer(text_length: int, text_dim: int, **sizes: int) -> CogVideo
         sample_width=8,
         sample_height=8,
         sample_frames=17,
-        patch_size=2,
+        patch_size=patch_size,
         max_text_seq_length=text_length,
         **sizes,
     )
+
+
+def repatched(transformer: CogVideoXTransformer3DModel, patch_size: int) -> CogVideoXTransformer3DModel:
+    """The same transformer over patches of another size: every weight whose shape the patch size
+    does not set is kept (blocks, time and text embeddings), the patch embedding and the output
+    projection start afresh."""
+    config = {**transformer.config, "patch_size": patch_size}
+    fresh = CogVideoXTransformer3DModel.from_config(config)
+    weights = fresh.state_dict()
+    weights.update({name: w for name, w in transformer.state_dict().items() if w.shape == weights[name].shape})
+    fresh.load_state_dict(weights)
+    return fresh
 
 
 def build_pipeline(
@@ -77,7 +91,13 @@ TINY_TEXT_LENGTH = 16
 
 # The moving-shapes world's model (studio.toyworld.train_video): its text length and sizes.
 SHAPES_TEXT_LENGTH = 40
-SHAPES_SIZES = {"num_attention_heads": 4, "attention_head_dim": 32, "time_embed_dim": 128, "num_layers": 6}
+SHAPES_SIZES = {
+    "patch_size": 2,
+    "num_attention_heads": 4,
+    "attention_head_dim": 32,
+    "time_embed_dim": 128,
+    "num_layers": 6,
+}
 SHAPES_T5_D_MODEL = 128
 
 

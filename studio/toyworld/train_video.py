@@ -146,6 +146,12 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="a saved moving-shapes pipeline whose VAE to use instead of training one",
     )
+    parser.add_argument(
+        "--patch-size",
+        type=int,
+        default=cogvideox.SHAPES_SIZES["patch_size"],
+        help="latent pixels per token side; a resumed model of another patch size keeps its blocks",
+    )
     grounding_options(parser)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -159,6 +165,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{len(pool)} clips drawn in {time.perf_counter() - started:.0f} s", flush=True)
     if args.resume:
         pipe = CogVideoXPipeline.from_pretrained(args.resume, dtype=torch.float32)
+        if pipe.transformer.config.patch_size != args.patch_size:
+            pipe.transformer = cogvideox.repatched(pipe.transformer, args.patch_size)
         vae = pipe.vae.to(args.device)
     else:
         vae = None
@@ -174,7 +182,9 @@ def main(argv: list[str] | None = None) -> None:
     latents = encode_pool(vae, pool, args.device)
     if not args.resume:
         torch.manual_seed(args.seed)
-        transformer = cogvideox.small_transformer(TEXT_LENGTH, cogvideox.SHAPES_T5_D_MODEL, **cogvideox.SHAPES_SIZES)
+        transformer = cogvideox.small_transformer(
+            TEXT_LENGTH, cogvideox.SHAPES_T5_D_MODEL, **{**cogvideox.SHAPES_SIZES, "patch_size": args.patch_size}
+        )
         pipe = cogvideox.build_pipeline(transformer, vae, t5_d_model=cogvideox.SHAPES_T5_D_MODEL)
     vae_done = time.perf_counter()
     descriptions = [clip.description for clip in pool.clips]
