@@ -131,6 +131,26 @@ def test_rendered_masks_are_the_objects_visible_pixels():
     assert abs(x - 0.5) < 0.03 and abs(y - 0.5) < 0.03
 
 
+@pytest.mark.parametrize(("width", "height"), [(128, 64), (64, 128)])
+def test_a_wide_or_tall_canvas_keeps_each_object_round_at_its_place_and_size(width, height):
+    """On a 2:1 canvas an object keeps its centre as a fraction of the canvas and its side as a
+    fraction of the shorter edge: the circle stays a circle (as wide as tall, in pixels) and is
+    drawn as large as on the square canvas."""
+    scene = make_scene(
+        [make_object("red", "circle", "large", "left"), make_object("blue", "square", "small", "bottom right")], "gray"
+    )
+    image, masks = render(scene, width, height=height)
+    assert image.size == (width, height)
+    ys, xs = np.nonzero(masks[0])
+    assert abs((xs.max() - xs.min()) - (ys.max() - ys.min())) <= 1
+    assert classify_shape(masks[0]) == "circle" and classify_shape(masks[1]) == "square"
+    square, _ = render(scene, 64)
+    assert abs(masks[0].sum() - colour_mask(square, "red").sum()) <= 0.05 * masks[0].sum()
+    for mask, place in zip(masks, ("left", "bottom right")):
+        assert nearest_position(centroid(mask)) == place
+    assert iou(masks[1], colour_mask(image, "blue")) > 0.85
+
+
 def test_training_scenes_never_contain_held_out_combinations():
     pool = build_pool(300, seed=5)
     triples = {(o.colour, o.shape, o.position) for s in pool.scenes for o in s.objects}
@@ -208,8 +228,8 @@ def test_the_trained_model_draws_the_asked_colour_at_the_asked_place(registry, m
 
 @pytest.mark.parametrize("family", ["flux", "sd3"])
 def test_the_trainer_writes_a_pipeline_the_registry_path_can_load(tmp_path, family, monkeypatch):
-    """Trained at two canvas sizes, the steps take them in turn, the larger with a quarter of the
-    rows (as many image tokens a batch)."""
+    """Trained at three canvas sizes, the steps take them in turn, smallest first, a larger one
+    with as many fewer rows as keeps the image tokens a batch (128x64: half, 128: a quarter)."""
     from diffusers import FluxPipeline, StableDiffusion3Pipeline
 
     from studio.toyworld import train
@@ -231,12 +251,13 @@ def test_the_trainer_writes_a_pipeline_the_registry_path_can_load(tmp_path, fami
             "--vae-steps",
             "2",
             "--transformer-steps",
-            "3",
+            "4",
             "--batch-size",
             "8",
             "--sizes",
             "64",
             "128",
+            "128x64",
             "--checkpoint-every",
             "0",
             "--grounding-steps",
@@ -245,7 +266,7 @@ def test_the_trainer_writes_a_pipeline_the_registry_path_can_load(tmp_path, fami
             str(tmp_path / "model"),
         ]
     )
-    assert shapes == [(8, 16, 16, 16), (2, 16, 32, 32), (8, 16, 16, 16)]
+    assert shapes == [(8, 16, 16, 16), (4, 16, 16, 32), (2, 16, 32, 32), (8, 16, 16, 16)]
     from safetensors import safe_open
 
     with safe_open(tmp_path / "model" / "transformer" / "diffusion_pytorch_model.safetensors", "pt") as weights:

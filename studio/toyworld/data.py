@@ -65,9 +65,10 @@ class ScenePool:
         """Per scene, per object, what grounding asks its words for (OBJECT_ATTRIBUTES)."""
         return [[object_attributes(obj) for obj in scene.objects] for scene in self.scenes]
 
-    def at_size(self, size: int) -> ScenePool:
-        """The same scenes and captions drawn on a canvas of `size` pixels a side."""
-        return dataclasses.replace(self, images=rendered(self.scenes, size))
+    def at_size(self, width: int, height: int | None = None) -> ScenePool:
+        """The same scenes and captions drawn on a canvas of `width` x `height` pixels (default:
+        square)."""
+        return dataclasses.replace(self, images=rendered(self.scenes, width, height))
 
     def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
         """Images scaled to [-1, 1] and their captions."""
@@ -85,14 +86,14 @@ def object_attributes(obj: SceneObject) -> tuple[int, ...]:
     return list(COLOURS).index(obj.colour), SHAPES.index(obj.shape), SIZES.index(obj.size), place
 
 
-def build_pool(count: int, seed: int, size: int = 64, max_objects: int = 3) -> ScenePool:
+def build_pool(count: int, seed: int, size: int = 64, max_objects: int = 3, height: int | None = None) -> ScenePool:
     rng = random.Random(seed)
     scenes = [random_scene(rng, max_objects=max_objects, exclude=HELD_OUT) for _ in range(count)]
     descriptions = [varied_caption(scene, rng) for scene in scenes]
-    return ScenePool(scenes, rendered(scenes, size), descriptions)
+    return ScenePool(scenes, rendered(scenes, size, height), descriptions)
 
 
-def rendered(scenes: list[Scene], size: int) -> torch.Tensor:
-    """The scenes' images, uint8 N x 3 x size x size."""
-    images = np.stack([np.asarray(render(scene, size)[0]) for scene in scenes])
+def rendered(scenes: list[Scene], size: int, height: int | None = None) -> torch.Tensor:
+    """The scenes' images, uint8 N x 3 x height x size (height: default the same)."""
+    images = np.stack([np.asarray(render(scene, size, height=height)[0]) for scene in scenes])
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()

@@ -380,19 +380,28 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[float, ...], f
         raise ValueError(f"unknown shape {shape!r}")
 
 
-def render(scene: Scene, size: int = 64, supersample: int = 4) -> tuple[Image.Image, list[np.ndarray]]:
+def render(
+    scene: Scene, size: int = 64, supersample: int = 4, height: int | None = None
+) -> tuple[Image.Image, list[np.ndarray]]:
     """The scene's RGB image and one boolean mask per object (its visible pixels; later objects
-    cover earlier ones). Drawn supersampled so edges are smooth, as a camera would see them."""
-    big = size * supersample
-    image = Image.new("RGB", (big, big), BACKGROUNDS[scene.background])
+    cover earlier ones). Drawn supersampled so edges are smooth, as a camera would see them.
+    `size` is the width, `height` (default: the same) the height: on a wide or tall canvas each
+    object keeps its centre as a fraction of the canvas and its side as a fraction of the shorter
+    edge, so a circle stays round, "on the left" stays on the left and "large" stays large."""
+    width, height = size, height or size
+    big_width, big_height = width * supersample, height * supersample
+    image = Image.new("RGB", (big_width, big_height), BACKGROUNDS[scene.background])
     draw = ImageDraw.Draw(image)
-    owner = Image.new("L", (big, big), 0)
+    owner = Image.new("L", (big_width, big_height), 0)
     owner_draw = ImageDraw.Draw(owner)
+    shorter = min(big_width, big_height)
     for index, obj in enumerate(scene.objects, start=1):
-        pixel_box = tuple(v * big for v in obj.box)
+        cx, cy = obj.centre
+        half = obj.side * shorter / 2
+        pixel_box = (cx * big_width - half, cy * big_height - half, cx * big_width + half, cy * big_height + half)
         _draw_shape(draw, obj.shape, pixel_box, COLOURS[obj.colour])
         _draw_shape(owner_draw, obj.shape, pixel_box, index)
-    image = image.resize((size, size), Image.Resampling.BOX)
-    owner_small = np.asarray(owner.resize((size, size), Image.Resampling.NEAREST))
+    image = image.resize((width, height), Image.Resampling.BOX)
+    owner_small = np.asarray(owner.resize((width, height), Image.Resampling.NEAREST))
     masks = [owner_small == index for index in range(1, len(scene.objects) + 1)]
     return image, masks

@@ -238,7 +238,7 @@ def save(pipe: DiffusionPipeline, names: list[str], modules: torch.nn.ModuleList
 
 def train_transformer(
     pipe: DiffusionPipeline,
-    latents: dict[int, torch.Tensor],
+    latents: dict[tuple[int, int], torch.Tensor],
     pool: ScenePool,
     steps: int,
     batch_size: int,
@@ -251,9 +251,9 @@ def train_transformer(
     grounding: Grounding | None = None,
     text_frozen: bool = False,
 ) -> DiffusionPipeline:
-    """`latents`: the pool's scenes encoded at each canvas size (pixels a side); the steps take
-    the sizes in turn, a larger canvas with as many fewer rows as keeps the image tokens per batch
-    the same. With `grounding`, its loss (weighted) joins the flow loss at every step, so the T5 keeps
+    """`latents`: the pool's scenes encoded at each canvas size (width, height in pixels); the
+    steps take the sizes in turn, a larger canvas with as many fewer rows as keeps the image tokens
+    per batch the same. With `grounding`, its loss (weighted) joins the flow loss at every step, so the T5 keeps
     telling apart what each word refers to while the transformer learns to read it. `text_frozen`:
     the transformer alone learns (the words are known; a model learning new canvas sizes keeps
     them as they are)."""
@@ -276,7 +276,7 @@ def train_transformer(
 
     for step in (bar := tqdm(range(steps), desc="transformer")):
         size = sizes[step % len(sizes)]
-        rows = max(1, batch_size * sizes[0] ** 2 // size**2)
+        rows = max(1, batch_size * math.prod(sizes[0]) // math.prod(size))
         indices = torch.randint(len(pool), (rows,), generator=generator)
         # One caption in ten is dropped so classifier-free guidance has an unconditional model.
         texts = ["" if torch.rand((), generator=generator) < 0.1 else captions[i] for i in indices.tolist()]
@@ -294,6 +294,18 @@ def train_transformer(
     for name, module in zip(names, ema):
         setattr(pipe, name, module.requires_grad_(True))
     return pipe
+
+
+def canvas_size(text: str) -> tuple[int, int]:
+    """ "128" (square) or "128x64" (width x height) as (width, height), in multiples of 16 pixels
+    (the VAE's 4x and the transformer's 2x2 patches)."""
+    try:
+        width, height = (int(part) for part in (text.split("x") if "x" in text else (text, text)))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a size is 128 or 128x64") from None
+    if width <= 0 or height <= 0 or width % 16 or height % 16:
+        raise argparse.ArgumentTypeError(f"{text!r}: width and height must be positive multiples of 16")
+    return width, height
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -316,11 +328,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="rows of a step at the smallest canvas size")
     parser.add_argument(
         "--sizes",
-        type=int,
+        type=canvas_size,
         nargs="+",
-        default=[64],
-        help="canvas sizes (pixels a side) the transformer learns, in turn: a model that saw only 64 "
-        "tiles its objects on a larger or wider canvas (the image-sets tab's panels)",
+        default=[(64, 64)],
+        help="canvas sizes the transformer learns, in turn: pixels a side (128) or width x height "
+        "(128x64); a model that saw only 64 tiles its objects on a larger or wider canvas (the "
+        "image-sets tab's panels)",
     )
     parser.add_argument(
         "--pooled-dropout",
@@ -340,8 +353,8 @@ def main(argv: list[str] | None = None) -> None:
 
     started = time.perf_counter()
     torch.manual_seed(args.seed)
-    sizes = sorted(set(args.sizes))
-    pool = build_pool(args.scenes, seed=args.seed, size=sizes[0])
+    sizes = sorted(set(args.sizes), key=math.prod)
+    pool = build_pool(args.scenes, seed=args.seed, size=sizes[0][0], height=sizes[0][1])
     print(f"{len(pool)} scenes drawn in {time.perf_counter() - started:.0f} s")
     output = args.output or MODELS_DIR / f"shapes-{args.family}"
     pipeline_class = FluxPipeline if args.family == "flux" else StableDiffusion3Pipeline
@@ -358,7 +371,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.manual_seed(args.seed)
         pipe = new_pipeline(args.family, vae)
     # The smallest size first: a fresh VAE takes its latent normalisation from it.
-    latents = {size: encode_pool(vae, pool if size == sizes[0] else pool.at_size(size), args.device) for size in sizes}
+    latents = {size: encode_pool(vae, pool if size == sizes[0] else pool.at_size(*size), args.device) for size in sizes}
     grounding = None
     if not args.text_frozen:
         grounding = Grounding.prepared(
