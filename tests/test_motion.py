@@ -109,6 +109,35 @@ def test_the_video_trainer_grounds_its_t5_and_writes_a_pipeline_the_registry_pat
     assert any(moved)
 
 
+def test_decoder_training_keeps_the_latent_space_and_changes_only_the_decoder(tmp_path):
+    """`--decoder-steps` teaches the VAE's decoder to see past noisy latents: the encoder, its
+    scaling and the transformer stay exactly as the resumed model's."""
+    import torch
+    from safetensors.torch import load_file
+
+    from studio.families.cogvideox import build_shapes_random
+    from studio.toyworld import train_video
+
+    build_shapes_random(tmp_path / "before")
+    train_video.main(
+        ["--resume", str(tmp_path / "before"), "--clips", "4", "--vae-batch-size", "1", "--decoder-steps", "2",
+         "--transformer-steps", "0", "--grounding-weight", "0", "--output", str(tmp_path / "after")]
+    )  # fmt: skip
+
+    def weights(model: str, component: str) -> dict:
+        (file,) = (tmp_path / model / component).glob("*.safetensors")
+        return load_file(file)
+
+    before, after = weights("before", "vae"), weights("after", "vae")
+    encoder = [name for name in before if name.startswith("encoder.")]
+    decoder = [name for name in before if name.startswith("decoder.")]
+    assert encoder and decoder
+    assert all(torch.equal(before[name].half(), after[name]) for name in encoder)
+    assert any(not torch.equal(before[name].half(), after[name]) for name in decoder)
+    before, after = weights("before", "transformer"), weights("after", "transformer")
+    assert all(torch.equal(before[name].half(), after[name]) for name in before)
+
+
 def test_a_repatched_transformer_keeps_its_blocks_and_reads_the_latents_in_smaller_patches():
     import torch
 
