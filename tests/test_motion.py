@@ -138,6 +138,27 @@ def test_decoder_training_keeps_the_latent_space_and_changes_only_the_decoder(tm
     assert all(torch.equal(before[name].half(), after[name]) for name in before)
 
 
+def test_foreground_weights_cover_the_latent_pixels_an_object_passes_through():
+    import torch
+
+    from studio.toyworld.motion import build_clip_pool
+    from studio.toyworld.train_video import foreground_weights
+
+    pool = build_clip_pool(3, seed=4)
+    weights = foreground_weights(pool, (3, 5, 16, 8, 8), 4.0)
+    assert weights.shape == (3, 5, 1, 8, 8)
+    assert set(weights.unique().tolist()) == {1.0, 5.0}
+    for clip, weight in zip(pool.clips, weights):
+        for latent_frame, frames in enumerate([[0], [1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12], [13, 14, 15, 16]]):
+            drawn = torch.zeros(8, 8, dtype=torch.bool)
+            for frame in frames:
+                for track in clip.tracks:
+                    x, y = track.centre(frame / 16)
+                    drawn[min(int(y * 8), 7), min(int(x * 8), 7)] = True  # the object's centre pixel
+            assert (weight[latent_frame, 0][drawn] == 5.0).all()
+        assert (weight == 1.0).any()  # the background
+
+
 def test_a_repatched_transformer_keeps_its_blocks_and_reads_the_latents_in_smaller_patches():
     import torch
 

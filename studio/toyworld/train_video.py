@@ -23,6 +23,7 @@ from tqdm import tqdm
 from studio.families import cogvideox
 from studio.toyworld.grounding import Grounding, grounding_options
 from studio.toyworld.motion import TRACK_ATTRIBUTES, ClipPool, build_clip_pool
+from studio.toyworld.scene import BACKGROUNDS
 from studio.toyworld.train import MODELS_DIR, optimise, save, step_with_average, trained_components, warmup_cosine
 
 # Room for two objects and their motions worded at length.
@@ -111,6 +112,25 @@ def encode_pool(vae: AutoencoderKLCogVideoX, pool: ClipPool, device: str) -> tor
     return (latents * vae.config.scaling_factor).permute(0, 2, 1, 3, 4).contiguous()
 
 
+def foreground_weights(pool: ClipPool, latent_shape: tuple[int, ...], weight: float) -> torch.Tensor:
+    """[clips, latent frames, 1, h, w]: 1 + `weight` on every latent pixel that covers some object
+    pixel in the frames it encodes (CogVideoX's causal VAE: the first frame alone, then groups of
+    four), 1 elsewhere. An object's shape lives in the one to four latent pixels a small object
+    covers at 8x; weighted, the loss asks for them as much as for the background around them."""
+    latent_frames, height, width = latent_shape[-4], latent_shape[-2], latent_shape[-1]
+    factor = pool.videos.shape[-1] // width
+    parts = []
+    for start in range(0, len(pool), 256):
+        clips = pool.clips[start : start + 256]
+        backgrounds = torch.tensor([BACKGROUNDS[clip.background] for clip in clips], dtype=torch.uint8)
+        covered = (pool.videos[start : start + 256] != backgrounds.view(-1, 3, 1, 1, 1)).any(dim=1)  # [n, F, H, W]
+        groups = [covered[:, :1], *covered[:, 1:].split(4, dim=1)][:latent_frames]
+        per_latent = torch.stack([group.any(dim=1) for group in groups], dim=1).float()
+        pooled = F.max_pool2d(per_latent.flatten(0, 1).unsqueeze(1), factor)
+        parts.append(pooled.view(len(clips), latent_frames, 1, height, width))
+    return 1 + weight * torch.cat(parts)
+
+
 def text_embeddings(pipe: CogVideoXPipeline, texts: list[str]) -> torch.Tensor:
     """T5 embeddings exactly as CogVideoXPipeline makes them (no attention mask), with gradients."""
     ids = pipe.tokenizer(
@@ -130,8 +150,10 @@ def train_transformer(
     captions: list[str],
     args: argparse.Namespace,
     grounding: Grounding | None = None,
+    weights: torch.Tensor | None = None,
 ) -> CogVideoXPipeline:
-    """With `grounding`, its loss (weighted by --grounding-weight) joins the v-prediction loss."""
+    """With `grounding`, its loss (weighted by --grounding-weight) joins the v-prediction loss;
+    `weights` (per latent pixel, as foreground_weights) weigh the v-prediction loss."""
     torch.manual_seed(args.seed)
     names = trained_components(pipe)
     trained = torch.nn.ModuleList([getattr(pipe, name).to(args.device) for name in names]).train()
@@ -156,7 +178,11 @@ def train_transformer(
             timestep=timesteps.to(args.device),
             return_dict=False,
         )[0]
-        loss = F.mse_loss(prediction, target)
+        if weights is None:
+            loss = F.mse_loss(prediction, target)
+        else:
+            weight = weights[indices].to(args.device)
+            loss = (weight * (prediction - target) ** 2).mean() / weight.mean()
         shown = {"loss": f"{loss.item():.4f}"}
         if grounding is not None:
             loss = grounding.added_to(loss, indices, shown)
@@ -197,6 +223,12 @@ def main(argv: list[str] | None = None) -> None:
         type=Path,
         default=None,
         help="a saved moving-shapes pipeline whose VAE to use instead of training one",
+    )
+    parser.add_argument(
+        "--foreground-weight",
+        type=float,
+        default=0.0,
+        help="extra weight of the loss on latent pixels that cover an object (see foreground_weights)",
     )
     parser.add_argument(
         "--patch-size",
@@ -248,7 +280,8 @@ def main(argv: list[str] | None = None) -> None:
     grounding = Grounding.prepared(
         pipe.to(args.device), descriptions, pool.attributes(), TRACK_ATTRIBUTES, TEXT_LENGTH, args
     )
-    pipe = train_transformer(pipe, latents, pool.captions, args, grounding)
+    weights = foreground_weights(pool, latents.shape, args.foreground_weight) if args.foreground_weight else None
+    pipe = train_transformer(pipe, latents, pool.captions, args, grounding, weights)
     pipe.to("cpu", torch.float16).save_pretrained(args.output, safe_serialization=True)
     print(
         f"transformer trained in {(time.perf_counter() - vae_done) / 60:.1f} min; saved to {args.output} after "
