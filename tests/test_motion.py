@@ -162,11 +162,11 @@ def test_foreground_weights_cover_the_latent_pixels_an_object_passes_through():
 def test_a_repatched_transformer_keeps_its_blocks_and_reads_the_latents_in_smaller_patches():
     import torch
 
-    from studio.families.cogvideox import repatched, small_transformer
+    from studio.families.cogvideox import reconfigured, small_transformer
 
     torch.manual_seed(0)
     coarse = small_transformer(16, 32, num_attention_heads=2, attention_head_dim=16, time_embed_dim=32, num_layers=2)
-    fine = repatched(coarse, 1)
+    fine = reconfigured(coarse, patch_size=1)
     assert (coarse.config.patch_size, fine.config.patch_size) == (2, 1)
     kept = dict(coarse.named_parameters())
     for name, weight in fine.named_parameters():

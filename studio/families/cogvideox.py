@@ -43,15 +43,16 @@ def small_vae(block_out_channels: tuple[int, ...] = (8, 8, 8, 8)) -> Autoencoder
 
 
 def small_transformer(
-    text_length: int, text_dim: int, patch_size: int = 2, **sizes: int
+    text_length: int, text_dim: int, patch_size: int = 2, latent_size: int = 8, **sizes: int
 ) -> CogVideoXTransformer3DModel:
-    """A CogVideoX-2b-style transformer (sin-cos positions, no RoPE) over 8x8-latent 64-pixel frames."""
+    """A CogVideoX-2b-style transformer (sin-cos positions, no RoPE) over `latent_size`-square
+    latents (8: 64-pixel frames)."""
     return CogVideoXTransformer3DModel(
         in_channels=16,
         out_channels=16,
         text_embed_dim=text_dim,
-        sample_width=8,
-        sample_height=8,
+        sample_width=latent_size,
+        sample_height=latent_size,
         sample_frames=17,
         patch_size=patch_size,
         max_text_seq_length=text_length,
@@ -59,12 +60,11 @@ def small_transformer(
     )
 
 
-def repatched(transformer: CogVideoXTransformer3DModel, patch_size: int) -> CogVideoXTransformer3DModel:
-    """The same transformer over patches of another size: every weight whose shape the patch size
-    does not set is kept (blocks, time and text embeddings), the patch embedding and the output
-    projection start afresh."""
-    config = {**transformer.config, "patch_size": patch_size}
-    fresh = CogVideoXTransformer3DModel.from_config(config)
+def reconfigured(transformer: CogVideoXTransformer3DModel, **changes: int) -> CogVideoXTransformer3DModel:
+    """The same transformer with config `changes` (patch_size, sample_height, ...): every weight
+    whose shape the changes do not set is kept (blocks, time and text embeddings); the rest (a
+    new patch size's patch embedding and output projection) starts afresh."""
+    fresh = CogVideoXTransformer3DModel.from_config({**transformer.config, **changes})
     weights = fresh.state_dict()
     weights.update({name: w for name, w in transformer.state_dict().items() if w.shape == weights[name].shape})
     fresh.load_state_dict(weights)

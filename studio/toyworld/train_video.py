@@ -199,6 +199,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, default=MODELS_DIR / "moving-shapes-cogvideox")
     parser.add_argument("--clips", type=int, default=6000)
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=64,
+        help="clip side in pixels; at 128 the 8x VAE gives a small object three or more latent pixels a side",
+    )
     parser.add_argument("--vae-steps", type=int, default=None, help="default: 4000, or 0 with --vae-from")
     parser.add_argument("--vae-batch-size", type=int, default=4)
     parser.add_argument(
@@ -245,12 +251,14 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
 
     started = time.perf_counter()
-    pool = build_clip_pool(args.clips, seed=args.seed)
+    pool = build_clip_pool(args.clips, seed=args.seed, size=args.size)
     print(f"{len(pool)} clips drawn in {time.perf_counter() - started:.0f} s", flush=True)
     if args.resume:
         pipe = CogVideoXPipeline.from_pretrained(args.resume, dtype=torch.float32)
-        if pipe.transformer.config.patch_size != args.patch_size:
-            pipe.transformer = cogvideox.repatched(pipe.transformer, args.patch_size)
+        latent_size = args.size // pipe.vae_scale_factor_spatial
+        wanted = {"patch_size": args.patch_size, "sample_height": latent_size, "sample_width": latent_size}
+        if any(pipe.transformer.config[name] != value for name, value in wanted.items()):
+            pipe.transformer = cogvideox.reconfigured(pipe.transformer, **wanted)
         vae = pipe.vae.to(args.device)
     else:
         vae = None
@@ -272,7 +280,10 @@ def main(argv: list[str] | None = None) -> None:
     if not args.resume:
         torch.manual_seed(args.seed)
         transformer = cogvideox.small_transformer(
-            TEXT_LENGTH, cogvideox.SHAPES_T5_D_MODEL, **{**cogvideox.SHAPES_SIZES, "patch_size": args.patch_size}
+            TEXT_LENGTH,
+            cogvideox.SHAPES_T5_D_MODEL,
+            **{**cogvideox.SHAPES_SIZES, "patch_size": args.patch_size},
+            latent_size=args.size // (2 ** (len(vae.config.block_out_channels) - 1)),
         )
         pipe = cogvideox.build_pipeline(transformer, vae, t5_d_model=cogvideox.SHAPES_T5_D_MODEL)
     vae_done = time.perf_counter()
