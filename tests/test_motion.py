@@ -112,6 +112,8 @@ def test_the_video_trainer_grounds_its_t5_and_writes_a_pipeline_the_registry_pat
 def test_decoder_training_keeps_the_latent_space_and_changes_only_the_decoder(tmp_path):
     """`--decoder-steps` teaches the VAE's decoder to see past noisy latents: the encoder, its
     scaling and the transformer stay exactly as the resumed model's."""
+    import json
+
     import torch
     from safetensors.torch import load_file
 
@@ -119,6 +121,9 @@ def test_decoder_training_keeps_the_latent_space_and_changes_only_the_decoder(tm
     from studio.toyworld import train_video
 
     build_shapes_random(tmp_path / "before")
+    # A trained VAE's latent normalisation (the random one's 1.0 would be taken from the data).
+    vae_config = tmp_path / "before" / "vae" / "config.json"
+    vae_config.write_text(json.dumps(json.loads(vae_config.read_text()) | {"scaling_factor": 0.6}))
     train_video.main(
         ["--resume", str(tmp_path / "before"), "--clips", "4", "--vae-batch-size", "1", "--decoder-steps", "2",
          "--transformer-steps", "0", "--grounding-weight", "0", "--output", str(tmp_path / "after")]
@@ -128,6 +133,8 @@ def test_decoder_training_keeps_the_latent_space_and_changes_only_the_decoder(tm
         (file,) = (tmp_path / model / component).glob("*.safetensors")
         return load_file(file)
 
+    configs = [json.loads((tmp_path / model / "vae" / "config.json").read_text()) for model in ("before", "after")]
+    assert configs[0]["scaling_factor"] == configs[1]["scaling_factor"] == 0.6
     before, after = weights("before", "vae"), weights("after", "vae")
     encoder = [name for name in before if name.startswith("encoder.")]
     decoder = [name for name in before if name.startswith("decoder.")]

@@ -255,10 +255,6 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{len(pool)} clips drawn in {time.perf_counter() - started:.0f} s", flush=True)
     if args.resume:
         pipe = CogVideoXPipeline.from_pretrained(args.resume, dtype=torch.float32)
-        latent_size = args.size // pipe.vae_scale_factor_spatial
-        wanted = {"patch_size": args.patch_size, "sample_height": latent_size, "sample_width": latent_size}
-        if any(pipe.transformer.config[name] != value for name, value in wanted.items()):
-            pipe.transformer = cogvideox.reconfigured(pipe.transformer, **wanted)
         vae = pipe.vae.to(args.device)
     else:
         vae = None
@@ -277,13 +273,18 @@ def main(argv: list[str] | None = None) -> None:
         )
         print(f"decoder trained at {(time.perf_counter() - started) / 60:.1f} min", flush=True)
     latents = encode_pool(vae, pool, args.device)
-    if not args.resume:
+    latent_size = latents.shape[-1]
+    if args.resume:
+        wanted = {"patch_size": args.patch_size, "sample_height": latent_size, "sample_width": latent_size}
+        if any(pipe.transformer.config[name] != value for name, value in wanted.items()):
+            pipe.transformer = cogvideox.reconfigured(pipe.transformer, **wanted)
+    else:
         torch.manual_seed(args.seed)
         transformer = cogvideox.small_transformer(
             TEXT_LENGTH,
             cogvideox.SHAPES_T5_D_MODEL,
             **{**cogvideox.SHAPES_SIZES, "patch_size": args.patch_size},
-            latent_size=args.size // (2 ** (len(vae.config.block_out_channels) - 1)),
+            latent_size=latent_size,
         )
         pipe = cogvideox.build_pipeline(transformer, vae, t5_d_model=cogvideox.SHAPES_T5_D_MODEL)
     vae_done = time.perf_counter()
