@@ -250,3 +250,21 @@ def test_wordings_that_name_both_ends_name_the_start_first(direction):
         assert start not in phrase.split(), phrase
     # Every wording is made of words the world's tokenizers hold.
     assert {word for phrase in both + end_only for word in phrase.split()} <= set(VOCABULARY)
+
+
+def test_the_moving_shapes_vae_is_4x_in_space_and_time_and_decodes_back_to_the_clip_length():
+    """Three blocks: a 64-pixel, 17-frame clip is 5 latent frames of 16x16 (a small object covers
+    several latent pixels a side), decoded back to 17 frames of 64 pixels."""
+    import torch
+
+    from studio.families.cogvideox import SHAPES_LATENT_SIZE, SHAPES_VAE_CHANNELS, small_vae
+    from studio.toyworld.motion import build_clip_pool
+
+    torch.manual_seed(0)
+    vae = small_vae(SHAPES_VAE_CHANNELS).eval()
+    clip = build_clip_pool(1, seed=2).batch(torch.arange(1))
+    with torch.no_grad():
+        latents = vae.encode(clip).latent_dist.mode()
+        decoded = vae.decode(latents).sample
+    assert latents.shape == (1, 16, 5, SHAPES_LATENT_SIZE, SHAPES_LATENT_SIZE)
+    assert decoded.shape == clip.shape == (1, 3, 17, 64, 64)

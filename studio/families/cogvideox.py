@@ -30,8 +30,12 @@ def scheduler() -> CogVideoXDDIMScheduler:
 
 
 def small_vae(block_out_channels: tuple[int, ...] = (8, 8, 8, 8)) -> AutoencoderKLCogVideoX:
-    """CogVideoX's causal 3D autoencoder, small: four blocks (8x spatial), 4x temporal, 16 channels."""
+    """CogVideoX's causal 3D autoencoder, small: a block per channel count (four: 8x spatial, as
+    CogVideoX's; three: 4x), 4x temporal, 16 channels."""
+    blocks = len(block_out_channels)
     return AutoencoderKLCogVideoX(
+        down_block_types=("CogVideoXDownBlock3D",) * blocks,
+        up_block_types=("CogVideoXUpBlock3D",) * blocks,
         block_out_channels=block_out_channels,
         latent_channels=16,
         layers_per_block=1,
@@ -99,6 +103,12 @@ SHAPES_SIZES = {
     "num_layers": 6,
 }
 SHAPES_T5_D_MODEL = 128
+# The VAE train_video makes (the shipped model's is (16, 32, 32, 64), 8x): three blocks, 4x spatial,
+# so a 64-pixel frame is 16x16 latents and a small object covers three to eight latent pixels a
+# side, as in the image world, whose model learned shapes (at 8x it covered one to four, and the
+# model drew every shape as one blob).
+SHAPES_VAE_CHANNELS = (16, 32, 64)
+SHAPES_LATENT_SIZE = 16
 
 
 def build_random(target: Path) -> None:

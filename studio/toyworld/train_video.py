@@ -51,11 +51,17 @@ def psnr(reconstruction: torch.Tensor, videos: torch.Tensor) -> str:
 
 
 def train_vae(
-    pool: ClipPool, steps: int, batch_size: int, device: str, seed: int, start: AutoencoderKLCogVideoX | None = None
+    pool: ClipPool,
+    steps: int,
+    batch_size: int,
+    device: str,
+    seed: int,
+    start: AutoencoderKLCogVideoX | None = None,
+    channels: tuple[int, ...] = cogvideox.SHAPES_VAE_CHANNELS,
 ) -> AutoencoderKLCogVideoX:
-    """A new VAE (as build_shapes_random's), or `start` trained further."""
+    """A new VAE of `channels` (one block each), or `start` trained further."""
     torch.manual_seed(seed)
-    vae = (start or cogvideox.small_vae((16, 32, 32, 64))).to(device).train()  # as build_shapes_random's
+    vae = (start or cogvideox.small_vae(channels)).to(device).train()
     optimiser = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: warmup_cosine(s, steps, 50))
     generator = torch.Generator().manual_seed(seed)
@@ -208,6 +214,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vae-steps", type=int, default=None, help="default: 4000, or 0 with --vae-from")
     parser.add_argument("--vae-batch-size", type=int, default=4)
     parser.add_argument(
+        "--vae-channels",
+        type=int,
+        nargs="+",
+        default=list(cogvideox.SHAPES_VAE_CHANNELS),
+        help="a fresh VAE's channels, one block each (four blocks: CogVideoX's 8x spatial; three: 4x)",
+    )
+    parser.add_argument(
         "--decoder-steps",
         type=int,
         default=0,
@@ -262,7 +275,9 @@ def main(argv: list[str] | None = None) -> None:
             vae = AutoencoderKLCogVideoX.from_pretrained(args.vae_from, subfolder="vae", dtype=torch.float32)
         steps = args.vae_steps if args.vae_steps is not None else (0 if vae else 4000)
         if steps:
-            vae = train_vae(pool, steps, args.vae_batch_size, args.device, args.seed, start=vae)
+            vae = train_vae(
+                pool, steps, args.vae_batch_size, args.device, args.seed, start=vae, channels=tuple(args.vae_channels)
+            )
             vae.register_to_config(scaling_factor=1.0)  # taken from the data again below
             print(f"VAE trained at {(time.perf_counter() - started) / 60:.1f} min", flush=True)
         assert vae is not None
