@@ -108,7 +108,6 @@ SHAPES_T5_D_MODEL = 128
 # side, as in the image world, whose model learned shapes (at 8x it covered one to four, and the
 # model drew every shape as one blob).
 SHAPES_VAE_CHANNELS = (16, 32, 64)
-SHAPES_LATENT_SIZE = 16
 
 
 def build_random(target: Path) -> None:
