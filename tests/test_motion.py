@@ -26,7 +26,7 @@ from studio.toyworld.motion import (
     track_attributes,
     travel_direction,
 )
-from studio.toyworld.scene import VOCABULARY, Caption
+from studio.toyworld.scene import BACKGROUNDS, COLOURS, VOCABULARY, Caption
 from studio.toyworld.video_eval import check_motion, frame_changes, score_pair
 from tabs.video import prompts_from, settings_with_prompts
 
@@ -212,6 +212,26 @@ def test_a_hand_over_spread_over_frames_is_smooth_and_a_cut_is_not():
     wrong = score_pair(frames, [(0, 9), (18, 27)], [(9, 18)], [("red", "right"), ("red", "left")], "circle")
     assert not wrong.follows
     assert frame_changes(frames).shape == (len(frames) - 1,)
+
+
+@pytest.mark.parametrize("background", sorted(BACKGROUNDS))
+def test_the_object_measure_sees_an_object_in_any_colour_and_not_one_fading_away(background):
+    """An object that passes through a colour of no palette entry (cyan) on its way from red to
+    blue: the colour blob loses it there, the object measure (anything apart from the background)
+    keeps its area steady; an object fading into the background loses area in both."""
+    still = Clip((still_track("red", "circle", 0.3, (0.5, 0.5)),), background, Caption("")).frames(16)
+    inside = np.any(still[0] != still[0, 0, 0], axis=-1)
+    recoloured, fading = still.copy(), still.copy()
+    for index in range(len(still)):
+        recoloured[index][inside] = COLOURS["red"] if index < 4 else COLOURS["blue"] if index >= 12 else (40, 200, 200)
+        share = index / (len(still) - 1)
+        faded = (1 - share) * np.array(COLOURS["red"]) + share * np.array(BACKGROUNDS[background])
+        fading[index][inside] = np.round(faded).astype(np.uint8)
+    asks = [("red", None), ("blue", None)]
+    change = score_pair(recoloured, [(0, 4), (12, 16)], [(4, 12)], asks, "circle")
+    assert change.follows and change.object_cv < 0.02 and change.area_cv > 0.5
+    fade = score_pair(fading, [(0, 4), (12, 16)], [(4, 12)], asks, "circle")
+    assert not fade.follows and fade.object_cv > 0.3
 
 
 def test_the_tab_reads_its_table_and_says_which_row_is_wrong(catalogue):

@@ -29,6 +29,17 @@ def colour_mask(image: Image.Image | np.ndarray, colour: str, max_distance: floa
     return (nearest == _PALETTE_NAMES.index(colour)) & (distances.min(-1) < max_distance)
 
 
+def foreground_mask(image: Image.Image | np.ndarray, min_distance: float = 50.0) -> np.ndarray:
+    """Pixels far from the image's background colour (the palette background nearest the median
+    of its border): the objects whatever their colour, so also one caught between two palette
+    colours, as an object changing colour is in the middle of its change."""
+    pixels = as_array(image)
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    backgrounds = np.array(list(BACKGROUNDS.values()), dtype=np.float32)
+    background = backgrounds[np.linalg.norm(backgrounds - np.median(border, axis=0), axis=-1).argmin()]
+    return np.linalg.norm(pixels - background, axis=-1) >= min_distance
+
+
 def iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.logical_or(a, b).sum()
     return float(np.logical_and(a, b).sum() / union) if union else 1.0

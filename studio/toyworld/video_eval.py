@@ -10,6 +10,9 @@
    frame-to-frame change at a prompt boundary ≤ 2x the median inside the parts); DiTCtrl against
    the naive baseline (each prompt its own video, concatenated) on the same seeds: consistency
    (coefficient of variation of the object's per-frame area, lower is steadier) and boundary jump.
+   The object's area is measured twice: as the largest blob of any palette colour, and as the
+   largest blob that differs from the background whatever its colour; only the second sees an
+   object mid-way through a colour change, which is between two palette colours.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import numpy as np
 from studio.catalogue import Catalogue
 from studio.methods.video import VideoResult, VideoSettings, multi_prompt_video
 from studio.registry import Registry
-from studio.toyworld.measure import centroid, classify_shape, colour_mask, largest_blob
+from studio.toyworld.measure import centroid, classify_shape, colour_mask, foreground_mask, largest_blob
 from studio.toyworld.motion import DIRECTION_PHRASES, DIRECTIONS, HELD_OUT_MOTIONS, trace_object, travel_direction
 from studio.toyworld.scene import COLOURS, POSITIONS, SHAPES
 
@@ -117,7 +120,8 @@ class PairScore:
     one_shape: bool  # one object of one shape through the clip (≥ 80% of frames)
     follows: bool  # each prompt's own part shows its colour at its place (≥ 60% of its frames)
     smooth: bool  # boundary jump ≤ 2
-    area_cv: float  # coefficient of variation of the object's area over frames
+    area_cv: float  # coefficient of variation of the object's area (largest palette-colour blob) over frames
+    object_cv: float  # the same of the largest blob apart from the background, whatever its colour
     boundary_jump: float  # largest change in a boundary window / the window's median change
 
 
@@ -130,6 +134,7 @@ def score_pair(frames: np.ndarray, parts: list[tuple[int, int]], windows: list[t
     objects = [main_object(frame) for frame in frames]
     shapes = [classify_shape(blob) if blob.any() else None for _, blob in objects]
     areas = np.array([blob.mean() for _, blob in objects])
+    object_areas = np.array([largest_blob(foreground_mask(frame)).mean() for frame in frames])
     follows = True
     for (start, end), (colour, place) in zip(parts, asks):
         hits = 0
@@ -148,9 +153,15 @@ def score_pair(frames: np.ndarray, parts: list[tuple[int, int]], windows: list[t
         one_shape=sum(s == shape for s in shapes) >= 0.8 * len(shapes),
         follows=follows,
         smooth=jump <= SMOOTHNESS_BAR,
-        area_cv=float(areas.std() / max(areas.mean(), 1e-6)),
+        area_cv=variation(areas),
+        object_cv=variation(object_areas),
         boundary_jump=jump,
     )
+
+
+def variation(values: np.ndarray) -> float:
+    """Coefficient of variation: spread over mean."""
+    return float(values.std() / max(values.mean(), 1e-6))
 
 
 def nearest_named(point: tuple[float, float]) -> str:
@@ -195,6 +206,7 @@ def pair_comparison(registry: Registry, model: str, seeds: int, steps: int) -> d
             "follows each prompt": statistics.mean(s.follows for s in found),
             "smooth": statistics.mean(s.smooth for s in found),
             "area CV": statistics.mean(s.area_cv for s in found),
+            "object CV": statistics.mean(s.object_cv for s in found),
             "boundary jump": statistics.median(s.boundary_jump for s in found),
             "videos": len(found),
         }
@@ -232,13 +244,13 @@ def main(argv: list[str] | None = None) -> None:
     if "pairs" in args.parts:
         started = time.perf_counter()
         rows = pair_comparison(registry, args.model, args.seeds, args.steps)
-        print("\n| two prompts | videos | one shape | follows each prompt | smooth | area CV (lower: steadier) "
-              "| median boundary jump |")  # fmt: skip
-        print("|---|---|---|---|---|---|---|")
+        print("\n| two prompts | videos | one shape | follows each prompt | smooth | colour-blob area CV "
+              "| object area CV (any colour) | median boundary jump |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|---|")
         for name, row in rows.items():
             print(
                 f"| {name} | {row['videos']} | {row['one shape']:.2f} | {row['follows each prompt']:.2f} | "
-                f"{row['smooth']:.2f} | {row['area CV']:.3f} | {row['boundary jump']:.2f} |"
+                f"{row['smooth']:.2f} | {row['area CV']:.3f} | {row['object CV']:.3f} | {row['boundary jump']:.2f} |"
             )
         print(f"\n({time.perf_counter() - started:.0f} s)")
 
