@@ -109,6 +109,25 @@ def test_the_video_trainer_grounds_its_t5_and_writes_a_pipeline_the_registry_pat
     assert any(moved)
 
 
+def test_a_time_budget_cuts_the_transformer_steps_to_what_fits_and_still_saves(tmp_path, monkeypatch, capsys):
+    from studio.toyworld import train_video
+
+    assert train_video.steps_within(planned=1000, done=60, seconds_per_step=0.5, seconds_left=100) == 260
+    assert train_video.steps_within(planned=100, done=60, seconds_per_step=0.5, seconds_left=100) == 100
+    assert train_video.steps_within(planned=1000, done=60, seconds_per_step=0.5, seconds_left=-5) == 60
+    # Timed over steps 1-2; a budget long gone by then leaves exactly those two steps.
+    monkeypatch.setattr(train_video, "BUDGET_PROBE", (1, 2))
+    steps_taken = []
+    step = train_video.step_with_average
+    monkeypatch.setattr(train_video, "step_with_average", lambda *args: steps_taken.append(step(*args)))
+    train_video.main(
+        ["--clips", "4", "--vae-steps", "1", "--vae-batch-size", "1", "--transformer-steps", "10", "--batch-size", "1",
+         "--checkpoint-every", "0", "--grounding-steps", "0", "--minutes", "0.0001", "--output", str(tmp_path / "m")]
+    )  # fmt: skip
+    assert "2 steps fit the time budget" in capsys.readouterr().out and len(steps_taken) == 2
+    assert (tmp_path / "m" / "transformer" / "diffusion_pytorch_model.safetensors").exists()
+
+
 def test_decoder_training_keeps_the_latent_space_and_changes_only_the_decoder(tmp_path):
     """`--decoder-steps` teaches the VAE's decoder to see past noisy latents: the encoder, its
     scaling and the transformer stay exactly as the resumed model's."""

@@ -28,6 +28,10 @@ from studio.toyworld.train import MODELS_DIR, optimise, save, step_with_average,
 
 # Room for two objects and their motions worded at length.
 TEXT_LENGTH = cogvideox.SHAPES_TEXT_LENGTH
+# Steps a time-budgeted run takes before timing itself (the first ones warm up kernels).
+BUDGET_PROBE = (10, 60)
+# Seconds a time-budgeted run keeps for saving the model after its last step.
+SAVE_SECONDS = 45.0
 # Frames the VAE learns on: a window of a clip (the causal VAE is convolutional in time) with an
 # odd count of latent frames, as CogVideoX decodes those back to 4k + 1 frames (an even count of
 # latent frames decodes to 4k).
@@ -150,6 +154,11 @@ def text_embeddings(pipe: CogVideoXPipeline, texts: list[str]) -> torch.Tensor:
     return pipe.text_encoder(ids.to(pipe.text_encoder.device))[0]
 
 
+def steps_within(planned: int, done: int, seconds_per_step: float, seconds_left: float) -> int:
+    """The step count that ends in the time left: never more than planned, never fewer than done."""
+    return max(done, min(planned, done + int(max(seconds_left, 0.0) / max(seconds_per_step, 1e-9))))
+
+
 def train_transformer(
     pipe: CogVideoXPipeline,
     latents: torch.Tensor,
@@ -157,9 +166,12 @@ def train_transformer(
     args: argparse.Namespace,
     grounding: Grounding | None = None,
     weights: torch.Tensor | None = None,
+    deadline: float | None = None,
 ) -> CogVideoXPipeline:
     """With `grounding`, its loss (weighted by --grounding-weight) joins the v-prediction loss;
-    `weights` (per latent pixel, as foreground_weights) weigh the v-prediction loss."""
+    `weights` (per latent pixel, as foreground_weights) weigh the v-prediction loss. With a
+    `deadline` (a perf_counter time) the step count is cut, once the speed is known, to what
+    ends before it with time to save; the learning-rate schedule follows the new count."""
     torch.manual_seed(args.seed)
     names = trained_components(pipe)
     trained = torch.nn.ModuleList([getattr(pipe, name).to(args.device) for name in names]).train()
@@ -169,7 +181,20 @@ def train_transformer(
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: warmup_cosine(s, args.transformer_steps, 200))
     scheduler = pipe.scheduler
     generator = torch.Generator().manual_seed(args.seed)
+    timed_from = 0.0
     for step in (bar := tqdm(range(args.transformer_steps), desc="transformer", mininterval=30)):
+        if deadline is not None and step in BUDGET_PROBE:
+            now = time.perf_counter()
+            if step == BUDGET_PROBE[0]:
+                timed_from = now
+            else:
+                per_step = (now - timed_from) / (BUDGET_PROBE[1] - BUDGET_PROBE[0])
+                left = deadline - now - SAVE_SECONDS
+                args.transformer_steps = steps_within(args.transformer_steps, step, per_step, left)
+                bar.total = args.transformer_steps
+                print(f"\n{per_step:.3f} s a step: {args.transformer_steps} steps fit the time budget", flush=True)
+        if step >= args.transformer_steps:
+            break
         indices = torch.randint(len(captions), (args.batch_size,), generator=generator)
         # One caption in ten is dropped so classifier-free guidance has an unconditional model.
         texts = ["" if torch.rand((), generator=generator) < 0.1 else captions[i] for i in indices.tolist()]
@@ -259,6 +284,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=0.0,
+        help="a time budget for the whole run (0: none): the transformer takes as many of its steps as fit, then saves",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -308,7 +339,8 @@ def main(argv: list[str] | None = None) -> None:
         pipe.to(args.device), descriptions, pool.attributes(), TRACK_ATTRIBUTES, TEXT_LENGTH, args
     )
     weights = foreground_weights(pool, latents.shape, args.foreground_weight) if args.foreground_weight else None
-    pipe = train_transformer(pipe, latents, pool.captions, args, grounding, weights)
+    deadline = started + 60 * args.minutes if args.minutes else None
+    pipe = train_transformer(pipe, latents, pool.captions, args, grounding, weights, deadline)
     pipe.to("cpu", torch.float16).save_pretrained(args.output, safe_serialization=True)
     print(
         f"transformer trained in {(time.perf_counter() - vae_done) / 60:.1f} min; saved to {args.output} after "
