@@ -5,8 +5,15 @@
 #   bash scripts/device-train-video.sh MINUTES [train_video options...]
 #
 # The machine has PyTorch, transformers and the rest but no diffusers, and nothing can be
-# fetched there: the wheels travel in .whl (README, "Training on a lent GPU"). MINUTES covers
-# the whole run; keep it a minute or two under the call's timeout for the install and the tar.
+# fetched there: the wheels travel in .whl (README, under "The moving-shapes world"). MINUTES
+# covers the whole run; keep it a minute or two under the call's timeout for the install and tar.
+#
+# A call carries at most 64 MiB of working tree, and the shipped weights alone are about 114 MiB
+# (a fresh training needs none of them). For the call's duration, untrack and ignore them, and
+# name .whl in the call's carry:
+#   git rm -r -q --cached assets/models && echo /assets/models/ >> .git/info/exclude
+# and afterwards put them back as they were:
+#   sed -i '\#^/assets/models/$#d' .git/info/exclude && git reset -q assets/models
 set -euo pipefail
 minutes=$1
 shift
