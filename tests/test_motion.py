@@ -125,6 +125,14 @@ def test_a_time_budget_cuts_the_transformer_steps_to_what_fits_and_still_saves(t
          "--checkpoint-every", "0", "--grounding-steps", "0", "--minutes", "0.0001", "--output", str(tmp_path / "m")]
     )  # fmt: skip
     assert "2 steps fit the time budget" in capsys.readouterr().out and len(steps_taken) == 2
+    # Should the speed be misjudged (all ten steps taken as fitting), the deadline still stops it.
+    monkeypatch.setattr(train_video, "steps_within", lambda planned, *_: planned)
+    steps_taken.clear()
+    train_video.main(
+        ["--clips", "4", "--vae-steps", "1", "--vae-batch-size", "1", "--transformer-steps", "10", "--batch-size", "1",
+         "--checkpoint-every", "0", "--grounding-steps", "0", "--minutes", "0.0001", "--output", str(tmp_path / "m")]
+    )  # fmt: skip
+    assert "10 steps fit the time budget" in capsys.readouterr().out and len(steps_taken) == 2
     assert (tmp_path / "m" / "transformer" / "diffusion_pytorch_model.safetensors").exists()
 
 
