@@ -31,8 +31,8 @@ def colour_mask(image: Image.Image | np.ndarray, colour: str, max_distance: floa
 
 def foreground_mask(image: Image.Image | np.ndarray, min_distance: float = 50.0) -> np.ndarray:
     """Pixels far from the image's background colour (the palette background nearest the median
-    of its border): the objects whatever their colour, so also one caught between two palette
-    colours, as an object changing colour is in the middle of its change."""
+    of its border): the objects whatever their colour, so also one in a colour near no palette
+    entry, as an object changing colour can be in the middle of its change."""
     pixels = as_array(image)
     border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
     backgrounds = np.array(list(BACKGROUNDS.values()), dtype=np.float32)

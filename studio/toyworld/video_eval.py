@@ -12,7 +12,7 @@
    (coefficient of variation of the object's per-frame area, lower is steadier) and boundary jump.
    The object's area is measured twice: as the largest blob of any palette colour, and as the
    largest blob that differs from the background whatever its colour; only the second sees an
-   object mid-way through a colour change, which is between two palette colours.
+   object in a colour near no palette entry, as one mid-way through a colour change can be.
 """
 
 from __future__ import annotations
