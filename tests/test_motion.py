@@ -133,6 +133,27 @@ def test_a_time_budget_cuts_the_transformer_steps_to_what_fits_and_still_saves(t
     assert (tmp_path / "m" / "transformer" / "diffusion_pytorch_model.safetensors").exists()
 
 
+def test_image_video_joint_training_adds_first_frames_as_one_frame_videos(tmp_path, monkeypatch):
+    """`--image-batch-size N`: every step also trains on N first latent frames of clips, each a
+    video of one latent frame (the causal VAE encodes a clip's first frame alone)."""
+    from studio.toyworld import train_video
+
+    seen = []
+    loss = train_video.velocity_loss
+
+    def recorded(pipe, latents, captions, indices, *rest):
+        seen.append((latents.shape[1], len(indices)))
+        return loss(pipe, latents, captions, indices, *rest)
+
+    monkeypatch.setattr(train_video, "velocity_loss", recorded)
+    train_video.main(
+        ["--clips", "4", "--vae-steps", "1", "--vae-batch-size", "1", "--transformer-steps", "2", "--batch-size", "2",
+         "--image-batch-size", "3", "--checkpoint-every", "0", "--grounding-weight", "0",
+         "--output", str(tmp_path / "m")]
+    )  # fmt: skip
+    assert seen == [(5, 2), (1, 3)] * 2
+
+
 def test_decoder_training_keeps_the_latent_space_and_changes_only_the_decoder(tmp_path):
     """`--decoder-steps` teaches the VAE's decoder to see past noisy latents: the encoder, its
     scaling and the transformer stay exactly as the resumed model's."""

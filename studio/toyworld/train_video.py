@@ -154,6 +154,37 @@ def text_embeddings(pipe: CogVideoXPipeline, texts: list[str]) -> torch.Tensor:
     return pipe.text_encoder(ids.to(pipe.text_encoder.device))[0]
 
 
+def velocity_loss(
+    pipe: CogVideoXPipeline,
+    latents: torch.Tensor,
+    captions: list[str],
+    indices: torch.Tensor,
+    generator: torch.Generator,
+    device: str,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The v-prediction loss of the transformer on the `indices` rows of `latents` at random
+    timesteps of the pipeline's own scheduler; `weights` (as foreground_weights) weigh it."""
+    scheduler = pipe.scheduler
+    # One caption in ten is dropped so classifier-free guidance has an unconditional model.
+    texts = ["" if torch.rand((), generator=generator) < 0.1 else captions[i] for i in indices.tolist()]
+    x0 = latents[indices].to(device)
+    noise = torch.randn(x0.shape, generator=generator).to(device)
+    timesteps = torch.randint(scheduler.config.num_train_timesteps, (len(indices),), generator=generator)
+    noisy = scheduler.add_noise(x0, noise, timesteps)
+    target = scheduler.get_velocity(x0, noise, timesteps)
+    prediction = pipe.transformer(
+        hidden_states=noisy,
+        encoder_hidden_states=text_embeddings(pipe, texts),
+        timestep=timesteps.to(device),
+        return_dict=False,
+    )[0]
+    if weights is None:
+        return F.mse_loss(prediction, target)
+    weight = weights[indices].to(device)
+    return (weight * (prediction - target) ** 2).mean() / weight.mean()
+
+
 def steps_within(planned: int, done: int, seconds_per_step: float, seconds_left: float) -> int:
     """The step count that ends in the time left: never more than planned, never fewer than done."""
     return max(done, min(planned, done + int(max(seconds_left, 0.0) / max(seconds_per_step, 1e-9))))
@@ -179,7 +210,6 @@ def train_transformer(
     heads = list(grounding.heads.parameters()) if grounding else []
     optimiser = torch.optim.AdamW([*trained.parameters(), *heads], lr=args.learning_rate, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: warmup_cosine(s, args.transformer_steps, 200))
-    scheduler = pipe.scheduler
     generator = torch.Generator().manual_seed(args.seed)
     timed_from = 0.0
     for step in (bar := tqdm(range(args.transformer_steps), desc="transformer", mininterval=30)):
@@ -198,25 +228,15 @@ def train_transformer(
         if step >= args.transformer_steps or late:
             break
         indices = torch.randint(len(captions), (args.batch_size,), generator=generator)
-        # One caption in ten is dropped so classifier-free guidance has an unconditional model.
-        texts = ["" if torch.rand((), generator=generator) < 0.1 else captions[i] for i in indices.tolist()]
-        x0 = latents[indices].to(args.device)
-        noise = torch.randn(x0.shape, generator=generator).to(args.device)
-        timesteps = torch.randint(scheduler.config.num_train_timesteps, (args.batch_size,), generator=generator)
-        noisy = scheduler.add_noise(x0, noise, timesteps)
-        target = scheduler.get_velocity(x0, noise, timesteps)
-        prediction = pipe.transformer(
-            hidden_states=noisy,
-            encoder_hidden_states=text_embeddings(pipe, texts),
-            timestep=timesteps.to(args.device),
-            return_dict=False,
-        )[0]
-        if weights is None:
-            loss = F.mse_loss(prediction, target)
-        else:
-            weight = weights[indices].to(args.device)
-            loss = (weight * (prediction - target) ** 2).mean() / weight.mean()
+        loss = velocity_loss(pipe, latents, captions, indices, generator, args.device, weights)
         shown = {"loss": f"{loss.item():.4f}"}
+        if args.image_batch_size:
+            # Image-video joint training, as CogVideoX's own: first frames as one-frame videos.
+            stills = torch.randint(len(captions), (args.image_batch_size,), generator=generator)
+            first_weights = None if weights is None else weights[:, :1]
+            image_loss = velocity_loss(pipe, latents[:, :1], captions, stills, generator, args.device, first_weights)
+            shown["image"] = f"{image_loss.item():.4f}"
+            loss = (loss + image_loss) / 2
         if grounding is not None:
             loss = grounding.added_to(loss, indices, shown)
         step_with_average(loss, step, optimiser, schedule, trained, ema)
@@ -261,6 +281,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--transformer-steps", type=int, default=6000)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--image-batch-size",
+        type=int,
+        default=0,
+        help="also train on this many first frames a step, as one-frame videos (image-video joint training)",
+    )
     parser.add_argument("--checkpoint-every", type=int, default=500)
     parser.add_argument("--learning-rate", type=float, default=5e-4)
     parser.add_argument("--resume", type=Path, default=None, help="a saved moving-shapes pipeline to train further")
