@@ -154,6 +154,30 @@ def test_image_video_joint_training_adds_first_frames_as_one_frame_videos(tmp_pa
     assert seen == [(5, 2), (1, 3)] * 2
 
 
+def test_bf16_runs_the_forward_in_bfloat16_keeps_the_loss_float32_and_saves_finite_weights(tmp_path, monkeypatch):
+    import torch
+    from diffusers import CogVideoXPipeline
+
+    from studio.toyworld import train_video
+
+    seen = []
+    loss = train_video.velocity_loss
+
+    def recorded(*arguments):
+        value = loss(*arguments)
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"), value.dtype))
+        return value
+
+    monkeypatch.setattr(train_video, "velocity_loss", recorded)
+    train_video.main(
+        ["--clips", "4", "--vae-steps", "1", "--vae-batch-size", "1", "--transformer-steps", "1", "--batch-size", "2",
+         "--bf16", "--checkpoint-every", "0", "--grounding-weight", "0", "--output", str(tmp_path / "m")]
+    )  # fmt: skip
+    assert seen == [(True, torch.bfloat16, torch.float32)]
+    pipe = CogVideoXPipeline.from_pretrained(tmp_path / "m")
+    assert all(torch.isfinite(w).all() for w in pipe.transformer.state_dict().values())
+
+
 def test_decoder_training_keeps_the_latent_space_and_changes_only_the_decoder(tmp_path):
     """`--decoder-steps` teaches the VAE's decoder to see past noisy latents: the encoder, its
     scaling and the transformer stay exactly as the resumed model's."""
