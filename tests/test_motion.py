@@ -133,47 +133,44 @@ def test_a_time_budget_cuts_the_transformer_steps_to_what_fits_and_still_saves(t
     assert (tmp_path / "m" / "transformer" / "diffusion_pytorch_model.safetensors").exists()
 
 
-def test_image_video_joint_training_adds_first_frames_as_one_frame_videos(tmp_path, monkeypatch):
-    """`--image-batch-size N`: every step also trains on N first latent frames of clips, each a
-    video of one latent frame (the causal VAE encodes a clip's first frame alone)."""
+def losses_of_a_tiny_run(tmp_path, monkeypatch, *options: str) -> list[tuple]:
+    """Trains a tiny moving-shapes model with `options`; for every v-prediction loss taken: the
+    latent frames and rows it saw, whether bfloat16 autocast was on, and the loss's dtype."""
+    import torch
+
     from studio.toyworld import train_video
 
     seen = []
     loss = train_video.velocity_loss
 
     def recorded(pipe, latents, captions, indices, *rest):
-        seen.append((latents.shape[1], len(indices)))
-        return loss(pipe, latents, captions, indices, *rest)
+        value = loss(pipe, latents, captions, indices, *rest)
+        autocast = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        seen.append((latents.shape[1], len(indices), autocast, value.dtype))
+        return value
 
     monkeypatch.setattr(train_video, "velocity_loss", recorded)
     train_video.main(
-        ["--clips", "4", "--vae-steps", "1", "--vae-batch-size", "1", "--transformer-steps", "2", "--batch-size", "2",
-         "--image-batch-size", "3", "--checkpoint-every", "0", "--grounding-weight", "0",
-         "--output", str(tmp_path / "m")]
+        ["--clips", "4", "--vae-steps", "1", "--vae-batch-size", "1", "--batch-size", "2", "--checkpoint-every", "0",
+         "--grounding-weight", "0", "--output", str(tmp_path / "m"), *options]
     )  # fmt: skip
-    assert seen == [(5, 2), (1, 3)] * 2
+    return seen
+
+
+def test_image_video_joint_training_adds_first_frames_as_one_frame_videos(tmp_path, monkeypatch):
+    """`--image-batch-size N`: every step also trains on N first latent frames of clips, each a
+    video of one latent frame (the causal VAE encodes a clip's first frame alone)."""
+    seen = losses_of_a_tiny_run(tmp_path, monkeypatch, "--transformer-steps", "2", "--image-batch-size", "3")
+    assert [(frames, rows) for frames, rows, *_ in seen] == [(5, 2), (1, 3)] * 2
+    assert not any(autocast for _, _, autocast, _ in seen)  # float32 unless --bf16 is asked for
 
 
 def test_bf16_runs_the_forward_in_bfloat16_keeps_the_loss_float32_and_saves_finite_weights(tmp_path, monkeypatch):
     import torch
     from diffusers import CogVideoXPipeline
 
-    from studio.toyworld import train_video
-
-    seen = []
-    loss = train_video.velocity_loss
-
-    def recorded(*arguments):
-        value = loss(*arguments)
-        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"), value.dtype))
-        return value
-
-    monkeypatch.setattr(train_video, "velocity_loss", recorded)
-    train_video.main(
-        ["--clips", "4", "--vae-steps", "1", "--vae-batch-size", "1", "--transformer-steps", "1", "--batch-size", "2",
-         "--bf16", "--checkpoint-every", "0", "--grounding-weight", "0", "--output", str(tmp_path / "m")]
-    )  # fmt: skip
-    assert seen == [(True, torch.bfloat16, torch.float32)]
+    seen = losses_of_a_tiny_run(tmp_path, monkeypatch, "--transformer-steps", "1", "--bf16")
+    assert [(autocast, dtype) for _, _, autocast, dtype in seen] == [(True, torch.float32)]
     pipe = CogVideoXPipeline.from_pretrained(tmp_path / "m")
     assert all(torch.isfinite(w).all() for w in pipe.transformer.state_dict().values())
 
