@@ -309,6 +309,38 @@ def test_resumed_with_the_text_frozen_only_the_transformer_learns(tmp_path):
     assert any(not torch.equal(before[name], after[name]) for name in before)
 
 
+def test_a_resumed_model_of_an_earlier_vocabulary_learns_the_current_one_keeping_its_words():
+    """`train --resume` of a model saved with world 1's tokenizers (the shipped SD3 twin's): its
+    text encoders take the current vocabulary, a caption of words it knew encodes exactly as
+    before, a synonym starts from the word it means, and a tag it never had is whole words, not
+    <unk>."""
+    from studio.families import flux
+    from studio.toyworld import train
+
+    torch.manual_seed(0)
+    pipe = flux.build_pipeline(flux.small_transformer(**flux.TINY_SIZES), offline.small_vae(16), 16, 32)
+    old_words = ["a", "red", "blue", "circle", "square", "on", "the", "left", "right", "gray", "centre", ","]
+    clip_tokenizer, t5_tokenizer = offline.clip_tokenizer(old_words), offline.t5_tokenizer(old_words)
+    pipe.register_modules(tokenizer=clip_tokenizer, text_encoder=offline.clip_text_encoder(clip_tokenizer, 16),
+                          tokenizer_2=t5_tokenizer, text_encoder_2=offline.t5_text_encoder(t5_tokenizer, 32))  # fmt: skip
+    flow = flux.FAMILY.flow
+    known = ["a red circle on the left, a blue square on the right"]
+    before = flow.encode_text(pipe, known, 24)
+
+    assert train.adopt_vocabulary(pipe) == ["text_encoder", "text_encoder_2"]
+
+    assert len(pipe.tokenizer_2) == len(offline.t5_tokenizer()) > len(t5_tokenizer)
+    after = flow.encode_text(pipe, known, 24)
+    assert torch.equal(before.embeds, after.embeds) and torch.equal(before.pooled, after.pooled)
+    rows = pipe.text_encoder_2.get_input_embeddings().weight
+    ids = pipe.tokenizer_2.convert_tokens_to_ids(["\u2581grey", "\u2581gray", "\u2581middle", "\u2581centre"])
+    assert torch.equal(rows[ids[0]], rows[ids[1]]) and torch.equal(rows[ids[2]], rows[ids[3]])
+    assert pipe.tokenizer_2.unk_token_id not in pipe.tokenizer_2("a grey square [LEFT] at the top left").input_ids
+    assert pipe.text_encoder_2.config.vocab_size == rows.shape[0]
+    assert flow.encode_text(pipe, ["a grey square in the middle [RIGHT]"], 24).embeds.isfinite().all()
+    assert train.adopt_vocabulary(pipe) == []  # already current: nothing to do
+
+
 @pytest.mark.parametrize("base", ["shapes-flux-2", "shapes-flux-2-sprint"])
 def test_the_controlnet_trainer_moves_the_zero_initialised_outputs(tmp_path, base, monkeypatch):
     """A few steps of the scribble-ControlNet trainer on a shipped world-2 model, copying two of

@@ -98,6 +98,53 @@ def predict_velocity(
     return flow.velocity(pipe, noisy, sigma, text, None)
 
 
+# A word new to the vocabulary starts from the known word it means, when there is one.
+NEAREST_KNOWN_WORD = {"center": "centre", "middle": "centre", "centered": "centre", "grey": "gray",
+                      "color": "colour", "colours": "colour", "colors": "colour", "big": "large",
+                      "circles": "circle", "squares": "square", "triangles": "triangle"}  # fmt: skip
+
+
+def _word_of(token: str) -> str:
+    return token.removeprefix("\u2581").removesuffix("</w>")
+
+
+def adopt_vocabulary(pipe: DiffusionPipeline) -> list[str]:
+    """Give a model saved with an earlier world's tokenizers the current vocabulary, so a world-1
+    model can be trained on on world 2's captions. Every token keeps its embedding row when the
+    old tokenizer had it (so a caption of known words encodes exactly as before), takes the row of
+    the known word it means (`NEAREST_KNOWN_WORD`), or else starts at the mean of the old rows.
+    Returns the names of the text encoders that changed."""
+    changed = []
+    for encoder_name in TEXT_ENCODERS:
+        encoder = getattr(pipe, encoder_name, None)
+        if encoder is None:
+            continue
+        tokenizer_name = encoder_name.replace("text_encoder", "tokenizer")
+        old_tokenizer = getattr(pipe, tokenizer_name)
+        is_clip = "clip" in type(old_tokenizer).__name__.lower()
+        new_tokenizer = offline.clip_tokenizer() if is_clip else offline.t5_tokenizer()
+        old_ids, new_ids = old_tokenizer.get_vocab(), new_tokenizer.get_vocab()
+        if old_ids == new_ids:
+            continue
+        old_rows = encoder.get_input_embeddings().weight.detach()
+        rows = old_rows.mean(0, keepdim=True).repeat(len(new_ids), 1)
+        for token, new_id in new_ids.items():
+            word = _word_of(token)
+            candidates = [token, token.replace(word, NEAREST_KNOWN_WORD.get(word, word))]
+            if not is_clip:  # T5's bare pieces (tags written without spaces) from the spaced word
+                candidates += [word, "\u2581" + word, "\u2581" + NEAREST_KNOWN_WORD.get(word, word)]
+            source = next((old_ids[c] for c in candidates if c in old_ids), None)
+            if source is not None:
+                rows[new_id] = old_rows[source]
+        embedding = torch.nn.Embedding(len(new_ids), rows.shape[1], dtype=rows.dtype, device=rows.device)
+        embedding.weight.data.copy_(rows)
+        encoder.set_input_embeddings(embedding)
+        encoder.config.vocab_size = len(new_ids)
+        pipe.register_modules(**{tokenizer_name: new_tokenizer})
+        changed.append(encoder_name)
+    return changed
+
+
 def warmup_cosine(step: int, total: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -361,6 +408,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.resume:
         # Go on training a saved model (its VAE and latent normalisation stay as they are).
         pipe = pipeline_class.from_pretrained(args.resume, dtype=torch.float32)
+        if adopted := adopt_vocabulary(pipe):
+            print(f"{', '.join(adopted)}: taught the current vocabulary (the resumed model knew an earlier one)")
         vae = pipe.vae.to(args.device)
     else:
         vae_from = args.vae_from or (MODELS_DIR / "shapes-flux" if args.family == "sd3" else None)
