@@ -155,6 +155,8 @@ def generate_handler(studio: StudioContext, sets: dict[str, ImageSet]) -> Callab
         spec = registry.catalogue.get(model_id)
         with common.user_errors("Image set"):
             adapters = set_lora(registry, image_set, spec) if apply_lora else ()
+            # A LoRA trained to read held references is conditioned that way; without it, inpainting.
+            reference_mode = image_set.references if adapters else "inpaint"
             if apply_lora and not adapters:
                 made_for = image_set.model or "FLUX.1-dev"
                 gr.Info(f"The {image_set.label} LoRA is made for {made_for}; {spec.name} runs without it.")
@@ -170,6 +172,7 @@ def generate_handler(studio: StudioContext, sets: dict[str, ImageSet]) -> Callab
                 columns=image_set.columns,
                 adapters=adapters,
                 references=given,
+                reference_mode=reference_mode,
             )
         phase = common.progress_callback(progress, "Denoising")
         made = common.run_job(studio, request, "Image set", Job("image_set", set_request, {}), phase)

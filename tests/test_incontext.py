@@ -7,12 +7,14 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from studio.errors import Cancelled, InvalidRequest
 from studio.methods.incontext import (
     ImageSet,
     SetRequest,
+    cells_latent_mask,
     cells_mask,
     check_set,
     compose,
@@ -165,6 +167,54 @@ def test_conditioned_generation_returns_each_reference_in_its_own_cell(registry,
         generate_set(registry, set_request(rows=1, columns=1, width=64, height=64, references={0: reference}))
 
 
+def test_the_latent_cells_mask_covers_exactly_the_given_cells():
+    mask = cells_latent_mask(2, 2, 8, 12, [0, 3])
+    assert mask.shape == (8, 12) and mask.dtype == torch.bool
+    assert mask[:4, :6].all() and mask[4:, 6:].all()
+    assert not mask[:4, 6:].any() and not mask[4:, :6].any()
+
+
+def reference_latents_seen(registry, monkeypatch, reference, mode):
+    """The latents every step's velocity was asked for, in a 1x2 set with panel 1 given."""
+    from studio.methods import incontext
+
+    seen = []
+    integrate = incontext.flow.integrate
+
+    def recording(velocity, latents, sigmas, **options):
+        def watched(state, sigma):
+            seen.append(state.clone())
+            return velocity(state, sigma)
+
+        return integrate(watched, latents, sigmas, **options)
+
+    monkeypatch.setattr(incontext.flow, "integrate", recording)
+    result = generate_set(registry, set_request(steps=3, references={0: reference}, reference_mode=mode))
+    return result, seen
+
+
+def test_held_references_are_read_clean_in_every_step(registry, monkeypatch):
+    """`reference_mode="held"` (a LoRA trained with held references): every step's velocity sees
+    the reference cell as the reference's own clean latents while the other cell is denoised; the
+    drawn cell depends on the reference, and the reference comes back pixel for pixel."""
+    from studio import flow
+
+    reference, other = panels(2, (64, 64))
+    result, seen = reference_latents_seen(registry, monkeypatch, reference, "held")
+    assert len(seen) == 3
+    with registry.use("tiny-flux-dev") as pipe:
+        clean = flow.encode_image(pipe, compose([reference, Image.new("RGB", (64, 64), (127,) * 3)], 1, 2), 128, 64)
+    width = clean.shape[-1] // 2
+    for state in seen:
+        assert torch.allclose(state[..., :width], clean[..., :width], atol=1e-5)
+    assert not torch.allclose(seen[0][..., width:], seen[-1][..., width:])  # the other cell moves
+    assert np.array_equal(np.asarray(result.panels[0]), np.asarray(reference))
+    changed, _ = reference_latents_seen(registry, monkeypatch, other, "held")
+    assert not np.array_equal(np.asarray(changed.panels[1]), np.asarray(result.panels[1]))
+    with pytest.raises(InvalidRequest, match="held or inpainted"):
+        generate_set(registry, set_request(references={0: reference}, reference_mode="clean"))
+
+
 def test_a_users_own_set_uses_its_local_lora(tmp_path):
     from test_lora import make_lora
 
@@ -256,6 +306,7 @@ def numbered(count: int) -> dict:
         ({"tags": ("[LEFT]",)}, "Set x: one tag and one example text per panel (2)."),
         ({"panels": ("a", "b", "c")}, "Set x: one tag and one example text per panel (2)."),
         ({"tags": ("[A]", "[A]")}, "Set x: panel tags must differ."),
+        ({"references": "clean"}, "Set x: references must be one of inpaint, held."),
     ],
 )
 def test_a_set_is_refused_with_what_is_wrong(changes, message):

@@ -384,7 +384,7 @@ def test_the_in_context_trainer_writes_a_lora_the_base_takes(tmp_path):
     base = train.MODELS_DIR / "shapes-flux-2"
     output = tmp_path / "lora.safetensors"
     encoder = tmp_path / "t5"
-    options = ["--steps", "3", "--examples", "4", "--batch-size", "2", "--ground-panels", "2"]
+    options = ["--steps", "3", "--examples", "4", "--batch-size", "2", "--ground-panels", "2", "--held-references", "0.5"]
     train_incontext.main(["--base", str(base), *options, "--encoder-output", str(encoder), "--output", str(output)])
     # The panel-grounded T5 is saved where asked, fp16, and is not the base's any more.
     grounded = T5EncoderModel.from_pretrained(encoder)
@@ -410,6 +410,27 @@ def test_the_in_context_trainer_writes_a_lora_the_base_takes(tmp_path):
         assert [owner for *_, owner in caption.spans] == list(range(image_set.count))
         assert all(piece.startswith(tag + " ") for piece, tag in zip(pieces, image_set.tags))
         assert prompt.endswith(pieces[-1]) and image_set.intro not in "".join(pieces)
+
+
+def test_held_reference_rows_hold_whole_cells_and_never_every_panel():
+    """`train_incontext --held-references SHARE`: about that share of rows hold a random non-empty
+    proper subset of the panels (whole cells of the latents); the other rows none."""
+    from studio.methods.incontext import cells_latent_mask
+    from studio.toyworld.train_incontext import held_cells
+
+    latents = torch.zeros(400, 16, 32, 32)
+    generator = torch.Generator().manual_seed(0)
+    assert not held_cells(2, 2, latents, 0.0, generator).any()
+    assert not held_cells(1, 1, latents, 1.0, generator).any()  # a lone panel is never given
+    held = held_cells(2, 2, latents, 0.5, generator)
+    cells = [cells_latent_mask(2, 2, 32, 32, [index]) for index in range(4)]
+    counts = []
+    for row in held[:, 0]:
+        given = [bool(row[cell].all()) for cell in cells]
+        assert all(row[cell].all() or not row[cell].any() for cell in cells)  # whole cells only
+        counts.append(sum(given))
+    assert max(counts) == 3 and 0.4 < np.mean([count > 0 for count in counts]) < 0.6
+    assert {1, 2, 3} <= set(counts)
 
 
 def test_the_evaluation_asks_held_out_combinations_and_two_objects_at_their_own_places():

@@ -2,8 +2,12 @@
 
 Grid geometry, composing panels into a grid and splitting it back, panel tags, the sets'
 prompts, group generation (one prompt for the whole set, then split) and conditioned generation
-(reference panels pasted into their cells, the other cells inpainted with the base model's
-components; the references come back pixel for pixel).
+(reference panels pasted into their cells, the other cells generated; the references come back
+pixel for pixel). Conditioned generation runs one of two ways: "inpaint", as the In-Context LoRA
+paper conditions its sets (SDEdit-style inpainting on the model's own components: the reference
+cells re-noised to each step's level, so the model sees them only as clearly as the panels it is
+drawing), or "held", for a LoRA trained to read reference cells clean (the reference cells' latents
+held clean at every step while the other cells are denoised; `train_incontext --held-references`).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import threading
 import time
 import tomllib
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from studio import flow
 from studio.catalogue import PROJECT_ROOT, ModelSpec
 from studio.errors import InvalidRequest
 from studio.generation import GenerationSettings, call_arguments, snap, validate
@@ -31,6 +36,10 @@ from studio.runner import Method, register
 
 SETS_FILE = PROJECT_ROOT / "presets" / "ic_lora_sets.toml"
 MAX_PANELS = 12
+REFERENCE_MODES = {
+    "inpaint": "reference cells re-noised at every step (In-Context LoRA's SDEdit conditioning)",
+    "held": "reference cells held clean at every step (for LoRAs trained with held references)",
+}
 GREY = 127  # the value unknown cells start from, as In-Context LoRA's conditioned sets use
 
 
@@ -51,6 +60,8 @@ class ImageSet:
     # The catalogue model its LoRA was trained on; "" for FLUX.1-dev (the paper's LoRAs, which run
     # on hub FLUX models of that architecture).
     model: str = ""
+    # How reference panels condition the set when its LoRA is on (a key of REFERENCE_MODES).
+    references: str = "inpaint"
 
     def lora_fits(self, spec: ModelSpec) -> bool:
         return spec.id == self.model if self.model else not spec.builtin
@@ -133,7 +144,7 @@ def load_sets(path: Path = SETS_FILE) -> dict[str, ImageSet]:
     fields_needed = {f.name for f in dataclasses.fields(ImageSet)}
     for index, entry in enumerate(read_sets_file(path).get("set", [])):
         name = entry.get("id", f"#{index + 1}")
-        unknown, missing = set(entry) - fields_needed, fields_needed - set(entry) - {"model"}
+        unknown, missing = set(entry) - fields_needed, fields_needed - set(entry) - {"model", "references"}
         if unknown or missing:
             field_name = sorted(unknown or missing)[0]
             raise InvalidRequest(
@@ -163,6 +174,8 @@ def check_set(image_set: ImageSet) -> None:
         raise InvalidRequest(f"Set {name}: one tag and one example text per panel ({image_set.count}).")
     if len(set(image_set.tags)) != len(image_set.tags):
         raise InvalidRequest(f"Set {name}: panel tags must differ.")
+    if image_set.references not in REFERENCE_MODES:
+        raise InvalidRequest(f"Set {name}: references must be one of {', '.join(REFERENCE_MODES)}.")
 
 
 def grid_shape(panels: int) -> tuple[int, int]:
@@ -222,6 +235,16 @@ def cells_mask(rows: int, columns: int, cell: tuple[int, int], generated: Sequen
     return Image.fromarray(mask, mode="L")
 
 
+def cells_latent_mask(rows: int, columns: int, height: int, width: int, cells: Sequence[int]) -> torch.Tensor:
+    """[height, width] booleans over a grid's latents, True inside the given cells."""
+    mask = torch.zeros(height, width, dtype=torch.bool)
+    cell_height, cell_width = height // rows, width // columns
+    for index in cells:
+        row, column = divmod(index, columns)
+        mask[row * cell_height : (row + 1) * cell_height, column * cell_width : (column + 1) * cell_width] = True
+    return mask
+
+
 @dataclass(frozen=True, kw_only=True)
 class SetRequest(SamplingSettings):
     """A set of panels; width and height are the whole grid's."""
@@ -233,6 +256,7 @@ class SetRequest(SamplingSettings):
     guidance: float = redefault("guidance", SET_DEFAULTS.guidance)
     adapters: tuple[tuple[str, float], ...] = ()
     references: dict[int, Image.Image] = field(default_factory=dict)  # panel index -> image
+    reference_mode: str = "inpaint"  # a key of REFERENCE_MODES
 
     def to_dict(self) -> dict:
         return {key: value for key, value in asdict(self).items() if key != "references"} | {
@@ -265,6 +289,8 @@ def generate_set(
         raise InvalidRequest(f"Reference panels are numbered 1 to {count}.")
     if len(request.references) == count:
         raise InvalidRequest("Every panel has a reference: leave at least one to generate.")
+    if request.reference_mode not in REFERENCE_MODES:
+        raise InvalidRequest(f"References are held or inpainted ({', '.join(REFERENCE_MODES)}).")
     cell = cell_size(request.width, request.height, request.rows, request.columns, spec.size_multiple)
     settings = validate(
         GenerationSettings.sampled_as(
@@ -279,7 +305,8 @@ def generate_set(
     started = time.perf_counter()
     reporter = StepReporter(settings.steps, on_step, cancel)
     mask = None
-    task = "inpaint" if request.references else "t2i"
+    held = bool(request.references) and request.reference_mode == "held"
+    task = "inpaint" if request.references and not held else "t2i"
     with registry.use(spec.id, task, dict(settings.adapters)) as pipe:
         reporter.begin()
         step = reporter.step
@@ -297,8 +324,11 @@ def generate_set(
             generated = [index for index in range(count) if index not in references]
             mask = cells_mask(request.rows, request.columns, cell, generated)
             arguments.update(image=canvas, mask_image=mask, strength=1.0)
-        with torch.no_grad():
-            image = pipe(**arguments).images[0]
+        if held:
+            image = held_references_sample(pipe, spec, settings, canvas, request, step)
+        else:
+            with torch.no_grad():
+                image = pipe(**arguments).images[0]
     if request.references:
         for index, reference in references.items():
             row, column = divmod(index, request.columns)
@@ -306,6 +336,31 @@ def generate_set(
     return ImageSetResult(
         image, split(image, request.rows, request.columns), mask, request, time.perf_counter() - started
     )
+
+
+def held_references_sample(
+    pipe, spec: ModelSpec, settings: GenerationSettings, canvas: Image.Image, request: SetRequest, step: Callable
+) -> Image.Image:
+    """The set sampled with the reference cells' latents held clean at every step (the model's
+    own flow, guidance and schedule), so that every step reads the references in full."""
+    if spec.family.flow is None:
+        raise InvalidRequest(f"Held references need a rectified-flow model (FLUX, SD3); {spec.name} is not one.")
+    model = flow.FlowModel(
+        pipe,
+        spec.family,
+        [settings.prompt],
+        flow.Guidance(spec.guidance, settings.guidance),
+        spec.text_length,
+        settings.negative_prompt,
+    )
+    start = flow.initial_noise(pipe, settings.seed, settings.width, settings.height).to(pipe.transformer.device)
+    reference = flow.encode_image(pipe, canvas, settings.width, settings.height).to(start.device)
+    held = cells_latent_mask(request.rows, request.columns, *start.shape[-2:], list(request.references)).to(start.device)
+    sigmas = flow.schedule(pipe, spec.family, settings.steps, *start.shape[-2:])
+    states = flow.integrate(
+        model.velocity, start, sigmas, after_step=step, adjust=lambda _, latents: torch.where(held, reference, latents)
+    )
+    return flow.decode(pipe, torch.where(held, reference, states[-1]))[0]
 
 
 def write_panels(panels: Sequence[Image.Image], image_path: Path) -> Path:

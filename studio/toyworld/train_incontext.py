@@ -5,6 +5,7 @@ with tagged prompts, composed exactly as the image-sets tab composes them (`Imag
     python -m studio.toyworld.train_incontext                 # about 15 minutes on a 2-core CPU
     python -m studio.toyworld.train_incontext --ground-panels 800   # first teach the base's T5 the tags
     python -m studio.toyworld.train_incontext --evaluate      # the table: with and without the LoRA
+    python -m studio.toyworld.train_incontext --held-references 0.5   # also learn to read given panels
 
 The sets it learns are the shapes-world sets of presets/ic_lora_sets.toml (the ones whose
 `model` is the base): the same shape in another colour (two panels), the same shape at another
@@ -32,6 +33,7 @@ from studio.families import flux
 from studio.methods.incontext import (
     MAX_PANELS,
     ImageSet,
+    cells_latent_mask,
     SetRequest,
     compose,
     generate_set,
@@ -159,6 +161,7 @@ def evaluate(registry: Registry, model: str, seeds: int, with_lora: bool) -> dic
                 model=model, prompt=prompt.text, rows=image_set.rows, columns=image_set.columns, width=width,
                 height=height, steps=spec.steps, guidance=spec.guidance_scale, seed=seed, references={0: reference},
                 adapters=set_lora(registry, image_set, spec) if with_lora else (),
+                reference_mode=image_set.references if with_lora else "inpaint",
             )  # fmt: skip
             made = generate_set(registry, request)
             truth = split(canvas, image_set.rows, image_set.columns)
@@ -169,6 +172,19 @@ def evaluate(registry: Registry, model: str, seeds: int, with_lora: bool) -> dic
                 coloured += blob.sum() >= 20
                 kept += blob.sum() >= 20 and classify_shape(blob) == shape
     return {"shape kept": kept / total, "own colour": coloured / total, "panels": total}
+
+
+def held_cells(rows: int, columns: int, latents: torch.Tensor, share: float, generator: torch.Generator) -> torch.Tensor:
+    """[batch, 1, height, width] booleans: for about `share` of the rows, a random non-empty proper
+    subset of the panels, given as references (held clean); none for the other rows."""
+    count = rows * columns
+    masks = torch.zeros(latents.shape[0], 1, *latents.shape[-2:], dtype=torch.bool)
+    for row in range(latents.shape[0]):
+        if count < 2 or torch.rand(1, generator=generator).item() >= share:
+            continue
+        given = torch.randperm(count, generator=generator)[: int(torch.randint(1, count, (1,), generator=generator))]
+        masks[row, 0] = cells_latent_mask(rows, columns, *latents.shape[-2:], given.tolist())
+    return masks.to(latents.device)
 
 
 def dominant_colour(image: Image.Image) -> str:
@@ -186,6 +202,13 @@ def main(argv: list[str] | None = None) -> None:
         "--ground-panels", type=int, default=0, help="first teach the base's T5 the panel tags for N steps (saved)"
     )
     parser.add_argument("--encoder-output", type=Path, default=None, help="default: the base's text_encoder_2")
+    parser.add_argument(
+        "--held-references",
+        type=float,
+        default=0.0,
+        help="share of rows whose reference panels (a random subset) are held clean, the loss on the others: "
+        "the LoRA learns the sets' held-reference conditioning (references = \"held\" in the sets file)",
+    )
     args = parser.parse_args(argv)
     if args.evaluate:
         registry = Registry(Catalogue.load())
@@ -223,6 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     optimiser = torch.optim.AdamW(parameters, lr=args.learning_rate, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: train.warmup_cosine(s, args.steps, 100))
     names = list(data)
+    sets_by_id = {image_set.id: image_set for image_set in sets}
     for step in (bar := tqdm(range(args.steps), desc="in-context LoRA")):
         name = names[step % len(names)]  # one kind of canvas a batch: they differ in size
         indices = torch.randint(len(data[name]), (args.batch_size,), generator=generator)
@@ -233,7 +257,12 @@ def main(argv: list[str] | None = None) -> None:
         with torch.no_grad():
             text = flux.encode_text(pipe, texts, train.MAX_SEQUENCE_LENGTH)
         noisy, sigma, target = train.noised(batch, shift, generator)
-        loss = F.mse_loss(flux.velocity(pipe, noisy, sigma, text, None), target)
+        image_set = sets_by_id[name]
+        held = held_cells(image_set.rows, image_set.columns, batch, args.held_references, generator)
+        noisy = torch.where(held, batch, noisy)
+        drawn = (~held).expand_as(target).float()
+        error = (flux.velocity(pipe, noisy, sigma, text, None) - target) ** 2
+        loss = (error * drawn).sum() / drawn.sum()
         train.optimise(loss, optimiser, schedule, parameters)
         bar.set_postfix(loss=f"{loss.item():.4f}", kind=name)
     layers = {key: value.to(torch.float16) for key, value in get_peft_model_state_dict(pipe.transformer).items()}
