@@ -161,6 +161,27 @@ def integrate(
     return states
 
 
+def sample(
+    pipe: DiffusionPipeline,
+    family: Family,
+    prompt: str,
+    guidance: Guidance,
+    max_sequence_length: int,
+    seed: int,
+    size: tuple[int, int],
+    steps: int,
+    negative_prompt: str = "",
+    adjust: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+    after_step: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Plain sampling of one prompt from the seed's noise at `size` (width, height), on the
+    family's own schedule: the final latents. `adjust` and `after_step` as in `integrate`."""
+    model = FlowModel(pipe, family, [prompt], guidance, max_sequence_length, negative_prompt)
+    noise = initial_noise(pipe, seed, *size).to(pipe.transformer.device)
+    sigmas = schedule(pipe, family, steps, *noise.shape[-2:])
+    return integrate(model.velocity, noise, sigmas, adjust=adjust, after_step=after_step)[-1]
+
+
 @torch.no_grad()
 def encode_image(pipe: DiffusionPipeline, image: Image.Image, width: int, height: int) -> torch.Tensor:
     """The image's normalised latents, as the transformer sees them ([1, C, H/8, W/8])."""

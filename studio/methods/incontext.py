@@ -345,22 +345,16 @@ def held_references_sample(
     own flow, guidance and schedule), so that every step reads the references in full."""
     if spec.family.flow is None:
         raise InvalidRequest(f"Held references need a rectified-flow model (FLUX, SD3); {spec.name} is not one.")
-    model = flow.FlowModel(
-        pipe,
-        spec.family,
-        [settings.prompt],
-        flow.Guidance(spec.guidance, settings.guidance),
-        spec.text_length,
-        settings.negative_prompt,
-    )
-    start = flow.initial_noise(pipe, settings.seed, settings.width, settings.height).to(pipe.transformer.device)
-    reference = flow.encode_image(pipe, canvas, settings.width, settings.height).to(start.device)
-    held = cells_latent_mask(request.rows, request.columns, *start.shape[-2:], list(request.references)).to(start.device)
-    sigmas = flow.schedule(pipe, spec.family, settings.steps, *start.shape[-2:])
-    states = flow.integrate(
-        model.velocity, start, sigmas, after_step=step, adjust=lambda _, latents: torch.where(held, reference, latents)
-    )
-    return flow.decode(pipe, torch.where(held, reference, states[-1]))[0]
+    size = (settings.width, settings.height)
+    reference = flow.encode_image(pipe, canvas, *size).to(pipe.transformer.device)
+    held = cells_latent_mask(request.rows, request.columns, *reference.shape[-2:], list(request.references))
+    held = held.to(reference.device)
+    latents = flow.sample(
+        pipe, spec.family, settings.prompt, flow.Guidance(spec.guidance, settings.guidance), spec.text_length,
+        settings.seed, size, settings.steps, settings.negative_prompt,
+        adjust=lambda _, latents: torch.where(held, reference, latents), after_step=step,
+    )  # fmt: skip
+    return flow.decode(pipe, torch.where(held, reference, latents))[0]
 
 
 def write_panels(panels: Sequence[Image.Image], image_path: Path) -> Path:

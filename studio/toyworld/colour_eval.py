@@ -103,16 +103,11 @@ def caption_background(caption: str) -> str:
 def plain_swap(registry: Registry, settings: ColourEditSettings) -> Image.Image:
     spec = registry.catalogue.get(settings.model)
     with registry.use(spec.id) as pipe:
-        model = flow.FlowModel(
-            pipe,
-            spec.family,
-            [settings.target_prompt],
-            flow.Guidance(spec.guidance, settings.guidance),
-            spec.text_length,
-        )
-        noise = flow.initial_noise(pipe, settings.seed, settings.width, settings.height)
-        sigmas = flow.schedule(pipe, spec.family, settings.steps, *noise.shape[-2:])
-        return flow.decode(pipe, flow.integrate(model.velocity, noise, sigmas)[-1])[0]
+        guidance = flow.Guidance(spec.guidance, settings.guidance)
+        size = (settings.width, settings.height)
+        latents = flow.sample(pipe, spec.family, settings.target_prompt, guidance, spec.text_length, settings.seed,
+                              size, settings.steps)  # fmt: skip
+        return flow.decode(pipe, latents)[0]
 
 
 def evaluate(registry: Registry, model: str, seeds: int, steps: int, guidance: float) -> dict[str, list[RecolourScore]]:
