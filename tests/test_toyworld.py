@@ -321,8 +321,12 @@ def test_a_resumed_model_of_an_earlier_vocabulary_learns_the_current_one_keeping
     pipe = flux.build_pipeline(flux.small_transformer(**flux.TINY_SIZES), offline.small_vae(16), 16, 32)
     old_words = ["a", "red", "blue", "circle", "square", "on", "the", "left", "right", "gray", "centre", ","]
     clip_tokenizer, t5_tokenizer = offline.clip_tokenizer(old_words), offline.t5_tokenizer(old_words)
-    pipe.register_modules(tokenizer=clip_tokenizer, text_encoder=offline.clip_text_encoder(clip_tokenizer, 16),
-                          tokenizer_2=t5_tokenizer, text_encoder_2=offline.t5_text_encoder(t5_tokenizer, 32))  # fmt: skip
+    pipe.register_modules(
+        tokenizer=clip_tokenizer,
+        text_encoder=offline.clip_text_encoder(clip_tokenizer, 16),
+        tokenizer_2=t5_tokenizer,
+        text_encoder_2=offline.t5_text_encoder(t5_tokenizer, 32),
+    )
     flow = flux.FAMILY.flow
     known = ["a red circle on the left, a blue square on the right"]
     before = flow.encode_text(pipe, known, 24)
@@ -384,7 +388,8 @@ def test_the_in_context_trainer_writes_a_lora_the_base_takes(tmp_path):
     base = train.MODELS_DIR / "shapes-flux-2"
     output = tmp_path / "lora.safetensors"
     encoder = tmp_path / "t5"
-    options = ["--steps", "3", "--examples", "4", "--batch-size", "2", "--ground-panels", "2", "--held-references", "0.5"]
+    options = ["--steps", "3", "--examples", "4", "--batch-size", "2", "--ground-panels", "2"]
+    options += ["--held-references", "0.5"]
     train_incontext.main(["--base", str(base), *options, "--encoder-output", str(encoder), "--output", str(output)])
     # The panel-grounded T5 is saved where asked, fp16, and is not the base's any more.
     grounded = T5EncoderModel.from_pretrained(encoder)

@@ -33,8 +33,8 @@ from studio.families import flux
 from studio.methods.incontext import (
     MAX_PANELS,
     ImageSet,
-    cells_latent_mask,
     SetRequest,
+    cells_latent_mask,
     compose,
     generate_set,
     load_sets,
@@ -174,7 +174,9 @@ def evaluate(registry: Registry, model: str, seeds: int, with_lora: bool) -> dic
     return {"shape kept": kept / total, "own colour": coloured / total, "panels": total}
 
 
-def held_cells(rows: int, columns: int, latents: torch.Tensor, share: float, generator: torch.Generator) -> torch.Tensor:
+def held_cells(
+    rows: int, columns: int, latents: torch.Tensor, share: float, generator: torch.Generator
+) -> torch.Tensor:
     """[batch, 1, height, width] booleans: for about `share` of the rows, a random non-empty proper
     subset of the panels, given as references (held clean); none for the other rows."""
     count = rows * columns
@@ -207,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
         type=float,
         default=0.0,
         help="share of rows whose reference panels (a random subset) are held clean, the loss on the others: "
-        "the LoRA learns the sets' held-reference conditioning (references = \"held\" in the sets file)",
+        'the LoRA learns the sets\' held-reference conditioning (references = "held" in the sets file)',
     )
     args = parser.parse_args(argv)
     if args.evaluate:
