@@ -251,3 +251,26 @@ def test_trained_branches_put_each_object_in_its_box(registry):
     assert all(in_box(placed, colour, box) for colour, box in checks)
     alone = regional_generate(registry, replace(settings, grounding_fraction=0.0)).image
     assert not all(in_box(alone, colour, box) for colour, box in checks)
+
+
+def test_the_branch_trainer_starts_from_saved_branches_when_asked(tmp_path):
+    """`train_layout --branches-from DIR`: the branches start as the saved ones (two small steps
+    stay near them) instead of fresh (whose fuse starts at zero); only the branches are saved."""
+    from safetensors.torch import load_file
+
+    from studio.toyworld import train, train_layout
+
+    saved = load_file(train.MODELS_DIR / "shapes-sd3-siamlayout" / "diffusion_pytorch_model.safetensors")
+    options = ["--scenes", "16", "--steps", "2", "--batch-size", "2", "--learning-rate", "1e-5"]
+    for start, output in (
+        (["--branches-from", str(train.MODELS_DIR / "shapes-sd3-siamlayout")], "resumed"),
+        ([], "fresh"),
+    ):
+        train_layout.main([*options, *start, "--output", str(tmp_path / output)])
+    resumed, fresh = (
+        load_file(tmp_path / name / "diffusion_pytorch_model.safetensors") for name in ("resumed", "fresh")
+    )
+    assert set(resumed) == set(saved) == set(fresh)
+    distance = {name: max((branches[key].float() - saved[key].float()).abs().max().item() for key in saved)
+                for name, branches in (("resumed", resumed), ("fresh", fresh))}  # fmt: skip
+    assert distance["resumed"] < 0.01 < distance["fresh"]

@@ -2,6 +2,8 @@
 trains its layout branch on a pre-trained MM-DiT).
 
     python -m studio.toyworld.train_layout            # about 30 minutes on a 2-core CPU
+    python -m studio.toyworld.train_layout --base DIR --branches-from assets/models/shapes-sd3-siamlayout
+                                                      # a new base's branches, from trained ones
 
 The global caption names colours, sizes and shapes but no positions ("a large red circle and a
 small blue square, gray background"); where each object goes comes only from its box and its
@@ -13,6 +15,7 @@ layout-token projection are saved (fp16 safetensors), next to the base model the
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +24,14 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from studio.families import sd3
-from studio.families.siamlayout import MAX_BOXES, LayoutTokens, attach_layout_branches, branch_state, siamlayout_forward
+from studio.families.siamlayout import (
+    MAX_BOXES,
+    LayoutTokens,
+    attach_layout_branches,
+    branch_state,
+    load_layout_weights,
+    siamlayout_forward,
+)
 from studio.toyworld import train
 from studio.toyworld.data import build_pool
 from studio.toyworld.scene import Scene, SceneObject
@@ -65,12 +75,20 @@ def layout_batch(scenes: list[Scene], embeddings: dict[str, torch.Tensor], dropp
 
 def main(argv: list[str] | None = None) -> None:
     parser = train.frozen_base_arguments(__doc__, "shapes-sd3", "shapes-sd3-siamlayout", steps=1500)
+    parser.add_argument(
+        "--branches-from",
+        type=Path,
+        default=None,
+        help="start from saved branches (of this base, or of an earlier base of the same architecture)",
+    )
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
     pipe = StableDiffusion3Pipeline.from_pretrained(args.base, dtype=torch.float32)
     transformer = pipe.transformer
     attach_layout_branches(transformer, seed=args.seed)
+    if args.branches_from:
+        load_layout_weights(transformer, args.branches_from)
     transformer.requires_grad_(False)
     trained = [parameter for name, parameter in transformer.named_parameters() if name in branch_state(transformer)]
     for parameter in trained:
