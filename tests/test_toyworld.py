@@ -226,6 +226,18 @@ def test_the_trained_model_draws_the_asked_colour_at_the_asked_place(registry, m
     assert position_hits / total >= 0.8
 
 
+def test_the_world_2_sd3_twin_reads_world_2_words(catalogue):
+    """shapes-sd3-2 was resumed from world 1's shapes-sd3 with the vocabulary taught (train
+    --resume): its T5 and CLIPs take the words world 1 lacked as whole tokens, not <unk> pieces."""
+    path = catalogue.get("shapes-sd3-2").path
+    prompt = "a grey square in the center, a red circle in the top left corner"
+    t5 = T5Tokenizer.from_pretrained(path, subfolder="tokenizer_3")
+    assert t5.unk_token_id not in t5(prompt).input_ids
+    assert len(t5.tokenize(prompt)) == len(prompt.replace(",", " ,").split())
+    clip = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")
+    assert len(clip.tokenize(prompt)) == len(prompt.replace(",", " ,").split())
+
+
 @pytest.mark.parametrize("family", ["flux", "sd3"])
 def test_the_trainer_writes_a_pipeline_the_registry_path_can_load(tmp_path, family, monkeypatch):
     """Trained at three canvas sizes, the steps take them in turn, smallest first, a larger one
