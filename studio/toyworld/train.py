@@ -110,7 +110,7 @@ def _word_of(token: str) -> str:
 
 def adopt_vocabulary(pipe: DiffusionPipeline) -> list[str]:
     """Give a model saved with an earlier world's tokenizers the current vocabulary, so a world-1
-    model can be trained on on world 2's captions. Every token keeps its embedding row when the
+    model can be trained further on world 2's captions. Every token keeps its embedding row when the
     old tokenizer had it (so a caption of known words encodes exactly as before), takes the row of
     the known word it means (`NEAREST_KNOWN_WORD`), or else starts at the mean of the old rows.
     Returns the names of the text encoders that changed."""
