@@ -347,7 +347,8 @@ def held_references_sample(
         raise InvalidRequest(f"Held references need a rectified-flow model (FLUX, SD3); {spec.name} is not one.")
     size = (settings.width, settings.height)
     reference = flow.encode_image(pipe, canvas, *size).to(pipe.transformer.device)
-    held = cells_latent_mask(request.rows, request.columns, *reference.shape[-2:], list(request.references))
+    height, width = reference.shape[-2:]
+    held = cells_latent_mask(request.rows, request.columns, height, width, list(request.references))
     held = held.to(reference.device)
     latents = flow.sample(
         pipe, spec.family, settings.prompt, flow.Guidance(spec.guidance, settings.guidance), spec.text_length,

@@ -185,7 +185,7 @@ def held_cells(
         if count < 2 or torch.rand(1, generator=generator).item() >= share:
             continue
         given = torch.randperm(count, generator=generator)[: int(torch.randint(1, count, (1,), generator=generator))]
-        masks[row, 0] = cells_latent_mask(rows, columns, *latents.shape[-2:], given.tolist())
+        masks[row, 0] = cells_latent_mask(rows, columns, latents.shape[-2], latents.shape[-1], given.tolist())
     return masks.to(latents.device)
 
 
