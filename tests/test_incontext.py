@@ -213,6 +213,8 @@ def test_held_references_are_read_clean_in_every_step(registry, monkeypatch):
     assert not np.array_equal(np.asarray(changed.panels[1]), np.asarray(result.panels[1]))
     with pytest.raises(InvalidRequest, match="held or inpainted"):
         generate_set(registry, set_request(references={0: reference}, reference_mode="clean"))
+    with pytest.raises(InvalidRequest, match="need a rectified-flow model"):
+        generate_set(registry, set_request(model="tiny-pixart-sigma", references={0: reference}, reference_mode="held"))
 
 
 def test_a_users_own_set_uses_its_local_lora(tmp_path):

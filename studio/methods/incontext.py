@@ -291,6 +291,9 @@ def generate_set(
         raise InvalidRequest("Every panel has a reference: leave at least one to generate.")
     if request.reference_mode not in REFERENCE_MODES:
         raise InvalidRequest(f"References are held or inpainted ({', '.join(REFERENCE_MODES)}).")
+    held = bool(request.references) and request.reference_mode == "held"
+    if held and spec.family.flow is None:
+        raise InvalidRequest(f"Held references need a rectified-flow model (FLUX, SD3); {spec.name} is not one.")
     cell = cell_size(request.width, request.height, request.rows, request.columns, spec.size_multiple)
     settings = validate(
         GenerationSettings.sampled_as(
@@ -305,7 +308,6 @@ def generate_set(
     started = time.perf_counter()
     reporter = StepReporter(settings.steps, on_step, cancel)
     mask = None
-    held = bool(request.references) and request.reference_mode == "held"
     task = "inpaint" if request.references and not held else "t2i"
     with registry.use(spec.id, task, dict(settings.adapters)) as pipe:
         reporter.begin()
@@ -323,10 +325,11 @@ def generate_set(
             )
             generated = [index for index in range(count) if index not in references]
             mask = cells_mask(request.rows, request.columns, cell, generated)
-            arguments.update(image=canvas, mask_image=mask, strength=1.0)
         if held:
             image = held_references_sample(pipe, spec, settings, canvas, request, step)
         else:
+            if request.references:
+                arguments.update(image=canvas, mask_image=mask, strength=1.0)
             with torch.no_grad():
                 image = pipe(**arguments).images[0]
     if request.references:
@@ -343,8 +346,6 @@ def held_references_sample(
 ) -> Image.Image:
     """The set sampled with the reference cells' latents held clean at every step (the model's
     own flow, guidance and schedule), so that every step reads the references in full."""
-    if spec.family.flow is None:
-        raise InvalidRequest(f"Held references need a rectified-flow model (FLUX, SD3); {spec.name} is not one.")
     size = (settings.width, settings.height)
     reference = flow.encode_image(pipe, canvas, *size).to(pipe.transformer.device)
     height, width = reference.shape[-2:]
