@@ -42,24 +42,18 @@ def running_app(tmp_path, free_port):
     """The studio served offline on a free port, with a gradio_client Client on it (the output
     folder beside it); Gradio is imported only by the tests that serve it."""
     from gradio_client import Client
+    from support import serve
 
     from studio.cli import create_studio, parse_args
-    from tabs.app import build_app, launch_options
+    from tabs.app import build_app
 
     args = parse_args(
         ["--offline", "--default-model", "tiny-flux-dev", "--output-dir", str(tmp_path), "--port", str(free_port)]
     )
     demo = build_app(create_studio(args))
-    demo.launch(
-        server_name="127.0.0.1",
-        server_port=free_port,
-        prevent_thread_lock=True,
-        allowed_paths=[str(tmp_path)],
-        inbrowser=False,
-        **launch_options(),
-    )
     try:
-        yield Client(f"http://127.0.0.1:{free_port}/", verbose=False), tmp_path
+        url = serve(demo, free_port, allowed_paths=[str(tmp_path)])
+        yield Client(url, verbose=False), tmp_path
     finally:
         demo.close()
 

@@ -3,8 +3,11 @@ in the catalogue gets the tests of its capabilities), and a pipeline to inspect.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from typing import Any
 
+import httpx
 from diffusers import DiffusionPipeline
 
 from studio.catalogue import Catalogue, ModelSpec
@@ -125,3 +128,35 @@ class ChatServer:
     def __exit__(self, *exc) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def serve(demo: Any, port: int, **options: Any) -> str:
+    """Serves a built studio (a `gr.Blocks`) on 127.0.0.1:`port` in the background, with the
+    studio's launch options, and returns its URL once it answers.
+
+    Gradio's own start-up probe gives up when the page takes over 3 s to answer and then refuses
+    to serve without a share link; a 2-core CI machine still busy with the previous test's
+    threads can take that long, so the probe here waits up to a minute instead."""
+    from tabs.app import launch_options
+
+    demo.launch(
+        server_name="127.0.0.1",
+        server_port=port,
+        prevent_thread_lock=True,
+        inbrowser=False,
+        _frontend=False,  # skips only that 3-second probe (gradio/blocks.py)
+        **launch_options(),
+        **options,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            answer = httpx.head(url, timeout=20).status_code
+        except httpx.TransportError as error:
+            answer = error
+        if isinstance(answer, int) and answer < 500:
+            return url
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the studio at {url} did not answer within a minute: {answer}")
+        time.sleep(0.5)

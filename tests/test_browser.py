@@ -6,9 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support import serve
 
 from studio.cli import create_studio, parse_args
-from tabs.app import build_app, launch_options
+from tabs.app import build_app
 
 CHROMIUM = Path("/usr/bin/chromium")
 # On a developer's machine without Chromium the browser tests say so and step aside; under CI
@@ -46,19 +47,13 @@ def studio_browser(tmp_path, free_port, request):
     shared = request.node.get_closest_marker("shared") is not None
     login = request.node.get_closest_marker("login")
     demo = build_app(create_studio(parse_args(flags + (["--shared"] if shared else []))))
-    demo.launch(
-        server_name="127.0.0.1",
-        server_port=free_port,
-        prevent_thread_lock=True,
-        inbrowser=False,
-        allowed_paths=[] if shared else [str(tmp_path)],
-        auth=[login.args] if login else None,
-        **launch_options(),
-    )
     try:
+        url = serve(
+            demo, free_port, allowed_paths=[] if shared else [str(tmp_path)], auth=[login.args] if login else None
+        )
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=BROWSER_FLAGS)
-            yield browser, f"http://127.0.0.1:{free_port}/"
+            yield browser, url
             browser.close()
     finally:
         demo.close()

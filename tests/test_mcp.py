@@ -17,8 +17,10 @@ from studio.toyworld.scene import POSITIONS
 def mcp_url(tmp_path_factory):
     import socket
 
+    from support import serve
+
     from studio.cli import create_studio, parse_args
-    from tabs.app import build_app, launch_options
+    from tabs.app import build_app
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -26,16 +28,9 @@ def mcp_url(tmp_path_factory):
     output = tmp_path_factory.mktemp("mcp-outputs")
     args = parse_args(["--offline", "--output-dir", str(output), "--port", str(port), "--mcp"])
     demo = build_app(create_studio(args), mcp=True)
-    demo.launch(
-        server_name="127.0.0.1",
-        server_port=port,
-        prevent_thread_lock=True,
-        inbrowser=False,
-        mcp_server=True,
-        **launch_options(),
-    )
     try:
-        yield f"http://127.0.0.1:{port}/gradio_api/mcp/"
+        url = serve(demo, port, mcp_server=True)
+        yield f"{url}gradio_api/mcp/"
     finally:
         demo.close()
 

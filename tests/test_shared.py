@@ -8,11 +8,12 @@ import time
 import httpx
 import pytest
 from gradio_client import Client
+from support import serve
 
 from studio.cli import create_studio, offered_models, parse_args
 from studio.errors import ModelUnavailable
 from studio.registry import ModelState, Registry
-from tabs.app import JOBS_PER_VISITOR, build_app, launch_options
+from tabs.app import JOBS_PER_VISITOR, build_app
 from tabs.common import model_choices
 
 SLOW = ("tiny-flux-dev", "a red circle", "", 100, 3.5, 64, 64)
@@ -23,10 +24,8 @@ def shared_app(tmp_path, free_port):
     args = parse_args(["--offline", "--shared", "--default-model", "tiny-flux-dev", "--output-dir", str(tmp_path)])
     studio = create_studio(args)
     demo = build_app(studio)
-    demo.launch(server_name="127.0.0.1", server_port=free_port, prevent_thread_lock=True, inbrowser=False,
-                **launch_options())  # fmt: skip
     try:
-        yield f"http://127.0.0.1:{free_port}/", studio
+        yield serve(demo, free_port), studio
     finally:
         demo.close()
 
